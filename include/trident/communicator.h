@@ -1,0 +1,129 @@
+// trident/communicator.h: a group of ranks and the collective and point-to-point operations
+// among them. Backends: the host backend (algorithms over libfabric or in-process threads) and,
+// when built with it, NCCL.
+//
+// Contract (see docs/architecture.md):
+//  - Every op is asynchronous and returns a Work; ops on one communicator complete in the
+//    order they were issued. Every rank of the group must issue the same collectives in the
+//    same order with the same dtype, count and root.
+//  - Every op has a deadline: OpOptions::timeout, else the communicator's default
+//    (TRIDENT_TIMEOUT_MS), counted from the moment the op is issued.
+//  - Errors, by what the caller does next:
+//      kInvalidArgument    bad call (size, dtype, rank, null) or ranks that called different
+//                          ops; nothing happened, fix the call
+//      kAborted            a peer failed or the communicator was aborted; names rank and cause
+//      kDeadlineExceeded   the op's deadline passed; names the ranks that had not arrived
+//      kFailedPrecondition the communicator was aborted before this op was issued
+//    After kAborted or kDeadlineExceeded the communicator is aborted: rebuild it.
+//  - A Communicator is thread-safe: ops may be issued and Abort called from any thread.
+//
+//   auto comm = trident::CreateHostCommunicator({}).value();   // from TRIDENT_* variables
+//   std::vector<float> grads(n);
+//   auto t = trident::Tensor::Of(grads.data(), n);
+//   absl::Status s = comm->AllReduce(t, t, trident::ReduceOp::kAvg)->Wait();
+#ifndef TRIDENT_COMMUNICATOR_H_
+#define TRIDENT_COMMUNICATOR_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "trident/store.h"
+#include "trident/tensor.h"
+
+namespace trident {
+
+// The handle of one asynchronous op. Its status is sticky once completed.
+class Work {
+ public:
+  virtual ~Work() = default;
+  // Waits until the op completes or `deadline` passes. Returns the op's status, or
+  // kDeadlineExceeded when the caller's deadline passed first (the op keeps running and is
+  // still bound by its own deadline).
+  virtual absl::Status Wait(absl::Time deadline = absl::InfiniteFuture()) = 0;
+  virtual bool IsCompleted() const = 0;
+  // The op's status; kUnavailable ("still running") until it completes.
+  virtual absl::Status status() const = 0;
+};
+
+struct OpOptions {
+  // Deadline of the op, counted from the moment it is issued; zero means the communicator's
+  // default timeout.
+  absl::Duration timeout = absl::ZeroDuration();
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // A short description for logs: name, epoch, rank/size, backend.
+  virtual std::string Describe() const = 0;
+
+  // Collectives. `in` and `out` may be the same tensor (in place); shapes are not checked,
+  // only element counts and dtypes.
+  // out[i] = op over ranks of in[i]; in.numel() == out.numel().
+  virtual std::shared_ptr<Work> AllReduce(const Tensor& in, const Tensor& out, ReduceOp op,
+                                          const OpOptions& options = {}) = 0;
+  // in has size()*c elements; rank r receives block r of the reduction in out (c elements).
+  virtual std::shared_ptr<Work> ReduceScatter(const Tensor& in, const Tensor& out, ReduceOp op,
+                                              const OpOptions& options = {}) = 0;
+  // in has c elements; out has size()*c, block r coming from rank r.
+  virtual std::shared_ptr<Work> AllGather(const Tensor& in, const Tensor& out,
+                                          const OpOptions& options = {}) = 0;
+  // The root's tensor is copied into every rank's tensor.
+  virtual std::shared_ptr<Work> Broadcast(const Tensor& tensor, int root,
+                                          const OpOptions& options = {}) = 0;
+  // The reduction lands in the root's out; out is not touched on other ranks.
+  virtual std::shared_ptr<Work> Reduce(const Tensor& in, const Tensor& out, ReduceOp op,
+                                       int root, const OpOptions& options = {}) = 0;
+  // in and out have size()*c elements; block j of rank i's in lands in block i of rank j's out.
+  virtual std::shared_ptr<Work> AllToAll(const Tensor& in, const Tensor& out,
+                                         const OpOptions& options = {}) = 0;
+  virtual std::shared_ptr<Work> Barrier(const OpOptions& options = {}) = 0;
+
+  // Point to point. A Send matches the Recv on `peer` with the same tag (0 <= tag < 2^24) and
+  // the same byte size; messages with the same peer and tag arrive in order.
+  virtual std::shared_ptr<Work> Send(const Tensor& tensor, int peer, int tag,
+                                     const OpOptions& options = {}) = 0;
+  virtual std::shared_ptr<Work> Recv(const Tensor& tensor, int peer, int tag,
+                                     const OpOptions& options = {}) = 0;
+
+  // Makes a sub-communicator of the ranks that pass the same color, ordered by (key, rank).
+  // A collective over this communicator: every rank must call it. A negative color takes no
+  // part and gets nullptr.
+  virtual absl::StatusOr<std::unique_ptr<Communicator>> Split(int color, int key) = 0;
+
+  // Fails every pending op with `status` (which must not be OK) and every later op with
+  // kFailedPrecondition. Callable from any thread; returns promptly. Idempotent: the first
+  // status wins.
+  virtual void Abort(absl::Status status) = 0;
+  // The abort status, or OK while the communicator is usable.
+  virtual absl::Status AbortStatus() const = 0;
+};
+
+struct HostCommOptions {
+  // Rank and world size; -1 reads TRIDENT_RANK / TRIDENT_WORLD_SIZE.
+  int rank = -1;
+  int world_size = -1;
+  // Where ranks meet; nullptr connects to TRIDENT_STORE.
+  std::shared_ptr<Store> store;
+  // libfabric provider; empty reads TRIDENT_FABRIC_PROVIDER (default "shm" on one host).
+  std::string provider;
+  // Default op timeout; zero reads TRIDENT_TIMEOUT_MS.
+  absl::Duration timeout = absl::ZeroDuration();
+  // Shown in logs and errors.
+  std::string name = "world";
+};
+
+// Builds the world communicator of the host backend over libfabric. Every rank calls it; it
+// returns once all ranks have exchanged endpoint addresses (or fails at the timeout).
+absl::StatusOr<std::unique_ptr<Communicator>> CreateHostCommunicator(HostCommOptions options);
+
+}  // namespace trident
+
+#endif  // TRIDENT_COMMUNICATOR_H_

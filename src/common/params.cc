@@ -1,0 +1,65 @@
+#include "common/params.h"
+
+#include <cstdlib>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/check.h"
+
+namespace trident {
+namespace {
+
+constexpr ParamDesc kParams[] = {
+    {"TRIDENT_RANK", "int", "0", "This process's rank in the job (set by trident-run)."},
+    {"TRIDENT_WORLD_SIZE", "int", "1", "Number of ranks in the job (set by trident-run)."},
+    {"TRIDENT_LOCAL_RANK", "int", "0", "Rank among the processes on this host (set by trident-run)."},
+    {"TRIDENT_STORE", "string", "", "Store URL, tcp://host:port or file:///dir (set by trident-run)."},
+    {"TRIDENT_JOB_TOKEN", "string", "", "Per-job secret that store clients present (set by trident-run)."},
+    {"TRIDENT_JOB_ID", "string", "", "Identifier of the job (set by trident-run)."},
+    {"TRIDENT_TIMEOUT_MS", "duration_ms", "300000", "Default deadline of a communication op and of setup."},
+    {"TRIDENT_FABRIC_PROVIDER", "string", "", "libfabric provider: shm, tcp, efa, ... (empty: shm on one host, else tcp)."},
+    {"TRIDENT_FABRIC_IFACE", "string", "", "Network interface for the tcp provider (empty: lo on one host)."},
+    {"TRIDENT_LOG_LEVEL", "string", "info", "trace, debug, info, warn, error or off."},
+    {"TRIDENT_SMALL_MSG_BYTES", "int", "65536", "Messages up to this size use latency algorithms (recursive doubling, trees)."},
+    {"TRIDENT_CHUNK_BYTES", "int", "1048576", "Pipeline chunk of the bandwidth algorithms (ring)."},
+    {"TRIDENT_KILL_GRACE_MS", "duration_ms", "10000", "trident-run: after a rank fails, how long the others get to exit before they are killed."},
+};
+
+}  // namespace
+
+absl::Span<const ParamDesc> AllParams() { return kParams; }
+
+static const ParamDesc& Find(absl::string_view name) {
+  for (const ParamDesc& p : kParams) {
+    if (p.name == name) return p;
+  }
+  TRIDENT_CHECK(false) << "unregistered parameter " << name << "; add it to src/common/params.cc";
+  __builtin_unreachable();
+}
+
+std::string ParamString(absl::string_view name) {
+  const ParamDesc& p = Find(name);
+  const char* env = std::getenv(std::string(name).c_str());
+  return env != nullptr ? std::string(env) : std::string(p.default_value);
+}
+
+int64_t ParamInt(absl::string_view name) {
+  std::string value = ParamString(name);
+  int64_t out = 0;
+  TRIDENT_CHECK(absl::SimpleAtoi(value, &out)) << name << "=" << value << " is not an integer";
+  return out;
+}
+
+absl::Duration ParamMillis(absl::string_view name) { return absl::Milliseconds(ParamInt(name)); }
+
+std::string DescribeParams() {
+  std::string out;
+  for (const ParamDesc& p : kParams) {
+    const char* env = std::getenv(std::string(p.name).c_str());
+    absl::StrAppend(&out, p.name, "=", env != nullptr ? env : p.default_value,
+                    env != nullptr ? "  (env)" : "  (default)", "\n    ", p.doc, "\n");
+  }
+  return out;
+}
+
+}  // namespace trident
