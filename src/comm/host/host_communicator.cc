@@ -1,0 +1,680 @@
+#include "comm/host/host_communicator.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "comm/host/reduce.h"
+#include "common/backoff.h"
+#include "common/check.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+
+namespace trident {
+
+std::string FailedRankKey(int transport_rank) {
+  return absl::StrCat(kFailedRankPrefix, transport_rank);
+}
+
+namespace {
+
+using OpKind = HostCommunicator::OpKind;
+
+absl::string_view KindName(OpKind kind) {
+  switch (kind) {
+    case OpKind::kAllReduce: return "AllReduce";
+    case OpKind::kReduceScatter: return "ReduceScatter";
+    case OpKind::kAllGather: return "AllGather";
+    case OpKind::kBroadcast: return "Broadcast";
+    case OpKind::kReduce: return "Reduce";
+    case OpKind::kAllToAll: return "AllToAll";
+    case OpKind::kBarrier: return "Barrier";
+    case OpKind::kSend: return "Send";
+    case OpKind::kRecv: return "Recv";
+  }
+  return "?";
+}
+
+bool IsReduction(OpKind kind) {
+  return kind == OpKind::kAllReduce || kind == OpKind::kReduceScatter ||
+         kind == OpKind::kReduce;
+}
+bool HasRoot(OpKind kind) { return kind == OpKind::kBroadcast || kind == OpKind::kReduce; }
+
+// The first message of every collective, checked by the right neighbour.
+struct Fingerprint {
+  uint32_t magic = kMagic;
+  uint32_t seq = 0;
+  int32_t epoch = 0;
+  int32_t rank = 0;
+  uint8_t kind = 0, dtype = 0, reduce = 0, pad = 0;
+  int32_t root = -1;
+  int64_t count = 0;
+  static constexpr uint32_t kMagic = 0x54524446;  // "TRDF"
+
+  bool SameCall(const Fingerprint& o) const {
+    return seq == o.seq && epoch == o.epoch && kind == o.kind && dtype == o.dtype &&
+           reduce == o.reduce && root == o.root && count == o.count;
+  }
+  std::string Describe() const {
+    const OpKind k = static_cast<OpKind>(kind);
+    std::string s = absl::StrCat(KindName(k), "(count=", count);
+    if (k != OpKind::kBarrier) {
+      absl::StrAppend(&s, ", ", DTypeName(static_cast<DType>(dtype)));
+    }
+    if (IsReduction(k)) absl::StrAppend(&s, ", ", ReduceOpName(static_cast<ReduceOp>(reduce)));
+    if (HasRoot(k)) absl::StrAppend(&s, ", root=", root);
+    return absl::StrCat(s, ") as op #", seq, " of epoch ", epoch);
+  }
+};
+
+// Errors published in the store carry their code: "<code>|<message>".
+std::string EncodeStatus(const absl::Status& s) {
+  return absl::StrCat(static_cast<int>(s.code()), "|", s.message());
+}
+absl::Status DecodeStatus(absl::string_view v) {
+  std::pair<absl::string_view, absl::string_view> parts = absl::StrSplit(v, absl::MaxSplits('|', 1));
+  int code = static_cast<int>(absl::StatusCode::kAborted);
+  if (!absl::SimpleAtoi(parts.first, &code) || code == 0) {
+    code = static_cast<int>(absl::StatusCode::kAborted);
+  }
+  return absl::Status(static_cast<absl::StatusCode>(code), parts.second);
+}
+
+}  // namespace
+
+struct HostCommunicator::Op {
+  OpKind kind;
+  Tensor in, out;
+  ReduceOp reduce = ReduceOp::kSum;
+  int root = -1;  // root, or the peer of Send/Recv
+  int tag = 0;
+  int64_t count = 0;  // the count every rank must agree on (see Fingerprint)
+  uint32_t seq = 0;
+  absl::Duration timeout;
+  absl::Time deadline;
+  std::shared_ptr<HostWork> work;
+  std::unique_ptr<TransportRequest> request;  // point-to-point only
+};
+
+class HostCommunicator::HostWork : public Work {
+ public:
+  absl::Status Wait(absl::Time deadline) override {
+    absl::MutexLock lock(&mu_);
+    if (!mu_.AwaitWithDeadline(absl::Condition(&done_), deadline)) {
+      return absl::DeadlineExceededError(
+          "Work::Wait: the caller's deadline passed before the op completed; the op is still "
+          "running under its own deadline");
+    }
+    return status_;
+  }
+  bool IsCompleted() const override {
+    absl::MutexLock lock(&mu_);
+    return done_;
+  }
+  absl::Status status() const override {
+    absl::MutexLock lock(&mu_);
+    return done_ ? status_ : absl::UnavailableError("op still running");
+  }
+  void Complete(absl::Status status) {
+    absl::MutexLock lock(&mu_);
+    TRIDENT_CHECK(!done_) << "op completed twice";
+    status_ = std::move(status);
+    done_ = true;
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status status_ ABSL_GUARDED_BY(mu_);
+};
+
+HostCommunicator::HostCommunicator(HostCommConfig config) : config_(std::move(config)) {
+  TRIDENT_CHECK(config_.transport != nullptr && config_.store != nullptr);
+  TRIDENT_CHECK(config_.rank >= 0 && config_.rank < size());
+  worker_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "trident-comm");
+    WorkerLoop();
+  });
+}
+
+HostCommunicator::~HostCommunicator() {
+  Abort(absl::AbortedError(absl::StrCat(Describe(), " was destroyed with ops pending")));
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  worker_.join();
+}
+
+std::string HostCommunicator::Describe() const {
+  return absl::StrCat(config_.name, "[rank ", rank(), "/", size(), ", epoch ", config_.epoch,
+                      ", ", config_.transport->Describe(), "]");
+}
+
+std::string HostCommunicator::OpName(const Op& op) const {
+  if (op.kind == OpKind::kSend || op.kind == OpKind::kRecv) {
+    return absl::StrCat(KindName(op.kind), " of ", op.in.nbytes(),
+                        op.kind == OpKind::kSend ? " bytes to rank " : " bytes from rank ",
+                        op.root, " (tag ", op.tag, ") on ", config_.name);
+  }
+  return absl::StrCat(KindName(op.kind), " #", op.seq, " (count ", op.count, ", ",
+                      DTypeName(op.in.dtype()), ") on ", config_.name, " epoch ",
+                      config_.epoch);
+}
+
+// --- issuing ---------------------------------------------------------------------------------
+
+namespace {
+
+std::shared_ptr<Work> Failed(absl::Status status) {
+  auto work = std::make_shared<HostCommunicator::HostWork>();
+  work->Complete(std::move(status));
+  return work;
+}
+
+absl::Status CheckTensor(absl::string_view op, absl::string_view which, const Tensor& t) {
+  if (!t.device().is_cpu()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": ", which, " is a CUDA tensor; the host communicator takes CPU tensors"));
+  }
+  if (t.numel() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": ", which, " has a negative shape"));
+  }
+  if (t.data() == nullptr && t.numel() > 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": ", which, " has ", t.numel(), " elements but a null data pointer"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckPair(absl::string_view op, const Tensor& in, const Tensor& out,
+                       int64_t out_per_in_num, int64_t out_per_in_den) {
+  RETURN_IF_ERROR(CheckTensor(op, "in", in));
+  RETURN_IF_ERROR(CheckTensor(op, "out", out));
+  if (in.dtype() != out.dtype()) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": in is ", DTypeName(in.dtype()),
+                                                   " but out is ", DTypeName(out.dtype())));
+  }
+  if (out.numel() * out_per_in_den != in.numel() * out_per_in_num) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": in has ", in.numel(), " elements and out has ", out.numel(), "; out must have ",
+        out_per_in_num == out_per_in_den
+            ? "as many"
+            : absl::StrCat(out_per_in_num, "/", out_per_in_den, " times as many")));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckReduceOp(absl::string_view op, DType dtype, ReduceOp reduce) {
+  if (reduce == ReduceOp::kAvg && !IsFloatingPoint(dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": avg of ", DTypeName(dtype), " is not defined; use sum and divide, or a float type"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::shared_ptr<Work> HostCommunicator::Enqueue(std::unique_ptr<Op> op) {
+  op->work = std::make_shared<HostWork>();
+  std::shared_ptr<Work> work = op->work;
+  absl::MutexLock lock(&mu_);
+  if (!abort_status_.ok()) {
+    op->work->Complete(absl::FailedPreconditionError(
+        absl::StrCat(KindName(op->kind), " issued on ", Describe(),
+                     " after it was aborted (", abort_status_.message(), "); rebuild it")));
+    return work;
+  }
+  if (op->kind != OpKind::kSend && op->kind != OpKind::kRecv) op->seq = next_seq_++;
+  if (op->timeout == absl::ZeroDuration()) op->timeout = config_.timeout;
+  op->deadline = absl::Now() + op->timeout;
+  queue_.push_back(std::move(op));
+  return work;
+}
+
+std::shared_ptr<Work> HostCommunicator::AllReduce(const Tensor& in, const Tensor& out,
+                                                  ReduceOp op, const OpOptions& options) {
+  if (absl::Status s = CheckPair("AllReduce", in, out, 1, 1); !s.ok()) return Failed(s);
+  if (absl::Status s = CheckReduceOp("AllReduce", in.dtype(), op); !s.ok()) return Failed(s);
+  auto o = std::make_unique<Op>();
+  *o = Op{OpKind::kAllReduce, in, out, op, -1, 0, in.numel()};
+  o->timeout = options.timeout;
+  return Enqueue(std::move(o));
+}
+
+std::shared_ptr<Work> HostCommunicator::ReduceScatter(const Tensor& in, const Tensor& out,
+                                                      ReduceOp op, const OpOptions& options) {
+  if (absl::Status s = CheckPair("ReduceScatter", in, out, 1, size()); !s.ok()) return Failed(s);
+  if (absl::Status s = CheckReduceOp("ReduceScatter", in.dtype(), op); !s.ok()) return Failed(s);
+  auto o = std::make_unique<Op>();
+  *o = Op{OpKind::kReduceScatter, in, out, op, -1, 0, out.numel()};
+  o->timeout = options.timeout;
+  return Enqueue(std::move(o));
+}
+
+std::shared_ptr<Work> HostCommunicator::AllGather(const Tensor& in, const Tensor& out,
+                                                  const OpOptions& options) {
+  if (absl::Status s = CheckPair("AllGather", in, out, size(), 1); !s.ok()) return Failed(s);
+  auto o = std::make_unique<Op>();
+  *o = Op{OpKind::kAllGather, in, out, ReduceOp::kSum, -1, 0, in.numel()};
+  o->timeout = options.timeout;
+  return Enqueue(std::move(o));
+}
+
+std::shared_ptr<Work> HostCommunicator::Broadcast(const Tensor& tensor, int root,
+                                                  const OpOptions& options) {
+  if (absl::Status s = CheckTensor("Broadcast", "tensor", tensor); !s.ok()) return Failed(s);
+  if (root < 0 || root >= size()) {
+    return Failed(absl::InvalidArgumentError(
+        absl::StrCat("Broadcast: root ", root, " is not a rank of ", Describe())));
+  }
+  auto o = std::make_unique<Op>();
+  *o = Op{OpKind::kBroadcast, tensor, tensor, ReduceOp::kSum, root, 0, tensor.numel()};
+  o->timeout = options.timeout;
+  return Enqueue(std::move(o));
+}
+
+std::shared_ptr<Work> HostCommunicator::Reduce(const Tensor& in, const Tensor& out, ReduceOp op,
+                                               int root, const OpOptions& options) {
+  if (absl::Status s = CheckPair("Reduce", in, out, 1, 1); !s.ok()) return Failed(s);
+  if (absl::Status s = CheckReduceOp("Reduce", in.dtype(), op); !s.ok()) return Failed(s);
+  if (root < 0 || root >= size()) {
+    return Failed(absl::InvalidArgumentError(
+        absl::StrCat("Reduce: root ", root, " is not a rank of ", Describe())));
+  }
+  auto o = std::make_unique<Op>();
+  *o = Op{OpKind::kReduce, in, out, op, root, 0, in.numel()};
+  o->timeout = options.timeout;
+  return Enqueue(std::move(o));
+}
+
+std::shared_ptr<Work> HostCommunicator::AllToAll(const Tensor& in, const Tensor& out,
+                                                 const OpOptions& options) {
+  if (absl::Status s = CheckPair("AllToAll", in, out, 1, 1); !s.ok()) return Failed(s);
+  if (in.numel() % size() != 0) {
+    return Failed(absl::InvalidArgumentError(absl::StrCat(
+        "AllToAll: ", in.numel(), " elements do not split into ", size(), " equal blocks")));
+  }
+  auto o = std::make_unique<Op>();
+  *o = Op{OpKind::kAllToAll, in, out, ReduceOp::kSum, -1, 0, in.numel()};
+  o->timeout = options.timeout;
+  return Enqueue(std::move(o));
+}
+
+std::shared_ptr<Work> HostCommunicator::Barrier(const OpOptions& options) {
+  auto o = std::make_unique<Op>();
+  o->kind = OpKind::kBarrier;
+  o->in = o->out = Tensor(nullptr, DType::kU8, {0});
+  o->timeout = options.timeout;
+  return Enqueue(std::move(o));
+}
+
+std::shared_ptr<Work> HostCommunicator::Send(const Tensor& tensor, int peer, int tag,
+                                             const OpOptions& options) {
+  if (absl::Status s = CheckTensor("Send", "tensor", tensor); !s.ok()) return Failed(s);
+  if (peer < 0 || peer >= size() || peer == rank()) {
+    return Failed(absl::InvalidArgumentError(absl::StrCat(
+        "Send: peer ", peer, " is not another rank of ", Describe())));
+  }
+  if (tag < 0 || tag >= (1 << 24)) {
+    return Failed(absl::InvalidArgumentError(
+        absl::StrCat("Send: tag ", tag, " is outside [0, 2^24)")));
+  }
+  auto o = std::make_unique<Op>();
+  *o = Op{OpKind::kSend, tensor, tensor, ReduceOp::kSum, peer, tag, tensor.numel()};
+  o->timeout = options.timeout;
+  return Enqueue(std::move(o));
+}
+
+std::shared_ptr<Work> HostCommunicator::Recv(const Tensor& tensor, int peer, int tag,
+                                             const OpOptions& options) {
+  if (absl::Status s = CheckTensor("Recv", "tensor", tensor); !s.ok()) return Failed(s);
+  if (peer < 0 || peer >= size() || peer == rank()) {
+    return Failed(absl::InvalidArgumentError(absl::StrCat(
+        "Recv: peer ", peer, " is not another rank of ", Describe())));
+  }
+  if (tag < 0 || tag >= (1 << 24)) {
+    return Failed(absl::InvalidArgumentError(
+        absl::StrCat("Recv: tag ", tag, " is outside [0, 2^24)")));
+  }
+  auto o = std::make_unique<Op>();
+  *o = Op{OpKind::kRecv, tensor, tensor, ReduceOp::kSum, peer, tag, tensor.numel()};
+  o->timeout = options.timeout;
+  return Enqueue(std::move(o));
+}
+
+// --- abort -----------------------------------------------------------------------------------
+
+void HostCommunicator::Abort(absl::Status status) {
+  TRIDENT_CHECK(!status.ok()) << "Abort needs a non-OK status";
+  std::deque<std::unique_ptr<Op>> queued;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!abort_status_.ok()) return;
+    abort_status_ = status;
+    aborted_.store(true, std::memory_order_release);
+    queued.swap(queue_);
+  }
+  spdlog::debug("{}: aborted: {}", Describe(), status);
+  for (auto& op : queued) op->work->Complete(status);
+}
+
+absl::Status HostCommunicator::AbortStatus() const {
+  absl::MutexLock lock(&mu_);
+  return abort_status_;
+}
+
+void HostCommunicator::FailAll(const absl::Status& status) {
+  Abort(status);
+  absl::Status reason = AbortStatus();
+  while (!inflight_.empty()) {
+    Op& op = *inflight_.front();
+    config_.transport->Cancel(op.request.get(), reason);
+    op.work->Complete(reason);
+    inflight_.pop_front();
+  }
+}
+
+void HostCommunicator::PublishError(const absl::Status& status) {
+  auto result = config_.store->CompareSet(absl::StrCat("comm/", config_.context, "/error"), "",
+                                          EncodeStatus(status), DeadlineIn(absl::Seconds(2)));
+  if (!result.ok()) {
+    spdlog::warn("{}: could not publish error to the store: {}", Describe(), result.status());
+  }
+}
+
+// --- health and timeouts ---------------------------------------------------------------------
+
+absl::Status HostCommunicator::Health() {
+  if (aborted_.load(std::memory_order_acquire)) return AbortStatus();
+  const absl::Time deadline = DeadlineIn(absl::Milliseconds(500));
+  auto error = config_.store->TryGet(absl::StrCat("comm/", config_.context, "/error"), deadline);
+  if (error.ok()) return DecodeStatus(*error);
+  auto failed = config_.store->ListPrefix(kFailedRankPrefix, deadline);
+  if (!failed.ok()) return absl::OkStatus();  // the store is briefly unreachable; keep waiting
+  for (const std::string& key : *failed) {
+    int transport_rank = -1;
+    if (!absl::SimpleAtoi(absl::string_view(key).substr(strlen(kFailedRankPrefix)),
+                          &transport_rank)) {
+      continue;
+    }
+    auto it = std::find(config_.ranks.begin(), config_.ranks.end(), transport_rank);
+    if (it == config_.ranks.end()) continue;
+    auto cause = config_.store->TryGet(key, deadline);
+    const int group_rank = static_cast<int>(it - config_.ranks.begin());
+    return absl::AbortedError(absl::StrCat(
+        "rank ", group_rank, " of ", config_.name, " failed: ",
+        cause.ok() ? *cause : absl::StrCat("job rank ", transport_rank, " failed"),
+        " (reported by trident-run)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status HostCommunicator::DiagnoseTimeout(const Op& op) {
+  // Ranks that reach this point record that they had arrived; whoever is missing after a short
+  // grace period never called the op (or is stuck before it).
+  const std::string prefix =
+      absl::StrCat("comm/", config_.context, "/arrived/", op.seq, "/");
+  const absl::Duration grace = std::min(absl::Seconds(1), op.timeout);
+  std::string missing = "unknown (the store did not answer)";
+  if (config_.store->Set(absl::StrCat(prefix, rank()), "1", DeadlineIn(grace)).ok()) {
+    std::vector<std::string> keys;
+    for (int r = 0; r < size(); ++r) keys.push_back(absl::StrCat(prefix, r));
+    absl::Status all = config_.store->Wait(keys, DeadlineIn(grace));
+    if (all.ok()) {
+      missing = "none: every rank had arrived, but the transport made no progress";
+    } else if (auto arrived = config_.store->ListPrefix(prefix, DeadlineIn(grace));
+               arrived.ok()) {
+      std::vector<int> absent;
+      for (int r = 0; r < size(); ++r) {
+        if (!std::binary_search(arrived->begin(), arrived->end(), absl::StrCat(prefix, r)) &&
+            std::find(arrived->begin(), arrived->end(), absl::StrCat(prefix, r)) ==
+                arrived->end()) {
+          absent.push_back(r);
+        }
+      }
+      missing = absent.empty() ? "none" : absl::StrJoin(absent, ", ");
+    }
+  }
+  return absl::DeadlineExceededError(
+      absl::StrCat(OpName(op), " timed out after ", absl::FormatDuration(op.timeout),
+                   "; ranks that had not arrived: ", missing));
+}
+
+// --- the worker ------------------------------------------------------------------------------
+
+void HostCommunicator::WorkerLoop() {
+  Backoff backoff;
+  absl::Time next_health = absl::InfinitePast();
+  while (true) {
+    std::unique_ptr<Op> op;
+    {
+      absl::MutexLock lock(&mu_);
+      if (inflight_.empty()) {
+        mu_.Await(absl::Condition(
+            +[](HostCommunicator* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mu_) {
+              return !self->queue_.empty() || self->stopping_;
+            },
+            this));
+      }
+      if (!queue_.empty()) {
+        op = std::move(queue_.front());
+        queue_.pop_front();
+      } else if (stopping_ && inflight_.empty()) {
+        return;
+      }
+    }
+    if (aborted_.load(std::memory_order_acquire) && !inflight_.empty()) FailAll(AbortStatus());
+    if (op == nullptr) {  // only point-to-point ops in flight: drive them
+      if (ProgressP2P(absl::Now())) {
+        backoff.Reset();
+      } else {
+        absl::Time now = absl::Now();
+        if (now >= next_health) {
+          next_health = now + absl::Milliseconds(50);
+          if (absl::Status s = Health(); !s.ok()) FailAll(s);
+        }
+        backoff.Pause();
+      }
+      continue;
+    }
+    if (op->kind == OpKind::kSend || op->kind == OpKind::kRecv) {
+      PostP2P(*op);
+      inflight_.push_back(std::move(op));
+      continue;
+    }
+    // A collective starts once earlier point-to-point ops are done (issue order).
+    while (!inflight_.empty()) {
+      if (aborted_.load(std::memory_order_acquire)) {
+        FailAll(AbortStatus());
+        break;
+      }
+      if (!ProgressP2P(absl::Now())) backoff.Pause();
+    }
+    absl::Status status = RunCollective(*op);
+    if (!status.ok()) Abort(status);
+    op->work->Complete(std::move(status));
+  }
+}
+
+bool HostCommunicator::PostP2P(Op& op) {
+  op.request = std::make_unique<TransportRequest>();
+  const uint64_t tag =
+      MakeTag(config_.context, kP2PSeqBit | static_cast<uint32_t>(op.tag), kDataSlot);
+  const int peer = config_.ranks[op.root];
+  absl::Status s =
+      op.kind == OpKind::kSend
+          ? config_.transport->PostSend(peer, tag, op.in.data(), op.in.nbytes(), op.request.get())
+          : config_.transport->PostRecv(peer, tag, op.in.data(), op.in.nbytes(),
+                                        op.request.get());
+  if (!s.ok()) {
+    op.request->status = Annotate(s, OpName(op));
+    op.request->done.store(true, std::memory_order_release);
+  }
+  return true;
+}
+
+bool HostCommunicator::ProgressP2P(absl::Time now) {
+  absl::StatusOr<int> progressed = config_.transport->Progress();
+  if (!progressed.ok()) {
+    FailAll(Annotate(progressed.status(), Describe()));
+    return true;
+  }
+  bool any = *progressed > 0;
+  while (!inflight_.empty()) {
+    Op& op = *inflight_.front();
+    if (!op.request->IsDone()) {
+      if (now < op.deadline) break;
+      absl::Status timeout = absl::DeadlineExceededError(absl::StrCat(
+          OpName(op), " timed out after ", absl::FormatDuration(op.timeout),
+          op.kind == OpKind::kRecv ? ": the peer never sent a matching message"
+                                   : ": the peer never received it"));
+      config_.transport->Cancel(op.request.get(), timeout);
+      FailAll(timeout);
+      return true;
+    }
+    if (!op.request->status.ok()) {
+      FailAll(Annotate(op.request->status, OpName(op)));
+      return true;
+    }
+    op.work->Complete(absl::OkStatus());
+    inflight_.pop_front();
+    any = true;
+  }
+  return any;
+}
+
+absl::Status HostCommunicator::RunCollective(Op& op) {
+  if (aborted_.load(std::memory_order_acquire)) return AbortStatus();
+  if (size() == 1) {
+    Channel ch(config_.transport.get(), &config_.ranks, rank(), config_.context, op.seq,
+               op.deadline, &aborted_, nullptr, nullptr);
+    return RunAlgorithm(op, ch);
+  }
+  Channel ch(
+      config_.transport.get(), &config_.ranks, rank(), config_.context, op.seq, op.deadline,
+      &aborted_, [this] { return Health(); }, [this, &op] { return DiagnoseTimeout(op); });
+  absl::Status s = CheckFingerprint(op, ch);
+  if (s.ok()) s = RunAlgorithm(op, ch);
+  if (s.ok()) return s;
+  if (s.code() == absl::StatusCode::kCancelled) s = AbortStatus();
+  // Name the op, unless the message already does (timeouts and mismatches do).
+  if (absl::StrContains(s.message(), KindName(op.kind))) return s;
+  return absl::Status(s.code(), absl::StrCat(OpName(op), ": ", s.message()));
+}
+
+absl::Status HostCommunicator::CheckFingerprint(Op& op, Channel& ch) {
+  const int n = size(), r = rank();
+  Fingerprint mine;
+  mine.seq = op.seq;
+  mine.epoch = config_.epoch;
+  mine.rank = r;
+  mine.kind = static_cast<uint8_t>(op.kind);
+  mine.dtype = static_cast<uint8_t>(op.in.dtype());
+  mine.reduce = IsReduction(op.kind) ? static_cast<uint8_t>(op.reduce) : 0;
+  mine.root = HasRoot(op.kind) ? op.root : -1;
+  mine.count = op.count;
+  Fingerprint theirs;
+  ASSIGN_OR_RETURN(TransportRequest * recv,
+                   ch.Recv((r + n - 1) % n, &theirs, sizeof(theirs), kFingerprintSlot));
+  RETURN_IF_ERROR(ch.Send((r + 1) % n, &mine, sizeof(mine), kFingerprintSlot).status());
+  RETURN_IF_ERROR(ch.Wait(recv));
+  if (theirs.magic != Fingerprint::kMagic || !mine.SameCall(theirs)) {
+    absl::Status mismatch = absl::InvalidArgumentError(absl::StrCat(
+        "ranks called different collectives on ", config_.name, ": rank ", r, " called ",
+        mine.Describe(), " but rank ", theirs.rank, " called ", theirs.Describe()));
+    PublishError(mismatch);
+    return mismatch;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status HostCommunicator::RunAlgorithm(Op& op, Channel& ch) {
+  const DType dtype = op.in.dtype();
+  const size_t bytes = op.in.nbytes();
+  const AlgoParams& algo = config_.algo;
+  void* in = op.in.data();
+  void* out = op.out.data();
+  const int n = size();
+  switch (op.kind) {
+    case OpKind::kAllReduce:
+      if (bytes <= algo.small_bytes || static_cast<int64_t>(op.count) < n) {
+        return AllReduceRecursiveDoubling(ch, dtype, op.reduce, in, out, op.count, scratch_);
+      }
+      return AllReduceRing(ch, dtype, op.reduce, in, out, op.count, algo.chunk_bytes, scratch_);
+    case OpKind::kReduceScatter:
+      return ReduceScatterRing(ch, dtype, op.reduce, in, out, op.count, algo.chunk_bytes,
+                               scratch_);
+    case OpKind::kAllGather:
+      return AllGatherRing(ch, dtype, in, out, op.count, algo.chunk_bytes);
+    case OpKind::kBroadcast:
+      if (bytes <= algo.small_bytes) return BroadcastTree(ch, in, bytes, op.root);
+      return BroadcastChain(ch, in, bytes, op.root, algo.chunk_bytes);
+    case OpKind::kReduce:
+      if (bytes <= algo.small_bytes || static_cast<int64_t>(op.count) < n) {
+        return ReduceTree(ch, dtype, op.reduce, in, out, op.count, op.root, scratch_);
+      }
+      return ReduceRing(ch, dtype, op.reduce, in, out, op.count, op.root, algo.chunk_bytes,
+                        scratch_);
+    case OpKind::kAllToAll:
+      return AllToAllPairwise(ch, dtype, in, out, op.count / n, scratch_);
+    case OpKind::kBarrier:
+      return BarrierDissemination(ch);
+    case OpKind::kSend:
+    case OpKind::kRecv:
+      break;
+  }
+  TRIDENT_CHECK(false) << "not a collective: " << KindName(op.kind);
+  __builtin_unreachable();
+}
+
+// --- split -----------------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<Communicator>> HostCommunicator::Split(int color, int key) {
+  const int n = size();
+  int64_t mine[2] = {color, key};
+  std::vector<int64_t> all(2 * n);
+  RETURN_IF_ERROR(AllGather(Tensor::Of(mine, 2), Tensor::Of(all.data(), 2 * n), {})->Wait());
+  const int split_id = splits_++;
+  if (color < 0) return std::unique_ptr<Communicator>();
+  std::vector<int> members;  // group ranks of this communicator, ordered by (key, rank)
+  for (int r = 0; r < n; ++r) {
+    if (all[2 * r] == color) members.push_back(r);
+  }
+  std::stable_sort(members.begin(), members.end(),
+                   [&](int a, int b) { return all[2 * a + 1] < all[2 * b + 1]; });
+  HostCommConfig config = config_;
+  config.ranks.clear();
+  for (int m : members) config.ranks.push_back(config_.ranks[m]);
+  config.rank = static_cast<int>(std::find(members.begin(), members.end(), rank()) -
+                                 members.begin());
+  config.name = absl::StrCat(config_.name, "/", color);
+
+  // The new group's first rank allocates a context id; the others read it.
+  const std::string id_key =
+      absl::StrCat("comm/", config_.context, "/split/", split_id, "/", color);
+  const absl::Time deadline = DeadlineIn(config_.timeout);
+  std::string id;
+  if (config.rank == 0) {
+    ASSIGN_OR_RETURN(int64_t next, config_.store->Add("comm/next_context", 1, deadline));
+    if (next > 0xffff) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("Split: the job has created ", next, " communicators; the limit is 65535"));
+    }
+    id = absl::StrCat(next);
+    RETURN_IF_ERROR(config_.store->Set(id_key, id, deadline));
+  } else {
+    ASSIGN_OR_RETURN(id, config_.store->Get(id_key, deadline));
+  }
+  int context = 0;
+  TRIDENT_CHECK(absl::SimpleAtoi(id, &context)) << "bad context id " << id;
+  config.context = static_cast<uint16_t>(context);
+  return std::unique_ptr<Communicator>(new HostCommunicator(std::move(config)));
+}
+
+}  // namespace trident

@@ -1,0 +1,114 @@
+// HostCommunicator: the Communicator of the host backend. One worker thread per communicator
+// runs the ops in issue order; collectives run an algorithm from algorithms.h over a Channel,
+// point-to-point ops are posted and completed in order while later ops proceed (so that a
+// Send followed by a Recv cannot deadlock against the peer's Send).
+//
+// Failure handling: the first message of every collective is a fingerprint sent to the right
+// neighbour; a mismatch is published in the store so every rank fails with the same
+// kInvalidArgument. While an op is stalled, the worker polls the store for ranks that
+// trident-run recorded as failed (job/failed/<rank>) and for errors published by other ranks.
+#ifndef TRIDENT_COMM_HOST_HOST_COMMUNICATOR_H_
+#define TRIDENT_COMM_HOST_HOST_COMMUNICATOR_H_
+
+#include <atomic>
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "comm/host/algorithms.h"
+#include "trident/communicator.h"
+#include "trident/store.h"
+#include "transport/transport.h"
+
+namespace trident {
+
+struct HostCommConfig {
+  std::shared_ptr<Transport> transport;
+  std::shared_ptr<Store> store;  // the job's store (keys job/..., comm/<context>/...)
+  std::vector<int> ranks;        // group rank -> transport rank
+  int rank = 0;                  // this process's group rank
+  uint16_t context = 0;          // unique per communicator in the job; part of every tag
+  int epoch = 0;
+  std::string name = "world";
+  absl::Duration timeout = absl::Minutes(5);
+  AlgoParams algo{64 << 10, 1 << 20};
+};
+
+// The store key where trident-run records a failed rank (transport rank), and its value the
+// cause, e.g. "rank 2 killed by signal 9 (SIGKILL)".
+std::string FailedRankKey(int transport_rank);
+inline constexpr char kFailedRankPrefix[] = "job/failed/";
+
+class HostCommunicator : public Communicator {
+ public:
+  explicit HostCommunicator(HostCommConfig config);
+  ~HostCommunicator() override;
+
+  int rank() const override { return config_.rank; }
+  int size() const override { return static_cast<int>(config_.ranks.size()); }
+  std::string Describe() const override;
+
+  std::shared_ptr<Work> AllReduce(const Tensor& in, const Tensor& out, ReduceOp op,
+                                  const OpOptions& options) override;
+  std::shared_ptr<Work> ReduceScatter(const Tensor& in, const Tensor& out, ReduceOp op,
+                                      const OpOptions& options) override;
+  std::shared_ptr<Work> AllGather(const Tensor& in, const Tensor& out,
+                                  const OpOptions& options) override;
+  std::shared_ptr<Work> Broadcast(const Tensor& tensor, int root,
+                                  const OpOptions& options) override;
+  std::shared_ptr<Work> Reduce(const Tensor& in, const Tensor& out, ReduceOp op, int root,
+                               const OpOptions& options) override;
+  std::shared_ptr<Work> AllToAll(const Tensor& in, const Tensor& out,
+                                 const OpOptions& options) override;
+  std::shared_ptr<Work> Barrier(const OpOptions& options) override;
+  std::shared_ptr<Work> Send(const Tensor& tensor, int peer, int tag,
+                             const OpOptions& options) override;
+  std::shared_ptr<Work> Recv(const Tensor& tensor, int peer, int tag,
+                             const OpOptions& options) override;
+  absl::StatusOr<std::unique_ptr<Communicator>> Split(int color, int key) override;
+  void Abort(absl::Status status) override;
+  absl::Status AbortStatus() const override;
+
+  enum class OpKind : uint8_t {
+    kAllReduce, kReduceScatter, kAllGather, kBroadcast, kReduce, kAllToAll, kBarrier,
+    kSend, kRecv
+  };
+  struct Op;
+  class HostWork;
+
+ private:
+  std::shared_ptr<Work> Enqueue(std::unique_ptr<Op> op);
+  void WorkerLoop();
+  absl::Status RunCollective(Op& op);
+  absl::Status RunAlgorithm(Op& op, Channel& ch);
+  absl::Status CheckFingerprint(Op& op, Channel& ch);
+  absl::Status Health();
+  absl::Status DiagnoseTimeout(const Op& op);
+  void PublishError(const absl::Status& status);
+  std::string OpName(const Op& op) const;
+  bool PostP2P(Op& op);
+  bool ProgressP2P(absl::Time now);
+  void FailAll(const absl::Status& status);
+
+  const HostCommConfig config_;
+  Scratch scratch_;  // worker thread only
+
+  mutable absl::Mutex mu_;
+  std::deque<std::unique_ptr<Op>> queue_ ABSL_GUARDED_BY(mu_);
+  absl::Status abort_status_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  uint32_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  uint32_t next_p2p_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  std::atomic<bool> aborted_{false};
+
+  std::deque<std::unique_ptr<Op>> inflight_;  // posted point-to-point ops; worker only
+  int splits_ = 0;                            // Split calls so far; caller-serialised
+  std::thread worker_;
+};
+
+}  // namespace trident
+
+#endif  // TRIDENT_COMM_HOST_HOST_COMMUNICATOR_H_
