@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
@@ -33,10 +34,13 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-std::string TridentRunPath() {
+std::string BinPath(absl::string_view name) {
   const char* dir = std::getenv("TRIDENT_BIN_DIR");
-  return absl::StrCat(dir != nullptr ? dir : ".", "/trident-run");
+  return absl::StrCat(dir != nullptr ? dir : ".", "/", name);
 }
+std::string TridentRunPath() { return BinPath("trident-run"); }
+// The rank program of the store tests (tests/tools/store_probe.cc).
+std::string StoreProbePath() { return BinPath("trident_run_store_probe"); }
 
 // Environment changes for one run: a value sets the variable, nullopt removes it.
 using EnvChanges = std::map<std::string, std::optional<std::string>>;
@@ -261,7 +265,7 @@ TEST(TridentRunTest, KilledRankStopsTheJobWithinTheGracePeriod) {
   RunResult r = RunLauncher(ShArgs(3,
                            "if [ \"$TRIDENT_RANK\" = 1 ]; then kill -9 $$; fi; "
                            "echo pid $$; exec sleep 60"),
-                    {{"TRIDENT_KILL_GRACE_MS", "500"}});
+                    {{"TRIDENT_KILL_GRACE_MS", "1000"}});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_LT(r.elapsed, absl::Seconds(20));
   EXPECT_THAT(r.err, HasSubstr("trident-run: rank 1 killed by signal 9 (SIGKILL)\n"));
@@ -394,6 +398,51 @@ TEST(TridentRunTest, RanksDieWithTheLauncher) {
     while (!ProcessGone(pid) && absl::Now() < gone_by) absl::SleepFor(absl::Milliseconds(10));
     EXPECT_TRUE(ProcessGone(pid)) << "rank pid " << pid << " outlived trident-run";
   }
+}
+
+TEST(TridentRunTest, RanksMeetInTheHostedStore) {
+  RunResult r = RunLauncher({"--nproc", "3", "--", StoreProbePath(), "meet"});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  for (int rank = 0; rank < 3; ++rank) {
+    EXPECT_THAT(r.out, HasSubstr(absl::StrCat("[rank ", rank, "] met 3 ranks\n")));
+  }
+}
+
+TEST(TridentRunTest, FailureIsRecordedInTheStore) {
+  // Rank 1 dies; the others wait for job/failed/1 and exit 0 within the grace period.
+  RunResult r = RunLauncher(
+      ShArgs(3, absl::StrCat("if [ \"$TRIDENT_RANK\" = 1 ]; then kill -9 $$; fi; exec ",
+                             StoreProbePath(), " wait-failed 1")),
+      {{"TRIDENT_KILL_GRACE_MS", "20000"}});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  for (int rank : {0, 2}) {
+    EXPECT_THAT(r.out, HasSubstr(absl::StrCat(
+                           "[rank ", rank,
+                           "] job/failed/1 = rank 1 killed by signal 9 (SIGKILL)\n")))
+        << r.out;
+  }
+  EXPECT_THAT(r.err, Not(HasSubstr("SIGTERM")));  // they finished on their own
+  EXPECT_EQ(Lines(r.err).back(), "trident-run: job failed: rank 1 killed by signal 9 (SIGKILL)");
+  EXPECT_LT(r.elapsed, absl::Seconds(15));
+}
+
+TEST(TridentRunTest, FailureIsRecordedInAStoreGivenWithStore) {
+  // An outer trident-run hosts the store; an inner one is pointed at it with --store and
+  // takes the token from TRIDENT_JOB_TOKEN, as a second agent of the same job would.
+  const std::string inner = absl::StrCat(
+      TridentRunPath(), " --nproc 2 --store \"$TRIDENT_STORE\" -- sh -c '",
+      "if [ $TRIDENT_RANK = 1 ]; then exit 3; fi; exec ", StoreProbePath(), " wait-failed 1'");
+  RunResult r = RunLauncher(ShArgs(1, inner), {{"TRIDENT_KILL_GRACE_MS", "20000"}});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("[rank 0] [rank 0] job/failed/1 = rank 1 exited with status 3\n"));
+  EXPECT_THAT(r.err, HasSubstr("[rank 0] trident-run: job failed: rank 1 exited with status 3\n"));
+  EXPECT_THAT(r.err, Not(HasSubstr("cannot record")));
+}
+
+TEST(TridentRunTest, HostedStoreRefusesAClientWithoutTheToken) {
+  RunResult r = RunLauncher({"--nproc", "1", "--", StoreProbePath(), "bad-token"});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_THAT(r.out, HasSubstr("[rank 0] bad token: PERMISSION_DENIED"));
 }
 
 TEST(TridentRunTest, UsageErrorsExitWithStatus2) {

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -34,7 +35,10 @@ void EnsureStandardDescriptors() {
 int main(int argc, char** argv) {
   using trident::run::LaunchOptions;
   EnsureStandardDescriptors();
-  trident::InitLogging("trident-run");
+  trident::InitLogging("launcher");
+  // trident-run's stderr carries the ranks' stderr and its own one-line reports; library
+  // chatter at info (the store server starting and stopping) would only be noise there.
+  if (std::getenv("TRIDENT_LOG_LEVEL") == nullptr) spdlog::set_level(spdlog::level::warn);
 
   std::vector<std::string> args(argv + 1, argv + argc);
   absl::StatusOr<LaunchOptions> options = trident::run::ParseArgs(args);
