@@ -1,0 +1,108 @@
+// CreateHostCommunicator: the world communicator of the host backend over libfabric.
+#include <unistd.h>
+
+#include <atomic>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "comm/host/host_communicator.h"
+#include "common/logging.h"
+#include "common/params.h"
+#include "common/status_macros.h"
+#include "transport/fabric/fabric_transport.h"
+#include "trident/communicator.h"
+
+namespace trident {
+namespace {
+
+std::string Hostname() {
+  char name[256] = {};
+  gethostname(name, sizeof(name) - 1);
+  return name;
+}
+
+// Every rank publishes its host name; shm works only when all ranks share one host.
+absl::StatusOr<bool> AllOnOneHost(Store& setup, int rank, int size, absl::Time deadline) {
+  const std::string mine = Hostname();
+  RETURN_IF_ERROR(setup.Set(absl::StrCat("host/", rank), mine, deadline));
+  for (int r = 0; r < size; ++r) {
+    ASSIGN_OR_RETURN(std::string host, setup.Get(absl::StrCat("host/", r), deadline));
+    if (host != mine) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Communicator>> CreateHostCommunicator(HostCommOptions options) {
+  if (options.rank < 0) options.rank = static_cast<int>(ParamInt("TRIDENT_RANK"));
+  if (options.world_size < 0) options.world_size = static_cast<int>(ParamInt("TRIDENT_WORLD_SIZE"));
+  const int rank = options.rank, size = options.world_size;
+  if (size < 1 || rank < 0 || rank >= size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "CreateHostCommunicator: rank ", rank, " and world size ", size,
+        " are not valid; run under trident-run or set TRIDENT_RANK and TRIDENT_WORLD_SIZE"));
+  }
+  InitLogging(absl::StrCat("rank ", rank));
+  if (options.timeout == absl::ZeroDuration()) options.timeout = ParamMillis("TRIDENT_TIMEOUT_MS");
+  const absl::Time deadline = DeadlineIn(options.timeout);
+
+  std::shared_ptr<Store> store = options.store;
+  if (store == nullptr) {
+    ASSIGN_OR_RETURN(std::unique_ptr<Store> connected, ConnectStoreFromEnv(deadline));
+    store = std::move(connected);
+  }
+  // Keys of this communicator's setup; a process may build several worlds in turn, and every
+  // rank builds them in the same order.
+  static std::atomic<int> instances{0};
+  const int instance = instances++;
+  std::shared_ptr<Store> setup =
+      NewPrefixStore(absl::StrCat("setup/", options.name, "/", instance, "/"), store);
+
+  std::string provider = options.provider.empty() ? ParamString("TRIDENT_FABRIC_PROVIDER")
+                                                  : options.provider;
+  if (provider.empty()) {
+    ASSIGN_OR_RETURN(bool one_host, AllOnOneHost(*setup, rank, size, deadline));
+    provider = one_host ? "shm" : "tcp";
+  }
+  FabricOptions fabric;
+  fabric.rank = rank;
+  fabric.size = size;
+  fabric.store = setup.get();
+  fabric.provider = provider;
+  fabric.iface = ParamString("TRIDENT_FABRIC_IFACE");
+  fabric.deadline = deadline;
+  absl::StatusOr<std::unique_ptr<Transport>> transport = NewFabricTransport(fabric);
+  if (!transport.ok()) return Annotate(transport.status(), "CreateHostCommunicator");
+
+  // A job-wide unique context id keeps this communicator's tags and store keys apart.
+  std::string context;
+  if (rank == 0) {
+    ASSIGN_OR_RETURN(int64_t next, store->Add("comm/next_context", 1, deadline));
+    context = absl::StrCat(next);
+    RETURN_IF_ERROR(setup->Set("context", context, deadline));
+  } else {
+    ASSIGN_OR_RETURN(context, setup->Get("context", deadline));
+  }
+
+  HostCommConfig config;
+  config.transport = std::move(*transport);
+  config.store = store;
+  for (int r = 0; r < size; ++r) config.ranks.push_back(r);
+  config.rank = rank;
+  int context_id = 0;
+  if (!absl::SimpleAtoi(context, &context_id) || context_id > 0xffff) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("CreateHostCommunicator: no communicator context id left (got ", context, ")"));
+  }
+  config.context = static_cast<uint16_t>(context_id);
+  config.name = options.name;
+  config.timeout = options.timeout;
+  config.algo.small_bytes = static_cast<size_t>(ParamInt("TRIDENT_SMALL_MSG_BYTES"));
+  config.algo.chunk_bytes = static_cast<size_t>(ParamInt("TRIDENT_CHUNK_BYTES"));
+  auto comm = std::make_unique<HostCommunicator>(std::move(config));
+  spdlog::debug("created {}", comm->Describe());
+  return std::unique_ptr<Communicator>(std::move(comm));
+}
+
+}  // namespace trident
