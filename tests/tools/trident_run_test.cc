@@ -295,6 +295,18 @@ TEST(TridentRunTest, SurvivorsThatExitWithinTheGracePeriodAreNotSignalled) {
   EXPECT_EQ(Lines(r.err).back(), "trident-run: job failed: rank 2 exited with status 3");
 }
 
+TEST(TridentRunTest, ARanksLastWordsComeBeforeTheReportOfItsExit) {
+  for (int i = 0; i < 3; ++i) {
+    RunResult r = RunLauncher(ShArgs(1, "echo about to fail >&2; printf 'last words' >&2; exit 1"));
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_EQ(r.err,
+              "[rank 0] about to fail\n"
+              "[rank 0] last words\n"
+              "trident-run: rank 0 exited with status 1\n"
+              "trident-run: job failed: rank 0 exited with status 1\n");
+  }
+}
+
 TEST(TridentRunTest, ReportsTheFirstFailureLast) {
   // Rank 0 fails first; rank 1 fails later on its own: both are reported, rank 0 is the cause.
   RunResult r = RunLauncher(ShArgs(2, "if [ \"$TRIDENT_RANK\" = 0 ]; then exit 4; fi; sleep 0.5; exit 5"),

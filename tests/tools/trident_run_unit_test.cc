@@ -1,5 +1,6 @@
 // Unit tests of trident-run's parts: argument parsing, line splitting, the output relay,
 // exit descriptions and the child environment.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -126,7 +127,7 @@ TEST(OutputRelayTest, RelaysWholeLinesFromManyPipes) {
     for (Stream stream : {Stream::kStdout, Stream::kStderr}) {
       int p[2];
       ASSERT_EQ(::pipe(p), 0);
-      relay.Add(p[0], absl::StrCat("[rank ", rank, "] "), stream);
+      relay.Add(p[0], absl::StrCat("[rank ", rank, "] "), stream, rank);
       write_ends.push_back(p[1]);
     }
   }
@@ -171,7 +172,7 @@ TEST(OutputRelayTest, FinishStopsAtTheDeadlineWhenAPipeStaysOpen) {
   OutputRelay relay(&writer);
   int p[2];
   ASSERT_EQ(::pipe(p), 0);
-  relay.Add(p[0], "[rank 0] ", Stream::kStdout);
+  relay.Add(p[0], "[rank 0] ", Stream::kStdout, 0);
   relay.Start();
   ASSERT_EQ(::write(p[1], "held open", 9), 9);  // as by a grandchild that never exits
   const absl::Time start = absl::Now();
@@ -180,6 +181,29 @@ TEST(OutputRelayTest, FinishStopsAtTheDeadlineWhenAPipeStaysOpen) {
   ::close(p[1]);
   EXPECT_EQ(out.Take(), "[rank 0] held open\n");
   err.Take();
+}
+
+TEST(OutputRelayTest, CatchUpRelaysAnExitedChildsLastWordsAtOnce) {
+  int out[2], err[2], p[2];
+  ASSERT_EQ(::pipe2(out, O_NONBLOCK), 0);
+  ASSERT_EQ(::pipe2(err, O_NONBLOCK), 0);
+  ASSERT_EQ(::pipe(p), 0);
+  OutputWriter writer(out[1], err[1]);
+  OutputRelay relay(&writer);
+  relay.Add(p[0], "[rank 4] ", Stream::kStderr, 4);
+  relay.Start();
+  ASSERT_EQ(::write(p[1], "done\nlast words", 15), 15);
+  ::close(p[1]);  // the child exited
+  relay.CatchUp(4);
+  // Everything is out when CatchUp returns, the partial line included.
+  char buf[256];
+  std::string text;
+  ssize_t n;
+  while ((n = ::read(err[0], buf, sizeof(buf))) > 0) text.append(buf, n);
+  EXPECT_EQ(text, "[rank 4] done\n[rank 4] last words\n");
+  relay.Finish(absl::Now() + absl::Seconds(5));
+  EXPECT_EQ(::read(err[0], buf, sizeof(buf)), -1);  // nothing twice
+  for (int fd : {out[0], out[1], err[0], err[1]}) ::close(fd);
 }
 
 TEST(DescribeExitTest, StatusAndSignal) {

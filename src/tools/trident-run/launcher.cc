@@ -44,7 +44,7 @@ std::string EnvOr(const char* name, absl::string_view fallback) {
 }  // namespace
 
 Launcher::Launcher(LaunchOptions options, OutputWriter* out)
-    : options_(std::move(options)), out_(out) {}
+    : options_(std::move(options)), out_(out), relay_(out) {}
 
 Launcher::~Launcher() {
   // Run() reaps every child before it returns; nothing may outlive the launcher.
@@ -93,8 +93,7 @@ int Launcher::Run() {
   spdlog::debug("job {} with {} ranks, store {}; parameters:\n{}", job_id_, options_.nproc,
                 store_url_, DescribeParams());
 
-  OutputRelay relay(out_);
-  if (absl::Status status = SpawnAll(*path, relay); !status.ok()) {
+  if (absl::Status status = SpawnAll(*path); !status.ok()) {
     Message(status.message());
     SignalRunning(SIGKILL);
     for (Child& child : children_) {
@@ -103,14 +102,14 @@ int Launcher::Run() {
       }
       child.running = false;
     }
-    relay.Finish(absl::Now() + kRelayDrain);
+    relay_.Finish(absl::Now() + kRelayDrain);
     ::close(signal_fd);
     return kExitJobFailed;
   }
-  relay.Start();
+  relay_.Start();
   Watch(signal_fd);
   ::close(signal_fd);
-  relay.Finish(absl::Now() + kRelayDrain);
+  relay_.Finish(absl::Now() + kRelayDrain);
   // The store outlived every rank; now it can go.
   store_.reset();
   if (store_server_ != nullptr) store_server_->Shutdown();
@@ -161,7 +160,7 @@ std::vector<std::string> Launcher::ChildEnvironment(int rank) const {
   return MergeEnvironment(environ, RankVariables(), set);
 }
 
-absl::Status Launcher::SpawnAll(const std::string& path, OutputRelay& relay) {
+absl::Status Launcher::SpawnAll(const std::string& path) {
   children_.reserve(options_.nproc);
   for (int rank = 0; rank < options_.nproc; ++rank) {
     ChildSpec spec{path, options_.program, ChildEnvironment(rank)};
@@ -171,8 +170,8 @@ absl::Status Launcher::SpawnAll(const std::string& path, OutputRelay& relay) {
     }
     children_.push_back(Child{rank, spawned->pid});
     std::string prefix = absl::StrCat("[rank ", rank, "] ");
-    relay.Add(spawned->stdout_fd, prefix, Stream::kStdout);
-    relay.Add(spawned->stderr_fd, prefix, Stream::kStderr);
+    relay_.Add(spawned->stdout_fd, prefix, Stream::kStdout, rank);
+    relay_.Add(spawned->stderr_fd, prefix, Stream::kStderr, rank);
   }
   return absl::OkStatus();
 }
@@ -235,6 +234,7 @@ void Launcher::OnChildExit(Child& child, int wait_status) {
     spdlog::debug("rank {} exited with status 0", child.rank);
     return;
   }
+  relay_.CatchUp(child.rank);  // its last words come before the report of its exit
   const std::string reason = DescribeExit(child.rank, wait_status);
   if (child.last_signal != 0) {
     // Stopped by trident-run (or by the SIGINT it forwarded): not a failure of its own.

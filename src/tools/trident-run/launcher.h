@@ -61,7 +61,7 @@ class Launcher {
 
   absl::Status SetUpStore();
   std::vector<std::string> ChildEnvironment(int rank) const;
-  absl::Status SpawnAll(const std::string& path, OutputRelay& relay);
+  absl::Status SpawnAll(const std::string& path);
   void Watch(int signal_fd);
   void ReapExited();
   void OnChildExit(Child& child, int wait_status);
@@ -75,6 +75,7 @@ class Launcher {
   LaunchOptions options_;
   OutputWriter* const out_;
   absl::Duration grace_;  // TRIDENT_KILL_GRACE_MS
+  OutputRelay relay_;     // the ranks' output, on its own thread
 
   std::string store_url_;
   std::string job_token_;

@@ -86,12 +86,13 @@ OutputRelay::~OutputRelay() {
   ::close(wake_fd_);
 }
 
-void OutputRelay::Add(int fd, std::string prefix, Stream stream) {
+void OutputRelay::Add(int fd, std::string prefix, Stream stream, int owner) {
   TRIDENT_CHECK(!thread_.joinable() && !finished_) << "OutputRelay::Add after Start";
   int flags = ::fcntl(fd, F_GETFL);
   TRIDENT_CHECK(flags >= 0 && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0)
       << "fcntl(O_NONBLOCK) on fd " << fd << ": errno " << errno;
-  sources_.push_back(Source{fd, stream, LineSplitter(std::move(prefix))});
+  absl::MutexLock lock(&sources_mu_);
+  sources_.push_back(Source{fd, stream, owner, LineSplitter(std::move(prefix))});
 }
 
 void OutputRelay::Start() {
@@ -100,6 +101,14 @@ void OutputRelay::Start() {
     pthread_setname_np(pthread_self(), "trident-relay");
     Loop();
   });
+}
+
+void OutputRelay::CatchUp(int owner) {
+  absl::MutexLock lock(&sources_mu_);
+  for (Source& source : sources_) {
+    // The relay thread may be poll()ing this fd: leave closing it to that thread.
+    if (source.owner == owner && source.fd >= 0) DrainAll(source, /*close_at_eof=*/false);
+  }
 }
 
 void OutputRelay::Finish(absl::Time deadline) {
@@ -115,31 +124,42 @@ void OutputRelay::Finish(absl::Time deadline) {
     (void)n;  // EAGAIN: already awake
     thread_.join();
   } else {
-    for (Source& source : sources_) {  // never started: drain on this thread
-      if (source.fd >= 0) {
-        for (int i = 0; i < kFinalDrainReads && Drain(source); ++i) {
-        }
-        Close(source);
-      }
+    absl::MutexLock lock(&sources_mu_);  // never started: drain on this thread
+    for (Source& source : sources_) {
+      if (source.fd < 0) continue;
+      DrainAll(source, /*close_at_eof=*/true);
+      Close(source);
     }
   }
 }
 
-bool OutputRelay::Drain(Source& source) {
+bool OutputRelay::Drain(Source& source, bool close_at_eof) {
+  if (source.eof) {
+    if (close_at_eof) Close(source);
+    return false;
+  }
   char buf[kReadChunk];
   ssize_t n = ::read(source.fd, buf, sizeof(buf));
   if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) {
     return errno == EINTR;  // EINTR: try again; EAGAIN: nothing more for now
   }
+  std::string out;
   if (n <= 0) {
     if (n < 0) spdlog::warn("reading a child's output (fd {}): errno {}", source.fd, errno);
-    Close(source);
+    source.eof = true;
+    source.splitter.Flush(&out);
+    if (!out.empty()) writer_->Write(source.stream, out);
+    if (close_at_eof) Close(source);
     return false;
   }
-  std::string out;
   source.splitter.Feed(absl::string_view(buf, static_cast<size_t>(n)), &out);
   if (!out.empty()) writer_->Write(source.stream, out);
   return true;
+}
+
+void OutputRelay::DrainAll(Source& source, bool close_at_eof) {
+  for (int i = 0; i < kFinalDrainReads && source.fd >= 0 && Drain(source, close_at_eof); ++i) {
+  }
 }
 
 void OutputRelay::Close(Source& source) {
@@ -157,10 +177,13 @@ void OutputRelay::Loop() {
   while (true) {
     pfds.clear();
     polled.clear();
-    for (Source& source : sources_) {
-      if (source.fd < 0) continue;
-      pfds.push_back(pollfd{source.fd, POLLIN, 0});
-      polled.push_back(&source);
+    {
+      absl::MutexLock lock(&sources_mu_);
+      for (Source& source : sources_) {
+        if (source.fd < 0) continue;
+        pfds.push_back(pollfd{source.fd, POLLIN, 0});
+        polled.push_back(&source);
+      }
     }
     if (polled.empty()) return;  // every pipe reached EOF
     pfds.push_back(pollfd{wake_fd_, POLLIN, 0});
@@ -173,9 +196,9 @@ void OutputRelay::Loop() {
     const absl::Time now = absl::Now();
     if (now >= stop_at) {
       // Past the deadline: take what is already in the pipes and stop.
+      absl::MutexLock lock(&sources_mu_);
       for (Source* source : polled) {
-        for (int i = 0; i < kFinalDrainReads && source->fd >= 0 && Drain(*source); ++i) {
-        }
+        DrainAll(*source, /*close_at_eof=*/true);
         Close(*source);
       }
       return;
@@ -190,8 +213,13 @@ void OutputRelay::Loop() {
       TRIDENT_CHECK(errno == EINTR) << "poll over child pipes: errno " << errno;
       continue;
     }
-    for (size_t i = 0; i < polled.size(); ++i) {
-      if (pfds[i].revents != 0) Drain(*polled[i]);  // POLLHUP with data left: read it first
+    {
+      absl::MutexLock lock(&sources_mu_);
+      for (size_t i = 0; i < polled.size(); ++i) {
+        // One read per wakeup keeps one chatty child from starving the others; POLLHUP with
+        // data left is read first, and EOF comes on a later round.
+        if (pfds[i].revents != 0 && polled[i]->fd >= 0) Drain(*polled[i], /*close_at_eof=*/true);
+      }
     }
     if (pfds.back().revents != 0) {
       uint64_t value;

@@ -7,9 +7,10 @@
 //
 //   OutputWriter writer(STDOUT_FILENO, STDERR_FILENO);
 //   OutputRelay relay(&writer);
-//   relay.Add(stdout_pipe_read_end, "[rank 0] ", Stream::kStdout);
+//   relay.Add(stdout_pipe_read_end, "[rank 0] ", Stream::kStdout, /*owner=*/0);
 //   relay.Start();
-//   ...  // children run and exit
+//   ...  // rank 0 exits:
+//   relay.CatchUp(0);  // its last lines come out before the report of its exit
 //   relay.Finish(absl::Now() + absl::Seconds(2));  // drains, flushes partial lines, joins
 #ifndef TRIDENT_TOOLS_TRIDENT_RUN_OUTPUT_RELAY_H_
 #define TRIDENT_TOOLS_TRIDENT_RUN_OUTPUT_RELAY_H_
@@ -70,10 +71,14 @@ class OutputRelay {
   OutputRelay& operator=(const OutputRelay&) = delete;
 
   // Takes ownership of `fd` (the read end of a child's pipe; made non-blocking here).
-  // Only before Start().
-  void Add(int fd, std::string prefix, Stream stream);
+  // `owner` names the child for CatchUp(). Only before Start().
+  void Add(int fd, std::string prefix, Stream stream, int owner);
   // Starts the relay thread.
   void Start();
+  // Relays, on the calling thread, what `owner`'s pipes hold now, including a partial last
+  // line once the pipe is at EOF. Called when a child has exited, so that its last words
+  // come out before the launcher reports its exit. Thread-safe.
+  void CatchUp(int owner);
   // Waits until every pipe reached EOF or `deadline` passed (a grandchild may hold a pipe
   // open forever), then reads what is left without blocking, flushes partial lines, closes
   // the pipes and joins the thread. Idempotent.
@@ -81,21 +86,30 @@ class OutputRelay {
 
  private:
   struct Source {
-    int fd;
+    int fd;  // -1 once closed
     Stream stream;
+    int owner;
     LineSplitter splitter;
+    bool eof = false;  // CatchUp() saw EOF and flushed; the relay thread closes the fd
   };
 
   void Loop();
-  // Reads what `source` has now; returns false at EOF or on an error.
-  bool Drain(Source& source);
-  void Close(Source& source);
+  // Reads once from `source`; returns whether there may be more to read now. At EOF (or on
+  // an error) flushes the partial line and marks it; `close_at_eof` also closes the fd.
+  bool Drain(Source& source, bool close_at_eof) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sources_mu_);
+  // Reads until the pipe is empty (at most kFinalDrainReads times).
+  void DrainAll(Source& source, bool close_at_eof) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sources_mu_);
+  void Close(Source& source) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sources_mu_);
 
   OutputWriter* const writer_;
-  std::vector<Source> sources_;  // owned by the relay thread once started
-  int wake_fd_ = -1;             // eventfd: Finish() wakes the thread's poll()
+  int wake_fd_ = -1;  // eventfd: Finish() wakes the thread's poll()
   std::thread thread_;
   bool finished_ = false;
+
+  // Held while reading a pipe and writing what came of it, never while blocked in poll().
+  // The vector does not change size after Start(), so pointers into it stay valid.
+  absl::Mutex sources_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  std::vector<Source> sources_ ABSL_GUARDED_BY(sources_mu_);
 
   absl::Mutex mu_;
   absl::Time stop_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
