@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/numbers.h"
+#include "absl/time/clock.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
@@ -99,6 +100,9 @@ struct HostCommunicator::Op {
   absl::Time deadline;
   std::shared_ptr<HostWork> work;
   std::unique_ptr<TransportRequest> request;  // point-to-point only
+  // The fingerprints exchanged at the start; they live as long as the op, as the send may
+  // still be reading its buffer when the algorithm starts.
+  Fingerprint mine, theirs;
 };
 
 class HostCommunicator::HostWork : public Work {
@@ -415,6 +419,26 @@ absl::Status HostCommunicator::Health() {
   return absl::OkStatus();
 }
 
+absl::Status HostCommunicator::ExplainPeerFailure(const absl::Status& transport_error) {
+  // The transport often notices a dead peer (connection reset, CQ error) a moment before
+  // trident-run has recorded why it died; wait briefly for the cause, which says more.
+  if (transport_error.code() != absl::StatusCode::kAborted ||
+      absl::StrContains(transport_error.message(), "reported by trident-run")) {
+    return transport_error;
+  }
+  const absl::Time give_up = DeadlineIn(absl::Seconds(1));
+  do {
+    absl::Status cause = Health();
+    if (!cause.ok() && cause.code() == absl::StatusCode::kAborted &&
+        !absl::StrContains(cause.message(), transport_error.message())) {
+      return absl::AbortedError(
+          absl::StrCat(cause.message(), "; the transport saw: ", transport_error.message()));
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  } while (absl::Now() < give_up);
+  return transport_error;
+}
+
 absl::Status HostCommunicator::DiagnoseTimeout(const Op& op) {
   // Ranks that reach this point record that they had arrived; whoever is missing after a short
   // grace period never called the op (or is stuck before it).
@@ -539,7 +563,7 @@ bool HostCommunicator::ProgressP2P(absl::Time now) {
       return true;
     }
     if (!op.request->status.ok()) {
-      FailAll(Annotate(op.request->status, OpName(op)));
+      FailAll(Annotate(ExplainPeerFailure(op.request->status), OpName(op)));
       return true;
     }
     op.work->Complete(absl::OkStatus());
@@ -563,6 +587,7 @@ absl::Status HostCommunicator::RunCollective(Op& op) {
   if (s.ok()) s = RunAlgorithm(op, ch);
   if (s.ok()) return s;
   if (s.code() == absl::StatusCode::kCancelled) s = AbortStatus();
+  s = ExplainPeerFailure(s);
   // Name the op, unless the message already does (timeouts and mismatches do).
   if (absl::StrContains(s.message(), KindName(op.kind))) return s;
   return absl::Status(s.code(), absl::StrCat(OpName(op), ": ", s.message()));
@@ -570,7 +595,8 @@ absl::Status HostCommunicator::RunCollective(Op& op) {
 
 absl::Status HostCommunicator::CheckFingerprint(Op& op, Channel& ch) {
   const int n = size(), r = rank();
-  Fingerprint mine;
+  Fingerprint& mine = op.mine;
+  Fingerprint& theirs = op.theirs;
   mine.seq = op.seq;
   mine.epoch = config_.epoch;
   mine.rank = r;
@@ -579,7 +605,6 @@ absl::Status HostCommunicator::CheckFingerprint(Op& op, Channel& ch) {
   mine.reduce = IsReduction(op.kind) ? static_cast<uint8_t>(op.reduce) : 0;
   mine.root = HasRoot(op.kind) ? op.root : -1;
   mine.count = op.count;
-  Fingerprint theirs;
   ASSIGN_OR_RETURN(TransportRequest * recv,
                    ch.Recv((r + n - 1) % n, &theirs, sizeof(theirs), kFingerprintSlot));
   RETURN_IF_ERROR(ch.Send((r + 1) % n, &mine, sizeof(mine), kFingerprintSlot).status());

@@ -87,6 +87,7 @@ class HostCommunicator : public Communicator {
   absl::Status CheckFingerprint(Op& op, Channel& ch);
   absl::Status Health();
   absl::Status DiagnoseTimeout(const Op& op);
+  absl::Status ExplainPeerFailure(const absl::Status& transport_error);
   void PublishError(const absl::Status& status);
   std::string OpName(const Op& op) const;
   bool PostP2P(Op& op);
