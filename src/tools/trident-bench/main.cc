@@ -1,0 +1,280 @@
+// trident-bench: nccl-tests-style measurement of one collective over a range of sizes, on the
+// host communicator. Run one process per rank under the launcher:
+//
+//   trident-run --nproc 4 -- trident-bench allreduce --min-bytes 4K --max-bytes 256M --check
+//
+// Rank 0 prints a header and one row per size; other ranks print nothing to stdout. See
+// bench.h for what each column means. Exit status: 0 when every op succeeded and every
+// checked element was right; 1 when an op failed (its status is printed) or an element was
+// wrong; 2 on bad usage.
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "bench.h"
+#include "common/logging.h"
+#include "common/params.h"
+#include "nlohmann/json.hpp"
+#include "trident/communicator.h"
+
+ABSL_FLAG(std::string, min_bytes, "4K",
+          "smallest size in bytes; K, M, G suffixes are binary (4K = 4096)");
+ABSL_FLAG(std::string, max_bytes, "32M", "largest size; sizes double from --min-bytes up to it");
+ABSL_FLAG(std::string, dtype, "f32", "element type: f32 f64 f16 bf16 i8 u8 i32 i64");
+ABSL_FLAG(std::string, op, "sum",
+          "reduction of allreduce, reducescatter and reduce: sum prod min max avg");
+ABSL_FLAG(int, root, 0, "root rank of broadcast and reduce");
+ABSL_FLAG(int, iters, 0,
+          "timed calls per size; 0 adapts them to take about 0.3 s per size (3 to 1000)");
+ABSL_FLAG(int, warmup, 2, "untimed calls per size before the timed loop");
+ABSL_FLAG(bool, check, false,
+          "fill inputs with exact rank- and index-dependent values, run once and compare every "
+          "element of the result with the value computed locally");
+ABSL_FLAG(bool, inplace, false, "allreduce only: use one buffer as input and output");
+ABSL_FLAG(std::string, json, "", "also write the rows as JSON to this file (rank 0)");
+ABSL_FLAG(std::string, provider, "",
+          "libfabric provider (shm, tcp, ...); empty: TRIDENT_FABRIC_PROVIDER, else shm on one "
+          "host");
+ABSL_FLAG(absl::Duration, timeout, absl::ZeroDuration(),
+          "deadline of each op, e.g. 60s; 0: the communicator's default (TRIDENT_TIMEOUT_MS)");
+
+namespace trident::bench {
+namespace {
+
+constexpr char kUsage[] = R"(usage: trident-run --nproc N -- trident-bench OP [flags]
+
+Measures one collective of the host communicator over sizes from --min-bytes to --max-bytes
+(doubling), the way nccl-tests does. OP is one of:
+  allreduce reducescatter allgather broadcast reduce alltoall sendrecv barrier
+(sendrecv: each rank sends to rank+1 and receives from rank-1; barrier: one row, no data).
+
+Rank 0 prints one row per size:
+  bytes     size of the full buffer: allreduce, broadcast, reduce: the buffer; allgather:
+            the output (each rank gives bytes/N); reducescatter: the input; alltoall: one
+            rank's send buffer; sendrecv: one message. Blocked ops round to a multiple of N.
+  count     elements of that buffer
+  time(us)  max over ranks of the mean time of one call; calls are issued and waited for
+            back to back in a timed loop, with one barrier before the loop
+  algbw     bytes / time, GB/s (1e9 B/s)
+  busbw     algbw x 2(N-1)/N (allreduce), (N-1)/N (reducescatter, allgather, alltoall),
+            1 (broadcast, reduce, sendrecv)
+  #wrong    with --check, the max over ranks of wrong elements; N/A without it
+Exit status: 0 if all went well; 1 if an op failed or an element was wrong; 2 on bad usage.
+The communicator comes from TRIDENT_RANK, TRIDENT_WORLD_SIZE and TRIDENT_STORE (set by
+trident-run).
+
+Flags (--flag=value or --flag value; dashes and underscores are the same):
+)";
+
+std::string DashName(absl::string_view name) {
+  std::string s(name);
+  for (char& c : s) {
+    if (c == '_') c = '-';
+  }
+  return s;
+}
+
+template <typename T>
+void PrintFlag(const absl::Flag<T>& flag) {
+  const absl::CommandLineFlag& f = absl::GetFlagReflectionHandle(flag);
+  std::printf("  --%-12s %s (default: %s)\n", DashName(f.Name()).c_str(), f.Help().c_str(),
+              f.DefaultValue().empty() ? "\"\"" : f.DefaultValue().c_str());
+}
+
+void PrintHelp() {
+  std::fputs(kUsage, stdout);
+  PrintFlag(FLAGS_min_bytes);
+  PrintFlag(FLAGS_max_bytes);
+  PrintFlag(FLAGS_dtype);
+  PrintFlag(FLAGS_op);
+  PrintFlag(FLAGS_root);
+  PrintFlag(FLAGS_iters);
+  PrintFlag(FLAGS_warmup);
+  PrintFlag(FLAGS_check);
+  PrintFlag(FLAGS_inplace);
+  PrintFlag(FLAGS_json);
+  PrintFlag(FLAGS_provider);
+  PrintFlag(FLAGS_timeout);
+}
+
+// Abseil flag names are identifiers; accept the dashed spelling ("--min-bytes 4K") too.
+std::vector<char*> NormalizeArgs(int argc, char** argv, std::vector<std::string>& storage) {
+  storage.assign(argv, argv + argc);
+  for (size_t i = 1; i < storage.size(); ++i) {
+    std::string& a = storage[i];
+    if (a == "--") break;
+    if (a == "-h") a = "--help";
+    if (a.size() > 2 && a.compare(0, 2, "--") == 0) {
+      size_t end = std::min(a.find('='), a.size());
+      for (size_t j = 2; j < end; ++j) {
+        if (a[j] == '-') a[j] = '_';
+      }
+    }
+  }
+  std::vector<char*> out;
+  for (std::string& s : storage) out.push_back(s.data());
+  return out;
+}
+
+[[noreturn]] void UsageError(absl::string_view message) {
+  std::fprintf(stderr, "trident-bench: %s\n(try --help)\n", std::string(message).c_str());
+  std::exit(2);
+}
+
+std::string FormatRow(const Row& row, absl::string_view dtype, absl::string_view redop,
+                      absl::string_view root) {
+  std::string wrong = row.wrong < 0 ? "N/A" : absl::StrCat(row.wrong);
+  return absl::StrFormat("%14d %12d %5s %6s %5s %6d %12.2f %12.4f %12.4f %8s", row.bytes,
+                         row.count, dtype, redop, root, row.iters, row.seconds * 1e6,
+                         row.algbw_gbps, row.busbw_gbps, wrong);
+}
+
+int Main(int argc, char** argv) {
+  std::vector<std::string> storage;
+  std::vector<char*> args = NormalizeArgs(argc, argv, storage);
+  for (size_t i = 1; i < args.size(); ++i) {
+    if (std::string(args[i]) == "--") break;
+    if (std::string(args[i]) == "--help") {
+      PrintHelp();
+      return 0;
+    }
+  }
+  std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(args.size()),
+                                                         args.data());
+  if (positional.size() != 2) UsageError("expected exactly one OP, e.g. allreduce");
+
+  Config config;
+  auto collective = ParseCollective(positional[1]);
+  if (!collective.ok()) UsageError(collective.status().message());
+  config.collective = *collective;
+  auto min_bytes = ParseBytes(absl::GetFlag(FLAGS_min_bytes));
+  auto max_bytes = ParseBytes(absl::GetFlag(FLAGS_max_bytes));
+  if (!min_bytes.ok()) UsageError(min_bytes.status().message());
+  if (!max_bytes.ok()) UsageError(max_bytes.status().message());
+  if (*min_bytes < 1 || *max_bytes < *min_bytes) {
+    UsageError("need 1 <= --min-bytes <= --max-bytes");
+  }
+  config.min_bytes = *min_bytes;
+  config.max_bytes = *max_bytes;
+  auto dtype = ParseDType(absl::GetFlag(FLAGS_dtype));
+  if (!dtype.ok()) UsageError(dtype.status().message());
+  config.dtype = *dtype;
+  auto reduce = ParseReduceOp(absl::GetFlag(FLAGS_op));
+  if (!reduce.ok()) UsageError(reduce.status().message());
+  config.reduce = *reduce;
+  config.root = absl::GetFlag(FLAGS_root);
+  config.iters = absl::GetFlag(FLAGS_iters);
+  config.warmup = absl::GetFlag(FLAGS_warmup);
+  config.check = absl::GetFlag(FLAGS_check);
+  config.in_place = absl::GetFlag(FLAGS_inplace);
+  config.timeout = absl::GetFlag(FLAGS_timeout);
+  if (config.iters < 0 || config.warmup < 0) UsageError("--iters and --warmup must be >= 0");
+  if (config.in_place && config.collective != Collective::kAllReduce) {
+    UsageError("--inplace applies to allreduce only (broadcast is always in place)");
+  }
+  if (config.timeout < absl::ZeroDuration()) UsageError("--timeout must be >= 0");
+
+  HostCommOptions options;
+  options.provider = absl::GetFlag(FLAGS_provider);
+  options.name = "bench";
+  auto comm_or = CreateHostCommunicator(options);
+  if (!comm_or.ok()) {
+    std::fprintf(stderr, "trident-bench: cannot create the communicator: %s\n",
+                 comm_or.status().ToString().c_str());
+    return 1;
+  }
+  std::unique_ptr<Communicator> comm = std::move(comm_or).value();
+  const int rank = comm->rank();
+  const int n = comm->size();
+  InitLogging(absl::StrCat("rank ", rank));
+  if (HasRoot(config.collective) && (config.root < 0 || config.root >= n)) {
+    UsageError(absl::StrCat("--root ", config.root, " is not a rank of a world of ", n));
+  }
+
+  std::string provider = options.provider;
+  if (provider.empty()) provider = ParamString("TRIDENT_FABRIC_PROVIDER");
+  if (provider.empty()) provider = "default";
+  const std::string dtype_name(DTypeName(config.dtype));
+  const std::string redop = Reduces(config.collective) ? std::string(ReduceOpName(config.reduce))
+                                                       : "-";
+  const std::string root = HasRoot(config.collective) ? absl::StrCat(config.root) : "-";
+  const std::string name(CollectiveName(config.collective));
+  const std::string iters_text =
+      config.iters > 0 ? absl::StrCat(config.iters) : "adaptive (~0.3 s per size, 3..1000)";
+
+  if (rank == 0) {
+    std::printf("# trident-bench %s: world %d, provider %s, %s\n", name.c_str(), n,
+                provider.c_str(), comm->Describe().c_str());
+    std::printf("# dtype %s, redop %s, root %s, %s, iters %s, warmup %d, check %s\n",
+                dtype_name.c_str(), redop.c_str(), root.c_str(),
+                config.collective == Collective::kAllReduce
+                    ? (config.in_place ? "in place" : "out of place")
+                    : "-",
+                iters_text.c_str(), config.warmup, config.check ? "on" : "off");
+    std::printf("#%13s %12s %5s %6s %5s %6s %12s %12s %12s %8s\n", "bytes", "count", "type",
+                "redop", "root", "iters", "time(us)", "algbw(GB/s)", "busbw(GB/s)", "#wrong");
+    std::fflush(stdout);
+  }
+
+  nlohmann::json rows = nlohmann::json::array();
+  int64_t total_wrong = 0;
+  absl::Status status = RunBench(*comm, config, [&](const Row& row) {
+    if (row.wrong > 0) total_wrong += row.wrong;
+    if (rank != 0) return;
+    std::printf("%s\n", FormatRow(row, dtype_name, redop, root).c_str());
+    std::fflush(stdout);
+    nlohmann::json j = {{"bytes", row.bytes},         {"count", row.count},
+                        {"iters", row.iters},         {"time_us", row.seconds * 1e6},
+                        {"algbw_gbps", row.algbw_gbps}, {"busbw_gbps", row.busbw_gbps}};
+    j["wrong"] = row.wrong < 0 ? nlohmann::json(nullptr) : nlohmann::json(row.wrong);
+    rows.push_back(std::move(j));
+  });
+
+  if (!status.ok()) {
+    std::fprintf(stderr, "trident-bench: rank %d: %s\n", rank, status.ToString().c_str());
+    comm->Abort(status);
+  }
+  const std::string json_path = absl::GetFlag(FLAGS_json);
+  if (rank == 0 && !json_path.empty()) {
+    nlohmann::json doc = {{"tool", "trident-bench"},
+                          {"op", name},
+                          {"world_size", n},
+                          {"provider", provider},
+                          {"communicator", comm->Describe()},
+                          {"dtype", dtype_name},
+                          {"redop", redop},
+                          {"root", HasRoot(config.collective) ? nlohmann::json(config.root)
+                                                              : nlohmann::json(nullptr)},
+                          {"in_place", config.in_place},
+                          {"check", config.check},
+                          {"rows", rows}};
+    doc["error"] = status.ok() ? nlohmann::json(nullptr) : nlohmann::json(status.ToString());
+    std::ofstream out(json_path);
+    out << doc.dump(2) << "\n";
+    if (!out) {
+      std::fprintf(stderr, "trident-bench: cannot write %s\n", json_path.c_str());
+      return 1;
+    }
+  }
+  if (!status.ok()) return 1;
+  if (total_wrong > 0) {
+    if (rank == 0) {
+      std::fprintf(stderr, "trident-bench: %s: %lld wrong elements (max over ranks, summed over "
+                   "sizes)\n", name.c_str(), static_cast<long long>(total_wrong));
+    }
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace trident::bench
+
+int main(int argc, char** argv) { return trident::bench::Main(argc, argv); }
