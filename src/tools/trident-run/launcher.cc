@@ -11,6 +11,7 @@
 #include <climits>
 #include <cstdlib>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
 #include "common/logging.h"
@@ -72,6 +73,7 @@ int Launcher::Run() {
   ::signal(SIGPIPE, SIG_IGN);  // a closed stdout must show up as EPIPE, not kill the job
   const int signal_fd = ::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
   TRIDENT_CHECK(signal_fd >= 0) << "signalfd: errno " << errno;
+  absl::Cleanup close_signal_fd = [signal_fd] { ::close(signal_fd); };
 
   // Read now, so that a malformed value stops trident-run before any rank starts.
   grace_ = std::max(ParamMillis("TRIDENT_KILL_GRACE_MS"), absl::ZeroDuration());
@@ -79,7 +81,6 @@ int Launcher::Run() {
       ResolveProgram(options_.program[0], EnvOr("PATH", kDefaultPath));
   if (!path.ok()) {
     Message(path.status().message());
-    ::close(signal_fd);
     return kExitNotFound;
   }
 
@@ -87,7 +88,6 @@ int Launcher::Run() {
                                      : EnvOr("TRIDENT_JOB_ID", absl::StrCat("job-", RandomHex(6)));
   if (absl::Status status = SetUpStore(); !status.ok()) {
     Message(absl::StrCat("cannot set up the store: ", status.ToString()));
-    ::close(signal_fd);
     return kExitJobFailed;
   }
   spdlog::debug("job {} with {} ranks, store {}; parameters:\n{}", job_id_, options_.nproc,
@@ -103,12 +103,10 @@ int Launcher::Run() {
       child.running = false;
     }
     relay_.Finish(absl::Now() + kRelayDrain);
-    ::close(signal_fd);
     return kExitJobFailed;
   }
   relay_.Start();
   Watch(signal_fd);
-  ::close(signal_fd);
   relay_.Finish(absl::Now() + kRelayDrain);
   // The store outlived every rank; now it can go.
   store_.reset();
