@@ -1,6 +1,8 @@
-// Backoff for polling loops: spin briefly (lowest latency when a peer is running on another
-// core), then yield (lets an oversubscribed peer run), then sleep with a small cap (so that an
-// idle wait costs no CPU but still notices progress within ~100 us).
+// Backoff for polling loops. Spin first (lowest latency while the peer runs on another core),
+// then yield (an oversubscribed peer gets the core; with nobody else runnable this is still a
+// busy poll), and only after a long idle stretch sleep briefly, so that a rank blocked for
+// seconds costs little CPU. Time-based rather than count-based: a transport may make progress
+// (e.g. move a segment of a large message) without completing a request.
 #ifndef TRIDENT_COMMON_BACKOFF_H_
 #define TRIDENT_COMMON_BACKOFF_H_
 
@@ -13,25 +15,34 @@ namespace trident {
 
 class Backoff {
  public:
-  // Call after a poll that made no progress.
+  // Call after a poll that completed nothing.
   void Pause() {
-    ++idle_;
-    if (idle_ < kSpins) return;
-    if (idle_ < kSpins + kYields) {
+    if (idle_since_ns_ == 0) idle_since_ns_ = NowNs();
+    if (++spins_ < kSpins) return;
+    const int64_t idle_ns = NowNs() - idle_since_ns_;
+    if (idle_ns < kYieldNs) {
       sched_yield();
       return;
     }
-    int64_t us = (idle_ - kSpins - kYields) < 16 ? 10 : 100;
-    timespec ts{0, us * 1000};
+    timespec ts{0, idle_ns < 100 * kYieldNs ? 20'000 : 200'000};
     nanosleep(&ts, nullptr);
   }
-  // Call after a poll that made progress.
-  void Reset() { idle_ = 0; }
+  // Call after a poll that completed something.
+  void Reset() {
+    spins_ = 0;
+    idle_since_ns_ = 0;
+  }
 
  private:
-  static constexpr int64_t kSpins = 64;
-  static constexpr int64_t kYields = 2000;
-  int64_t idle_ = 0;
+  static int64_t NowNs() {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1'000'000'000 + ts.tv_nsec;
+  }
+  static constexpr int kSpins = 100;
+  static constexpr int64_t kYieldNs = 20'000'000;  // 20 ms of yielding before any sleep
+  int spins_ = 0;
+  int64_t idle_since_ns_ = 0;
 };
 
 }  // namespace trident
