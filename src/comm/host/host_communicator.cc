@@ -224,6 +224,22 @@ absl::Status CheckReduceOp(absl::string_view op, DType dtype, ReduceOp reduce) {
 
 }  // namespace
 
+std::unique_ptr<HostCommunicator::Op> HostCommunicator::NewOp(OpKind kind, const Tensor& in,
+                                                              const Tensor& out, ReduceOp reduce,
+                                                              int root, int tag, int64_t count,
+                                                              const OpOptions& options) {
+  auto op = std::make_unique<Op>();
+  op->kind = kind;
+  op->in = in;
+  op->out = out;
+  op->reduce = reduce;
+  op->root = root;
+  op->tag = tag;
+  op->count = count;
+  op->timeout = options.timeout;
+  return op;
+}
+
 std::shared_ptr<Work> HostCommunicator::Enqueue(std::unique_ptr<Op> op) {
   op->work = std::make_shared<HostWork>();
   std::shared_ptr<Work> work = op->work;
@@ -245,29 +261,20 @@ std::shared_ptr<Work> HostCommunicator::AllReduce(const Tensor& in, const Tensor
                                                   ReduceOp op, const OpOptions& options) {
   if (absl::Status s = CheckPair("AllReduce", in, out, 1, 1); !s.ok()) return Failed(s);
   if (absl::Status s = CheckReduceOp("AllReduce", in.dtype(), op); !s.ok()) return Failed(s);
-  auto o = std::make_unique<Op>();
-  *o = Op{OpKind::kAllReduce, in, out, op, -1, 0, in.numel()};
-  o->timeout = options.timeout;
-  return Enqueue(std::move(o));
+  return Enqueue(NewOp(OpKind::kAllReduce, in, out, op, -1, 0, in.numel(), options));
 }
 
 std::shared_ptr<Work> HostCommunicator::ReduceScatter(const Tensor& in, const Tensor& out,
                                                       ReduceOp op, const OpOptions& options) {
   if (absl::Status s = CheckPair("ReduceScatter", in, out, 1, size()); !s.ok()) return Failed(s);
   if (absl::Status s = CheckReduceOp("ReduceScatter", in.dtype(), op); !s.ok()) return Failed(s);
-  auto o = std::make_unique<Op>();
-  *o = Op{OpKind::kReduceScatter, in, out, op, -1, 0, out.numel()};
-  o->timeout = options.timeout;
-  return Enqueue(std::move(o));
+  return Enqueue(NewOp(OpKind::kReduceScatter, in, out, op, -1, 0, out.numel(), options));
 }
 
 std::shared_ptr<Work> HostCommunicator::AllGather(const Tensor& in, const Tensor& out,
                                                   const OpOptions& options) {
   if (absl::Status s = CheckPair("AllGather", in, out, size(), 1); !s.ok()) return Failed(s);
-  auto o = std::make_unique<Op>();
-  *o = Op{OpKind::kAllGather, in, out, ReduceOp::kSum, -1, 0, in.numel()};
-  o->timeout = options.timeout;
-  return Enqueue(std::move(o));
+  return Enqueue(NewOp(OpKind::kAllGather, in, out, ReduceOp::kSum, -1, 0, in.numel(), options));
 }
 
 std::shared_ptr<Work> HostCommunicator::Broadcast(const Tensor& tensor, int root,
@@ -277,10 +284,7 @@ std::shared_ptr<Work> HostCommunicator::Broadcast(const Tensor& tensor, int root
     return Failed(absl::InvalidArgumentError(
         absl::StrCat("Broadcast: root ", root, " is not a rank of ", Describe())));
   }
-  auto o = std::make_unique<Op>();
-  *o = Op{OpKind::kBroadcast, tensor, tensor, ReduceOp::kSum, root, 0, tensor.numel()};
-  o->timeout = options.timeout;
-  return Enqueue(std::move(o));
+  return Enqueue(NewOp(OpKind::kBroadcast, tensor, tensor, ReduceOp::kSum, root, 0, tensor.numel(), options));
 }
 
 std::shared_ptr<Work> HostCommunicator::Reduce(const Tensor& in, const Tensor& out, ReduceOp op,
@@ -291,10 +295,7 @@ std::shared_ptr<Work> HostCommunicator::Reduce(const Tensor& in, const Tensor& o
     return Failed(absl::InvalidArgumentError(
         absl::StrCat("Reduce: root ", root, " is not a rank of ", Describe())));
   }
-  auto o = std::make_unique<Op>();
-  *o = Op{OpKind::kReduce, in, out, op, root, 0, in.numel()};
-  o->timeout = options.timeout;
-  return Enqueue(std::move(o));
+  return Enqueue(NewOp(OpKind::kReduce, in, out, op, root, 0, in.numel(), options));
 }
 
 std::shared_ptr<Work> HostCommunicator::AllToAll(const Tensor& in, const Tensor& out,
@@ -304,18 +305,12 @@ std::shared_ptr<Work> HostCommunicator::AllToAll(const Tensor& in, const Tensor&
     return Failed(absl::InvalidArgumentError(absl::StrCat(
         "AllToAll: ", in.numel(), " elements do not split into ", size(), " equal blocks")));
   }
-  auto o = std::make_unique<Op>();
-  *o = Op{OpKind::kAllToAll, in, out, ReduceOp::kSum, -1, 0, in.numel()};
-  o->timeout = options.timeout;
-  return Enqueue(std::move(o));
+  return Enqueue(NewOp(OpKind::kAllToAll, in, out, ReduceOp::kSum, -1, 0, in.numel(), options));
 }
 
 std::shared_ptr<Work> HostCommunicator::Barrier(const OpOptions& options) {
-  auto o = std::make_unique<Op>();
-  o->kind = OpKind::kBarrier;
-  o->in = o->out = Tensor(nullptr, DType::kU8, {0});
-  o->timeout = options.timeout;
-  return Enqueue(std::move(o));
+  const Tensor none(nullptr, DType::kU8, {0});
+  return Enqueue(NewOp(OpKind::kBarrier, none, none, ReduceOp::kSum, -1, 0, 0, options));
 }
 
 std::shared_ptr<Work> HostCommunicator::Send(const Tensor& tensor, int peer, int tag,
@@ -329,10 +324,7 @@ std::shared_ptr<Work> HostCommunicator::Send(const Tensor& tensor, int peer, int
     return Failed(absl::InvalidArgumentError(
         absl::StrCat("Send: tag ", tag, " is outside [0, 2^24)")));
   }
-  auto o = std::make_unique<Op>();
-  *o = Op{OpKind::kSend, tensor, tensor, ReduceOp::kSum, peer, tag, tensor.numel()};
-  o->timeout = options.timeout;
-  return Enqueue(std::move(o));
+  return Enqueue(NewOp(OpKind::kSend, tensor, tensor, ReduceOp::kSum, peer, tag, tensor.numel(), options));
 }
 
 std::shared_ptr<Work> HostCommunicator::Recv(const Tensor& tensor, int peer, int tag,
@@ -346,10 +338,7 @@ std::shared_ptr<Work> HostCommunicator::Recv(const Tensor& tensor, int peer, int
     return Failed(absl::InvalidArgumentError(
         absl::StrCat("Recv: tag ", tag, " is outside [0, 2^24)")));
   }
-  auto o = std::make_unique<Op>();
-  *o = Op{OpKind::kRecv, tensor, tensor, ReduceOp::kSum, peer, tag, tensor.numel()};
-  o->timeout = options.timeout;
-  return Enqueue(std::move(o));
+  return Enqueue(NewOp(OpKind::kRecv, tensor, tensor, ReduceOp::kSum, peer, tag, tensor.numel(), options));
 }
 
 // --- abort -----------------------------------------------------------------------------------

@@ -80,6 +80,9 @@ class HostCommunicator : public Communicator {
   class HostWork;
 
  private:
+  static std::unique_ptr<Op> NewOp(OpKind kind, const Tensor& in, const Tensor& out,
+                                   ReduceOp reduce, int root, int tag, int64_t count,
+                                   const OpOptions& options);
   std::shared_ptr<Work> Enqueue(std::unique_ptr<Op> op);
   void WorkerLoop();
   absl::Status RunCollective(Op& op);
