@@ -275,9 +275,13 @@ int RunOp(const Options& o, const std::string& op, int op_index,
     }
     // Warm-up, which also estimates the time of one call when iters is adaptive.
     int warmup = (o.iters == 0 && o.warmup == 0) ? 1 : o.warmup;
-    double t0 = perf::Now();
-    for (int i = 0; i < warmup; ++i) runner->Call();
-    double per_call = warmup > 0 ? (perf::Now() - t0) / warmup : 0;
+    double per_call = 0;  // the fastest warm-up call, as in trident-bench
+    for (int i = 0; i < warmup; ++i) {
+      double t0 = perf::Now();
+      runner->Call();
+      double t = perf::Now() - t0;
+      per_call = i == 0 ? t : std::min(per_call, t);
+    }
     int iters = o.iters;
     if (iters == 0) {
       iters = perf::AdaptiveIters(StoreMax(store, "est/" + key, o.rank, n, per_call));

@@ -131,14 +131,17 @@ class Runner {
     }
 
     // Warm-up; when the count is adaptive it also estimates the time of one call (at least
-    // one call is made for that).
+    // one call is made for that). The fastest warm-up call is the estimate: the first call
+    // of a run can include connection setup, which would make the count far too small.
     const int warmup = (config_.iters == 0 && config_.warmup == 0) ? 1 : config_.warmup;
-    double t0 = Now();
+    double per_call = 0;
     for (int i = 0; i < warmup; ++i) {
+      const double t0 = Now();
       absl::Status s = CallOnce();
       if (!s.ok()) return Annotate(s, context(absl::StrCat("warm-up call ", i)));
+      const double t = Now() - t0;
+      per_call = i == 0 ? t : std::min(per_call, t);
     }
-    const double per_call = warmup > 0 ? (Now() - t0) / warmup : 0;
     int iters = config_.iters;
     if (iters == 0) {
       // Every rank must run the same number of calls: agree on the slowest estimate.
