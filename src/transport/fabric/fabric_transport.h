@@ -1,0 +1,75 @@
+// FabricTransport: the Transport (transport/transport.h) over one libfabric reliable-datagram
+// endpoint (FI_EP_RDM, tagged messages): shm within a node, tcp (the "tcp;ofi_rxm" stack) on
+// any network, efa on AWS.
+//
+// Setup: NewFabricTransport opens fabric, domain, one completion queue, an address vector
+// (FI_AV_TABLE) and the endpoint; publishes this rank's endpoint name in the store at
+// "fabric/addr/<rank>" and reads every rank's, so that fi_addr i is rank i. All ranks of the
+// group must call it with the same store (namespaced by the caller per group and epoch: the
+// keys are not deleted) and the same provider.
+//
+// Matching: messages travel as tagged sends with the caller's 64-bit tag, received with
+// directed receives (FI_DIRECTED_RECV) from the peer's address; FI_ORDER_SAS keeps the
+// messages of one (peer, tag) in order. libfabric never sees a receive buffer smaller than
+// what arrives (its shm and tcp providers mishandle that in 1.17): each message starts with a
+// head part that carries the message size as remote CQ data, and the receiver posts the rest
+// with exact sizes. Receives of one (peer, tag) are therefore posted one after the other.
+// See fabric_transport.cc for the protocol.
+//
+// Ownership and threads: the transport owns every libfabric object; the caller owns the
+// TransportRequests and buffers (transport.h). Every method may be called from any thread;
+// the libfabric calls are serialised by one mutex (the domain is opened FI_THREAD_DOMAIN).
+// Completion is driven by Progress() (libfabric's manual data progress).
+//
+//   FabricOptions options{.rank = 1, .size = 4, .store = store.get(), .provider = "tcp",
+//                         .deadline = trident::DeadlineIn(absl::Seconds(30))};
+//   ASSIGN_OR_RETURN(std::unique_ptr<Transport> transport, NewFabricTransport(options));
+#ifndef TRIDENT_TRANSPORT_FABRIC_FABRIC_TRANSPORT_H_
+#define TRIDENT_TRANSPORT_FABRIC_FABRIC_TRANSPORT_H_
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "transport/transport.h"
+#include "trident/store.h"
+
+namespace trident {
+
+struct FabricOptions {
+  int rank = 0;
+  int size = 0;
+  Store* store = nullptr;  // rendezvous; not owned, used only during NewFabricTransport
+  // libfabric provider: "shm", "tcp" (meaning "tcp;ofi_rxm"), "efa", or any RDM provider name
+  // that fi_info lists; "" means "shm". The comm layer fills it from TRIDENT_FABRIC_PROVIDER.
+  std::string provider;
+  // Network interface for IP providers (tcp, net); "" means "lo".
+  std::string iface;
+  // Deadline for setup (the store rendezvous). Set it: the default never expires.
+  absl::Time deadline = absl::InfiniteFuture();
+
+  // Internal and testing knobs; the defaults are right for production.
+  // Largest part of a message; 0 means min(max_msg_size, 16 MiB). Tests set it tiny to
+  // exercise splitting.
+  size_t max_part_bytes = 0;
+  // Register every buffer with fi_mr_reg even when the provider does not ask for it
+  // (FI_MR_LOCAL), to exercise the registration path on shm and tcp.
+  bool force_mr_registration = false;
+  // Use fi_tinject for sends up to the provider's inject_size.
+  bool use_inject = true;
+  // How long Cancel (and the destructor) wait for libfabric to confirm a cancellation.
+  absl::Duration cancel_timeout = absl::Seconds(1);
+};
+
+absl::StatusOr<std::unique_ptr<Transport>> NewFabricTransport(const FabricOptions& options);
+
+// The distinct provider names that fi_getinfo offers on this machine, in its order (e.g.
+// "shm", "tcp;ofi_rxm", "tcp", ...). Used in error messages and by tools.
+std::vector<std::string> ListFabricProviders();
+
+}  // namespace trident
+
+#endif  // TRIDENT_TRANSPORT_FABRIC_FABRIC_TRANSPORT_H_

@@ -1,0 +1,561 @@
+// Tests of FabricTransport over libfabric's shm and tcp providers (loopback only). Ranks are
+// threads of this process, each with its own endpoint, meeting in an in-memory store; one
+// test forks a second process that meets through a directory.
+//
+// Each test runs in four configurations: shm and tcp as they come, and both again with
+// messages split into 4 KiB parts and every buffer registered (fi_mr_reg), which is what a
+// provider with a small max_msg_size or FI_MR_LOCAL (efa) makes the transport do.
+#include "transport/fabric/fabric_transport.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "local_store.h"
+
+namespace trident {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+
+constexpr size_t kPart = 4096;  // part size of the split configurations
+
+struct Config {
+  std::string name;
+  std::string provider;
+  size_t max_part_bytes = 0;
+  bool force_mr = false;
+};
+
+std::string ConfigName(const ::testing::TestParamInfo<Config>& info) { return info.param.name; }
+
+MATCHER_P2(StatusIs, code, message_matcher, "") {
+  if (arg.code() != code) {
+    *result_listener << "status is " << arg.ToString();
+    return false;
+  }
+  return ::testing::ExplainMatchResult(message_matcher, std::string(arg.message()),
+                                       result_listener);
+}
+
+std::vector<uint8_t> Pattern(size_t n, uint32_t seed) {
+  std::vector<uint8_t> data(n);
+  uint32_t x = seed * 2654435761u + 1;
+  for (size_t i = 0; i < n; ++i) {
+    x = x * 1664525u + 1013904223u;
+    data[i] = static_cast<uint8_t>(x >> 24);
+  }
+  return data;
+}
+
+FabricOptions Options(const Config& config, int rank, int size, Store* store) {
+  FabricOptions options;
+  options.rank = rank;
+  options.size = size;
+  options.store = store;
+  options.provider = config.provider;
+  options.deadline = absl::Now() + absl::Seconds(30);
+  options.max_part_bytes = config.max_part_bytes;
+  options.force_mr_registration = config.force_mr;
+  return options;
+}
+
+// Progresses every transport until every request is done, or fails after `timeout`.
+absl::Status Drive(const std::vector<Transport*>& transports,
+                   const std::vector<TransportRequest*>& requests,
+                   absl::Duration timeout = absl::Seconds(60)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    bool all = true;
+    for (TransportRequest* request : requests) all = all && request->IsDone();
+    if (all) return absl::OkStatus();
+    for (Transport* transport : transports) {
+      absl::StatusOr<int> progressed = transport->Progress();
+      if (!progressed.ok()) return progressed.status();
+    }
+    if (absl::Now() > deadline) {
+      std::string pending;
+      for (size_t i = 0; i < requests.size(); ++i) {
+        if (!requests[i]->IsDone()) absl::StrAppend(&pending, " ", i);
+      }
+      return absl::DeadlineExceededError(absl::StrCat("requests not done:", pending));
+    }
+  }
+}
+
+class FabricTransportTest : public ::testing::TestWithParam<Config> {
+ protected:
+  // Opens `n` ranks concurrently (setup blocks until every rank has published its address).
+  std::vector<std::unique_ptr<Transport>> Open(int n) {
+    std::vector<absl::StatusOr<std::unique_ptr<Transport>>> results(n);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < n; ++r) {
+      threads.emplace_back([&, r] {
+        results[r] = NewFabricTransport(Options(GetParam(), r, n, &store_));
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    std::vector<std::unique_ptr<Transport>> transports;
+    for (int r = 0; r < n; ++r) {
+      EXPECT_TRUE(results[r].ok()) << "rank " << r << ": " << results[r].status();
+      if (!results[r].ok()) return {};
+      transports.push_back(*std::move(results[r]));
+    }
+    return transports;
+  }
+
+  static std::vector<Transport*> Raw(const std::vector<std::unique_ptr<Transport>>& ts) {
+    std::vector<Transport*> raw;
+    for (const auto& t : ts) raw.push_back(t.get());
+    return raw;
+  }
+
+  bool split() const { return GetParam().max_part_bytes > 0; }
+
+  testing::LocalMemoryStore store_;
+};
+
+TEST_P(FabricTransportTest, Describe) {
+  auto ts = Open(2);
+  ASSERT_EQ(ts.size(), 2u);
+  EXPECT_EQ(ts[0]->rank(), 0);
+  EXPECT_EQ(ts[1]->rank(), 1);
+  EXPECT_EQ(ts[1]->size(), 2);
+  EXPECT_THAT(ts[0]->Describe(), HasSubstr(absl::StrCat("fabric(", GetParam().provider)));
+}
+
+TEST_P(FabricTransportTest, PingPongSizes) {
+  auto ts = Open(2);
+  ASSERT_EQ(ts.size(), 2u);
+  const std::vector<size_t> sizes = {0,         1,           63,         64,
+                                     4095,      4096,        4097,       3 * 4096,
+                                     64 << 10,  (1 << 20) + 3, 8 << 20};
+  for (size_t size : sizes) {
+    SCOPED_TRACE(absl::StrCat("size ", size));
+    std::vector<uint8_t> ping = Pattern(size, static_cast<uint32_t>(size));
+    std::vector<uint8_t> got(size, 0), pong(size, 0);
+    TransportRequest send, recv;
+    ASSERT_TRUE(ts[1]->PostRecv(0, 7, got.data(), got.size(), &recv).ok());
+    ASSERT_TRUE(ts[0]->PostSend(1, 7, ping.data(), ping.size(), &send).ok());
+    ASSERT_TRUE(Drive(Raw(ts), {&send, &recv}).ok());
+    ASSERT_TRUE(send.status.ok()) << send.status;
+    ASSERT_TRUE(recv.status.ok()) << recv.status;
+    EXPECT_EQ(send.bytes, size);
+    EXPECT_EQ(recv.bytes, size);
+    ASSERT_TRUE(got == ping);
+
+    TransportRequest send2, recv2;
+    ASSERT_TRUE(ts[0]->PostRecv(1, 8, pong.data(), pong.size(), &recv2).ok());
+    ASSERT_TRUE(ts[1]->PostSend(0, 8, got.data(), got.size(), &send2).ok());
+    ASSERT_TRUE(Drive(Raw(ts), {&send2, &recv2}).ok());
+    ASSERT_TRUE(recv2.status.ok()) << recv2.status;
+    EXPECT_EQ(recv2.bytes, size);
+    ASSERT_TRUE(pong == ping);
+  }
+}
+
+TEST_P(FabricTransportTest, ReceiveBufferLargerThanMessage) {
+  auto ts = Open(2);
+  ASSERT_EQ(ts.size(), 2u);
+  for (size_t size : {size_t{0}, size_t{100}, 2 * kPart, 5 * kPart + 17}) {
+    SCOPED_TRACE(absl::StrCat("size ", size));
+    std::vector<uint8_t> data = Pattern(size, 3);
+    std::vector<uint8_t> got(size + 3 * kPart + 1, 0xEE);
+    TransportRequest send, recv;
+    ASSERT_TRUE(ts[1]->PostRecv(0, 1, got.data(), got.size(), &recv).ok());
+    ASSERT_TRUE(ts[0]->PostSend(1, 1, data.data(), data.size(), &send).ok());
+    ASSERT_TRUE(Drive(Raw(ts), {&send, &recv}).ok());
+    ASSERT_TRUE(recv.status.ok()) << recv.status;
+    EXPECT_EQ(recv.bytes, size);
+    EXPECT_TRUE(std::equal(data.begin(), data.end(), got.begin()));
+    EXPECT_EQ(got[size], 0xEE);
+  }
+}
+
+TEST_P(FabricTransportTest, SelfSend) {
+  auto ts = Open(2);
+  ASSERT_EQ(ts.size(), 2u);
+  std::vector<uint8_t> data = Pattern(3 * kPart + 1, 11), got(data.size());
+  TransportRequest send, recv;
+  ASSERT_TRUE(ts[0]->PostRecv(0, 4, got.data(), got.size(), &recv).ok());
+  ASSERT_TRUE(ts[0]->PostSend(0, 4, data.data(), data.size(), &send).ok());
+  ASSERT_TRUE(Drive(Raw(ts), {&send, &recv}).ok());
+  ASSERT_TRUE(recv.status.ok()) << recv.status;
+  EXPECT_TRUE(got == data);
+}
+
+// Many messages with one tag arrive in the order they were sent, whether the receives were
+// posted before the sends or after them.
+TEST_P(FabricTransportTest, SameTagInOrder) {
+  auto ts = Open(2);
+  ASSERT_EQ(ts.size(), 2u);
+  constexpr int kCount = 200;
+  for (bool receives_first : {true, false}) {
+    SCOPED_TRACE(receives_first ? "receives first" : "sends first");
+    std::vector<std::vector<uint8_t>> out(kCount), in(kCount);
+    std::vector<TransportRequest> sends(kCount), recvs(kCount);
+    std::vector<TransportRequest*> all;
+    for (int i = 0; i < kCount; ++i) {
+      out[i] = Pattern(8 + (i % 7) * 1500, i);
+      std::memcpy(out[i].data(), &i, sizeof(i));
+      in[i].assign(out[i].size(), 0);
+      all.push_back(&sends[i]);
+      all.push_back(&recvs[i]);
+    }
+    auto post_receives = [&] {
+      for (int i = 0; i < kCount; ++i) {
+        ASSERT_TRUE(ts[1]->PostRecv(0, 9, in[i].data(), in[i].size(), &recvs[i]).ok());
+      }
+    };
+    if (receives_first) post_receives();
+    for (int i = 0; i < kCount; ++i) {
+      ASSERT_TRUE(ts[0]->PostSend(1, 9, out[i].data(), out[i].size(), &sends[i]).ok());
+    }
+    if (!receives_first) post_receives();
+    ASSERT_TRUE(Drive(Raw(ts), all).ok());
+    for (int i = 0; i < kCount; ++i) {
+      ASSERT_TRUE(recvs[i].status.ok()) << i << ": " << recvs[i].status;
+      ASSERT_EQ(recvs[i].bytes, out[i].size()) << i;
+      ASSERT_TRUE(in[i] == out[i]) << "message " << i << " out of order or corrupt";
+    }
+  }
+}
+
+// A receive for tag B posted before one for tag A still gets B's message.
+TEST_P(FabricTransportTest, DifferentTagsMatchOutOfOrder) {
+  auto ts = Open(2);
+  ASSERT_EQ(ts.size(), 2u);
+  std::vector<uint8_t> a = Pattern(10000, 1), b = Pattern(20, 2);
+  std::vector<uint8_t> got_a(a.size()), got_b(b.size());
+  TransportRequest send_a, send_b, recv_a, recv_b;
+  ASSERT_TRUE(ts[1]->PostRecv(0, 2, got_b.data(), got_b.size(), &recv_b).ok());
+  ASSERT_TRUE(ts[1]->PostRecv(0, 1, got_a.data(), got_a.size(), &recv_a).ok());
+  ASSERT_TRUE(ts[0]->PostSend(1, 1, a.data(), a.size(), &send_a).ok());
+  ASSERT_TRUE(ts[0]->PostSend(1, 2, b.data(), b.size(), &send_b).ok());
+  ASSERT_TRUE(Drive(Raw(ts), {&send_a, &send_b, &recv_a, &recv_b}).ok());
+  ASSERT_TRUE(recv_a.status.ok()) << recv_a.status;
+  ASSERT_TRUE(recv_b.status.ok()) << recv_b.status;
+  EXPECT_TRUE(got_a == a);
+  EXPECT_TRUE(got_b == b);
+}
+
+// Receives name their source: same tag from two peers, receive from rank 1 posted first.
+TEST_P(FabricTransportTest, DirectedReceive) {
+  auto ts = Open(3);
+  ASSERT_EQ(ts.size(), 3u);
+  std::vector<uint8_t> from0 = Pattern(5000, 10), from1 = Pattern(300, 11);
+  std::vector<uint8_t> got0(from0.size()), got1(from1.size());
+  TransportRequest s0, s1, r0, r1;
+  ASSERT_TRUE(ts[2]->PostRecv(1, 5, got1.data(), got1.size(), &r1).ok());
+  ASSERT_TRUE(ts[2]->PostRecv(0, 5, got0.data(), got0.size(), &r0).ok());
+  ASSERT_TRUE(ts[0]->PostSend(2, 5, from0.data(), from0.size(), &s0).ok());
+  ASSERT_TRUE(Drive(Raw(ts), {&s0, &r0}).ok());
+  EXPECT_FALSE(r1.IsDone());
+  ASSERT_TRUE(ts[1]->PostSend(2, 5, from1.data(), from1.size(), &s1).ok());
+  ASSERT_TRUE(Drive(Raw(ts), {&s1, &r1}).ok());
+  ASSERT_TRUE(r0.status.ok()) << r0.status;
+  ASSERT_TRUE(r1.status.ok()) << r1.status;
+  EXPECT_TRUE(got0 == from0);
+  EXPECT_TRUE(got1 == from1);
+}
+
+// A message larger than the receive buffer fails that receive with kInvalidArgument naming
+// the sender; the next message on the same tag is received intact.
+TEST_P(FabricTransportTest, ReceiveBufferTooSmall) {
+  auto ts = Open(2);
+  ASSERT_EQ(ts.size(), 2u);
+  for (size_t size : {size_t{1000}, 3 * kPart + 5, (size_t{1} << 20) + 3}) {
+    SCOPED_TRACE(absl::StrCat("size ", size));
+    std::vector<uint8_t> big = Pattern(size, 5), small(10, 0);
+    TransportRequest send, recv;
+    ASSERT_TRUE(ts[1]->PostRecv(0, 6, small.data(), small.size(), &recv).ok());
+    ASSERT_TRUE(ts[0]->PostSend(1, 6, big.data(), big.size(), &send).ok());
+    ASSERT_TRUE(Drive(Raw(ts), {&send, &recv}).ok());
+    EXPECT_THAT(recv.status, StatusIs(absl::StatusCode::kInvalidArgument,
+                                      AllOf(HasSubstr("rank 0"), HasSubstr("tag 6"),
+                                            HasSubstr("receive buffer of 10 bytes"))));
+
+    std::vector<uint8_t> next = Pattern(7, 6), got(7);
+    TransportRequest send2, recv2;
+    ASSERT_TRUE(ts[1]->PostRecv(0, 6, got.data(), got.size(), &recv2).ok());
+    ASSERT_TRUE(ts[0]->PostSend(1, 6, next.data(), next.size(), &send2).ok());
+    ASSERT_TRUE(Drive(Raw(ts), {&send2, &recv2}).ok());
+    ASSERT_TRUE(recv2.status.ok()) << recv2.status;
+    EXPECT_TRUE(got == next);
+  }
+}
+
+// A cancelled receive is done with the given status, and its buffer stays untouched when a
+// message with its tag arrives later.
+TEST_P(FabricTransportTest, CancelPostedReceive) {
+  auto ts = Open(2);
+  ASSERT_EQ(ts.size(), 2u);
+  std::vector<uint8_t> cancelled_buf(3 * kPart, 0xAB), got(3 * kPart, 0);
+  TransportRequest cancelled, recv, send;
+  ASSERT_TRUE(ts[1]->PostRecv(0, 3, cancelled_buf.data(), cancelled_buf.size(), &cancelled).ok());
+  // A second receive on the same tag (in split mode it waits behind the first).
+  ASSERT_TRUE(ts[1]->PostRecv(0, 3, got.data(), got.size(), &recv).ok());
+  ASSERT_TRUE(ts[1]->Progress().ok());
+  ts[1]->Cancel(&cancelled, absl::CancelledError("test cancel"));
+  ASSERT_TRUE(cancelled.IsDone());
+  EXPECT_THAT(cancelled.status,
+              StatusIs(absl::StatusCode::kCancelled, HasSubstr("test cancel")));
+
+  std::vector<uint8_t> data = Pattern(2 * kPart + 9, 4);
+  ASSERT_TRUE(ts[0]->PostSend(1, 3, data.data(), data.size(), &send).ok());
+  ASSERT_TRUE(Drive(Raw(ts), {&send, &recv}).ok());
+  ASSERT_TRUE(recv.status.ok()) << recv.status;
+  EXPECT_EQ(recv.bytes, data.size());
+  EXPECT_TRUE(std::equal(data.begin(), data.end(), got.begin()));
+  EXPECT_TRUE(std::all_of(cancelled_buf.begin(), cancelled_buf.end(),
+                          [](uint8_t b) { return b == 0xAB; }));
+}
+
+// Cancelling a receive that waits behind another one on its (peer, tag) (split mode), and
+// cancelling an already finished request, are harmless.
+TEST_P(FabricTransportTest, CancelWaitingAndFinished) {
+  auto ts = Open(2);
+  ASSERT_EQ(ts.size(), 2u);
+  std::vector<uint8_t> a(100), b(100, 0xCD);
+  TransportRequest first, second, send;
+  ASSERT_TRUE(ts[1]->PostRecv(0, 3, a.data(), a.size(), &first).ok());
+  ASSERT_TRUE(ts[1]->PostRecv(0, 3, b.data(), b.size(), &second).ok());
+  ts[1]->Cancel(&second, absl::AbortedError("second cancelled"));
+  EXPECT_THAT(second.status, StatusIs(absl::StatusCode::kAborted, HasSubstr("second")));
+  std::vector<uint8_t> data = Pattern(100, 8);
+  ASSERT_TRUE(ts[0]->PostSend(1, 3, data.data(), data.size(), &send).ok());
+  ASSERT_TRUE(Drive(Raw(ts), {&send, &first}).ok());
+  ASSERT_TRUE(first.status.ok()) << first.status;
+  EXPECT_TRUE(a == data);
+  ts[1]->Cancel(&first, absl::AbortedError("too late"));
+  EXPECT_TRUE(first.status.ok());
+  EXPECT_TRUE(std::all_of(b.begin(), b.end(), [](uint8_t x) { return x == 0xCD; }));
+}
+
+// Every rank sends to every rank (itself included), each rank on its own thread.
+TEST_P(FabricTransportTest, AllToAllFourRanks) {
+  constexpr int kRanks = 4;
+  auto ts = Open(kRanks);
+  ASSERT_EQ(ts.size(), static_cast<size_t>(kRanks));
+  auto size_of = [](int src, int dst) -> size_t {
+    return static_cast<size_t>(1000 * (src + 1) + 37 * dst) + (src == dst ? 0 : (256 << 10));
+  };
+  std::vector<absl::Status> results(kRanks);
+  std::vector<std::thread> threads;
+  for (int me = 0; me < kRanks; ++me) {
+    threads.emplace_back([&, me] {
+      std::vector<std::vector<uint8_t>> out(kRanks), in(kRanks);
+      std::vector<TransportRequest> sends(kRanks), recvs(kRanks);
+      std::vector<TransportRequest*> all;
+      for (int peer = 0; peer < kRanks; ++peer) {
+        in[peer].assign(size_of(peer, me), 0);
+        absl::Status s = ts[me]->PostRecv(peer, 100 + peer, in[peer].data(), in[peer].size(),
+                                          &recvs[peer]);
+        if (!s.ok()) { results[me] = s; return; }
+        all.push_back(&recvs[peer]);
+      }
+      for (int k = 1; k <= kRanks; ++k) {
+        int peer = (me + k) % kRanks;
+        out[peer] = Pattern(size_of(me, peer), me * 16 + peer);
+        absl::Status s = ts[me]->PostSend(peer, 100 + me, out[peer].data(), out[peer].size(),
+                                          &sends[peer]);
+        if (!s.ok()) { results[me] = s; return; }
+        all.push_back(&sends[peer]);
+      }
+      absl::Status s = Drive({ts[me].get()}, all);
+      if (!s.ok()) { results[me] = s; return; }
+      for (int peer = 0; peer < kRanks; ++peer) {
+        if (!recvs[peer].status.ok()) { results[me] = recvs[peer].status; return; }
+        if (!sends[peer].status.ok()) { results[me] = sends[peer].status; return; }
+        if (in[peer] != Pattern(size_of(peer, me), peer * 16 + me)) {
+          results[me] = absl::DataLossError(absl::StrCat("bad data from rank ", peer));
+          return;
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int r = 0; r < kRanks; ++r) EXPECT_TRUE(results[r].ok()) << "rank " << r << ": " << results[r];
+}
+
+// Several threads per rank post and progress at once, each on its own tag.
+TEST_P(FabricTransportTest, ConcurrentThreads) {
+  auto ts = Open(2);
+  ASSERT_EQ(ts.size(), 2u);
+  constexpr int kThreads = 3, kMessages = 300;
+  std::vector<absl::Status> results(2 * kThreads);
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < 2; ++rank) {
+    for (int k = 0; k < kThreads; ++k) {
+      threads.emplace_back([&, rank, k] {
+        Transport* t = ts[rank].get();
+        absl::Status& result = results[rank * kThreads + k];
+        for (int i = 0; i < kMessages && result.ok(); ++i) {
+          size_t size = 16 + (i % 5) * 3000;
+          std::vector<uint8_t> buf(size);
+          TransportRequest request;
+          if (rank == 0) {
+            buf = Pattern(size, k * 1000 + i);
+            result = t->PostSend(1, 50 + k, buf.data(), size, &request);
+          } else {
+            result = t->PostRecv(0, 50 + k, buf.data(), size, &request);
+          }
+          if (result.ok()) result = Drive({t}, {&request});
+          if (result.ok()) result = request.status;
+          if (result.ok() && rank == 1 && buf != Pattern(size, k * 1000 + i)) {
+            result = absl::DataLossError(absl::StrCat("thread ", k, " message ", i));
+          }
+        }
+      });
+    }
+  }
+  for (std::thread& t : threads) t.join();
+  for (size_t i = 0; i < results.size(); ++i) EXPECT_TRUE(results[i].ok()) << i << ": " << results[i];
+}
+
+TEST_P(FabricTransportTest, InvalidArguments) {
+  auto ts = Open(2);
+  ASSERT_EQ(ts.size(), 2u);
+  char buf[8];
+  TransportRequest request;
+  EXPECT_THAT(ts[0]->PostSend(2, 0, buf, 8, &request),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("peer 2")));
+  EXPECT_THAT(ts[0]->PostRecv(-1, 0, buf, 8, &request),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("peer -1")));
+  EXPECT_THAT(ts[0]->PostSend(1, 0, nullptr, 8, &request),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("null")));
+  ASSERT_TRUE(ts[0]->PostRecv(1, 0, buf, 8, &request).ok());
+  EXPECT_THAT(ts[0]->PostRecv(1, 0, buf, 8, &request),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("in flight")));
+  ts[0]->Cancel(&request, absl::CancelledError("done"));
+  EXPECT_TRUE(request.IsDone());
+}
+
+// Destroying a transport finishes its outstanding requests with kAborted.
+TEST_P(FabricTransportTest, DestructorFinishesOutstandingRequests) {
+  auto ts = Open(2);
+  ASSERT_EQ(ts.size(), 2u);
+  std::vector<uint8_t> buf(3 * kPart, 0x5A);
+  TransportRequest r1, r2;
+  ASSERT_TRUE(ts[1]->PostRecv(0, 1, buf.data(), buf.size(), &r1).ok());
+  ASSERT_TRUE(ts[1]->PostRecv(0, 1, buf.data(), buf.size(), &r2).ok());
+  ts[1].reset();
+  ASSERT_TRUE(r1.IsDone());
+  ASSERT_TRUE(r2.IsDone());
+  EXPECT_THAT(r1.status, StatusIs(absl::StatusCode::kAborted, HasSubstr("closed")));
+  EXPECT_THAT(r2.status, StatusIs(absl::StatusCode::kAborted, HasSubstr("closed")));
+}
+
+// Setup waits for every rank's address until the deadline, then names the missing rank.
+TEST_P(FabricTransportTest, SetupDeadlineNamesMissingRank) {
+  FabricOptions options = Options(GetParam(), 0, 2, &store_);
+  options.deadline = absl::Now() + absl::Milliseconds(200);
+  auto transport = NewFabricTransport(options);
+  EXPECT_THAT(transport.status(), StatusIs(absl::StatusCode::kDeadlineExceeded,
+                                           HasSubstr("address of rank 1")));
+}
+
+// Two real processes: the child is rank 1 and echoes what rank 0 sends.
+TEST_P(FabricTransportTest, TwoProcesses) {
+  char dir_template[] = "/tmp/trident-fabric-test-XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string dir = dir_template;
+  constexpr size_t kSize = (1 << 20) + 5;
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    testing::DirStore store(dir);
+    auto t = NewFabricTransport(Options(GetParam(), 1, 2, &store));
+    if (!t.ok()) _exit(2);
+    std::vector<uint8_t> buf(kSize);
+    TransportRequest recv, send;
+    if (!(*t)->PostRecv(0, 1, buf.data(), buf.size(), &recv).ok()) _exit(3);
+    if (!Drive({t->get()}, {&recv}).ok() || !recv.status.ok()) _exit(4);
+    if (!(*t)->PostSend(0, 2, buf.data(), recv.bytes, &send).ok()) _exit(5);
+    if (!Drive({t->get()}, {&send}).ok() || !send.status.ok()) _exit(6);
+    // Wait for rank 0 to confirm before closing, so the echo is not cut off.
+    if (!store.Get("done", absl::Now() + absl::Seconds(60)).ok()) _exit(7);
+    _exit(0);
+  }
+  testing::DirStore store(dir);
+  auto t = NewFabricTransport(Options(GetParam(), 0, 2, &store));
+  ASSERT_TRUE(t.ok()) << t.status();
+  std::vector<uint8_t> data = Pattern(kSize, 99), got(kSize);
+  TransportRequest send, recv;
+  ASSERT_TRUE((*t)->PostRecv(1, 2, got.data(), got.size(), &recv).ok());
+  ASSERT_TRUE((*t)->PostSend(1, 1, data.data(), data.size(), &send).ok());
+  absl::Status driven = Drive({t->get()}, {&send, &recv});
+  ASSERT_TRUE(store.Set("done", "1", absl::InfiniteFuture()).ok());
+  int wstatus = 0;
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  pid_t waited = 0;
+  while ((waited = waitpid(child, &wstatus, WNOHANG)) == 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));  // polling a child's exit, not synchronising
+  }
+  if (waited == 0) kill(child, SIGKILL), waitpid(child, &wstatus, 0);
+  ASSERT_TRUE(driven.ok()) << driven;
+  ASSERT_TRUE(recv.status.ok()) << recv.status;
+  EXPECT_TRUE(got == data);
+  ASSERT_TRUE(WIFEXITED(wstatus));
+  EXPECT_EQ(WEXITSTATUS(wstatus), 0);
+  std::string cmd = "rm -rf '" + dir + "'";
+  EXPECT_EQ(system(cmd.c_str()), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Providers, FabricTransportTest,
+    ::testing::Values(Config{"shm", "shm", 0, false}, Config{"tcp", "tcp", 0, false},
+                      Config{"shm_split_mr", "shm", kPart, true},
+                      Config{"tcp_split_mr", "tcp", kPart, true}),
+    ConfigName);
+
+TEST(FabricProviderTest, UnknownProviderListsAvailableOnes) {
+  testing::LocalMemoryStore store;
+  FabricOptions options;
+  options.rank = 0;
+  options.size = 1;
+  options.store = &store;
+  options.provider = "nosuchprov";
+  options.deadline = absl::Now() + absl::Seconds(5);
+  auto transport = NewFabricTransport(options);
+  EXPECT_THAT(transport.status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("nosuchprov"), HasSubstr("shm"), HasSubstr("tcp"),
+                             HasSubstr("TRIDENT_FABRIC_PROVIDER"))));
+}
+
+TEST(FabricProviderTest, ListsShmAndTcp) {
+  std::vector<std::string> providers = ListFabricProviders();
+  EXPECT_THAT(providers, ::testing::Contains("shm"));
+  EXPECT_THAT(providers, ::testing::Contains("tcp;ofi_rxm"));
+}
+
+TEST(FabricProviderTest, BadOptions) {
+  testing::LocalMemoryStore store;
+  FabricOptions options;
+  options.rank = 2;
+  options.size = 2;
+  options.store = &store;
+  EXPECT_THAT(NewFabricTransport(options).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("rank 2")));
+  options.rank = 0;
+  options.store = nullptr;
+  EXPECT_THAT(NewFabricTransport(options).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("store")));
+}
+
+}  // namespace
+}  // namespace trident
