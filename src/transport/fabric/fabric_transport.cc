@@ -582,7 +582,7 @@ void FabricTransport::ReleaseMrLocked(Part* part) {
   part->mr = nullptr;
 }
 
-// Issues one libfabric operation. Returns false when libfabric said -FI_EAGAIN.
+// Issues one libfabric operation. Returns false when libfabric said "not now".
 absl::StatusOr<bool> FabricTransport::TryPostLocked(Part* part) {
   Op* op = part->op;
   if (mr_local_ && part->len > 0 && part->mr == nullptr) RETURN_IF_ERROR(RegisterLocked(part));
@@ -606,7 +606,9 @@ absl::StatusOr<bool> FabricTransport::TryPostLocked(Part* part) {
     part->state = PartState::kPosted;
     return true;
   }
-  if (rc == -FI_EAGAIN) return false;
+  // -FI_ENOMEM: shm (util_srx) ran out of receive entries because unexpected messages of
+  // other streams hold them; they go as their receives are posted, so retry like EAGAIN.
+  if (rc == -FI_EAGAIN || rc == -FI_ENOMEM) return false;
   ReleaseMrLocked(part);
   return FiStatus(absl::StatusCode::kAborted,
                   absl::StrCat(call, "(rank ", op->peer, ", tag ", op->tag, ", ", part->len,
@@ -672,7 +674,7 @@ absl::Status FabricTransport::PostSend(int peer, uint64_t tag, const void* data,
       ++finished_;
       return absl::OkStatus();
     }
-    if (rc != -FI_EAGAIN) {
+    if (rc != -FI_EAGAIN && rc != -FI_ENOMEM) {
       return FiStatus(absl::StatusCode::kAborted,
                       absl::StrCat("fi_tinjectdata(rank ", peer, ", tag ", tag, ")"), rc);
     }
