@@ -1,6 +1,6 @@
 // Tests of FabricTransport over libfabric's shm and tcp providers (loopback only). Ranks are
-// threads of this process, each with its own endpoint, meeting in an in-memory store; one
-// test forks a second process that meets through a directory.
+// threads of this process, each with its own endpoint, meeting in a MemoryStore; one test
+// forks a second process that meets through a FileStore.
 //
 // Each test runs in four configurations: shm and tcp as they come, and both again with
 // messages split into 4 KiB parts and every buffer registered (fi_mr_reg), which is what a
@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <thread>
@@ -23,7 +24,7 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "local_store.h"
+#include "trident/store.h"
 
 namespace trident {
 namespace {
@@ -104,7 +105,7 @@ class FabricTransportTest : public ::testing::TestWithParam<Config> {
     std::vector<std::thread> threads;
     for (int r = 0; r < n; ++r) {
       threads.emplace_back([&, r] {
-        results[r] = NewFabricTransport(Options(GetParam(), r, n, &store_));
+        results[r] = NewFabricTransport(Options(GetParam(), r, n, store_.get()));
       });
     }
     for (std::thread& t : threads) t.join();
@@ -125,7 +126,7 @@ class FabricTransportTest : public ::testing::TestWithParam<Config> {
 
   bool split() const { return GetParam().max_part_bytes > 0; }
 
-  testing::LocalMemoryStore store_;
+  std::unique_ptr<Store> store_ = NewMemoryStore();
 };
 
 TEST_P(FabricTransportTest, Describe) {
@@ -461,7 +462,7 @@ TEST_P(FabricTransportTest, DestructorFinishesOutstandingRequests) {
 
 // Setup waits for every rank's address until the deadline, then names the missing rank.
 TEST_P(FabricTransportTest, SetupDeadlineNamesMissingRank) {
-  FabricOptions options = Options(GetParam(), 0, 2, &store_);
+  FabricOptions options = Options(GetParam(), 0, 2, store_.get());
   options.deadline = absl::Now() + absl::Milliseconds(200);
   auto transport = NewFabricTransport(options);
   EXPECT_THAT(transport.status(), StatusIs(absl::StatusCode::kDeadlineExceeded,
@@ -477,8 +478,9 @@ TEST_P(FabricTransportTest, TwoProcesses) {
   pid_t child = fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
-    testing::DirStore store(dir);
-    auto t = NewFabricTransport(Options(GetParam(), 1, 2, &store));
+    auto store = NewFileStore(dir);
+    if (!store.ok()) _exit(1);
+    auto t = NewFabricTransport(Options(GetParam(), 1, 2, store->get()));
     if (!t.ok()) _exit(2);
     std::vector<uint8_t> buf(kSize);
     TransportRequest recv, send;
@@ -487,18 +489,19 @@ TEST_P(FabricTransportTest, TwoProcesses) {
     if (!(*t)->PostSend(0, 2, buf.data(), recv.bytes, &send).ok()) _exit(5);
     if (!Drive({t->get()}, {&send}).ok() || !send.status.ok()) _exit(6);
     // Wait for rank 0 to confirm before closing, so the echo is not cut off.
-    if (!store.Get("done", absl::Now() + absl::Seconds(60)).ok()) _exit(7);
+    if (!(*store)->Get("done", absl::Now() + absl::Seconds(60)).ok()) _exit(7);
     _exit(0);
   }
-  testing::DirStore store(dir);
-  auto t = NewFabricTransport(Options(GetParam(), 0, 2, &store));
+  auto store = NewFileStore(dir);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto t = NewFabricTransport(Options(GetParam(), 0, 2, store->get()));
   ASSERT_TRUE(t.ok()) << t.status();
   std::vector<uint8_t> data = Pattern(kSize, 99), got(kSize);
   TransportRequest send, recv;
   ASSERT_TRUE((*t)->PostRecv(1, 2, got.data(), got.size(), &recv).ok());
   ASSERT_TRUE((*t)->PostSend(1, 1, data.data(), data.size(), &send).ok());
   absl::Status driven = Drive({t->get()}, {&send, &recv});
-  ASSERT_TRUE(store.Set("done", "1", absl::InfiniteFuture()).ok());
+  ASSERT_TRUE((*store)->Set("done", "1", absl::Now() + absl::Seconds(10)).ok());
   int wstatus = 0;
   const absl::Time deadline = absl::Now() + absl::Seconds(60);
   pid_t waited = 0;
@@ -511,8 +514,7 @@ TEST_P(FabricTransportTest, TwoProcesses) {
   EXPECT_TRUE(got == data);
   ASSERT_TRUE(WIFEXITED(wstatus));
   EXPECT_EQ(WEXITSTATUS(wstatus), 0);
-  std::string cmd = "rm -rf '" + dir + "'";
-  EXPECT_EQ(system(cmd.c_str()), 0);
+  std::filesystem::remove_all(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -523,11 +525,11 @@ INSTANTIATE_TEST_SUITE_P(
     ConfigName);
 
 TEST(FabricProviderTest, UnknownProviderListsAvailableOnes) {
-  testing::LocalMemoryStore store;
+  std::unique_ptr<Store> store = NewMemoryStore();
   FabricOptions options;
   options.rank = 0;
   options.size = 1;
-  options.store = &store;
+  options.store = store.get();
   options.provider = "nosuchprov";
   options.deadline = absl::Now() + absl::Seconds(5);
   auto transport = NewFabricTransport(options);
@@ -544,11 +546,11 @@ TEST(FabricProviderTest, ListsShmAndTcp) {
 }
 
 TEST(FabricProviderTest, BadOptions) {
-  testing::LocalMemoryStore store;
+  std::unique_ptr<Store> store = NewMemoryStore();
   FabricOptions options;
   options.rank = 2;
   options.size = 2;
-  options.store = &store;
+  options.store = store.get();
   EXPECT_THAT(NewFabricTransport(options).status(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("rank 2")));
   options.rank = 0;
