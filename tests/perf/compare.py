@@ -3,8 +3,9 @@
 
     python3 tests/perf/compare.py OUT_DIR > comparison.md
 
-OUT_DIR holds one file per run named IMPL_OP_npN.txt, where IMPL is trident-<provider>,
-gloo-<algo> or mpi, in the common row format of trident-bench, gloo_bench and mpi_bench:
+OUT_DIR holds one file per run named IMPL_OP_npN.txt (or IMPL_OP_npN.rK.txt for the K-th
+of repeated launches: the table then shows the median per size), where IMPL is
+trident-<provider>, gloo-<algo> or mpi, in the common row format of trident-bench, gloo_bench and mpi_bench:
     bytes count type redop root iters time(us) algbw busbw #wrong
 (lines starting with '#' are headers; trident-run's "[rank 0] " prefix is stripped).
 For each op and world size the table gives busbw (GB/s) of every implementation, gloo as
@@ -16,7 +17,7 @@ import os
 import re
 import sys
 
-NAME = re.compile(r"^(?P<impl>[A-Za-z0-9-]+)_(?P<op>[a-z]+)_np(?P<np>\d+)\.txt$")
+NAME = re.compile(r"^(?P<impl>[A-Za-z0-9-]+)_(?P<op>[a-z]+)_np(?P<np>\d+)(\.r\d+)?\.txt$")
 
 
 def parse(path):
@@ -68,19 +69,33 @@ def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     out = sys.argv[1]
-    runs = collections.defaultdict(dict)  # (op, np) -> impl -> rows
+    # (op, np) -> impl -> bytes -> [(time_us, busbw, wrong) per launch]
+    samples = collections.defaultdict(
+        lambda: collections.defaultdict(lambda: collections.defaultdict(list)))
     notes = []
     for name in sorted(os.listdir(out)):
         m = NAME.match(name)
         if not m:
             continue
         rows, headers = parse(os.path.join(out, name))
-        runs[(m["op"], int(m["np"]))][m["impl"]] = rows
-        if headers:
-            notes.append(f"- `{name}`: {headers[0].lstrip('# ')}")
+        for size, row in rows.items():
+            samples[(m["op"], int(m["np"]))][m["impl"]][size].append(row)
+        if not m[4] or m[4] == ".r1":  # one note per run, not per launch
+            notes.append(f"- `{name}`: {headers[0].lstrip('# ') if headers else 'no output'}")
         bad = [s for s, r in rows.items() if r[2] not in ("0", "N/A")]
         if bad:
             notes.append(f"- **`{name}`: wrong elements at {', '.join(human(s) for s in bad)}**")
+
+    # The median launch per size, by busbw.
+    runs = collections.defaultdict(dict)
+    launches = 1
+    for key, impls in samples.items():
+        for impl, sizes in impls.items():
+            runs[key][impl] = {}
+            for size, rs in sizes.items():
+                rs = sorted(rs, key=lambda r: r[1])
+                runs[key][impl][size] = rs[(len(rs) - 1) // 2]
+                launches = max(launches, len(rs))
 
     print("# Trident vs Gloo vs Open MPI: busbw per size (GB/s)\n")
     meta = os.path.join(out, "meta.txt")
@@ -90,7 +105,9 @@ def main():
     print("busbw follows nccl-tests: allreduce x 2(n-1)/n, allgather x (n-1)/n, broadcast x 1;"
           " time = max over ranks of the mean call. Ratios > 1: trident is faster. gloo = the"
           " best gloo variant at that size (its name in brackets). trident allreduce runs in"
-          " place, as the peers do.\n")
+          " place, as the peers do."
+          + (f" Each cell is the median of {launches} launches." if launches > 1 else "")
+          + "\n")
 
     op_order = {"allreduce": 0, "allgather": 1, "broadcast": 2}
     for (op, n) in sorted(runs, key=lambda k: (op_order.get(k[0], 9), k[0], k[1])):

@@ -14,7 +14,13 @@
 #   GLOO_ALGOS="hd ring"  gloo allreduce variants (gloo_bench --algo); the table shows the
 #                         best per size and names it
 #   CHECK=1               every program checks its result once per size (--check)
+#   REPEAT=1              launches of every run (interleaved: the whole matrix, then again);
+#                         the table takes the median per size
 #   RUN_TIMEOUT=1200      seconds allowed to each run
+#   QUIET_WAIT=300        before each run, wait up to this many seconds for the CPUs to be
+#                         idle (>= 90 % idle over 2 s; other jobs on a shared host skew
+#                         every number); 0 disables. A run that started on a busy host is
+#                         marked in the log and in meta.txt.
 # Host-wide noise matters (research/baselines.md: 20-50 % between passes): run on a quiet
 # machine and compare only numbers from the same sitting.
 set -u -o pipefail
@@ -34,7 +40,9 @@ MAX_BYTES=${MAX_BYTES:-256M}
 PROVIDERS=${PROVIDERS:-"shm tcp"}
 GLOO_ALGOS=${GLOO_ALGOS:-"hd ring"}
 CHECK=${CHECK:-1}
+REPEAT=${REPEAT:-1}
 RUN_TIMEOUT=${RUN_TIMEOUT:-1200}
+QUIET_WAIT=${QUIET_WAIT:-300}
 
 mkdir -p "$OUT/logs" || exit 1
 CHECK_FLAG=()
@@ -47,14 +55,40 @@ failures=()
   echo "host: $(uname -srm), $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
   echo "commit: $(git -C "$HERE" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$HERE" diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
   echo "build: $BUILD"
-  echo "nprocs: $NPROCS; ops: $OPS; sizes: $MIN_BYTES..$MAX_BYTES; providers: $PROVIDERS; gloo algos: $GLOO_ALGOS; check: $CHECK"
+  echo "nprocs: $NPROCS; ops: $OPS; sizes: $MIN_BYTES..$MAX_BYTES; providers: $PROVIDERS; gloo algos: $GLOO_ALGOS; check: $CHECK; repeat: $REPEAT"
   echo "load before: $(cat /proc/loadavg)"
 } > "$OUT/meta.txt"
 cat "$OUT/meta.txt"
 
+# Percentage of CPU time idle over the next 2 seconds.
+idle_percent() {
+  local a b
+  read -r -a a < <(head -1 /proc/stat)
+  sleep 2
+  read -r -a b < <(head -1 /proc/stat)
+  local total=0 i
+  for ((i = 1; i < ${#a[@]}; i++)); do total=$((total + b[i] - a[i])); done
+  local idle=$((b[4] - a[4] + b[5] - a[5]))
+  echo $((total > 0 ? 100 * idle / total : 100))
+}
+
+# Waits up to QUIET_WAIT seconds for an idle host; says so when it gives up.
+wait_quiet() {
+  [[ "$QUIET_WAIT" -gt 0 ]] || return 0
+  local start=$SECONDS idle
+  while idle=$(idle_percent); [[ $idle -lt 90 ]]; do
+    if ((SECONDS - start >= QUIET_WAIT)); then
+      echo "   host still busy (${idle}% idle) after ${QUIET_WAIT}s: running anyway"
+      echo "busy host at the start of $1 (${idle}% idle)" >> "$OUT/meta.txt"
+      return 0
+    fi
+  done
+}
+
 # run NAME COMMAND... : stdout to OUT/NAME.txt, stderr to OUT/logs/NAME.err
 run() {
   local name=$1; shift
+  wait_quiet "$name"
   echo "== $name"
   local start=$SECONDS
   timeout "$RUN_TIMEOUT" "$@" > "$OUT/$name.txt" 2> "$OUT/logs/$name.err"
@@ -84,15 +118,18 @@ gloo_job() {
 export -f gloo_job
 export BIN
 
+for ((rep = 1; rep <= REPEAT; rep++)); do
+sfx=""
+[[ $REPEAT -gt 1 ]] && sfx=.r$rep
 for np in $NPROCS; do
   for op in $OPS; do
     if [[ -x "$BIN/trident-bench" && -x "$BIN/trident-run" ]]; then
       inplace=()
       [[ $op == allreduce ]] && inplace=(--inplace)  # as MPI_IN_PLACE and gloo
       for p in $PROVIDERS; do
-        run "trident-$p"_"$op"_np"$np" "$BIN/trident-run" --nproc "$np" -- \
+        run "trident-$p"_"$op"_np"$np$sfx" "$BIN/trident-run" --nproc "$np" -- \
           "$BIN/trident-bench" "$op" "${SIZE_FLAGS[@]}" "${CHECK_FLAG[@]}" "${inplace[@]}" \
-          --provider "$p" --json "$OUT/trident-$p"_"$op"_np"$np.json"
+          --provider "$p" --json "$OUT/trident-$p"_"$op"_np"$np$sfx.json"
       done
     else
       echo "no trident-bench/trident-run in $BIN: skipping trident"
@@ -103,16 +140,17 @@ for np in $NPROCS; do
       for a in $algos; do
         algo_flag=()
         [[ $a != default ]] && algo_flag=(--algo "$a")
-        run "gloo-$a"_"$op"_np"$np" bash -c 'gloo_job "$@"' _ "$np" --op "$op" \
+        run "gloo-$a"_"$op"_np"$np$sfx" bash -c 'gloo_job "$@"' _ "$np" --op "$op" \
           "${algo_flag[@]}" "${SIZE_FLAGS[@]}" "${CHECK_FLAG[@]}"
       done
     fi
     if [[ -x "$BIN/mpi_bench" ]]; then
-      run "mpi_$op"_np"$np" mpirun --allow-run-as-root --oversubscribe -np "$np" \
+      run "mpi_$op"_np"$np$sfx" mpirun --allow-run-as-root --oversubscribe -np "$np" \
         --mca pml ob1 --mca btl vader,self "$BIN/mpi_bench" --op "$op" --label "btl vader" \
         "${SIZE_FLAGS[@]}" "${CHECK_FLAG[@]}"
     fi
   done
+done
 done
 
 echo "load after: $(cat /proc/loadavg)" >> "$OUT/meta.txt"
