@@ -53,7 +53,8 @@ constexpr char kUsage[] = R"(usage: trident-run --nproc N -- trident-bench OP [f
 Measures one collective of the host communicator over sizes from --min-bytes to --max-bytes
 (doubling), the way nccl-tests does. OP is one of:
   allreduce reducescatter allgather broadcast reduce alltoall sendrecv barrier
-(sendrecv: each rank sends to rank+1 and receives from rank-1; barrier: one row, no data).
+(sendrecv: each rank sends to rank+1 and receives from rank-1, 2 ranks or more; barrier:
+one row, no data).
 
 Rank 0 prints one row per size:
   bytes     size of the full buffer: allreduce, broadcast, reduce: the buffer; allgather:
@@ -196,6 +197,9 @@ int Main(int argc, char** argv) {
   InitLogging(absl::StrCat("rank ", rank));
   if (HasRoot(config.collective) && (config.root < 0 || config.root >= n)) {
     UsageError(absl::StrCat("--root ", config.root, " is not a rank of a world of ", n));
+  }
+  if (config.collective == Collective::kSendRecv && n < 2) {
+    UsageError("sendrecv needs at least 2 ranks (a rank does not send to itself)");
   }
 
   std::string provider = options.provider;
