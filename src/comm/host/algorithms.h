@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "comm/host/channel.h"
+#include "common/host_memory.h"
 #include "trident/tensor.h"
 
 namespace trident {
@@ -23,14 +24,14 @@ class Scratch {
  public:
   char* Get(size_t bytes) {
     if (bytes > size_) {
-      data_.reset(new char[bytes]);
+      data_ = AllocateHostMemory(bytes);
       size_ = bytes;
     }
     return data_.get();
   }
 
  private:
-  std::unique_ptr<char[]> data_;
+  HostMemory data_;
   size_t size_ = 0;
 };
 

@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
+#include "common/host_memory.h"
 #include "common/status_macros.h"
 #include "data.h"
 
@@ -60,25 +61,20 @@ Layout LayoutFor(Collective c, int64_t bytes, DType dtype, int n) {
   return l;
 }
 
-// A page-aligned buffer, touched once at allocation so that first-touch page faults (about
-// 1 GB/s on the development VM) stay out of every measurement.
+// A buffer from AllocateHostMemory (huge pages where possible, as a training framework's
+// caching allocator would hand out), touched once at allocation so that first-touch page
+// faults (about 1 GB/s on the development VM) stay out of every measurement.
 class Buffer {
  public:
-  explicit Buffer(size_t bytes) : bytes_(bytes) {
+  explicit Buffer(size_t bytes) {
     if (bytes == 0) return;
-    size_t rounded = (bytes + 4095) / 4096 * 4096;
-    data_ = std::aligned_alloc(4096, rounded);
-    TRIDENT_CHECK(data_ != nullptr) << "cannot allocate " << rounded << " bytes";
-    std::memset(data_, 0, rounded);
+    data_ = AllocateHostMemory(bytes);
+    std::memset(data_.get(), 0, bytes);
   }
-  ~Buffer() { std::free(data_); }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  void* data() const { return data_; }
+  void* data() const { return data_.get(); }
 
  private:
-  size_t bytes_;
-  void* data_ = nullptr;
+  HostMemory data_;
 };
 
 class Runner {
