@@ -325,6 +325,96 @@ TEST_P(FabricTransportTest, CancelPostedReceive) {
                           [](uint8_t b) { return b == 0xAB; }));
 }
 
+// A receive cancelled after its message began to arrive: Cancel returns with the request
+// done, nothing is written into its buffer afterwards, and the next message on the tag
+// arrives intact (the rest of the cancelled message is drained).
+TEST_P(FabricTransportTest, CancelMidMessageKeepsStreamInStep) {
+  auto ts = Open(2);
+  ASSERT_EQ(ts.size(), 2u);
+  // In the split configurations this is 2048 parts: more than the queues hold, so part of the
+  // message is still on the sender's backlog when the receive is cancelled.
+  constexpr size_t kSize = 8 << 20;
+  std::vector<uint8_t> data = Pattern(kSize, 21), buf(kSize, 0);
+  TransportRequest send, recv;
+  ASSERT_TRUE(ts[1]->PostRecv(0, 5, buf.data(), buf.size(), &recv).ok());
+  ASSERT_TRUE(ts[0]->PostSend(1, 5, data.data(), data.size(), &send).ok());
+  // Progress until the head has arrived and the rest is posted (more than one part out), or
+  // until all of it is in; then stop progressing the sender.
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (!recv.IsDone() && recv.pending_parts <= 1 && absl::Now() < deadline) {
+    ASSERT_TRUE(ts[0]->Progress().ok());
+    ASSERT_TRUE(ts[1]->Progress().ok());
+  }
+  ts[1]->Cancel(&recv, absl::AbortedError("cancelled mid-message"));
+  ASSERT_TRUE(recv.IsDone());
+  if (!recv.status.ok()) {
+    EXPECT_THAT(recv.status, StatusIs(absl::StatusCode::kAborted, HasSubstr("mid-message")));
+  } else {
+    EXPECT_TRUE(buf == data);  // it completed for real before the cancellation
+  }
+  const std::vector<uint8_t> snapshot = buf;
+
+  std::vector<uint8_t> next = Pattern(1000, 22), got(1000);
+  TransportRequest send2, recv2;
+  ASSERT_TRUE(ts[1]->PostRecv(0, 5, got.data(), got.size(), &recv2).ok());
+  ASSERT_TRUE(ts[0]->PostSend(1, 5, next.data(), next.size(), &send2).ok());
+  ASSERT_TRUE(Drive(Raw(ts), {&send, &send2, &recv2}).ok());
+  EXPECT_TRUE(send.status.ok()) << send.status;
+  ASSERT_TRUE(recv2.status.ok()) << recv2.status;
+  EXPECT_TRUE(got == next);
+  EXPECT_TRUE(buf == snapshot) << "the cancelled receive's buffer changed after Cancel";
+}
+
+// Over tcp a send to a rank whose process died fails with kAborted naming the rank. (Over shm
+// a send to a dead peer just waits; the health layer detects the death.)
+TEST_P(FabricTransportTest, SendToDeadPeerFailsNamingRank) {
+  if (GetParam().provider != "tcp") GTEST_SKIP() << "shm reports no error for a dead peer";
+  char dir_template[] = "/tmp/trident-fabric-test-XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string dir = dir_template;
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    auto store = NewFileStore(dir);
+    if (!store.ok()) _exit(1);
+    auto t = NewFabricTransport(Options(GetParam(), 1, 2, store->get()));
+    if (!t.ok()) _exit(2);
+    char byte = 0;
+    TransportRequest recv;
+    if (!(*t)->PostRecv(0, 1, &byte, 1, &recv).ok()) _exit(3);
+    if (!Drive({t->get()}, {&recv}).ok() || !recv.status.ok()) _exit(4);
+    _exit(0);  // dies without closing anything, like a crashed rank
+  }
+  auto store = NewFileStore(dir);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto t = NewFabricTransport(Options(GetParam(), 0, 2, store->get()));
+  ASSERT_TRUE(t.ok()) << t.status();
+  char byte = 1;
+  TransportRequest hello;
+  ASSERT_TRUE((*t)->PostSend(1, 1, &byte, 1, &hello).ok());
+  ASSERT_TRUE(Drive({t->get()}, {&hello}).ok());
+  int wstatus = 0;
+  ASSERT_EQ(waitpid(child, &wstatus, 0), child);  // the child exits right after receiving
+  ASSERT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << wstatus;
+
+  std::vector<uint8_t> data(1 << 20, 7);
+  absl::Status failure;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (failure.ok() && absl::Now() < deadline) {
+    TransportRequest send;
+    ASSERT_TRUE((*t)->PostSend(1, 2, data.data(), data.size(), &send).ok());
+    absl::Status driven = Drive({t->get()}, {&send}, absl::Seconds(5));
+    if (!driven.ok()) {
+      (*t)->Cancel(&send, absl::DeadlineExceededError("send did not finish"));
+      failure = absl::DeadlineExceededError("a send to the dead rank neither completed nor failed");
+      break;
+    }
+    failure = send.status;
+  }
+  EXPECT_THAT(failure, StatusIs(absl::StatusCode::kAborted, HasSubstr("rank 1")));
+  std::filesystem::remove_all(dir);
+}
+
 // Cancelling a receive that waits behind another one on its (peer, tag) (split mode), and
 // cancelling an already finished request, are harmless.
 TEST_P(FabricTransportTest, CancelWaitingAndFinished) {

@@ -75,6 +75,7 @@ constexpr int kMaxCqBatchesPerProgress = 64;
 constexpr size_t kHeadBytes = 4096;
 // Bounds the scratch memory that swallows an oversized message.
 constexpr size_t kDefaultMaxPart = size_t{16} << 20;
+constexpr size_t kBouncePoolSize = 64;
 
 // libfabric returns negative codes; fi_strerror takes the positive one.
 std::string FiText(int64_t rc) {
@@ -124,6 +125,19 @@ struct FidDeleter {
 template <typename T>
 using FidPtr = std::unique_ptr<T, FidDeleter>;
 
+template <typename T>
+void CloseFid(FidPtr<T>& object, absl::string_view what) {
+  if (object == nullptr) return;
+  int rc = fi_close(&object.release()->fid);
+  // After a peer failed, tcp;ofi_rxm 1.17 keeps the broken connection's endpoint, so its
+  // domain and fabric stay busy; that leak is libfabric's and harmless, so only debug it.
+  if (rc == -FI_EBUSY) {
+    spdlog::debug("fabric: closing the {} failed: {}", what, FiText(rc));
+  } else if (rc != 0) {
+    spdlog::warn("fabric: closing the {} failed: {}", what, FiText(rc));
+  }
+}
+
 struct Op;
 
 enum class PartState { kIdle, kQueued, kPosted };
@@ -153,7 +167,11 @@ struct Op {
   uint64_t tag = 0;
   char* data = nullptr;
   size_t size = 0;          // bytes to send, or receive capacity
-  std::deque<Part> parts;   // a deque: parts never move once created
+  // Parts never move once created: the head inline, the rest in one array allocated when
+  // their number is known (at PostSend; at the head's arrival for a receive).
+  Part head;
+  std::unique_ptr<Part[]> rest;
+  size_t num_rest = 0;
   int outstanding = 0;      // parts queued or posted
   int user_outstanding = 0; // of those, parts with Part::user
   size_t bytes = 0;         // bytes delivered
@@ -168,6 +186,20 @@ struct Op {
   bool stream_head = false;  // receive: the one posted on its (peer, tag) stream
   bool waiting = false;      // receive: queued behind the stream's head, not posted
 };
+
+template <typename F>
+void ForEachPart(Op* op, F f) {
+  f(op->head);
+  for (size_t i = 0; i < op->num_rest; ++i) f(op->rest[i]);
+}
+
+void InitPart(Part& part, Op* op, char* buf, size_t len, bool user) {
+  std::memset(&part.ctx, 0, sizeof(part.ctx));
+  part.op = op;
+  part.buf = buf;
+  part.len = len;
+  part.user = user;
+}
 
 absl::string_view KindName(OpKind kind) { return kind == OpKind::kSend ? "send" : "receive"; }
 
@@ -224,8 +256,6 @@ class FabricTransport final : public Transport {
                          const TransportRequest* request) const;
   Op* NewOpLocked(OpKind kind, TransportRequest* request, int peer, uint64_t tag, char* data,
                   size_t size) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  Part* AddPartLocked(Op* op, char* buf, size_t len, bool user)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DeleteOpLocked(Op* op) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static void StartRequest(TransportRequest* request, int peer, Op* op);
   char* ScratchLocked(Op* op, size_t size) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -281,6 +311,8 @@ class FabricTransport final : public Transport {
   std::deque<Part*> send_backlog_ ABSL_GUARDED_BY(mu_);
   std::deque<Part*> recv_backlog_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<StreamKey, Stream> streams_ ABSL_GUARDED_BY(mu_);
+  // Head buffers for receives smaller than a head, kept for reuse.
+  std::vector<std::unique_ptr<char[]>> bounce_pool_ ABSL_GUARDED_BY(mu_);
   uint64_t next_mr_key_ ABSL_GUARDED_BY(mu_) = 1;
   int finished_ ABSL_GUARDED_BY(mu_) = 0;  // requests completed since the last Progress()
   bool closing_ ABSL_GUARDED_BY(mu_) = false;
@@ -474,16 +506,16 @@ FabricTransport::~FabricTransport() {
       mu_.Lock();
     }
     // Closing the endpoint ends every operation: libfabric touches no buffer afterwards.
-    ep_.reset();
+    CloseFid(ep_, "endpoint");
   }
   for (Op* op : std::vector<Op*>(ops_.begin(), ops_.end())) {
     if (op->request != nullptr) AbandonLocked(op, reason);
     DeleteOpLocked(op);
   }
-  av_.reset();
-  cq_.reset();
-  domain_.reset();
-  fabric_.reset();
+  CloseFid(av_, "address vector");
+  CloseFid(cq_, "completion queue");
+  CloseFid(domain_, "domain");
+  CloseFid(fabric_, "fabric");
 }
 
 // --- posting -------------------------------------------------------------------------------
@@ -517,18 +549,11 @@ Op* FabricTransport::NewOpLocked(OpKind kind, TransportRequest* request, int pee
   return op;
 }
 
-Part* FabricTransport::AddPartLocked(Op* op, char* buf, size_t len, bool user) {
-  Part& part = op->parts.emplace_back();
-  std::memset(&part.ctx, 0, sizeof(part.ctx));
-  part.op = op;
-  part.buf = buf;
-  part.len = len;
-  part.user = user;
-  return &part;
-}
-
 void FabricTransport::DeleteOpLocked(Op* op) {
-  for (Part& part : op->parts) ReleaseMrLocked(&part);
+  ForEachPart(op, [&](Part& part) { ReleaseMrLocked(&part); });
+  if (op->bounce != nullptr && bounce_pool_.size() < kBouncePoolSize) {
+    bounce_pool_.push_back(std::move(op->bounce));
+  }
   ops_.erase(op);
   delete op;
 }
@@ -681,14 +706,18 @@ absl::Status FabricTransport::PostSend(int peer, uint64_t tag, const void* data,
     // Queue full: the ordinary path queues.
   }
   Op* op = NewOpLocked(OpKind::kSend, request, peer, tag, buf, bytes);
-  size_t head = std::min(bytes, head_size_);
-  AddPartLocked(op, buf, head, /*user=*/true)->head = true;
-  for (size_t offset = head; offset < bytes; offset += part_size_) {
-    AddPartLocked(op, buf + offset, std::min(part_size_, bytes - offset), /*user=*/true);
+  const size_t head = std::min(bytes, head_size_);
+  InitPart(op->head, op, buf, head, /*user=*/true);
+  op->head.head = true;
+  op->num_rest = (bytes - head + part_size_ - 1) / part_size_;
+  if (op->num_rest > 0) op->rest.reset(new Part[op->num_rest]);
+  for (size_t i = 0; i < op->num_rest; ++i) {
+    size_t offset = head + i * part_size_;
+    InitPart(op->rest[i], op, buf + offset, std::min(part_size_, bytes - offset), /*user=*/true);
   }
   StartRequest(request, peer, op);
-  for (size_t i = 0; i < op->parts.size(); ++i) {
-    absl::Status status = SubmitLocked(&op->parts[i]);
+  for (size_t i = 0; i <= op->num_rest; ++i) {
+    absl::Status status = SubmitLocked(i == 0 ? &op->head : &op->rest[i - 1]);
     if (status.ok()) continue;
     if (i == 0) {  // nothing started: the caller gets the error
       request->backend = nullptr;
@@ -712,10 +741,16 @@ absl::Status FabricTransport::PostRecv(int peer, uint64_t tag, void* data, size_
   Op* op = NewOpLocked(OpKind::kRecv, request, peer, tag, static_cast<char*>(data), capacity);
   char* head_buf = op->data;
   if (capacity < head_size_) {
-    op->bounce.reset(new char[head_size_]);
+    if (bounce_pool_.empty()) {
+      op->bounce.reset(new char[head_size_]);
+    } else {
+      op->bounce = std::move(bounce_pool_.back());
+      bounce_pool_.pop_back();
+    }
     head_buf = op->bounce.get();
   }
-  AddPartLocked(op, head_buf, head_size_, /*user=*/true)->head = true;
+  InitPart(op->head, op, head_buf, head_size_, /*user=*/true);
+  op->head.head = true;
   StartRequest(request, peer, op);
   auto [it, inserted] = streams_.try_emplace(StreamKey(peer, tag));
   if (!inserted) {
@@ -725,7 +760,7 @@ absl::Status FabricTransport::PostRecv(int peer, uint64_t tag, void* data, size_
   }
   it->second.head = op;
   op->stream_head = true;
-  absl::Status status = SubmitLocked(&op->parts[0]);
+  absl::Status status = SubmitLocked(&op->head);
   if (!status.ok()) {
     streams_.erase(it);
     request->backend = nullptr;
@@ -826,11 +861,16 @@ void FabricTransport::OnHeadLocked(Part* part, size_t len, bool has_size, uint64
     op->cut = true;
   }
   RetirePartLocked(part);
-  for (size_t offset = 0; offset < rest; offset += part_size_) {
+  TRIDENT_CHECK(op->rest == nullptr) << "fabric: a second head for one receive";
+  op->num_rest = (rest + part_size_ - 1) / part_size_;
+  if (op->num_rest > 0) op->rest.reset(new Part[op->num_rest]);
+  op->drained = !to_user && rest > 0;
+  for (size_t i = 0; i < op->num_rest; ++i) {
+    size_t offset = i * part_size_;
     size_t n = std::min(part_size_, rest - offset);
     char* buf = to_user ? op->data + len + offset : ScratchLocked(op, std::min(part_size_, rest));
-    op->drained = op->drained || !to_user;
-    absl::Status status = SubmitLocked(AddPartLocked(op, buf, n, to_user));
+    InitPart(op->rest[i], op, buf, n, to_user);
+    absl::Status status = SubmitLocked(&op->rest[i]);
     if (!status.ok()) {
       SetErrorLocked(op, status);
       break;
@@ -895,11 +935,11 @@ void FabricTransport::SetErrorLocked(Op* op, absl::Status status) {
 // deletes the op when libfabric holds none of its parts.
 void FabricTransport::SettleLocked(Op* op) {
   if (op->kind == OpKind::kRecv && op->user_outstanding == 0 && !closing_) {
-    for (Part& part : op->parts) {
-      if (!part.needs_drain) continue;
+    ForEachPart(op, [&](Part& part) {
+      if (!part.needs_drain) return;
       part.needs_drain = false;
       part.user = false;
-      part.buf = ScratchLocked(op, part.len);
+      part.buf = ScratchLocked(op, op->rest[0].len);  // the first of the rest is the largest
       op->drained = true;
       absl::Status status = SubmitLocked(&part);
       if (!status.ok()) {
@@ -907,7 +947,7 @@ void FabricTransport::SettleLocked(Op* op) {
                      rank_, op->peer, op->tag, status);
         SetErrorLocked(op, status);
       }
-    }
+    });
   }
   if (op->request != nullptr) {
     const bool early = (op->cancelled || !op->status.ok()) && op->user_outstanding == 0;
@@ -943,7 +983,7 @@ void FabricTransport::ReleaseStreamLocked(Op* op) {
     stream.waiting.pop_front();
     next->waiting = false;
     absl::Status status =
-        closing_ ? absl::AbortedError("fabric: transport closed") : SubmitLocked(&next->parts[0]);
+        closing_ ? absl::AbortedError("fabric: transport closed") : SubmitLocked(&next->head);
     if (status.ok()) {
       stream.head = next;
       next->stream_head = true;
@@ -972,7 +1012,7 @@ void FabricTransport::BeginCancelLocked(Op* op, const absl::Status& reason) {
     SettleLocked(op);
     return;
   }
-  for (Part& part : op->parts) {
+  ForEachPart(op, [&](Part& part) {
     if (part.state == PartState::kQueued) {
       std::deque<Part*>& backlog = BacklogFor(op);
       backlog.erase(std::find(backlog.begin(), backlog.end(), &part));
@@ -988,7 +1028,7 @@ void FabricTransport::BeginCancelLocked(Op* op, const absl::Status& reason) {
         spdlog::debug("fabric: fi_cancel on rank {}: {}", rank_, FiText(rc));
       }
     }
-  }
+  });
   SettleLocked(op);
 }
 
