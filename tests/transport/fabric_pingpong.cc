@@ -21,6 +21,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/host_memory.h"
 #include "transport/fabric/fabric_transport.h"
 #include "trident/store.h"
 
@@ -58,7 +59,7 @@ void Wait(Transport* t, std::vector<TransportRequest>& requests) {
 }
 
 // Returns GB/s measured on rank 0 (the sender).
-double Bandwidth(Transport* t, size_t size, const Args& args, std::vector<char>& buf) {
+double Bandwidth(Transport* t, size_t size, const Args& args, char* buf) {
   const size_t total = std::max<size_t>(args.mib_per_trial << 20, 256 * size);
   const int windows = static_cast<int>(std::max<size_t>(1, total / (size * kWindow)));
   std::vector<TransportRequest> requests(kWindow), ack(1);
@@ -69,9 +70,9 @@ double Bandwidth(Transport* t, size_t size, const Args& args, std::vector<char>&
     for (int i = 0; i < kWindow; ++i) {
       uint64_t tag = args.distinct_tags ? i : 0;
       if (t->rank() == 0) {
-        Check(t->PostSend(1, tag, buf.data(), size, &requests[i]), "PostSend");
+        Check(t->PostSend(1, tag, buf, size, &requests[i]), "PostSend");
       } else {
-        Check(t->PostRecv(0, tag, buf.data(), size, &requests[i]), "PostRecv");
+        Check(t->PostRecv(0, tag, buf, size, &requests[i]), "PostRecv");
       }
     }
     Wait(t, requests);
@@ -88,20 +89,20 @@ double Bandwidth(Transport* t, size_t size, const Args& args, std::vector<char>&
 }
 
 // Returns the round-trip time in microseconds.
-double Latency(Transport* t, size_t size, std::vector<char>& buf) {
+double Latency(Transport* t, size_t size, char* buf) {
   auto round = [&] {
     std::vector<TransportRequest> r(1);
     if (t->rank() == 0) {
-      Check(t->PostSend(1, 7, buf.data(), size, &r[0]), "PostSend");
+      Check(t->PostSend(1, 7, buf, size, &r[0]), "PostSend");
       Wait(t, r);
       r = std::vector<TransportRequest>(1);
-      Check(t->PostRecv(1, 8, buf.data(), size, &r[0]), "PostRecv");
+      Check(t->PostRecv(1, 8, buf, size, &r[0]), "PostRecv");
       Wait(t, r);
     } else {
-      Check(t->PostRecv(0, 7, buf.data(), size, &r[0]), "PostRecv");
+      Check(t->PostRecv(0, 7, buf, size, &r[0]), "PostRecv");
       Wait(t, r);
       r = std::vector<TransportRequest>(1);
-      Check(t->PostSend(0, 8, buf.data(), size, &r[0]), "PostSend");
+      Check(t->PostSend(0, 8, buf, size, &r[0]), "PostSend");
       Wait(t, r);
     }
   };
@@ -145,7 +146,10 @@ int RunRank(int rank, const std::string& dir, const Args& args) {
   Transport* t = transport->get();
   size_t largest = 16 << 20;
   for (size_t size : args.sizes) largest = std::max(largest, size);
-  std::vector<char> buf(largest, 1);
+  // Huge pages, as the communicator uses: shm's process_vm_readv pins every page it copies.
+  HostMemory memory = AllocateHostMemory(largest);
+  std::memset(memory.get(), 1, largest);
+  char* buf = memory.get();
   if (rank == 0) std::printf("# %s, tags %s\n", t->Describe().c_str(),
                              args.distinct_tags ? "distinct" : "same");
   if (args.mode == "bw" || args.mode == "all") {

@@ -58,6 +58,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/backoff.h"
 #include "common/check.h"
+#include "common/host_memory.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 
@@ -176,7 +177,7 @@ struct Op {
   int user_outstanding = 0; // of those, parts with Part::user
   size_t bytes = 0;         // bytes delivered
   std::unique_ptr<char[]> bounce;   // receive: the head's buffer when capacity < head size
-  std::unique_ptr<char[]> scratch;  // receive: where parts that must not reach the caller go
+  HostMemory scratch;               // receive: where parts that must not reach the caller go
   size_t scratch_size = 0;
   absl::Status status;  // first error
   bool cancelled = false;
@@ -572,7 +573,7 @@ void FabricTransport::StartRequest(TransportRequest* request, int peer, Op* op) 
 char* FabricTransport::ScratchLocked(Op* op, size_t size) {
   if (op->scratch == nullptr) {
     op->scratch_size = std::max<size_t>(size, 1);
-    op->scratch.reset(new char[op->scratch_size]);
+    op->scratch = AllocateHostMemory(op->scratch_size);
   }
   TRIDENT_CHECK(size <= op->scratch_size) << "fabric: scratch of " << op->scratch_size
                                           << " bytes too small for " << size;
