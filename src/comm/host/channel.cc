@@ -34,26 +34,23 @@ Channel::~Channel() {
 
 absl::StatusOr<TransportRequest*> Channel::Send(int peer, const void* data, size_t bytes,
                                                 uint16_t slot) {
-  TRIDENT_CHECK(peer >= 0 && peer < size()) << "peer " << peer << " of " << size();
-  if (!failure_.ok()) return failure_;
-  TransportRequest* request = &requests_.emplace_back();
-  absl::Status s = transport_->PostSend((*ranks_)[peer], MakeTag(context_, seq_, slot), data,
-                                        bytes, request);
-  if (!s.ok()) {
-    request->status = s;
-    request->done.store(true, std::memory_order_release);
-    return failure_ = s;
-  }
-  return request;
+  return Post(/*send=*/true, peer, const_cast<void*>(data), bytes, slot);
 }
 
 absl::StatusOr<TransportRequest*> Channel::Recv(int peer, void* data, size_t bytes,
                                                 uint16_t slot) {
+  return Post(/*send=*/false, peer, data, bytes, slot);
+}
+
+absl::StatusOr<TransportRequest*> Channel::Post(bool send, int peer, void* data, size_t bytes,
+                                                uint16_t slot) {
   TRIDENT_CHECK(peer >= 0 && peer < size()) << "peer " << peer << " of " << size();
   if (!failure_.ok()) return failure_;
   TransportRequest* request = &requests_.emplace_back();
-  absl::Status s = transport_->PostRecv((*ranks_)[peer], MakeTag(context_, seq_, slot), data,
-                                        bytes, request);
+  const int to = (*ranks_)[peer];
+  const uint64_t tag = MakeTag(context_, seq_, slot);
+  absl::Status s = send ? transport_->PostSend(to, tag, data, bytes, request)
+                        : transport_->PostRecv(to, tag, data, bytes, request);
   if (!s.ok()) {
     request->status = s;
     request->done.store(true, std::memory_order_release);

@@ -60,6 +60,8 @@ class Channel {
                         void* recv_data, size_t recv_bytes);
 
  private:
+  absl::StatusOr<TransportRequest*> Post(bool send, int peer, void* data, size_t bytes,
+                                         uint16_t slot);
   absl::Status Check(TransportRequest* request);
 
   Transport* transport_;
