@@ -37,7 +37,7 @@ struct Args {
   bool distinct_tags = false;
   int trials = 3;
   size_t mib_per_trial = 512;
-  size_t part_bytes = 0;  // FabricOptions::max_part_bytes
+  size_t part_bytes = 0;      // FabricOptions::max_part_bytes
   std::vector<size_t> sizes;  // empty: the defaults of each mode
 };
 
@@ -150,8 +150,8 @@ int RunRank(int rank, const std::string& dir, const Args& args) {
   HostMemory memory = AllocateHostMemory(largest);
   std::memset(memory.get(), 1, largest);
   char* buf = memory.get();
-  if (rank == 0) std::printf("# %s, tags %s\n", t->Describe().c_str(),
-                             args.distinct_tags ? "distinct" : "same");
+  if (rank == 0)
+    std::printf("# %s, tags %s\n", t->Describe().c_str(), args.distinct_tags ? "distinct" : "same");
   if (args.mode == "bw" || args.mode == "all") {
     std::vector<size_t> sizes = {size_t{4} << 10, size_t{64} << 10, size_t{1} << 20,
                                  size_t{16} << 20};

@@ -66,10 +66,9 @@ namespace trident {
 namespace {
 
 // The API version we ask for: 1.17 (Debian 12), or the header's if that is older.
-constexpr uint32_t kFiVersion =
-    FI_VERSION(FI_MAJOR_VERSION, FI_MINOR_VERSION) < FI_VERSION(1, 17)
-        ? FI_VERSION(FI_MAJOR_VERSION, FI_MINOR_VERSION)
-        : FI_VERSION(1, 17);
+constexpr uint32_t kFiVersion = FI_VERSION(FI_MAJOR_VERSION, FI_MINOR_VERSION) < FI_VERSION(1, 17)
+                                    ? FI_VERSION(FI_MAJOR_VERSION, FI_MINOR_VERSION)
+                                    : FI_VERSION(1, 17);
 constexpr int kCqBatch = 16;
 // Reading the CQ stops after this many batches, so that Progress() never runs for long.
 constexpr int kMaxCqBatchesPerProgress = 64;
@@ -167,23 +166,23 @@ struct Op {
   int peer = -1;
   uint64_t tag = 0;
   char* data = nullptr;
-  size_t size = 0;          // bytes to send, or receive capacity
+  size_t size = 0;  // bytes to send, or receive capacity
   // Parts never move once created: the head inline, the rest in one array allocated when
   // their number is known (at PostSend; at the head's arrival for a receive).
   Part head;
   std::unique_ptr<Part[]> rest;
   size_t num_rest = 0;
-  int outstanding = 0;      // parts queued or posted
-  int user_outstanding = 0; // of those, parts with Part::user
-  size_t bytes = 0;         // bytes delivered
-  std::unique_ptr<char[]> bounce;   // receive: the head's buffer when capacity < head size
-  HostMemory scratch;               // receive: where parts that must not reach the caller go
+  int outstanding = 0;             // parts queued or posted
+  int user_outstanding = 0;        // of those, parts with Part::user
+  size_t bytes = 0;                // bytes delivered
+  std::unique_ptr<char[]> bounce;  // receive: the head's buffer when capacity < head size
+  HostMemory scratch;              // receive: where parts that must not reach the caller go
   size_t scratch_size = 0;
   absl::Status status;  // first error
   bool cancelled = false;
   absl::Status cancel_reason;
-  bool cut = false;      // cancelled before all of the message reached the caller's buffer
-  bool drained = false;  // some of the message went to scratch
+  bool cut = false;          // cancelled before all of the message reached the caller's buffer
+  bool drained = false;      // some of the message went to scratch
   bool stream_head = false;  // receive: the one posted on its (peer, tag) stream
   bool waiting = false;      // receive: queued behind the stream's head, not posted
 };
@@ -332,10 +331,10 @@ absl::Status ProviderError(const std::string& provider, int rc, absl::string_vie
         FiText(rc), "); fi_getinfo offers: ", list,
         ". Set TRIDENT_FABRIC_PROVIDER to one of them (e.g. shm or tcp)"));
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "libfabric provider '", provider, "' offers no endpoint that Trident can use (", wanted,
-      "): fi_getinfo: ", FiText(rc), "; fi_getinfo offers: ", list,
-      ". Set TRIDENT_FABRIC_PROVIDER to another provider"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("libfabric provider '", provider, "' offers no endpoint that Trident can use (",
+                   wanted, "): fi_getinfo: ", FiText(rc), "; fi_getinfo offers: ", list,
+                   ". Set TRIDENT_FABRIC_PROVIDER to another provider"));
 }
 
 absl::Status FabricTransport::Init(const FabricOptions& options) {
@@ -402,8 +401,8 @@ absl::Status FabricTransport::Init(const FabricOptions& options) {
       "fabric: rank {}/{} provider {} fabric {} domain {} max_msg_size {} part {} head {} "
       "inject {} mr_mode {:#x}{}",
       rank_, size_, prov_name_, info->fabric_attr->name ? info->fabric_attr->name : "?",
-      info->domain_attr->name ? info->domain_attr->name : "?", max_msg_size, part_size_,
-      head_size_, inject_size_, mr_mode, mr_local_ ? " (registering buffers)" : "");
+      info->domain_attr->name ? info->domain_attr->name : "?", max_msg_size, part_size_, head_size_,
+      inject_size_, mr_mode, mr_local_ ? " (registering buffers)" : "");
 
   absl::MutexLock lock(&mu_);
   fid_fabric* fabric = nullptr;
@@ -455,9 +454,9 @@ absl::Status FabricTransport::Init(const FabricOptions& options) {
   name.resize(name_len);
 
   // Rendezvous: publish ours, read everyone's, insert in rank order so fi_addr i is rank i.
-  RETURN_IF_ERROR(Annotate(
-      options.store->Set(absl::StrCat("fabric/addr/", rank_), name, options.deadline),
-      absl::StrCat("fabric setup of rank ", rank_, ": publishing its address")));
+  RETURN_IF_ERROR(
+      Annotate(options.store->Set(absl::StrCat("fabric/addr/", rank_), name, options.deadline),
+               absl::StrCat("fabric setup of rank ", rank_, ": publishing its address")));
   addrs_.resize(size_);
   for (int r = 0; r < size_; ++r) {
     std::string addr = name;
@@ -575,8 +574,8 @@ char* FabricTransport::ScratchLocked(Op* op, size_t size) {
     op->scratch_size = std::max<size_t>(size, 1);
     op->scratch = AllocateHostMemory(op->scratch_size);
   }
-  TRIDENT_CHECK(size <= op->scratch_size) << "fabric: scratch of " << op->scratch_size
-                                          << " bytes too small for " << size;
+  TRIDENT_CHECK(size <= op->scratch_size)
+      << "fabric: scratch of " << op->scratch_size << " bytes too small for " << size;
   return op->scratch.get();
 }
 
@@ -618,8 +617,7 @@ absl::StatusOr<bool> FabricTransport::TryPostLocked(Part* part) {
   absl::string_view call;
   if (op->kind == OpKind::kRecv) {
     call = "fi_trecv";
-    rc = fi_trecv(ep_.get(), part->buf, part->len, desc, addr, op->tag, /*ignore=*/0,
-                  &part->ctx);
+    rc = fi_trecv(ep_.get(), part->buf, part->len, desc, addr, op->tag, /*ignore=*/0, &part->ctx);
   } else if (part->head) {
     call = "fi_tsenddata";
     rc = fi_tsenddata(ep_.get(), part->buf, part->len, desc, /*data=*/op->size, addr, op->tag,
@@ -636,10 +634,9 @@ absl::StatusOr<bool> FabricTransport::TryPostLocked(Part* part) {
   // other streams hold them; they go as their receives are posted, so retry like EAGAIN.
   if (rc == -FI_EAGAIN || rc == -FI_ENOMEM) return false;
   ReleaseMrLocked(part);
-  return FiStatus(absl::StatusCode::kAborted,
-                  absl::StrCat(call, "(rank ", op->peer, ", tag ", op->tag, ", ", part->len,
-                               " bytes)"),
-                  rc);
+  return FiStatus(
+      absl::StatusCode::kAborted,
+      absl::StrCat(call, "(rank ", op->peer, ", tag ", op->tag, ", ", part->len, " bytes)"), rc);
 }
 
 // Posts the part now, or queues it behind earlier posts that libfabric has not taken yet. On
@@ -682,9 +679,9 @@ absl::Status FabricTransport::PostSend(int peer, uint64_t tag, const void* data,
                                        TransportRequest* request) {
   RETURN_IF_ERROR(CheckPost(peer, data, bytes, request));
   if (cq_data_size_ < 8 && (bytes >> (8 * cq_data_size_)) != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("fabric: a message of ", bytes, " bytes is too large for provider ",
-                     prov_name_, " (", cq_data_size_, " bytes of CQ data)"));
+    return absl::InvalidArgumentError(absl::StrCat("fabric: a message of ", bytes,
+                                                   " bytes is too large for provider ", prov_name_,
+                                                   " (", cq_data_size_, " bytes of CQ data)"));
   }
   char* buf = static_cast<char*>(const_cast<void*>(data));
   absl::MutexLock lock(&mu_);
@@ -802,8 +799,8 @@ absl::Status FabricTransport::ReadCqLocked() {
         continue;
       }
       if (m == -FI_EAGAIN) continue;
-      return FiStatus(absl::StatusCode::kAborted,
-                      absl::StrCat("rank ", rank_, ": fi_cq_readerr"), m);
+      return FiStatus(absl::StatusCode::kAborted, absl::StrCat("rank ", rank_, ": fi_cq_readerr"),
+                      m);
     }
     return FiStatus(absl::StatusCode::kAborted, absl::StrCat("rank ", rank_, ": fi_cq_read"), n);
   }
@@ -836,11 +833,11 @@ void FabricTransport::OnHeadLocked(Part* part, size_t len, bool has_size, uint64
   Op* op = part->op;
   const uint64_t total = has_size ? size : len;
   if ((!has_size && len >= head_size_) || len != std::min<uint64_t>(total, head_size_)) {
-    SetErrorLocked(op, absl::AbortedError(absl::StrCat(
-                           "rank ", op->peer, ": tag ", op->tag, ": a message head of ", len,
-                           " bytes announced ", has_size ? absl::StrCat(size) : "no",
-                           " bytes (protocol error; is rank ", op->peer,
-                           " another Trident version?)")));
+    SetErrorLocked(
+        op, absl::AbortedError(absl::StrCat(
+                "rank ", op->peer, ": tag ", op->tag, ": a message head of ", len,
+                " bytes announced ", has_size ? absl::StrCat(size) : "no",
+                " bytes (protocol error; is rank ", op->peer, " another Trident version?)")));
     RetirePartLocked(part);
     SettleLocked(op);
     return;
@@ -851,9 +848,8 @@ void FabricTransport::OnHeadLocked(Part* part, size_t len, bool has_size, uint64
   const bool to_user = fits && (!op->cancelled || rest == 0);
   if (!fits) {
     SetErrorLocked(op, absl::InvalidArgumentError(absl::StrCat(
-                           "fabric: message from rank ", op->peer, " tag ", op->tag, " (",
-                           total, " bytes) larger than the receive buffer of ", op->size,
-                           " bytes")));
+                           "fabric: message from rank ", op->peer, " tag ", op->tag, " (", total,
+                           " bytes) larger than the receive buffer of ", op->size, " bytes")));
   }
   if (to_user) {
     if (part->buf != op->data && len > 0) std::memcpy(op->data, part->buf, len);
@@ -895,17 +891,17 @@ void FabricTransport::OnErrorLocked(const fi_cq_err_entry& err) {
   if (code == FI_ECANCELED) {
     op->cut = true;
     if (!op->cancelled) {
-      SetErrorLocked(op, absl::CancelledError(absl::StrCat(
-                             "fabric: rank ", op->peer, ": ", KindName(op->kind), " (tag ",
-                             op->tag, ") cancelled by libfabric")));
+      SetErrorLocked(
+          op, absl::CancelledError(absl::StrCat("fabric: rank ", op->peer, ": ", KindName(op->kind),
+                                                " (tag ", op->tag, ") cancelled by libfabric")));
     }
     // A cancelled part of a message whose head was taken: its data must still be received
     // (into scratch), or it would match the next receive on the stream.
     if (op->kind == OpKind::kRecv && !part->head) part->needs_drain = true;
   } else {
     char prov_text[256] = {0};
-    const char* text = fi_cq_strerror(cq_.get(), err.prov_errno, err.err_data, prov_text,
-                                      sizeof(prov_text));
+    const char* text =
+        fi_cq_strerror(cq_.get(), err.prov_errno, err.err_data, prov_text, sizeof(prov_text));
     SetErrorLocked(op, absl::AbortedError(absl::StrCat(
                            "rank ", op->peer, ": ", KindName(op->kind), " (tag ", op->tag,
                            ") failed", IsPeerGone(code) ? " (peer unreachable or gone)" : "",
@@ -1095,8 +1091,8 @@ std::vector<std::string> ListFabricProviders() {
 
 absl::StatusOr<std::unique_ptr<Transport>> NewFabricTransport(const FabricOptions& options) {
   if (options.size <= 0 || options.rank < 0 || options.rank >= options.size) {
-    return absl::InvalidArgumentError(absl::StrCat("fabric: rank ", options.rank,
-                                                   " outside a group of size ", options.size));
+    return absl::InvalidArgumentError(
+        absl::StrCat("fabric: rank ", options.rank, " outside a group of size ", options.size));
   }
   if (options.store == nullptr) return absl::InvalidArgumentError("fabric: no store");
   auto transport = std::make_unique<FabricTransport>(options);

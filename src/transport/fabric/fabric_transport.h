@@ -16,6 +16,23 @@
 // with exact sizes. Receives of one (peer, tag) are therefore posted one after the other.
 // See fabric_transport.cc for the protocol.
 //
+// Errors: a completion error names the peer rank and keeps libfabric's text and codes;
+// a peer that is gone (connection refused or reset, EIO, ...) and any other failure of an
+// operation are kAborted; a message larger than the receive buffer is kInvalidArgument. Over
+// tcp a send to a dead rank fails; over shm it waits (a silent peer is the health layer's to
+// detect), and a posted receive never fails on its own.
+//
+// Cancel withdraws what libfabric has not started and waits up to cancel_timeout for the
+// rest. An operation libfabric cannot withdraw (a receive matched to a rendezvous whose
+// sender stalls) makes Cancel complete the request anyway and log a warning; libfabric may
+// then still write into that buffer until the transport is destroyed (closing the endpoint
+// ends every operation).
+//
+// Flow control is libfabric's. shm in 1.17 jams an endpoint for good once more than its
+// rx_size (1024, FI_SHM_RX_SIZE) messages wait unmatched at it (a leak in
+// smr_progress_cmd_msg), so a sender must not run more than about a thousand messages (a
+// message over 4 KiB counts twice) ahead of the receives posted for them.
+//
 // Ownership and threads: the transport owns every libfabric object; the caller owns the
 // TransportRequests and buffers (transport.h). Every method may be called from any thread;
 // the libfabric calls are serialised by one mutex (the domain is opened FI_THREAD_DOMAIN).
