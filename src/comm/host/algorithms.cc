@@ -219,46 +219,39 @@ absl::Status AllGatherRing(Channel& ch, DType dtype, const void* in, void* out,
                              Blocks::Uniform(block_count, ch.size()), chunk_bytes);
 }
 
-absl::Status BroadcastTree(Channel& ch, void* data, size_t bytes, int root) {
+absl::Status BroadcastTree(Channel& ch, void* data, size_t bytes, int root,
+                           size_t chunk_bytes) {
   const int n = ch.size(), vr = Mod(ch.rank() - root, n);
-  int mask = 1;
+  char* buf = static_cast<char*>(data);
+  std::vector<ChunkRange> chunks = Chunks(bytes, std::max<size_t>(1, chunk_bytes));
+  if (chunks.empty()) chunks.push_back({0, 0});  // zero bytes still synchronise, as one message
+  // Binomial tree: the parent is vr minus its lowest set bit; children are vr + 2^k for the
+  // 2^k below that bit, biggest subtree first.
+  int parent = -1, mask = 1;
   while (mask < n) {
     if (vr & mask) {
-      ASSIGN_OR_RETURN(TransportRequest * q, ch.Recv(Mod(vr - mask + root, n), data, bytes));
-      RETURN_IF_ERROR(ch.Wait(q));
+      parent = Mod(vr - mask + root, n);
       break;
     }
     mask <<= 1;
   }
+  std::vector<int> children;
   for (mask >>= 1; mask > 0; mask >>= 1) {
-    if (vr + mask < n) RETURN_IF_ERROR(ch.Send(Mod(vr + mask + root, n), data, bytes).status());
-  }
-  return ch.WaitAll();
-}
-
-absl::Status BroadcastChain(Channel& ch, void* data, size_t bytes, int root,
-                            size_t chunk_bytes) {
-  const int n = ch.size(), vr = Mod(ch.rank() - root, n);
-  char* buf = static_cast<char*>(data);
-  const std::vector<ChunkRange> chunks = Chunks(bytes, std::max<size_t>(1, chunk_bytes));
-  const int prev = Mod(vr - 1 + root, n), next = Mod(vr + 1 + root, n);
-  const bool has_next = vr + 1 < n;
-  if (vr == 0) {
-    for (const ChunkRange& c : chunks) {
-      RETURN_IF_ERROR(ch.Send(next, buf + c.begin, c.end - c.begin).status());
-    }
-    return ch.WaitAll();
+    if (vr + mask < n) children.push_back(Mod(vr + mask + root, n));
   }
   std::vector<TransportRequest*> recvs;
-  for (const ChunkRange& c : chunks) {
-    ASSIGN_OR_RETURN(TransportRequest * q, ch.Recv(prev, buf + c.begin, c.end - c.begin));
-    recvs.push_back(q);
+  if (parent >= 0) {
+    for (const ChunkRange& c : chunks) {
+      ASSIGN_OR_RETURN(TransportRequest * q, ch.Recv(parent, buf + c.begin, c.end - c.begin));
+      recvs.push_back(q);
+    }
   }
+  // Forward each chunk as soon as it is here, so the levels of the tree overlap.
   for (size_t i = 0; i < chunks.size(); ++i) {
-    RETURN_IF_ERROR(ch.Wait(recvs[i]));
-    if (has_next) {
+    if (parent >= 0) RETURN_IF_ERROR(ch.Wait(recvs[i]));
+    for (int child : children) {
       RETURN_IF_ERROR(
-          ch.Send(next, buf + chunks[i].begin, chunks[i].end - chunks[i].begin).status());
+          ch.Send(child, buf + chunks[i].begin, chunks[i].end - chunks[i].begin).status());
     }
   }
   return ch.WaitAll();

@@ -1,6 +1,6 @@
 // The collective algorithms of the host backend, written once over Channel (and so over any
 // Transport). Latency algorithms for small messages (recursive doubling, binomial trees,
-// dissemination) and bandwidth algorithms for large ones (rings and chains pipelined in
+// dissemination) and bandwidth algorithms for large ones (rings, and trees pipelined in
 // chunks). Buffers are raw bytes; counts are in elements.
 //
 // Every rank reduces in the same order as its partners, so AllReduce results are bitwise
@@ -59,8 +59,8 @@ absl::Status ReduceScatterRing(Channel& ch, DType dtype, ReduceOp op, const void
 // `in` (block_count elements) lands in block r of `out` on every rank.
 absl::Status AllGatherRing(Channel& ch, DType dtype, const void* in, void* out,
                            size_t block_count, size_t chunk_bytes);
-absl::Status BroadcastTree(Channel& ch, void* data, size_t bytes, int root);
-absl::Status BroadcastChain(Channel& ch, void* data, size_t bytes, int root, size_t chunk_bytes);
+// Binomial tree, pipelined in chunks: each rank forwards a chunk as soon as it arrives.
+absl::Status BroadcastTree(Channel& ch, void* data, size_t bytes, int root, size_t chunk_bytes);
 absl::Status ReduceTree(Channel& ch, DType dtype, ReduceOp op, const void* in, void* out,
                         size_t count, int root, Scratch& scratch);
 absl::Status ReduceRing(Channel& ch, DType dtype, ReduceOp op, const void* in, void* out,

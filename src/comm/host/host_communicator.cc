@@ -627,8 +627,7 @@ absl::Status HostCommunicator::RunAlgorithm(Op& op, Channel& ch) {
     case OpKind::kAllGather:
       return AllGatherRing(ch, dtype, in, out, op.count, algo.chunk_bytes);
     case OpKind::kBroadcast:
-      if (bytes <= algo.small_bytes) return BroadcastTree(ch, in, bytes, op.root);
-      return BroadcastChain(ch, in, bytes, op.root, algo.chunk_bytes);
+      return BroadcastTree(ch, in, bytes, op.root, algo.chunk_bytes);
     case OpKind::kReduce:
       if (bytes <= algo.small_bytes || static_cast<int64_t>(op.count) < n) {
         return ReduceTree(ch, dtype, op.reduce, in, out, op.count, op.root, scratch_);
