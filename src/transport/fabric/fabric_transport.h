@@ -28,10 +28,12 @@
 // then still write into that buffer until the transport is destroyed (closing the endpoint
 // ends every operation).
 //
-// Flow control is libfabric's. shm in 1.17 jams an endpoint for good once more than its
-// rx_size (1024, FI_SHM_RX_SIZE) messages wait unmatched at it (a leak in
-// smr_progress_cmd_msg), so a sender must not run more than about a thousand messages (a
-// message over 4 KiB counts twice) ahead of the receives posted for them.
+// Flow control is libfabric's, and its buffers for unexpected messages (sent, no receive
+// posted yet) are bounded. A sender must not run more than about a thousand messages (a
+// message over 4 KiB counts twice) ahead of the receives posted for them: shm in 1.17 then
+// jams the endpoint for good (it leaks an rx entry per progress call in smr_progress_cmd_msg
+// once its 1024 = FI_SHM_RX_SIZE command contexts are used), and over tcp the second part of
+// a message can wait behind unexpected first parts that nobody receives.
 //
 // Ownership and threads: the transport owns every libfabric object; the caller owns the
 // TransportRequests and buffers (transport.h). Every method may be called from any thread;
