@@ -21,8 +21,16 @@ std::vector<ChunkRange> Chunks(size_t count, size_t chunk) {
   return out;
 }
 
-size_t ChunkElems(size_t chunk_bytes, size_t esize) {
-  return std::max<size_t>(1, chunk_bytes / esize);
+// At most this many chunks per block: a sender runs ahead of its receiver by up to a few
+// blocks, and libfabric's shm jams for good once about 1024 messages wait unreceived at an
+// endpoint (see fabric_transport.cc), so huge blocks get bigger chunks instead of more.
+constexpr size_t kMaxChunksPerBlock = 64;
+
+// Elements per pipeline chunk of a block of `block_count` elements.
+size_t ChunkElems(size_t chunk_bytes, size_t esize, size_t block_count) {
+  const size_t by_size = std::max<size_t>(1, chunk_bytes / esize);
+  const size_t by_count = (block_count + kMaxChunksPerBlock - 1) / kMaxChunksPerBlock;
+  return std::max(by_size, by_count);
 }
 
 }  // namespace
@@ -113,7 +121,7 @@ static absl::Status RingReduceScatterBlocks(Channel& ch, DType dtype, ReduceOp o
     if (result != in) std::memcpy(result, in, blocks.count[0] * esize);
     return absl::OkStatus();
   }
-  const size_t chunk = ChunkElems(chunk_bytes, esize);
+  const size_t chunk = ChunkElems(chunk_bytes, esize, blocks.max_count);
   char* bufs[2];
   bufs[0] = scratch.Get(2 * blocks.max_count * esize);
   bufs[1] = bufs[0] + blocks.max_count * esize;
@@ -161,7 +169,7 @@ static absl::Status RingAllGatherBlocks(Channel& ch, size_t esize, char* buf,
                                         const Blocks& blocks, size_t chunk_bytes) {
   const int n = ch.size(), r = ch.rank(), right = Mod(r + 1, n), left = Mod(r - 1, n);
   if (n == 1) return absl::OkStatus();
-  const size_t chunk = ChunkElems(chunk_bytes, esize);
+  const size_t chunk = ChunkElems(chunk_bytes, esize, blocks.max_count);
   for (const ChunkRange& c : Chunks(blocks.count[r], chunk)) {
     RETURN_IF_ERROR(ch.Send(right, buf + (blocks.offset[r] + c.begin) * esize,
                             (c.end - c.begin) * esize)
@@ -223,7 +231,7 @@ absl::Status BroadcastTree(Channel& ch, void* data, size_t bytes, int root,
                            size_t chunk_bytes) {
   const int n = ch.size(), vr = Mod(ch.rank() - root, n);
   char* buf = static_cast<char*>(data);
-  std::vector<ChunkRange> chunks = Chunks(bytes, std::max<size_t>(1, chunk_bytes));
+  std::vector<ChunkRange> chunks = Chunks(bytes, ChunkElems(chunk_bytes, 1, bytes));
   if (chunks.empty()) chunks.push_back({0, 0});  // zero bytes still synchronise, as one message
   // Binomial tree: the parent is vr minus its lowest set bit; children are vr + 2^k for the
   // 2^k below that bit, biggest subtree first.
