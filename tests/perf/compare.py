@@ -87,15 +87,16 @@ def main():
             notes.append(f"- **`{name}`: wrong elements at {', '.join(human(s) for s in bad)}**")
 
     # The median launch per size, by busbw.
+    # With an even number of launches, the lower of the two middle ones.
     runs = collections.defaultdict(dict)
-    launches = 1
+    counts = set()
     for key, impls in samples.items():
         for impl, sizes in impls.items():
             runs[key][impl] = {}
             for size, rs in sizes.items():
                 rs = sorted(rs, key=lambda r: r[1])
                 runs[key][impl][size] = rs[(len(rs) - 1) // 2]
-                launches = max(launches, len(rs))
+                counts.add(len(rs))
 
     print("# Trident vs Gloo vs Open MPI: busbw per size (GB/s)\n")
     meta = os.path.join(out, "meta.txt")
@@ -106,7 +107,10 @@ def main():
           " time = max over ranks of the mean call. Ratios > 1: trident is faster. gloo = the"
           " best gloo variant at that size (its name in brackets). trident allreduce runs in"
           " place, as the peers do."
-          + (f" Each cell is the median of {launches} launches." if launches > 1 else "")
+          + (" Each cell is the median of "
+             + (f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)} to {max(counts)}")
+             + " launches (the lower middle one of an even count)."
+             if counts and max(counts) > 1 else "")
           + "\n")
 
     op_order = {"allreduce": 0, "allgather": 1, "broadcast": 2}
