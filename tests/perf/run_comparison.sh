@@ -53,7 +53,8 @@ failures=()
 {
   echo "date: $(date -Is)"
   echo "host: $(uname -srm), $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
-  echo "commit: $(git -C "$HERE" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$HERE" diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+  # The checkout's state now; BUILD_DIR may have been built from another one.
+  echo "checkout: $(git -C "$HERE" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$HERE" diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
   echo "build: $BUILD"
   echo "nprocs: $NPROCS; ops: $OPS; sizes: $MIN_BYTES..$MAX_BYTES; providers: $PROVIDERS; gloo algos: $GLOO_ALGOS; check: $CHECK; repeat: $REPEAT"
   echo "load before: $(cat /proc/loadavg)"
