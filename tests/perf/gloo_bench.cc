@@ -47,8 +47,10 @@ constexpr char kUsage[] =
     "usage: gloo_bench --rank R --nproc N --store DIR [--op allreduce,allgather,broadcast]\n"
     "                  [--algo hd|ring|bcube|ring_legacy|ring_chunked] [--min-bytes 4K]\n"
     "                  [--max-bytes 256M] [--iters N] [--warmup 2] [--check]\n"
-    "                  [--hostname 127.0.0.1] [--timeout-s 600]\n"
-    "R and N default to TRIDENT_RANK / TRIDENT_WORLD_SIZE. DIR must be empty and shared.\n";
+    "                  [--hostname 127.0.0.1] [--timeout-s 600] [--no-hugepages]\n"
+    "R and N default to TRIDENT_RANK / TRIDENT_WORLD_SIZE. DIR must be empty and shared.\n"
+    "Buffers from 1 MiB up use transparent huge pages, as trident-bench's do, unless\n"
+    "--no-hugepages (plain malloc, as research/baselines.md measured).\n";
 
 struct Options {
   int rank = -1;
@@ -63,6 +65,7 @@ struct Options {
   bool check = false;
   std::string hostname = "127.0.0.1";
   int timeout_s = 600;
+  bool huge_pages = true;
 };
 
 // Every rank publishes `value` under `key`; returns the max over ranks. Also a barrier.
@@ -218,6 +221,7 @@ Options ParseOptions(int argc, char** argv) {
   o.check = args.Has("--check");
   o.hostname = args.Get("--hostname", o.hostname);
   o.timeout_s = std::atoi(args.Get("--timeout-s", "600").c_str());
+  o.huge_pages = !args.Has("--no-hugepages");
   if (o.nproc < 1 || o.rank < 0 || o.rank >= o.nproc) perf::Die(std::string("bad --rank/--nproc\n") + kUsage);
   if (o.store_dir.empty()) perf::Die(std::string("--store DIR is required\n") + kUsage);
   if (o.min_bytes < 1 || o.max_bytes < o.min_bytes) perf::Die("bad --min-bytes/--max-bytes");
@@ -243,16 +247,16 @@ int RunOp(const Options& o, const std::string& op, int op_index,
     std::printf("# gloo_bench %s: world %d, transport tcp (%s), algo %s, gloo %d.%d.%d\n",
                 op.c_str(), n, o.hostname.c_str(), algo.c_str(), GLOO_VERSION_MAJOR,
                 GLOO_VERSION_MINOR, GLOO_VERSION_PATCH);
-    std::printf("# dtype f32, iters %s, warmup %d, check %s\n",
+    std::printf("# dtype f32, iters %s, warmup %d, check %s, %s\n",
                 o.iters > 0 ? std::to_string(o.iters).c_str() : "adaptive (~0.3 s, 3..1000)",
-                o.warmup, o.check ? "on" : "off");
+                o.warmup, o.check ? "on" : "off", o.huge_pages ? "huge pages" : "malloc");
     perf::PrintColumns();
   }
   // Buffers for the largest size, touched once, reused for every size (first-touch costs
   // about 1 GB/s on this VM and must stay out of the timed loop).
   int64_t max_count = perf::CountFor(op, o.max_bytes, n);
-  std::vector<float> a(max_count, 0.0f);
-  std::vector<float> b(op == "allgather" ? max_count : 0, 0.0f);
+  perf::Buffer a(max_count, o.huge_pages);
+  perf::Buffer b(op == "allgather" ? max_count : 0, o.huge_pages);
 
   int64_t total_wrong = 0;
   for (int64_t bytes : perf::Sizes(o.min_bytes, o.max_bytes)) {
@@ -271,7 +275,7 @@ int RunOp(const Options& o, const std::string& op, int op_index,
           StoreMax(store, "wrong/" + key, o.rank, n, double(runner->Wrong())));
       total_wrong += wrong;
       // Back to zeros so that repeated in-place sums stay finite.
-      std::fill(a.begin(), a.begin() + count, 0.0f);
+      std::fill(a.data(), a.data() + count, 0.0f);
     }
     // Warm-up, which also estimates the time of one call when iters is adaptive.
     int warmup = (o.iters == 0 && o.warmup == 0) ? 1 : o.warmup;

@@ -19,7 +19,10 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: mpirun -np N mpi_bench [--op allreduce,allgather,broadcast] [--min-bytes 4K]\n"
-    "                  [--max-bytes 256M] [--iters N] [--warmup 2] [--check] [--label TEXT]\n";
+    "                  [--max-bytes 256M] [--iters N] [--warmup 2] [--check] [--label TEXT]\n"
+    "                  [--no-hugepages]\n"
+    "Buffers from 1 MiB up use transparent huge pages, as trident-bench's do, unless\n"
+    "--no-hugepages (plain malloc, as research/baselines.md measured).\n";
 
 struct Options {
   std::vector<std::string> ops;
@@ -29,6 +32,7 @@ struct Options {
   int warmup = 2;
   bool check = false;
   std::string label;
+  bool huge_pages = true;
 };
 
 double MaxOverRanks(double value) {
@@ -46,15 +50,15 @@ int RunOp(const Options& o, const std::string& op, int rank, int n) {
     v = v.substr(0, v.find_first_of(",\n"));
     std::printf("# mpi_bench %s: world %d, %s%s%s\n", op.c_str(), n, v.c_str(),
                 o.label.empty() ? "" : ", ", o.label.c_str());
-    std::printf("# dtype f32, iters %s, warmup %d, check %s\n",
+    std::printf("# dtype f32, iters %s, warmup %d, check %s, %s\n",
                 o.iters > 0 ? std::to_string(o.iters).c_str() : "adaptive (~0.3 s, 3..1000)",
-                o.warmup, o.check ? "on" : "off");
+                o.warmup, o.check ? "on" : "off", o.huge_pages ? "huge pages" : "malloc");
     perf::PrintColumns();
   }
   // Buffers for the largest size, touched once, reused for every size.
   int64_t max_count = perf::CountFor(op, o.max_bytes, n);
-  std::vector<float> a(max_count, 0.0f);
-  std::vector<float> b(op == "allgather" ? max_count : 0, 0.0f);
+  perf::Buffer a(max_count, o.huge_pages);
+  perf::Buffer b(op == "allgather" ? max_count : 0, o.huge_pages);
 
   int64_t total_wrong = 0;
   for (int64_t bytes : perf::Sizes(o.min_bytes, o.max_bytes)) {
@@ -152,6 +156,7 @@ int main(int argc, char** argv) {
   o.warmup = std::atoi(args.Get("--warmup", "2").c_str());
   o.check = args.Has("--check");
   o.label = args.Get("--label", "");
+  o.huge_pages = !args.Has("--no-hugepages");
   if (o.min_bytes < 1 || o.max_bytes < o.min_bytes) perf::Die("bad --min-bytes/--max-bytes");
   for (const std::string& op : o.ops) {
     if (op != "allreduce" && op != "allgather" && op != "broadcast") perf::Die("unknown op " + op);

@@ -19,8 +19,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include <sys/mman.h>
 
 namespace perf {
 
@@ -100,6 +103,41 @@ inline void PrintRow(int64_t bytes, int64_t count, const char* redop, const char
               iters, seconds * 1e6, algbw, algbw * bus_factor, wrong_text);
   std::fflush(stdout);
 }
+
+// A zeroed float buffer allocated as trident-bench allocates its buffers
+// (src/common/host_memory.cc): from 1 MiB up, 2 MiB aligned and advised to use transparent
+// huge pages, unless `huge_pages` is false (plain malloc, as research/baselines.md measured).
+// Page size matters here: single-copy shared-memory paths (process_vm_readv, CMA) pin every
+// page, and with 4 KiB pages that caps large copies on this VM near 1-2 GB/s.
+class Buffer {
+ public:
+  Buffer(size_t count, bool huge_pages) {
+    size_t bytes = std::max<size_t>(count * sizeof(float), 1);
+    void* p = nullptr;
+    if (huge_pages && bytes >= (size_t{1} << 20)) {
+      const size_t huge = size_t{2} << 20;
+      bytes = (bytes + huge - 1) / huge * huge;
+      if (posix_memalign(&p, huge, bytes) != 0) p = nullptr;
+      if (p != nullptr) (void)madvise(p, bytes, MADV_HUGEPAGE);
+    } else {
+      p = std::malloc(bytes);
+    }
+    if (p == nullptr) {
+      std::fprintf(stderr, "error: out of memory allocating %zu bytes\n", bytes);
+      std::exit(2);
+    }
+    std::memset(p, 0, bytes);  // first touch, outside every measurement
+    data_.reset(static_cast<float*>(p));
+  }
+  float* data() const { return data_.get(); }
+  float& operator[](int64_t i) const { return data_.get()[i]; }
+
+ private:
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  std::unique_ptr<float[], Free> data_;
+};
 
 // Minimal "--name value" argument parsing: these programs take few options.
 struct Args {
