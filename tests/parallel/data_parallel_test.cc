@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <thread>
 
 #include "comm/host/inproc.h"
 #include "gmock/gmock.h"
@@ -236,6 +237,58 @@ TEST(GradBucketerTest, CommunicatorFailureNamesTheBucket) {
   absl::Status st = (*b)->Finish(absl::Now() + absl::Seconds(10));
   EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(st.message(), HasSubstr("bucket 0 (params 0..0, 12 bytes)"));
+}
+
+TEST(GradBucketerTest, ConcurrentMarksFromSeveralThreads) {
+  // Autograd hooks may run on several threads: mark from 4 threads per rank.
+  const std::vector<int64_t> sizes(32, 9);
+  auto comms = Comms(2);
+  std::atomic<int> failures{0};
+  testing::RunRanks(comms, [&](int rank, Communicator& dp) {
+    Grads g(sizes);
+    for (size_t p = 0; p < sizes.size(); ++p) {
+      for (int64_t j = 0; j < sizes[p]; ++j) g.storage[p][j] = GradValue(rank, 0, p, j);
+    }
+    GradBucketerOptions options;
+    options.bucket_bytes = 100;
+    auto b = GradBucketer::Create(dp, g.tensors, options);
+    ASSERT_TRUE(b.ok());
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) {
+      threads.emplace_back([&, t] {
+        for (int p = t; p < static_cast<int>(sizes.size()); p += 4) {
+          if (!(*b)->MarkReady(p).ok()) ++failures;
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    ASSERT_TRUE((*b)->Finish(absl::Now() + absl::Seconds(30)).ok());
+    for (size_t p = 0; p < sizes.size(); ++p) {
+      for (int64_t j = 0; j < sizes[p]; ++j) {
+        if (g.storage[p][j] != (GradValue(0, 0, p, j) + GradValue(1, 0, p, j)) / 2) ++failures;
+      }
+    }
+  });
+  EXPECT_EQ(failures.load(), 0);
+}
+
+TEST(GradBucketerTest, FinishDeadlineAbortsTheGroupAndNamesTheBucket) {
+  // Rank 1 never joins: rank 0's Finish gives up at its deadline, aborting its communicator so
+  // that the in-flight op lets go of the staging buffer.
+  auto comms = Comms(2);
+  Grads g({3, 3});
+  GradBucketerOptions options;
+  options.bucket_bytes = 12;
+  auto b = GradBucketer::Create(*comms[0], g.tensors, options);
+  ASSERT_TRUE(b.ok());
+  ASSERT_TRUE((*b)->MarkReady(0).ok());
+  ASSERT_TRUE((*b)->MarkReady(1).ok());
+  const absl::Time start = absl::Now();
+  absl::Status st = (*b)->Finish(absl::Now() + absl::Milliseconds(200));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  EXPECT_EQ(st.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(st.message(), HasSubstr("bucket 0 (params 0..0, 12 bytes)"));
+  EXPECT_EQ(comms[0]->AbortStatus().code(), absl::StatusCode::kDeadlineExceeded);
 }
 
 // ---------------------------------------------------------------------------------------------
