@@ -96,8 +96,6 @@ struct GradBucketer::State {
     }
     std::fill(marked.begin(), marked.end(), false);
     next_launch = 0;
-    // Buckets of empty gradients only are complete at once.
-    LaunchReady();
   }
 
   std::string Describe(int b) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
