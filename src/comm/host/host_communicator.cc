@@ -445,9 +445,8 @@ absl::Status HostCommunicator::DiagnoseTimeout(const Op& op) {
                arrived.ok()) {
       std::vector<int> absent;
       for (int r = 0; r < size(); ++r) {
-        if (!std::binary_search(arrived->begin(), arrived->end(), absl::StrCat(prefix, r)) &&
-            std::find(arrived->begin(), arrived->end(), absl::StrCat(prefix, r)) ==
-                arrived->end()) {
+        if (std::find(arrived->begin(), arrived->end(), absl::StrCat(prefix, r)) ==
+            arrived->end()) {
           absent.push_back(r);
         }
       }
