@@ -247,10 +247,7 @@ int RunOp(const Options& o, const std::string& op, int op_index,
     std::printf("# gloo_bench %s: world %d, transport tcp (%s), algo %s, gloo %d.%d.%d\n",
                 op.c_str(), n, o.hostname.c_str(), algo.c_str(), GLOO_VERSION_MAJOR,
                 GLOO_VERSION_MINOR, GLOO_VERSION_PATCH);
-    std::printf("# dtype f32, iters %s, warmup %d, check %s, %s\n",
-                o.iters > 0 ? std::to_string(o.iters).c_str() : "adaptive (~0.3 s, 3..1000)",
-                o.warmup, o.check ? "on" : "off", o.huge_pages ? "huge pages" : "malloc");
-    perf::PrintColumns();
+    perf::PrintSettingsAndColumns(o.iters, o.warmup, o.check, o.huge_pages);
   }
   // Buffers for the largest size, touched once, reused for every size (first-touch costs
   // about 1 GB/s on this VM and must stay out of the timed loop).

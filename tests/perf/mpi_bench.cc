@@ -50,10 +50,7 @@ int RunOp(const Options& o, const std::string& op, int rank, int n) {
     v = v.substr(0, v.find_first_of(",\n"));
     std::printf("# mpi_bench %s: world %d, %s%s%s\n", op.c_str(), n, v.c_str(),
                 o.label.empty() ? "" : ", ", o.label.c_str());
-    std::printf("# dtype f32, iters %s, warmup %d, check %s, %s\n",
-                o.iters > 0 ? std::to_string(o.iters).c_str() : "adaptive (~0.3 s, 3..1000)",
-                o.warmup, o.check ? "on" : "off", o.huge_pages ? "huge pages" : "malloc");
-    perf::PrintColumns();
+    perf::PrintSettingsAndColumns(o.iters, o.warmup, o.check, o.huge_pages);
   }
   // Buffers for the largest size, touched once, reused for every size.
   int64_t max_count = perf::CountFor(op, o.max_bytes, n);

@@ -86,10 +86,20 @@ inline double Now() {
       .count();
 }
 
+// The run's settings line, then the column header; shared so both peers print the same.
+inline void PrintSettingsAndColumns(int iters, int warmup, bool check, bool huge_pages);
+
 // The row format, the same columns as trident-bench (nccl-tests style).
 inline void PrintColumns() {
   std::printf("#%13s %12s %5s %6s %5s %6s %12s %12s %12s %8s\n", "bytes", "count", "type",
               "redop", "root", "iters", "time(us)", "algbw(GB/s)", "busbw(GB/s)", "#wrong");
+}
+
+inline void PrintSettingsAndColumns(int iters, int warmup, bool check, bool huge_pages) {
+  std::printf("# dtype f32, iters %s, warmup %d, check %s, %s\n",
+              iters > 0 ? std::to_string(iters).c_str() : "adaptive (~0.3 s, 3..1000)", warmup,
+              check ? "on" : "off", huge_pages ? "huge pages" : "malloc");
+  PrintColumns();
 }
 
 inline void PrintRow(int64_t bytes, int64_t count, const char* redop, const char* root,
