@@ -9,6 +9,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libfabric-dev libfabric-bin
   libgloo-dev libopenmpi-dev openmpi-bin  # peers that tests/perf benchmarks against
+  libopenblas-dev  # lm-trainer's matrix products
   python3
 )
 

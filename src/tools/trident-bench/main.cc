@@ -19,6 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "bench.h"
+#include "common/cli.h"
 #include "common/logging.h"
 #include "common/params.h"
 #include "nlohmann/json.hpp"
@@ -74,54 +75,20 @@ trident-run).
 Flags (--flag=value or --flag value; dashes and underscores are the same):
 )";
 
-std::string DashName(absl::string_view name) {
-  std::string s(name);
-  for (char& c : s) {
-    if (c == '_') c = '-';
-  }
-  return s;
-}
-
-template <typename T>
-void PrintFlag(const absl::Flag<T>& flag) {
-  const absl::CommandLineFlag& f = absl::GetFlagReflectionHandle(flag);
-  std::printf("  --%-12s %s (default: %s)\n", DashName(f.Name()).c_str(), f.Help().c_str(),
-              f.DefaultValue().empty() ? "\"\"" : f.DefaultValue().c_str());
-}
-
 void PrintHelp() {
   std::fputs(kUsage, stdout);
-  PrintFlag(FLAGS_min_bytes);
-  PrintFlag(FLAGS_max_bytes);
-  PrintFlag(FLAGS_dtype);
-  PrintFlag(FLAGS_op);
-  PrintFlag(FLAGS_root);
-  PrintFlag(FLAGS_iters);
-  PrintFlag(FLAGS_warmup);
-  PrintFlag(FLAGS_check);
-  PrintFlag(FLAGS_inplace);
-  PrintFlag(FLAGS_json);
-  PrintFlag(FLAGS_provider);
-  PrintFlag(FLAGS_timeout);
-}
-
-// Abseil flag names are identifiers; accept the dashed spelling ("--min-bytes 4K") too.
-std::vector<char*> NormalizeArgs(int argc, char** argv, std::vector<std::string>& storage) {
-  storage.assign(argv, argv + argc);
-  for (size_t i = 1; i < storage.size(); ++i) {
-    std::string& a = storage[i];
-    if (a == "--") break;
-    if (a == "-h") a = "--help";
-    if (a.size() > 2 && a.compare(0, 2, "--") == 0) {
-      size_t end = std::min(a.find('='), a.size());
-      for (size_t j = 2; j < end; ++j) {
-        if (a[j] == '-') a[j] = '_';
-      }
-    }
-  }
-  std::vector<char*> out;
-  for (std::string& s : storage) out.push_back(s.data());
-  return out;
+  cli::PrintFlag(FLAGS_min_bytes);
+  cli::PrintFlag(FLAGS_max_bytes);
+  cli::PrintFlag(FLAGS_dtype);
+  cli::PrintFlag(FLAGS_op);
+  cli::PrintFlag(FLAGS_root);
+  cli::PrintFlag(FLAGS_iters);
+  cli::PrintFlag(FLAGS_warmup);
+  cli::PrintFlag(FLAGS_check);
+  cli::PrintFlag(FLAGS_inplace);
+  cli::PrintFlag(FLAGS_json);
+  cli::PrintFlag(FLAGS_provider);
+  cli::PrintFlag(FLAGS_timeout);
 }
 
 [[noreturn]] void UsageError(absl::string_view message) {
@@ -139,13 +106,10 @@ std::string FormatRow(const Row& row, absl::string_view dtype, absl::string_view
 
 int Main(int argc, char** argv) {
   std::vector<std::string> storage;
-  std::vector<char*> args = NormalizeArgs(argc, argv, storage);
-  for (size_t i = 1; i < args.size(); ++i) {
-    if (std::string(args[i]) == "--") break;
-    if (std::string(args[i]) == "--help") {
-      PrintHelp();
-      return 0;
-    }
+  std::vector<char*> args = cli::NormalizeArgs(argc, argv, storage);
+  if (cli::WantsHelp(args)) {
+    PrintHelp();
+    return 0;
   }
   std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(args.size()),
                                                          args.data());
