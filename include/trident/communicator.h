@@ -118,6 +118,10 @@ struct HostCommOptions {
   absl::Duration timeout = absl::ZeroDuration();
   // Shown in logs and errors.
   std::string name = "world";
+  // Membership epoch (runtime.h); shown in logs and errors. Above 0 it also names the setup
+  // keys, so that processes which built different numbers of worlds before (a promoted spare
+  // and the survivors) still meet; the store should then be scoped to the epoch.
+  int64_t epoch = 0;
 };
 
 // Builds the world communicator of the host backend over libfabric. Every rank calls it; it

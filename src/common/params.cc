@@ -22,6 +22,10 @@ constexpr ParamDesc kParams[] = {
     {"TRIDENT_LOG_LEVEL", "string", "info", "trace, debug, info, warn, error or off."},
     {"TRIDENT_SMALL_MSG_BYTES", "int", "65536", "Messages up to this size use latency algorithms (recursive doubling, trees)."},
     {"TRIDENT_CHUNK_BYTES", "int", "1048576", "Pipeline chunk of the bandwidth algorithms (ring)."},
+    {"TRIDENT_MEMBER", "string", "", "This process's member id: w<i> for workers, s<i> for spares (set by trident-run)."},
+    {"TRIDENT_ROLE", "string", "worker", "worker or spare (set by trident-run; a spare waits in the pool until promoted)."},
+    {"TRIDENT_HEARTBEAT_MS", "duration_ms", "100", "How often each rank's heartbeat thread beats in the store."},
+    {"TRIDENT_HEARTBEAT_TIMEOUT_MS", "duration_ms", "1000", "trident-run: a rank silent this long is suspected; confirmed at once if its process is stopped, else after as long again."},
     {"TRIDENT_KILL_GRACE_MS", "duration_ms", "10000", "trident-run: after a rank fails, how long the others get to exit before they are killed."},
 };
 
