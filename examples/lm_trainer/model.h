@@ -68,7 +68,8 @@ class Chunk {
     int tp_rank = 0;
     int tp_size = 1;
   };
-  // `tp` is the tensor-parallel group (size placement.tp_size); it must outlive the chunk.
+  // `tp` is the tensor-parallel group (size placement.tp_size; may be set later with set_tp);
+  // it must outlive its use.
   Chunk(const ModelConfig& config, const Placement& placement, trident::Communicator* tp);
 
   // Forward of one micro-batch of n samples. With the embedding `tokens` (n x context ids) is
@@ -84,6 +85,8 @@ class Chunk {
   // W: adds this micro-batch's weight gradients into the params' grad, then frees the stash.
   void BackwardWeight(Stash& stash);
 
+  // The tp group to use from now on (after a recovery rebuilt it).
+  void set_tp(trident::Communicator* tp) { tp_ = tp; }
   // This chunk's parameters, in forward order.
   std::vector<Param*> params();
   void ZeroGrads();

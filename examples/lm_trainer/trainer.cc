@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/check.h"
 #include "common/status_macros.h"
 #include "corpus.h"
 #include "trident/parallel/data_parallel.h"
@@ -46,7 +47,7 @@ void AdamUpdate(float* p, const float* g, float* m, float* v, size_t n, float lr
 struct Trainer::State {
   Corpus corpus;
   std::optional<trident::Mesh> mesh;
-  std::optional<trident::MeshGroups> groups;
+  std::optional<trident::MeshGroups> groups;  // of the current world
   trident::MeshCoord coord;
   trident::pipeline::ScheduleSpec spec;
   int chunks_per_stage = 1;
@@ -82,7 +83,7 @@ std::string DescribeConfig(const TrainerConfig& c) {
 }
 
 Trainer::Trainer(Communicator& world, const TrainerConfig& config)
-    : world_(world), config_(config), state_(std::make_unique<State>()) {}
+    : world_(&world), config_(config), state_(std::make_unique<State>()) {}
 
 Trainer::~Trainer() = default;
 
@@ -122,11 +123,9 @@ absl::Status Trainer::Init() {
   }
   config_.model.vocab = s.corpus.vocab_size();
   ASSIGN_OR_RETURN(trident::Mesh mesh,
-                   trident::Mesh::Create(world_.size(), {.tp = c.tp, .pp = c.pp, .dp = c.dp}));
+                   trident::Mesh::Create(world_->size(), {.tp = c.tp, .pp = c.pp, .dp = c.dp}));
   s.mesh = mesh;
-  ASSIGN_OR_RETURN(trident::MeshGroups groups, trident::MeshGroups::Build(world_, mesh));
-  s.groups = std::move(groups);
-  s.coord = s.groups->coord();
+  s.coord = mesh.CoordOf(world_->rank());
 
   const bool interleaved = c.schedule == trident::pipeline::Schedule::kInterleaved1F1B;
   s.chunks_per_stage = interleaved ? c.virtual_stages : 1;
@@ -141,21 +140,36 @@ absl::Status Trainer::Init() {
     Chunk::Placement place{.first_layer = vs * layers_per_vs, .num_layers = layers_per_vs,
                            .has_embedding = vs == 0, .has_head = vs == nvs - 1,
                            .tp_rank = s.coord.tp, .tp_size = c.tp};
-    s.chunks.push_back(std::make_unique<Chunk>(config_.model, place, &s.tp()));
+    s.chunks.push_back(std::make_unique<Chunk>(config_.model, place, nullptr));
     for (Param* p : s.chunks.back()->params()) s.params.push_back(p);
   }
-  s.stash.assign(c.microbatches, std::vector<Stash>(s.chunks_per_stage));
   s.weight_passes.assign(s.chunks_per_stage, 0);
+  return BindGroups();
+}
+
+absl::Status Trainer::BindGroups() {
+  State& s = *state_;
+  const TrainerConfig& c = config_;
+  s.bucketer.reset();
+  s.zero1.reset();
+  s.groups.reset();
+  ASSIGN_OR_RETURN(trident::MeshGroups groups, trident::MeshGroups::Build(*world_, *s.mesh));
+  s.groups = std::move(groups);
+  TRIDENT_CHECK(s.groups->coord() == s.coord)
+      << "rank " << world_->rank() << " moved in the mesh; a rebuilt world keeps the ranks";
+  for (auto& chunk : s.chunks) chunk->set_tp(&s.tp());
+  s.stash.assign(c.microbatches, std::vector<Stash>(s.chunks_per_stage));
 
   std::vector<Tensor> values, grads;
   for (Param* p : s.params) {
     values.push_back(Tensor::Of(p->value.data(), static_cast<int64_t>(p->value.size())));
     grads.push_back(Tensor::Of(p->grad.data(), static_cast<int64_t>(p->grad.size())));
   }
+  size_t adam_size = 0;
   if (c.zero1) {
     ASSIGN_OR_RETURN(s.zero1,
                      trident::Zero1Optimizer::Create(s.dp(), values, grads, {.timeout = c.timeout}));
-    s.adam_m.assign(s.zero1->shard_size(), 0.0f);
+    adam_size = s.zero1->shard_size();
   } else {
     // Registered in the order backward finishes them: the last chunk first, each chunk's
     // parameters from its last layer back.
@@ -171,12 +185,34 @@ absl::Status Trainer::Init() {
     ASSIGN_OR_RETURN(s.bucketer,
                      trident::GradBucketer::Create(
                          s.dp(), order, {.bucket_bytes = c.bucket_bytes, .op_timeout = c.timeout}));
-    size_t total = 0;
-    for (Param* p : s.params) total += p->value.size();
-    s.adam_m.assign(total, 0.0f);
+    for (Param* p : s.params) adam_size += p->value.size();
   }
-  s.adam_v = s.adam_m;
+  if (s.adam_m.size() != adam_size) {  // first bind; a rebuild keeps the moments
+    s.adam_m.assign(adam_size, 0.0f);
+    s.adam_v.assign(adam_size, 0.0f);
+  }
   return absl::OkStatus();
+}
+
+absl::Status Trainer::Rebuild(Communicator& world) {
+  // The old world may be gone already (Runtime::Recover replaces it): compare with what
+  // Create saw.
+  if (world.size() != state_->mesh->world_size() ||
+      state_->mesh->CoordOf(world.rank()) != state_->coord) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Rebuild: the new world is rank ", world.rank(), " of ", world.size(),
+        ", which is not this trainer's place (", state_->mesh->Describe(),
+        "); a rebuilt world keeps every rank's place"));
+  }
+  world_ = &world;
+  state_->failed = false;
+  return BindGroups();
+}
+
+std::vector<Communicator*> Trainer::groups() {
+  State& s = *state_;
+  if (!s.groups.has_value()) return {};
+  return {&s.tp(), &s.pp(), &s.dp()};
 }
 
 absl::Status Trainer::Fail(absl::Status status) {
@@ -185,7 +221,7 @@ absl::Status Trainer::Fail(absl::Status status) {
   if (s.groups.has_value()) {
     for (Dim d : {Dim::kTp, Dim::kPp, Dim::kDp}) s.groups->Group(d).Abort(status);
   }
-  world_.Abort(status);
+  world_->Abort(status);
   return status;
 }
 
@@ -301,7 +337,7 @@ absl::StatusOr<StepStats> Trainer::RunStep() {
   // gives every rank the global mean.
   double reduced = s.last_stage() && s.coord.tp == 0 ? loss_sum : 0.0;
   Tensor loss_t = Tensor::Of(&reduced, 1);
-  RETURN_IF_ERROR(world_.AllReduce(loss_t, loss_t, trident::ReduceOp::kSum,
+  RETURN_IF_ERROR(world_->AllReduce(loss_t, loss_t, trident::ReduceOp::kSum,
                                    {.timeout = c.timeout})
                       ->Wait());
   StepStats st;
@@ -373,7 +409,7 @@ absl::StatusOr<double> Trainer::Evaluate() {
   if (!status.ok()) return Fail(status);
   double reduced = s.last_stage() && s.coord.tp == 0 ? loss_sum : 0.0;
   Tensor loss_t = Tensor::Of(&reduced, 1);
-  status = world_.AllReduce(loss_t, loss_t, trident::ReduceOp::kSum, op)->Wait();
+  status = world_->AllReduce(loss_t, loss_t, trident::ReduceOp::kSum, op)->Wait();
   if (!status.ok()) return Fail(status);
   return reduced / c.val_samples;
 }

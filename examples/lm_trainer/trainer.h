@@ -66,6 +66,13 @@ class Trainer {
   // Mean validation cross-entropy over `val_samples` fixed characters; collective.
   absl::StatusOr<double> Evaluate();
 
+  // After a recovery: rebinds to the new epoch's world (same size, this rank at the same
+  // place), rebuilding the mesh groups, the bucketer or ZeRO-1 and dropping any half-done
+  // step; parameters, optimizer state and the step count are kept. Collective.
+  absl::Status Rebuild(trident::Communicator& world);
+  // The tp, pp and dp communicators of the current world (for Runtime::SetGroups).
+  std::vector<trident::Communicator*> groups();
+
   int64_t step() const { return step_; }
   const TrainerConfig& config() const { return config_; }
   int vocab_size() const { return config_.model.vocab; }
@@ -74,10 +81,11 @@ class Trainer {
   struct State;
   Trainer(trident::Communicator& world, const TrainerConfig& config);
   absl::Status Init();
+  absl::Status BindGroups();
   absl::StatusOr<StepStats> RunStep();
   absl::Status Fail(absl::Status status);
 
-  trident::Communicator& world_;
+  trident::Communicator* world_;
   TrainerConfig config_;
   int64_t step_ = 0;
   std::unique_ptr<State> state_;

@@ -165,6 +165,35 @@ TEST_F(LmTrainerTest, DifferentSeedsGiveDifferentLosses) {
   EXPECT_GT(std::abs(other.losses[2] - reference_->losses[2]), 1e-3);
 }
 
+TEST_F(LmTrainerTest, RebuildOnANewWorldKeepsTheTrajectoryBitForBit) {
+  // What a recovery does to survivors: the old world is gone, a new one (same ranks) comes,
+  // and training goes on with the same parameters and optimizer state.
+  TrainerConfig c = SmallConfig();
+  c.tp = 2;
+  c.pp = 2;
+  c.dp = 2;
+  const RunResult straight = Train(c);
+  trident::InprocCommOptions options;
+  options.size = 8;
+  auto first = trident::NewInprocCommunicators(options);
+  auto second = trident::NewInprocCommunicators(options);
+  std::vector<double> losses(kSteps);
+  trident::testing::RunRanks(first, [&](int rank, trident::Communicator& comm) {
+    auto trainer = Trainer::Create(comm, c);
+    ASSERT_TRUE(trainer.ok()) << trainer.status();
+    for (int i = 0; i < kSteps; ++i) {
+      if (i == kSteps / 2) {
+        ASSERT_TRUE((*trainer)->Rebuild(*second[rank]).ok());
+        EXPECT_EQ((*trainer)->groups().size(), 3u);
+      }
+      auto st = (*trainer)->Step();
+      ASSERT_TRUE(st.ok()) << st.status();
+      if (rank == 0) losses[i] = st->loss;
+    }
+  });
+  EXPECT_EQ(losses, straight.losses);
+}
+
 absl::Status CreateError(int world, const TrainerConfig& config) {
   trident::InprocCommOptions options;
   options.size = world;
