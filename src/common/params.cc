@@ -22,6 +22,9 @@ constexpr ParamDesc kParams[] = {
     {"TRIDENT_LOG_LEVEL", "string", "info", "trace, debug, info, warn, error or off."},
     {"TRIDENT_SMALL_MSG_BYTES", "int", "65536", "Messages up to this size use latency algorithms (recursive doubling, trees)."},
     {"TRIDENT_CHUNK_BYTES", "int", "1048576", "Pipeline chunk of the bandwidth algorithms (ring)."},
+    {"TRIDENT_CKPT_THREADS", "int", "0", "Threads (the caller's included) that copy a checkpoint snapshot into staging memory; 0: min(4, cores)."},
+    {"TRIDENT_CKPT_MEMORY_BUDGET_MB", "int", "8192", "Staging memory of a checkpoint engine, in MiB; a larger state streams through it."},
+    {"TRIDENT_CKPT_CRASH_AT", "string", "", "Tests only: kill the process with SIGKILL at this stage of a save (during_shard_write, after_shards, before_rename, before_latest)."},
     {"TRIDENT_KILL_GRACE_MS", "duration_ms", "10000", "trident-run: after a rank fails, how long the others get to exit before they are killed."},
 };
 
