@@ -574,9 +574,9 @@ absl::Status Engine::WriteShard(Job& job, const std::string& tmp_dir, ckpt::Rank
       entries, {{"format", ckpt::kFormatName},
                 {"step", absl::StrCat(job.step)},
                 {"rank", absl::StrCat(rank_)}});
-  auto fail = [&](absl::Status s) {
+  auto fail = [&](absl::Status s) {  // the file system's message names the call and the path
     Abandon(job);
-    return Annotate(s, absl::StrCat("writing ", path));
+    return s;
   };
   auto file_or = fs_->NewWritableFile(path, options_.direct_io);
   if (!file_or.ok()) return fail(file_or.status());
@@ -940,7 +940,7 @@ absl::StatusOr<std::unique_ptr<CheckpointEngine>> CheckpointEngine::Create(
     buddy = (comm.rank() + shift) % comm.size();
     source = (comm.rank() - shift + comm.size()) % comm.size();
     if (ids[buddy] == ids[comm.rank()]) {
-      spdlog::info("checkpoint: every rank is on one host; peer replicas stay on it");
+      spdlog::debug("checkpoint: every rank is on one host; peer replicas stay on it");
     }
   }
   std::unique_ptr<Communicator> control;
