@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <future>
 #include <set>
 #include <thread>
 
@@ -588,8 +589,22 @@ absl::Status Engine::WriteShard(Job& job, const std::string& tmp_dir, ckpt::Rank
     std::memcpy(header.get(), prefix.data(), prefix.size());
     if (absl::Status s = file.Write(0, header.get(), prefix.size()); !s.ok()) return fail(s);
   }
+  // Chunk k is written on a helper thread while this one checksums chunk k+1: the disk and
+  // the CRC overlap.
   size_t t = 0;  // first tensor not yet fully checksummed
+  std::future<absl::Status> writing;
+  uint64_t writing_end = 0;
   bool first = true;
+  auto finish_write = [&]() -> absl::Status {
+    if (!writing.valid()) return absl::OkStatus();
+    RETURN_IF_ERROR(writing.get());
+    if (first) ckpt::MaybeCrashAt(ckpt::kCrashDuringShardWrite);
+    first = false;
+    absl::MutexLock lock(&mu_);
+    job.released = writing_end;
+    cv_.SignalAll();
+    return absl::OkStatus();
+  };
   for (uint64_t pos = 0; pos < job.written_bytes;) {
     uint64_t end = std::min<uint64_t>(job.written_bytes, pos + kChunkBytes);
     if (job.ring) end = std::min<uint64_t>(end, (pos / job.window + 1) * job.window);
@@ -606,19 +621,16 @@ absl::Status Engine::WriteShard(Job& job, const std::string& tmp_dir, ckpt::Rank
       if (lo < hi) st.crc = ckpt::Crc32c(ArenaAt(job, lo), hi - lo, st.crc);
       if (st.written.stream_offset + st.written.bytes > end) break;
     }
+    if (absl::Status s = finish_write(); !s.ok()) return fail(s);
     const uint64_t n = file.direct() ? RoundUp(end - pos, kDirectIoAlignment) : end - pos;
-    if (absl::Status s = file.Write(prefix.size() + pos, ArenaAt(job, pos), n); !s.ok()) {
-      return fail(s);
-    }
-    if (first) ckpt::MaybeCrashAt(ckpt::kCrashDuringShardWrite);
-    first = false;
-    {
-      absl::MutexLock lock(&mu_);
-      job.released = end;
-      cv_.SignalAll();
-    }
+    const uint64_t offset = prefix.size() + pos;
+    const char* data = ArenaAt(job, pos);
+    writing = std::async(std::launch::async,
+                         [&file, offset, data, n] { return file.Write(offset, data, n); });
+    writing_end = end;
     pos = end;
   }
+  if (absl::Status s = finish_write(); !s.ok()) return fail(s);
   const uint64_t file_bytes = prefix.size() + job.written_bytes;
   if (file.direct() && job.written_bytes % kDirectIoAlignment != 0) {
     if (absl::Status s = file.Truncate(file_bytes); !s.ok()) return fail(s);
@@ -723,7 +735,6 @@ absl::Status Engine::Commit(Job& job, const std::string& tmp_dir, const std::str
       spdlog::warn("checkpoint: cannot remove the replaced {}: {}", old_dir, s);
     }
   }
-  ApplyRetention();
   return absl::OkStatus();
 }
 
@@ -876,7 +887,11 @@ void Engine::RunJob(Job& job) {
                    replica_status);
     }
   }
-  finish(result);
+  const bool committed = result.ok();
+  finish(std::move(result));
+  // Deleting old checkpoints is not part of this save: the next Save may already copy while
+  // this thread deletes (it picks up the next save afterwards).
+  if (rank_ == 0 && committed) ApplyRetention();
 }
 
 absl::Status CreateDirs(FileSystem& fs, const std::string& dir) {
