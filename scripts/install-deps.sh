@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build pkg-config
-  libabsl-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
+  libabsl-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libisal-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libfabric-dev libfabric-bin
   libgloo-dev libopenmpi-dev openmpi-bin  # peers that tests/perf benchmarks against

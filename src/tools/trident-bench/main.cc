@@ -19,6 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "bench.h"
+#include "ckpt.h"
 #include "common/cli.h"
 #include "common/logging.h"
 #include "common/params.h"
@@ -55,7 +56,8 @@ Measures one collective of the host communicator over sizes from --min-bytes to 
 (doubling), the way nccl-tests does. OP is one of:
   allreduce reducescatter allgather broadcast reduce alltoall sendrecv barrier
 (sendrecv: each rank sends to rank+1 and receives from rank-1, 2 ranks or more; barrier:
-one row, no data).
+one row, no data). `trident-bench ckpt --dir DIR` measures the checkpoint engine instead
+(one process, no trident-run; see `trident-bench ckpt --help`).
 
 Rank 0 prints one row per size:
   bytes     size of the full buffer: allreduce, broadcast, reduce: the buffer; allgather:
@@ -105,6 +107,7 @@ std::string FormatRow(const Row& row, absl::string_view dtype, absl::string_view
 }
 
 int Main(int argc, char** argv) {
+  if (argc >= 2 && std::string(argv[1]) == "ckpt") return RunCkptBench(argc - 1, argv + 1);
   std::vector<std::string> storage;
   std::vector<char*> args = cli::NormalizeArgs(argc, argv, storage);
   if (cli::WantsHelp(args)) {

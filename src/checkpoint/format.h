@@ -1,0 +1,121 @@
+// The on-disk format of a checkpoint (docs/checkpoint.md): directory and file names, the
+// manifest.json index, the safetensors shard header, CRC32C, and the N-d box arithmetic that
+// resharding on load is built on.
+#ifndef TRIDENT_CHECKPOINT_FORMAT_H_
+#define TRIDENT_CHECKPOINT_FORMAT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "trident/checkpoint.h"
+#include "trident/tensor.h"
+
+namespace trident::ckpt {
+
+inline constexpr int kFormatVersion = 1;
+inline constexpr char kFormatName[] = "trident-checkpoint";
+inline constexpr char kManifestName[] = "manifest.json";
+inline constexpr char kLatestName[] = "latest";
+// Shard data starts at a multiple of this in the file.
+inline constexpr size_t kDataAlignment = 4096;
+
+// CRC32C (Castagnoli, as iSCSI and ext4 use it) through ISA-L. Chainable:
+// Crc32c(b, m, Crc32c(a, n)) is the CRC of a followed by b.
+uint32_t Crc32c(const void* data, size_t n, uint32_t crc = 0);
+
+// "step-000000100"; the tmp directory of a save in flight is "step-000000100.tmp-<nonce>".
+std::string StepDirName(int64_t step);
+std::string TmpDirName(int64_t step, absl::string_view nonce);
+// A directory a replaced checkpoint is moved to before it is deleted.
+std::string OldDirName(int64_t step, absl::string_view nonce);
+// The step of a committed directory's name ("step-<digits>" exactly), else nullopt.
+std::optional<int64_t> ParseStepDirName(absl::string_view name);
+// Whether a name is a half-written or replaced directory that a save cleans up.
+bool IsStaleDirName(absl::string_view name);
+std::string ShardFileName(int rank);
+
+// The rows [begin, end) of dimension 0 that replica `index` of `count` writes.
+struct RowRange {
+  int64_t begin = 0;
+  int64_t end = 0;
+};
+RowRange ReplicaRows(const Tensor::Shape& shape, int index, int count);
+
+// --- Boxes ---------------------------------------------------------------------------------
+
+struct Box {
+  Tensor::Shape offset;
+  Tensor::Shape shape;
+};
+int64_t Volume(const Tensor::Shape& shape);
+// The intersection of a and b (same rank); false when empty.
+bool Intersect(const Box& a, const Box& b, Box* out);
+bool Contains(const Box& outer, const Box& inner);
+std::string ShapeString(const Tensor::Shape& shape);
+// Copies `region` (inside both boxes) from src, laid out row-major as src_box, into dst, laid
+// out as dst_box. elem is the element size in bytes.
+void CopyBox(const char* src, const Box& src_box, char* dst, const Box& dst_box,
+             const Box& region, size_t elem);
+
+// --- safetensors ---------------------------------------------------------------------------
+
+absl::string_view SafetensorsDType(DType dtype);  // "F32", "BF16", ...
+absl::StatusOr<DType> ParseSafetensorsDType(absl::string_view name);
+
+struct SafetensorsEntry {
+  std::string name;
+  DType dtype = DType::kF32;
+  Tensor::Shape shape;
+  uint64_t begin = 0;  // relative to the start of the data
+  uint64_t end = 0;
+};
+// The bytes before the data: 8-byte little-endian header size, the JSON header, spaces up to
+// a multiple of kDataAlignment.
+std::string BuildSafetensorsPrefix(const std::vector<SafetensorsEntry>& entries,
+                                   const std::map<std::string, std::string>& metadata);
+struct SafetensorsHeader {
+  uint64_t data_start = 0;  // file offset of the data
+  std::vector<SafetensorsEntry> entries;
+  std::map<std::string, std::string> metadata;
+};
+// Parses a shard file's prefix (at least its first 8 + header-size bytes). `where` names the
+// file in errors (kDataLoss).
+absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view bytes,
+                                                         absl::string_view where);
+
+// --- manifest ------------------------------------------------------------------------------
+
+std::string ManifestToJson(const CheckpointManifest& manifest);
+// kDataLoss for text that is not a manifest; kFailedPrecondition for another version.
+absl::StatusOr<CheckpointManifest> ParseManifest(absl::string_view text, absl::string_view where);
+// Checks that every tensor's shards tile its global shape exactly (no gap, no overlap) and
+// lie inside it. kInvalidArgument naming the tensor.
+absl::Status CheckCoverage(const CheckpointManifest& manifest);
+
+// --- what each rank reports when it votes on a commit --------------------------------------
+
+struct RankReport {
+  int rank = 0;
+  int64_t step = 0;
+  int64_t seq = 0;
+  absl::Status status;
+  std::string file;  // empty: this rank wrote no file
+  uint64_t file_bytes = 0;
+  std::string metadata;
+  bool sends_replica = false;
+  // One shard per tensor this rank wrote (shards[0] of each).
+  std::map<std::string, TensorInfo> tensors;
+};
+std::string RankReportToJson(const RankReport& report);
+absl::StatusOr<RankReport> ParseRankReport(absl::string_view text);
+
+}  // namespace trident::ckpt
+
+#endif  // TRIDENT_CHECKPOINT_FORMAT_H_

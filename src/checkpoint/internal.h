@@ -1,0 +1,127 @@
+// Internals shared by the checkpoint engine, the loader and the peer replicas.
+#ifndef TRIDENT_CHECKPOINT_INTERNAL_H_
+#define TRIDENT_CHECKPOINT_INTERNAL_H_
+
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "checkpoint/format.h"
+#include "common/host_memory.h"
+#include "trident/checkpoint.h"
+#include "trident/communicator.h"
+
+namespace trident {
+
+// A piece of a tensor held in memory: a box of the global tensor, contiguous (row-major) at
+// `data_offset` of a replica's buffer.
+struct ReplicaPiece {
+  ckpt::Box box;
+  uint64_t data_offset = 0;
+  uint64_t bytes = 0;
+  uint32_t crc32c = 0;
+};
+struct ReplicaTensor {
+  std::string name;
+  DType dtype = DType::kF32;
+  Tensor::Shape global_shape;
+  std::vector<ReplicaPiece> pieces;
+};
+
+struct PeerReplica::Impl {
+  int owner_rank = -1;
+  int64_t step = 0;
+  int64_t epoch = 0;
+  std::string metadata;
+  std::vector<ReplicaTensor> tensors;
+  HostMemory data;
+  size_t bytes = 0;
+};
+
+namespace ckpt {
+
+// Names of the stages of a save at which TRIDENT_CKPT_CRASH_AT kills the process (tests).
+inline constexpr char kCrashDuringShardWrite[] = "during_shard_write";
+inline constexpr char kCrashAfterShards[] = "after_shards";
+inline constexpr char kCrashBeforeRename[] = "before_rename";
+inline constexpr char kCrashBeforeLatest[] = "before_latest";
+// Raises SIGKILL when TRIDENT_CKPT_CRASH_AT names `stage`.
+void MaybeCrashAt(absl::string_view stage);
+
+// The index of a replica on the wire, and the exchange itself. `data` is `bytes` long.
+std::string ReplicaIndexJson(const PeerReplica::Impl& replica);
+// A send in flight: the sends are posted, Finish waits for them. Posting before receiving
+// lets two ranks exchange replicas without deadlock.
+struct ReplicaSend {
+  int dest = 0;
+  int64_t header = 0;
+  std::string index;
+  std::vector<std::shared_ptr<Work>> works;
+  absl::Status Finish();
+};
+std::unique_ptr<ReplicaSend> StartSendReplica(Communicator& comm, int dest, std::string index_json,
+                                              const char* data, size_t bytes,
+                                              const OpOptions& options);
+absl::StatusOr<std::unique_ptr<PeerReplica::Impl>> RecvReplica(Communicator& comm, int src,
+                                                               HostMemory reuse,
+                                                               size_t reuse_bytes,
+                                                               const OpOptions& options);
+
+// The shift s such that rank r's buddy is (r + s) % n: the smallest for which no rank's buddy
+// shares its host; 1 when every rank is on one host. 0 for a world of one.
+int BuddyShift(absl::Span<const uint64_t> host_ids);
+uint64_t HostId(absl::string_view host_name);
+
+// Copies with several threads (the caller's included).
+class ParallelCopier {
+ public:
+  struct Op {
+    char* dst;
+    const char* src;
+    size_t bytes;
+  };
+  explicit ParallelCopier(int threads);
+  ~ParallelCopier();
+  ParallelCopier(const ParallelCopier&) = delete;
+  ParallelCopier& operator=(const ParallelCopier&) = delete;
+
+  int threads() const { return static_cast<int>(workers_.size()) + 1; }
+  // Returns when every op is done.
+  void Copy(absl::Span<const Op> ops);
+
+ private:
+  void CopyPart(absl::Span<const Op> ops, size_t begin, size_t end);
+  // Where part `part` of `total` bytes starts (part == threads(): the end).
+  size_t PartBound(size_t total, int part) const;
+  void WorkerLoop(int index);
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::condition_variable done_cv_;
+  absl::Span<const Op> ops_;  // guarded by mu_
+  size_t total_ = 0;
+  uint64_t generation_ = 0;
+  int pending_ = 0;
+  bool stop_ = false;
+  std::vector<std::thread> workers_;
+};
+
+// Resolves `step` (kLatestStep allowed) and reads its manifest.
+absl::StatusOr<CheckpointManifest> ReadManifestAt(FileSystem& fs, const std::string& dir,
+                                                  int64_t* step);
+// Where a request lies in the global tensor, after checking it against what is stored.
+absl::StatusOr<Box> RequestBox(const TensorRequest& request, DType dtype,
+                               const Tensor::Shape& global_shape, absl::string_view where);
+
+}  // namespace ckpt
+}  // namespace trident
+
+#endif  // TRIDENT_CHECKPOINT_INTERNAL_H_

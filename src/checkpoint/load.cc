@@ -1,0 +1,338 @@
+// Reading checkpoints: listing, the `latest` pointer, manifests, resharding loads, verify.
+#include <algorithm>
+#include <map>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "checkpoint/file_system.h"
+#include "checkpoint/format.h"
+#include "checkpoint/internal.h"
+#include "common/host_memory.h"
+#include "common/status_macros.h"
+
+namespace trident {
+namespace ckpt {
+namespace {
+
+constexpr size_t kReadPiece = size_t{64} << 20;
+
+std::shared_ptr<FileSystem> FsOf(const ReadOptions& options) {
+  return options.file_system ? options.file_system : PosixFileSystem();
+}
+
+std::string Hex(uint32_t v) { return absl::StrFormat("0x%08x", v); }
+
+// Reads one stored shard of a tensor into dst (byte_length bytes), checking size and CRC.
+absl::Status ReadShard(ReadableFile& file, const std::string& path, const std::string& tensor,
+                       const ShardInfo& shard, char* dst) {
+  uint32_t crc = 0;
+  for (uint64_t done = 0; done < shard.byte_length;) {
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(kReadPiece, shard.byte_length - done));
+    ASSIGN_OR_RETURN(size_t got, file.Read(shard.byte_offset + done, dst + done, want));
+    if (got < want) {
+      auto size = file.Size();
+      return absl::DataLossError(absl::StrCat(
+          path, " is truncated: tensor ", tensor, " needs bytes [", shard.byte_offset, ", ",
+          shard.byte_offset + shard.byte_length, ") but the file has ",
+          size.ok() ? absl::StrCat(*size) : std::string("fewer"), " bytes"));
+    }
+    crc = Crc32c(dst + done, got, crc);
+    done += got;
+  }
+  if (crc != shard.crc32c) {
+    return absl::DataLossError(absl::StrCat(
+        "checksum mismatch in ", path, ", tensor ", tensor, " (the piece of rank ", shard.rank,
+        " at offset ", ShapeString(shard.offset), "): stored crc32c ", Hex(shard.crc32c),
+        ", computed ", Hex(crc)));
+  }
+  return absl::OkStatus();
+}
+
+class FileCache {
+ public:
+  FileCache(FileSystem& fs, std::string step_dir) : fs_(fs), step_dir_(std::move(step_dir)) {}
+
+  absl::StatusOr<ReadableFile*> Get(const std::string& name, const std::string& tensor) {
+    auto it = files_.find(name);
+    if (it != files_.end()) return it->second.get();
+    const std::string path = PathOf(name);
+    auto file = fs_.OpenForRead(path);
+    if (!file.ok()) {
+      if (absl::IsNotFound(file.status())) {
+        return absl::DataLossError(absl::StrCat("shard file ", path, " is missing (tensor ",
+                                                tensor, " is stored in it)"));
+      }
+      return Annotate(file.status(), absl::StrCat("reading tensor ", tensor));
+    }
+    ReadableFile* raw = file->get();
+    files_[name] = std::move(file).value();
+    return raw;
+  }
+  std::string PathOf(const std::string& name) const { return JoinPath(step_dir_, name); }
+
+ private:
+  FileSystem& fs_;
+  std::string step_dir_;
+  std::map<std::string, std::unique_ptr<ReadableFile>> files_;
+};
+
+}  // namespace
+
+absl::StatusOr<Box> RequestBox(const TensorRequest& request, DType dtype,
+                               const Tensor::Shape& global_shape, absl::string_view where) {
+  const Tensor& t = request.tensor;
+  if (t.dtype() != dtype) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor ", request.name, " is ",
+                                                   DTypeName(dtype), " in ", where,
+                                                   "; the destination is ", DTypeName(t.dtype())));
+  }
+  if (!request.global_shape.empty() && request.global_shape != global_shape) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor ", request.name, " has global shape ", ShapeString(global_shape), " in ", where,
+        "; the caller expects ", ShapeString(request.global_shape)));
+  }
+  if (!t.device().is_cpu()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor ", request.name, ": loading into device memory is not supported"));
+  }
+  Box box{request.offset, t.shape()};
+  if (box.offset.empty()) box.offset.assign(box.shape.size(), 0);
+  const Box global{Tensor::Shape(global_shape.size(), 0), global_shape};
+  if (box.offset.size() != box.shape.size() || box.shape.size() != global_shape.size() ||
+      !Contains(global, box)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor ", request.name, ": the slice at offset ", ShapeString(box.offset), " of shape ",
+        ShapeString(box.shape), " is not inside the global shape ", ShapeString(global_shape),
+        " stored in ", where));
+  }
+  if (t.data() == nullptr && t.numel() > 0) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor ", request.name, ": null data"));
+  }
+  return box;
+}
+
+absl::StatusOr<CheckpointManifest> ReadManifestAt(FileSystem& fs, const std::string& dir,
+                                                  int64_t* step) {
+  if (*step == kLatestStep) {
+    ReadOptions options;
+    options.file_system = std::shared_ptr<FileSystem>(std::shared_ptr<FileSystem>(), &fs);  // borrowed
+    ASSIGN_OR_RETURN(*step, LatestCheckpointStep(dir, options));
+  }
+  const std::string step_dir = JoinPath(dir, StepDirName(*step));
+  if (!fs.IsDirectory(step_dir)) {
+    return absl::NotFoundError(absl::StrCat("no checkpoint of step ", *step, " in ", dir));
+  }
+  const std::string path = JoinPath(step_dir, kManifestName);
+  auto text = ReadFileToString(fs, path);
+  if (!text.ok()) {
+    if (absl::IsNotFound(text.status())) {
+      return absl::DataLossError(absl::StrCat(path, " is missing"));
+    }
+    return text.status();
+  }
+  ASSIGN_OR_RETURN(CheckpointManifest m, ParseManifest(*text, path));
+  if (m.step != *step) {
+    return absl::DataLossError(absl::StrCat(path, " is for step ", m.step));
+  }
+  return m;
+}
+
+}  // namespace ckpt
+
+using ckpt::Box;
+
+absl::StatusOr<std::vector<CheckpointInfo>> ListCheckpoints(const std::string& dir,
+                                                            const ReadOptions& options) {
+  std::shared_ptr<FileSystem> fs = ckpt::FsOf(options);
+  ASSIGN_OR_RETURN(std::vector<std::string> names, fs->ListDir(dir));
+  std::string latest;
+  auto text = ReadFileToString(*fs, JoinPath(dir, ckpt::kLatestName));
+  if (text.ok()) latest = std::string(absl::StripAsciiWhitespace(*text));
+  std::vector<CheckpointInfo> out;
+  for (const std::string& name : names) {
+    std::optional<int64_t> step = ckpt::ParseStepDirName(name);
+    if (!step) continue;
+    const std::string path = JoinPath(dir, name);
+    if (!fs->IsDirectory(path) || !fs->FileExists(JoinPath(path, ckpt::kManifestName))) continue;
+    out.push_back({*step, path, name == latest});
+  }
+  std::sort(out.begin(), out.end(),
+            [](const CheckpointInfo& a, const CheckpointInfo& b) { return a.step < b.step; });
+  return out;
+}
+
+absl::StatusOr<int64_t> LatestCheckpointStep(const std::string& dir, const ReadOptions& options) {
+  auto list = ListCheckpoints(dir, options);
+  if (!list.ok()) {
+    if (absl::IsNotFound(list.status())) {
+      return absl::NotFoundError(absl::StrCat("no checkpoint directory ", dir));
+    }
+    return list.status();
+  }
+  for (const CheckpointInfo& c : *list) {
+    if (c.latest) return c.step;
+  }
+  if (list->empty()) return absl::NotFoundError(absl::StrCat("no committed checkpoint in ", dir));
+  return list->back().step;
+}
+
+absl::StatusOr<CheckpointManifest> ReadManifest(const std::string& dir, int64_t step,
+                                                const ReadOptions& options) {
+  std::shared_ptr<FileSystem> fs = ckpt::FsOf(options);
+  return ckpt::ReadManifestAt(*fs, dir, &step);
+}
+
+absl::StatusOr<LoadResult> LoadCheckpoint(const std::string& dir, int64_t step,
+                                          absl::Span<const TensorRequest> requests,
+                                          const LoadOptions& options) {
+  std::shared_ptr<FileSystem> fs = ckpt::FsOf(options);
+  ASSIGN_OR_RETURN(CheckpointManifest m, ckpt::ReadManifestAt(*fs, dir, &step));
+  const std::string step_dir = JoinPath(dir, ckpt::StepDirName(step));
+  const std::string where = absl::StrCat("checkpoint step ", step);
+  LoadResult result;
+  result.step = step;
+  result.epoch = m.epoch;
+  if (options.metadata_rank >= 0) {
+    if (options.metadata_rank >= static_cast<int>(m.metadata.size())) {
+      return absl::InvalidArgumentError(absl::StrCat("metadata of rank ", options.metadata_rank,
+                                                     " requested; ", where, " was saved by ",
+                                                     m.world_size, " ranks"));
+    }
+    result.metadata = m.metadata[options.metadata_rank];
+  }
+  ckpt::FileCache files(*fs, step_dir);
+  HostMemory scratch;
+  size_t scratch_bytes = 0;
+  for (const TensorRequest& request : requests) {
+    auto it = m.tensors.find(request.name);
+    if (it == m.tensors.end()) {
+      return absl::NotFoundError(absl::StrCat("tensor ", request.name, " is not in ", where,
+                                              " (", dir, ")"));
+    }
+    const TensorInfo& t = it->second;
+    ASSIGN_OR_RETURN(Box want, ckpt::RequestBox(request, t.dtype, t.global_shape, where));
+    const size_t elem = DTypeSize(t.dtype);
+    char* dst = static_cast<char*>(request.tensor.data());
+    int64_t filled = 0;
+    for (const ShardInfo& shard : t.shards) {
+      const Box have{shard.offset, shard.shape};
+      Box region;
+      if (!ckpt::Intersect(have, want, &region) && !want.shape.empty()) continue;
+      if (ckpt::Volume(region.shape) == 0 && ckpt::Volume(want.shape) != 0) continue;
+      ASSIGN_OR_RETURN(ReadableFile * file, files.Get(shard.file, request.name));
+      const std::string path = files.PathOf(shard.file);
+      if (have.offset == want.offset && have.shape == want.shape) {
+        // Same layout: straight into the caller's tensor.
+        RETURN_IF_ERROR(ckpt::ReadShard(*file, path, request.name, shard, dst));
+      } else {
+        if (scratch_bytes < shard.byte_length) {
+          scratch.reset();
+          scratch = AllocateHostMemory(shard.byte_length);
+          scratch_bytes = shard.byte_length;
+        }
+        RETURN_IF_ERROR(ckpt::ReadShard(*file, path, request.name, shard, scratch.get()));
+        ckpt::CopyBox(scratch.get(), have, dst, want, region, elem);
+      }
+      result.bytes_read += static_cast<int64_t>(shard.byte_length);
+      filled += ckpt::Volume(region.shape);
+    }
+    if (filled != ckpt::Volume(want.shape)) {
+      return absl::DataLossError(absl::StrCat(
+          "the manifest of ", where, " does not cover the slice at offset ",
+          ckpt::ShapeString(want.offset), " shape ", ckpt::ShapeString(want.shape), " of tensor ",
+          request.name));
+    }
+  }
+  return result;
+}
+
+absl::Status VerifyCheckpoint(const std::string& dir, int64_t step, const ReadOptions& options) {
+  std::shared_ptr<FileSystem> fs = ckpt::FsOf(options);
+  ASSIGN_OR_RETURN(CheckpointManifest m, ckpt::ReadManifestAt(*fs, dir, &step));
+  RETURN_IF_ERROR(Annotate(ckpt::CheckCoverage(m), "the manifest is inconsistent"));
+  const std::string step_dir = JoinPath(dir, ckpt::StepDirName(step));
+  // Shards by file, in file order.
+  std::map<std::string, std::vector<std::pair<std::string, const ShardInfo*>>> by_file;
+  std::map<std::string, DType> dtypes;
+  for (const auto& [name, t] : m.tensors) {
+    dtypes[name] = t.dtype;
+    for (const ShardInfo& s : t.shards) by_file[s.file].push_back({name, &s});
+  }
+  for (auto& [file, shards] : by_file) {
+    std::sort(shards.begin(), shards.end(), [](const auto& a, const auto& b) {
+      return a.second->byte_offset < b.second->byte_offset;
+    });
+  }
+  HostMemory buffer;
+  size_t buffer_bytes = 0;
+  for (const FileInfo& f : m.files) {
+    const std::string path = JoinPath(step_dir, f.name);
+    const auto& shards = by_file[f.name];
+    const std::string first_tensor = shards.empty() ? std::string("(none)") : shards[0].first;
+    auto file_or = fs->OpenForRead(path);
+    if (!file_or.ok()) {
+      if (absl::IsNotFound(file_or.status())) {
+        return absl::DataLossError(absl::StrCat("shard file ", path, " is missing (tensor ",
+                                                first_tensor, " is stored in it)"));
+      }
+      return file_or.status();
+    }
+    ReadableFile& file = **file_or;
+    ASSIGN_OR_RETURN(uint64_t size, file.Size());
+    if (size != f.bytes) {
+      std::string tensor = first_tensor;
+      for (const auto& [name, s] : shards) {
+        if (s->byte_offset + s->byte_length > size) {
+          tensor = name;
+          break;
+        }
+      }
+      if (size < f.bytes) {
+        return absl::DataLossError(absl::StrCat(path, " is truncated: ", size,
+                                                " bytes, the manifest says ", f.bytes,
+                                                " (tensor ", tensor, ")"));
+      }
+      return absl::DataLossError(
+          absl::StrCat(path, " has ", size, " bytes; the manifest says ", f.bytes));
+    }
+    std::string prefix(std::min<uint64_t>(size, 1 << 20), '\0');
+    ASSIGN_OR_RETURN(size_t got, file.Read(0, prefix.data(), prefix.size()));
+    prefix.resize(got);
+    auto header = ckpt::ParseSafetensorsHeader(prefix, path);
+    if (!header.ok() && absl::IsDataLoss(header.status()) && got >= 8) {
+      // A header larger than the first MiB: read all of it.
+      uint64_t n = 0;
+      for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<unsigned char>(prefix[i])) << (8 * i);
+      if (n + 8 <= size && n + 8 > prefix.size()) {
+        prefix.resize(n + 8);
+        ASSIGN_OR_RETURN(got, file.Read(0, prefix.data(), prefix.size()));
+        header = ckpt::ParseSafetensorsHeader(prefix, path);
+      }
+    }
+    RETURN_IF_ERROR(header.status());
+    if (header->data_start % ckpt::kDataAlignment != 0) {
+      return absl::DataLossError(absl::StrCat(path, ": data starts at ", header->data_start,
+                                              ", not a multiple of ", ckpt::kDataAlignment));
+    }
+    std::map<std::string, const ckpt::SafetensorsEntry*> entries;
+    for (const auto& e : header->entries) entries[e.name] = &e;
+    for (const auto& [name, s] : shards) {
+      auto e = entries.find(name);
+      if (e == entries.end() || e->second->dtype != dtypes[name] ||
+          e->second->shape != s->shape || header->data_start + e->second->begin != s->byte_offset ||
+          e->second->end - e->second->begin != s->byte_length) {
+        return absl::DataLossError(absl::StrCat(path, ": the safetensors header does not match the manifest for tensor ", name));
+      }
+      if (buffer_bytes < s->byte_length) {
+        buffer.reset();
+        buffer = AllocateHostMemory(s->byte_length);
+        buffer_bytes = s->byte_length;
+      }
+      RETURN_IF_ERROR(ckpt::ReadShard(file, path, name, *s, buffer.get()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace trident

@@ -1,0 +1,338 @@
+// trident-bench ckpt: what an asynchronous checkpoint costs one rank. For each state size:
+//  - the training-loop stall of CheckpointEngine::Save (the snapshot into staging memory)
+//    against one plain memcpy of the same bytes into warm memory, measured in the same run;
+//  - the persist throughput (Save's return to the commit: write, CRC32C, fsync, manifest,
+//    renames) against dd writing the same bytes to the same directory (oflag=direct and
+//    conv=fsync), also in the same run.
+// One process, a world of one rank (an in-process communicator): no launcher needed.
+#include "ckpt.h"
+
+#include <sys/statfs.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "bench.h"
+#include "checkpoint/file_system.h"
+#include "comm/host/inproc.h"
+#include "common/host_memory.h"
+#include "common/logging.h"
+#include "nlohmann/json.hpp"
+#include "trident/checkpoint.h"
+
+namespace trident::bench {
+namespace {
+
+constexpr char kCkptUsage[] = R"(usage: trident-bench ckpt --dir DIR [flags]
+
+Measures the checkpoint engine on one rank (this process; no trident-run needed). For each
+size in --sizes, a state of --tensors f32 tensors of that many bytes in all is saved --iters
+times (after one untimed first save that faults the staging memory in), each save waited for
+before the next, and in the same run:
+  memcpy(ms)    median time of a plain memcpy of the same bytes (the state's tensors) into
+                warm memory, one thread; each timed right before a timed save
+  stall(ms)     median time Save blocks the caller (the snapshot)
+  stall/cp      median over the iterations of stall / memcpy of the same iteration (the goal:
+                at most 1.2)
+  first(ms)     the stall of the first save (staging pages faulted in)
+  persist(s)    median time from Save's return to the commit (write, CRC32C, fsync,
+                manifest, renames, `latest`)
+  persist GB/s  bytes / persist(s)
+  dd GB/s       dd if=/dev/zero of=DIR/dd.bench bs=64M oflag=direct conv=fsync of the same
+                bytes, and (second figure) bs=64M conv=fsync through the page cache
+  persist/dd    persist GB/s / the better dd figure
+With --budget smaller than a size, that size streams through the budget: the stall then
+includes writing all but the last budget's worth of bytes.
+
+Flags:
+  --dir DIR         where to write (required); checkpoints go to DIR/ckpt-bench, deleted after
+  --sizes LIST      comma-separated sizes, K/M/G binary (default 256M,2G)
+  --iters N         timed saves per size (default 5)
+  --tensors N       tensors in the state (default 16)
+  --threads N       snapshot copy threads (default 0: TRIDENT_CKPT_THREADS, else min(4, cores))
+  --budget BYTES    staging budget (default 0: each size, so the whole state fits)
+  --no-direct       write shards through the page cache instead of O_DIRECT
+  --no-dd           skip the dd measurements
+  --json FILE       also write the rows as JSON
+)";
+
+struct CkptConfig {
+  std::string dir;
+  std::vector<int64_t> sizes;
+  int iters = 5;
+  int tensors = 16;
+  int threads = 0;
+  int64_t budget = 0;
+  bool direct = true;
+  bool dd = true;
+  std::string json;
+};
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+std::string FsType(const std::string& dir) {
+  struct statfs st;
+  if (statfs(dir.c_str(), &st) != 0) return "?";
+  switch (static_cast<uint64_t>(st.f_type)) {
+    case 0xEF53: return "ext4";
+    case 0x58465342: return "xfs";
+    case 0x01021994: return "tmpfs";
+    case 0x794c7630: return "overlayfs";
+    case 0x9123683E: return "btrfs";
+    case 0x6969: return "nfs";
+    default: return absl::StrFormat("0x%x", static_cast<uint64_t>(st.f_type));
+  }
+}
+
+// Runs dd; returns GB/s from the wall time around it, or -1.
+double RunDd(const std::string& path, int64_t bytes, bool direct, std::string* line) {
+  const int64_t block = 64 << 20;
+  const int64_t count = std::max<int64_t>(1, (bytes + block - 1) / block);
+  const std::string cmd = absl::StrCat("dd if=/dev/zero of=", path, " bs=64M count=", count,
+                                       direct ? " oflag=direct" : "", " conv=fsync 2>&1");
+  const absl::Time start = absl::Now();
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return -1;
+  char buf[512];
+  std::string out;
+  while (fgets(buf, sizeof(buf), p) != nullptr) out += buf;
+  const int rc = pclose(p);
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  std::remove(path.c_str());
+  std::vector<std::string> lines = absl::StrSplit(out, '\n', absl::SkipEmpty());
+  *line = lines.empty() ? "" : lines.back();
+  if (rc != 0) return -1;
+  return static_cast<double>(count * block) / seconds / 1e9;
+}
+
+absl::Status RunSize(const CkptConfig& c, int64_t size, Communicator& comm, nlohmann::json* rows) {
+  // The state: `tensors` equal f32 tensors, written once so their pages are real.
+  const int64_t per = std::max<int64_t>(4, size / c.tensors / 4 * 4);
+  std::vector<HostMemory> buffers;
+  CheckpointState state;
+  for (int i = 0; i < c.tensors; ++i) {
+    buffers.push_back(AllocateHostMemory(static_cast<size_t>(per)));
+    std::memset(buffers.back().get(), 0x11 + i, static_cast<size_t>(per));
+    state.tensors.push_back({absl::StrCat("layer", i, ".weight"),
+                             Tensor(buffers.back().get(), DType::kF32, {per / 4}), {}});
+  }
+  const int64_t bytes = per * c.tensors;
+
+  // The baseline: memcpy of the same bytes (the state's tensors) into warm memory.
+  HostMemory dst = AllocateHostMemory(static_cast<size_t>(bytes));
+  std::memset(dst.get(), 0, static_cast<size_t>(bytes));
+  auto timed_memcpy = [&] {
+    const absl::Time t = absl::Now();
+    for (int k = 0; k < c.tensors; ++k) {
+      std::memcpy(dst.get() + k * per, buffers[k].get(), static_cast<size_t>(per));
+    }
+    return absl::ToDoubleSeconds(absl::Now() - t);
+  };
+  std::vector<double> memcpy_s;
+
+  const std::string dir = JoinPath(c.dir, "ckpt-bench");
+  CheckpointOptions options;
+  options.dir = dir;
+  options.comm = std::shared_ptr<Communicator>(std::shared_ptr<Communicator>(), &comm);
+  options.memory_budget_bytes =
+      static_cast<size_t>(c.budget > 0 ? c.budget : std::max<int64_t>(bytes, 16 << 20));
+  options.copy_threads = c.threads;
+  options.direct_io = c.direct;
+  options.keep_last = 1;
+  options.peer_replicas = false;
+  auto engine_or = CheckpointEngine::Create(options);
+  if (!engine_or.ok()) return engine_or.status();
+  std::unique_ptr<CheckpointEngine> engine = std::move(engine_or).value();
+
+  // Each timed save right after a timed memcpy, so that both see the same machine (other
+  // processes, the page cache's writeback); the ratio is taken per pair.
+  std::vector<double> stall_s, persist_s, ratios;
+  double first_stall = 0;
+  bool streamed = false;
+  for (int i = 0; i < c.iters + 1; ++i) {
+    const double copy = timed_memcpy();
+    const absl::Time t = absl::Now();
+    auto save = engine->Save(i, state);
+    const double stall = absl::ToDoubleSeconds(absl::Now() - t);
+    if (!save.ok()) return save.status();
+    absl::Status s = (*save)->Wait();
+    if (!s.ok()) return s;
+    const SaveStats stats = (*save)->stats();
+    streamed = stats.streamed;
+    if (i == 0) {
+      first_stall = stall;
+    } else {
+      memcpy_s.push_back(copy);
+      stall_s.push_back(stall);
+      ratios.push_back(stall / copy);
+      persist_s.push_back(stats.persist_seconds);
+    }
+  }
+  engine.reset();
+  (void)PosixFileSystem()->RemoveAll(dir);
+  buffers.clear();
+  dst.reset();
+
+  std::string dd_direct_line, dd_fsync_line;
+  double dd_direct = -1, dd_fsync = -1;
+  if (c.dd) {
+    dd_direct = RunDd(JoinPath(c.dir, "dd.bench"), bytes, true, &dd_direct_line);
+    dd_fsync = RunDd(JoinPath(c.dir, "dd.bench"), bytes, false, &dd_fsync_line);
+  }
+  const double memcpy_ms = Median(memcpy_s) * 1e3;
+  const double stall_ms = Median(stall_s) * 1e3;
+  const double persist = Median(persist_s);
+  const double persist_gbps = static_cast<double>(bytes) / persist / 1e9;
+  const double dd_best = std::max(dd_direct, dd_fsync);
+  std::printf("%9s %9s %10.1f %10.1f %8.2f %10.1f %10.3f %8.2f   %5.2f / %-5.2f %8s\n",
+              absl::StrCat(bytes >> 20, "M").c_str(),
+              absl::StrCat(options.memory_budget_bytes >> 20, "M", streamed ? "*" : "").c_str(),
+              memcpy_ms, stall_ms, Median(ratios), first_stall * 1e3, persist, persist_gbps,
+              dd_direct, dd_fsync,
+              dd_best > 0 ? absl::StrFormat("%.2f", persist_gbps / dd_best).c_str() : "-");
+  std::fflush(stdout);
+  rows->push_back({{"bytes", bytes},
+                   {"budget", options.memory_budget_bytes},
+                   {"streamed", streamed},
+                   {"memcpy_ms", memcpy_ms},
+                   {"stall_ms", stall_ms},
+                   {"stall_ms_all", stall_s},
+                   {"memcpy_ms_all", memcpy_s},
+                   {"stall_over_memcpy", Median(ratios)},
+                   {"stall_over_memcpy_all", ratios},
+                   {"first_stall_ms", first_stall * 1e3},
+                   {"persist_s", persist},
+                   {"persist_s_all", persist_s},
+                   {"persist_gbps", persist_gbps},
+                   {"dd_direct_gbps", dd_direct},
+                   {"dd_fsync_gbps", dd_fsync},
+                   {"dd_direct_output", dd_direct_line},
+                   {"dd_fsync_output", dd_fsync_line}});
+  return absl::OkStatus();
+}
+
+[[noreturn]] void CkptUsageError(const std::string& message) {
+  std::fprintf(stderr, "trident-bench ckpt: %s\n(try trident-bench ckpt --help)\n",
+               message.c_str());
+  std::exit(2);
+}
+
+}  // namespace
+
+int RunCkptBench(int argc, char** argv) {
+  CkptConfig c;
+  std::vector<std::string> size_texts = {"256M", "2G"};
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    std::string value;
+    const size_t eq = a.find('=');
+    if (eq != std::string::npos) {
+      value = a.substr(eq + 1);
+      a = a.substr(0, eq);
+    }
+    auto next = [&]() -> std::string {
+      if (eq != std::string::npos) return value;
+      if (i + 1 >= argc) CkptUsageError(a + " needs a value");
+      return argv[++i];
+    };
+    auto number = [&](int64_t* out) {
+      std::string v = next();
+      if (!absl::SimpleAtoi(v, out)) CkptUsageError(a + ": not a number: " + v);
+    };
+    int64_t n = 0;
+    if (a == "-h" || a == "--help") {
+      std::fputs(kCkptUsage, stdout);
+      return 0;
+    } else if (a == "--dir") {
+      c.dir = next();
+    } else if (a == "--sizes") {
+      size_texts = absl::StrSplit(next(), ',', absl::SkipEmpty());
+    } else if (a == "--iters") {
+      number(&n);
+      c.iters = static_cast<int>(n);
+    } else if (a == "--tensors") {
+      number(&n);
+      c.tensors = static_cast<int>(n);
+    } else if (a == "--threads") {
+      number(&n);
+      c.threads = static_cast<int>(n);
+    } else if (a == "--budget") {
+      auto b = ParseBytes(next());
+      if (!b.ok()) CkptUsageError(std::string(b.status().message()));
+      c.budget = *b;
+    } else if (a == "--no-direct") {
+      c.direct = false;
+    } else if (a == "--no-dd") {
+      c.dd = false;
+    } else if (a == "--json") {
+      c.json = next();
+    } else {
+      CkptUsageError("unknown flag " + a);
+    }
+  }
+  if (c.dir.empty()) CkptUsageError("--dir is required");
+  if (c.iters < 1 || c.tensors < 1 || c.threads < 0) {
+    CkptUsageError("--iters and --tensors must be >= 1, --threads >= 0");
+  }
+  for (const std::string& t : size_texts) {
+    auto b = ParseBytes(t);
+    if (!b.ok() || *b < 4096) CkptUsageError("bad size " + t + " (at least 4K)");
+    c.sizes.push_back(*b);
+  }
+  if (absl::Status s = PosixFileSystem()->CreateDir(c.dir); !s.ok()) {
+    std::fprintf(stderr, "trident-bench ckpt: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  InitLogging("bench");
+  InprocCommOptions comm_options;
+  comm_options.size = 1;
+  std::unique_ptr<Communicator> comm = std::move(NewInprocCommunicators(comm_options)[0]);
+
+  std::printf("# trident-bench ckpt: dir %s (%s), %d tensors, %d timed saves per size, "
+              "copy threads %s, shards %s\n",
+              c.dir.c_str(), FsType(c.dir).c_str(), c.tensors, c.iters,
+              c.threads > 0 ? absl::StrCat(c.threads).c_str() : "default",
+              c.direct ? "O_DIRECT where allowed" : "buffered");
+  std::printf("# %7s %9s %10s %10s %8s %10s %10s %8s   %-13s %8s\n", "state", "budget",
+              "memcpy(ms)", "stall(ms)", "stall/cp", "first(ms)", "persist(s)", "GB/s",
+              "dd GB/s dir/fs", "per/dd");
+  std::fflush(stdout);
+  nlohmann::json rows = nlohmann::json::array();
+  for (int64_t size : c.sizes) {
+    absl::Status s = RunSize(c, size, *comm, &rows);
+    if (!s.ok()) {
+      std::fprintf(stderr, "trident-bench ckpt: %lld bytes: %s\n", static_cast<long long>(size),
+                   s.ToString().c_str());
+      return 1;
+    }
+  }
+  std::printf("# (* after the budget: the state streamed through it)\n");
+  if (!c.json.empty()) {
+    nlohmann::json doc = {{"tool", "trident-bench ckpt"}, {"dir", c.dir},
+                          {"fs", FsType(c.dir)},           {"tensors", c.tensors},
+                          {"iters", c.iters},              {"threads", c.threads},
+                          {"direct", c.direct},            {"rows", rows}};
+    std::ofstream out(c.json);
+    out << doc.dump(2) << "\n";
+    if (!out) {
+      std::fprintf(stderr, "trident-bench ckpt: cannot write %s\n", c.json.c_str());
+      return 1;
+    }
+  }
+  return 0;
+}
+
+}  // namespace trident::bench

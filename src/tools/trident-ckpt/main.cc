@@ -1,0 +1,200 @@
+// trident-ckpt: lists, inspects and verifies the checkpoints in a directory written by
+// trident::CheckpointEngine. Reads only; never changes a checkpoint. See kUsage.
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/time.h"
+#include "checkpoint/file_system.h"
+#include "checkpoint/format.h"
+#include "trident/checkpoint.h"
+
+namespace trident {
+namespace {
+
+constexpr char kUsage[] = R"(usage: trident-ckpt COMMAND DIR [--step N | --all]
+
+Reads the checkpoints that trident::CheckpointEngine writes into DIR (docs/checkpoint.md).
+Never changes anything.
+
+Commands:
+  ls DIR       one line per committed checkpoint, oldest first: step, whether `latest` names
+               it, epoch, layout, world size, shard files, bytes on disk, tensors, time of the
+               commit (UTC). Then the half-written directories that loading ignores and the next
+               save deletes.
+  inspect DIR  a checkpoint's manifest: step, epoch, layout, files with their ranks and sizes,
+               per-rank metadata sizes, and for every tensor its dtype, global shape and
+               shards (rank, file, offset in the global tensor, shape, bytes, crc32c).
+  verify DIR   reads every shard of the checkpoint: file sizes, safetensors headers against the
+               manifest, and the CRC32C of every tensor piece.
+
+Options:
+  --step N     the checkpoint of step N (default: the latest, as loading resolves it: the step
+               `latest` names, else the newest committed one)
+  --all        verify: every committed checkpoint
+  -h, --help   this text
+
+Exit status: 0 when all is well; 1 when a checkpoint is missing, unreadable or bad (verify
+prints the first bad file and tensor); 2 on bad usage.
+)";
+
+[[noreturn]] void Usage(const std::string& message) {
+  std::fprintf(stderr, "trident-ckpt: %s\n(try trident-ckpt --help)\n", message.c_str());
+  std::exit(2);
+}
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "trident-ckpt: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+std::string Bytes(uint64_t n) {
+  if (n >= (uint64_t{1} << 30)) return absl::StrFormat("%.2f GiB", n / double(uint64_t{1} << 30));
+  if (n >= (uint64_t{1} << 20)) return absl::StrFormat("%.2f MiB", n / double(1 << 20));
+  if (n >= (uint64_t{1} << 10)) return absl::StrFormat("%.1f KiB", n / double(1 << 10));
+  return absl::StrCat(n, " B");
+}
+
+std::string Time(int64_t unix_ms) {
+  return absl::FormatTime("%Y-%m-%d %H:%M:%S", absl::FromUnixMillis(unix_ms), absl::UTCTimeZone());
+}
+
+int List(const std::string& dir) {
+  auto list = ListCheckpoints(dir);
+  if (!list.ok()) return Fail(list.status());
+  std::printf("%-12s %-6s %-6s %-16s %-5s %-5s %-12s %-7s %s\n", "step", "latest", "epoch",
+              "layout", "ranks", "files", "bytes", "tensors", "committed (UTC)");
+  for (const CheckpointInfo& c : *list) {
+    auto m = ReadManifest(dir, c.step);
+    if (!m.ok()) {
+      std::printf("%-12lld %-6s unreadable: %s\n", static_cast<long long>(c.step),
+                  c.latest ? "*" : "", m.status().ToString().c_str());
+      continue;
+    }
+    uint64_t bytes = 0;
+    for (const FileInfo& f : m->files) bytes += f.bytes;
+    std::printf("%-12lld %-6s %-6lld %-16s %-5d %-5zu %-12s %-7zu %s\n",
+                static_cast<long long>(c.step), c.latest ? "*" : "",
+                static_cast<long long>(m->epoch), m->layout.empty() ? "-" : m->layout.c_str(),
+                m->world_size, m->files.size(), Bytes(bytes).c_str(), m->tensors.size(),
+                Time(m->created_unix_ms).c_str());
+  }
+  auto names = PosixFileSystem()->ListDir(dir);
+  if (names.ok()) {
+    for (const std::string& name : *names) {
+      if (ckpt::IsStaleDirName(name)) {
+        std::printf("half-written (ignored; the next save deletes it): %s\n", name.c_str());
+      }
+    }
+  }
+  return 0;
+}
+
+int Inspect(const std::string& dir, int64_t step) {
+  auto m = ReadManifest(dir, step);
+  if (!m.ok()) return Fail(m.status());
+  std::printf("step %lld  epoch %lld  layout %s  world size %d  format version %d\n",
+              static_cast<long long>(m->step), static_cast<long long>(m->epoch),
+              m->layout.empty() ? "-" : m->layout.c_str(), m->world_size, m->version);
+  std::printf("directory %s  committed %s UTC\n",
+              JoinPath(dir, ckpt::StepDirName(m->step)).c_str(), Time(m->created_unix_ms).c_str());
+  std::printf("files:\n");
+  for (const FileInfo& f : m->files) {
+    std::printf("  %-28s rank %-5d %s\n", f.name.c_str(), f.rank, Bytes(f.bytes).c_str());
+  }
+  std::printf("metadata bytes per rank:");
+  for (const std::string& md : m->metadata) std::printf(" %zu", md.size());
+  std::printf("\ntensors:\n");
+  for (const auto& [name, t] : m->tensors) {
+    std::printf("  %s  %s %s  %zu shard%s\n", name.c_str(), std::string(DTypeName(t.dtype)).c_str(),
+                ckpt::ShapeString(t.global_shape).c_str(), t.shards.size(),
+                t.shards.size() == 1 ? "" : "s");
+    for (const ShardInfo& s : t.shards) {
+      std::printf("    rank %-5d %-28s offset %-14s shape %-14s %10s  crc32c %08x%s\n", s.rank,
+                  s.file.c_str(), ckpt::ShapeString(s.offset).c_str(),
+                  ckpt::ShapeString(s.shape).c_str(), Bytes(s.byte_length).c_str(), s.crc32c,
+                  s.replica_count > 1 ? absl::StrCat("  (1 of ", s.replica_count, " replicas)").c_str()
+                                      : "");
+    }
+  }
+  return 0;
+}
+
+int VerifyOne(const std::string& dir, int64_t step) {
+  absl::Status s = VerifyCheckpoint(dir, step);
+  if (!s.ok()) {
+    std::printf("BAD  step %lld: %s\n", static_cast<long long>(step), s.ToString().c_str());
+    std::fprintf(stderr, "trident-ckpt: verify failed: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  auto m = ReadManifest(dir, step);
+  if (!m.ok()) return Fail(m.status());
+  size_t shards = 0;
+  uint64_t bytes = 0;
+  for (const auto& [name, t] : m->tensors) {
+    shards += t.shards.size();
+    for (const ShardInfo& sh : t.shards) bytes += sh.byte_length;
+  }
+  std::printf("ok   step %lld: %zu files, %zu tensors, %zu shards, %s checked\n",
+              static_cast<long long>(step), m->files.size(), m->tensors.size(), shards,
+              Bytes(bytes).c_str());
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  std::vector<std::string> positional;
+  int64_t step = kLatestStep;
+  bool all = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "-h" || a == "--help") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else if (a == "--all") {
+      all = true;
+    } else if (a == "--step" || a.rfind("--step=", 0) == 0) {
+      std::string v = a == "--step" ? (i + 1 < argc ? argv[++i] : "") : a.substr(7);
+      if (!absl::SimpleAtoi(v, &step) || step < 0) Usage("--step needs a step number");
+    } else if (a.rfind("--", 0) == 0) {
+      Usage("unknown option " + a);
+    } else {
+      positional.push_back(a);
+    }
+  }
+  if (positional.size() != 2) Usage("expected COMMAND DIR");
+  const std::string& command = positional[0];
+  const std::string& dir = positional[1];
+  if (all && command != "verify") Usage("--all applies to verify only");
+  if (command == "ls") {
+    if (step != kLatestStep) Usage("ls takes no --step");
+    return List(dir);
+  }
+  if (command == "inspect") return Inspect(dir, step);
+  if (command == "verify") {
+    if (!all) {
+      if (step == kLatestStep) {
+        auto latest = LatestCheckpointStep(dir);
+        if (!latest.ok()) return Fail(latest.status());
+        step = *latest;
+      }
+      return VerifyOne(dir, step);
+    }
+    auto list = ListCheckpoints(dir);
+    if (!list.ok()) return Fail(list.status());
+    if (list->empty()) return Fail(absl::NotFoundError("no committed checkpoint in " + dir));
+    int rc = 0;
+    for (const CheckpointInfo& c : *list) rc |= VerifyOne(dir, c.step);
+    return rc;
+  }
+  Usage("unknown command '" + command + "'; expected ls, inspect or verify");
+}
+
+}  // namespace
+}  // namespace trident
+
+int main(int argc, char** argv) { return trident::Main(argc, argv); }
