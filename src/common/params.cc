@@ -23,6 +23,8 @@ constexpr ParamDesc kParams[] = {
     {"TRIDENT_SMALL_MSG_BYTES", "int", "65536", "Messages up to this size use latency algorithms (recursive doubling, trees)."},
     {"TRIDENT_CHUNK_BYTES", "int", "1048576", "Pipeline chunk of the bandwidth algorithms (ring)."},
     {"TRIDENT_KILL_GRACE_MS", "duration_ms", "10000", "trident-run: after a rank fails, how long the others get to exit before they are killed."},
+    {"TRIDENT_NCCL_WATCHDOG_POLL_MS", "duration_ms", "10", "NCCL backend: how often the watchdog checks each communicator for asynchronous errors and expired op deadlines."},
+    {"TRIDENT_NCCL_ABORT_TIMEOUT_MS", "duration_ms", "10000", "NCCL backend: how long ncclCommAbort may take before the process reports it and exits (exit status 70) rather than hang."},
 };
 
 }  // namespace
