@@ -183,7 +183,7 @@ absl::Status CheckCudaTensor(const Tensor& t, absl::string_view op, absl::string
   const int n = DeviceCount();
   if (t.device().index < 0 || t.device().index >= n) {
     return absl::InvalidArgumentError(absl::StrCat(
-        op, ": ", which, " is on cuda:", t.device().index, " but this process sees ", n,
+        op, ": ", which, " is a CUDA tensor (cuda:", t.device().index, ") but this process sees ", n,
         " CUDA device(s)", n == 0 ? absl::StrCat(" (", NoDeviceReason(), ")") : ""));
   }
   return absl::OkStatus();
@@ -312,7 +312,13 @@ std::shared_ptr<PinnedPool> PinnedPool::Create() {
 PinnedPool::~PinnedPool() {
 #if TRIDENT_HAVE_CUDA
   absl::MutexLock lock(&mu_);
-  for (auto& [size, p] : free_) cudaFreeHost(p);
+  for (auto& [size, f] : free_) {
+    if (f.fence != nullptr) {
+      absl::StatusOr<bool> done = f.fence->Done();
+      if (done.ok() && !*done) continue;  // a copy still uses it: leak it rather than corrupt
+    }
+    cudaFreeHost(f.data);
+  }
 #endif
 }
 
@@ -324,9 +330,13 @@ absl::StatusOr<PinnedPool::Block> PinnedPool::Acquire(const std::shared_ptr<Pinn
   block.size_ = size;
   {
     absl::MutexLock lock(&pool->mu_);
-    auto it = pool->free_.lower_bound(size);
-    if (it != pool->free_.end() && it->first == size) {
-      block.data_ = it->second;
+    auto [begin, end] = pool->free_.equal_range(size);
+    for (auto it = begin; it != end; ++it) {
+      if (it->second.fence != nullptr) {
+        absl::StatusOr<bool> done = it->second.fence->Done();
+        if (done.ok() && !*done) continue;
+      }
+      block.data_ = it->second.data;
       pool->free_.erase(it);
       return block;
     }
@@ -347,17 +357,18 @@ absl::StatusOr<PinnedPool::Block> PinnedPool::Acquire(const std::shared_ptr<Pinn
 #endif
 }
 
-void PinnedPool::Release(void* data, size_t size) {
+void PinnedPool::Release(void* data, size_t size, std::shared_ptr<Event> fence) {
   absl::MutexLock lock(&mu_);
-  free_.emplace(size, data);
+  free_.emplace(size, Free{data, std::move(fence)});
 }
 
 PinnedPool::Block& PinnedPool::Block::operator=(Block&& o) noexcept {
   if (this != &o) {
-    if (pool_ != nullptr && data_ != nullptr) pool_->Release(data_, size_);
+    if (pool_ != nullptr && data_ != nullptr) pool_->Release(data_, size_, std::move(fence_));
     pool_ = std::move(o.pool_);
     data_ = o.data_;
     size_ = o.size_;
+    fence_ = std::move(o.fence_);
     o.data_ = nullptr;
     o.size_ = 0;
   }
@@ -365,7 +376,7 @@ PinnedPool::Block& PinnedPool::Block::operator=(Block&& o) noexcept {
 }
 
 PinnedPool::Block::~Block() {
-  if (pool_ != nullptr && data_ != nullptr) pool_->Release(data_, size_);
+  if (pool_ != nullptr && data_ != nullptr) pool_->Release(data_, size_, std::move(fence_));
 }
 
 // --- device memory and blocking copies, for tools and tests ------------------------------

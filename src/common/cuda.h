@@ -120,12 +120,16 @@ class PinnedPool {
     ~Block();
     void* data() const { return data_; }
     size_t size() const { return size_; }
+    // The event after the last copy queued into or out of this block: the pool does not hand
+    // the block out again before it has fired (a copy may still run after an op is dropped).
+    void set_fence(std::shared_ptr<Event> fence) { fence_ = std::move(fence); }
 
    private:
     friend class PinnedPool;
     std::shared_ptr<PinnedPool> pool_;
     void* data_ = nullptr;
     size_t size_ = 0;
+    std::shared_ptr<Event> fence_;
   };
 
   static std::shared_ptr<PinnedPool> Create();
@@ -134,10 +138,14 @@ class PinnedPool {
   static absl::StatusOr<Block> Acquire(const std::shared_ptr<PinnedPool>& pool, size_t bytes);
 
  private:
+  struct Free {
+    void* data;
+    std::shared_ptr<Event> fence;
+  };
   PinnedPool() = default;
-  void Release(void* data, size_t size);
+  void Release(void* data, size_t size, std::shared_ptr<Event> fence);
   absl::Mutex mu_;
-  std::multimap<size_t, void*> free_ ABSL_GUARDED_BY(mu_);
+  std::multimap<size_t, Free> free_ ABSL_GUARDED_BY(mu_);
 };
 
 // Device memory (cudaMalloc) on one device, freed with the object. For tools and tests.
