@@ -162,8 +162,16 @@ bool WatchedComm::aborted() const {
 }
 
 size_t WatchedComm::pending() const {
-  absl::MutexLock lock(&mu_);
-  return pending_.size();
+  std::vector<std::shared_ptr<GpuWork>> ops;
+  {
+    absl::MutexLock lock(&mu_);
+    ops = pending_;
+  }
+  // Ops that finished since the last watchdog pass do not count.
+  return std::count_if(ops.begin(), ops.end(), [](const std::shared_ptr<GpuWork>& op) {
+    absl::StatusOr<bool> done = op->Poll();
+    return !done.ok() || !*done;
+  });
 }
 
 void WatchedComm::AwaitBackendAborted() {

@@ -115,6 +115,7 @@ class WatchedComm {
   bool Abort(absl::Status status);
   // OK while usable, else the abort status.
   absl::Status abort_status() const;
+  // Ops issued and not finished yet (each is polled).
   size_t pending() const;
   // Blocks until the backend abort has returned; returns at once when none was requested.
   // Bounded: the watchdog exits the process when the abort hangs.
