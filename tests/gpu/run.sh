@@ -56,7 +56,7 @@ ctest_note() {
 # The last row of rank 0's table: bytes and busbw, and #wrong.
 bench_note() {
   grep -E '^\[rank 0\] +[0-9]+' "$1" | tail -1 |
-    awk '{printf "largest %s B: busbw %s GB/s, #wrong %s", $2, $10, $11}'
+    awk '{printf "largest %s B: busbw %s GB/s, #wrong %s", $3, $11, $12}'
 }
 
 echo "== GPU: $(nvidia-smi -L 2>/dev/null | head -1 || echo 'nvidia-smi not found')"
