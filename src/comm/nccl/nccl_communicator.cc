@@ -573,14 +573,21 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Split(int color,
       [&](ncclComm_t c) {
         return ncclCommSplit(c, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &child, &config);
       });
+  // A communicator nobody owns yet is aborted through the watchdog too (bounded).
+  NcclGroup orphan;
+  orphan.name = child_name;
+  orphan.device = parent.device;
+  orphan.job_ranks = {parent.job_ranks[parent.rank]};
+  orphan.store = parent.store;
   if (!s.ok()) {
-    if (child != nullptr) ncclCommAbort(child);
+    s = Annotate(s, absl::StrCat("Split(", color, ", ", key, ") of ", Describe()));
+    AbortBounded(child, orphan, s);
     // A split that failed part-way leaves the parent in an unknown state.
-    Abort(Annotate(s, absl::StrCat("Split(", color, ", ", key, ") of ", Describe())));
+    Abort(s);
     return AbortStatus();
   }
   if (color < 0) {
-    if (child != nullptr) ncclCommAbort(child);
+    AbortBounded(child, orphan, absl::CancelledError("no color"));  // NCCL gives none
     return std::unique_ptr<Communicator>();
   }
   NcclGroup g;
@@ -611,15 +618,29 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Split(int color,
     if (got.ok()) id = *got;
   }
   if (!id_status.ok() || !absl::SimpleAtoi(id, &g.context)) {
-    ncclCommAbort(child);
-    return Annotate(id_status.ok() ? absl::InternalError(absl::StrCat("bad context id ", id))
-                                   : id_status,
-                    absl::StrCat("Split(", color, ", ", key, ") of ", Describe()));
+    absl::Status failed =
+        Annotate(id_status.ok() ? absl::InternalError(absl::StrCat("bad context id ", id))
+                                : id_status,
+                 absl::StrCat("Split(", color, ", ", key, ") of ", Describe()));
+    AbortBounded(child, orphan, failed);
+    return failed;
   }
   return FinishNcclInit(child, std::move(g), deadline);
 }
 
 // --- init --------------------------------------------------------------------------------
+
+void AbortBounded(ncclComm_t comm, NcclGroup group, const absl::Status& why) {
+  if (comm == nullptr) return;
+  group.size = 1;
+  group.rank = 0;
+  if (group.job_ranks.size() != 1) group.job_ranks = {0};
+  auto handle = std::make_shared<NcclHandle>(comm, std::move(group));
+  auto watched = std::make_shared<WatchedComm>(handle);
+  Watchdog::Shared()->Register(watched);
+  watched->Abort(why);
+  watched->AwaitBackendAborted();
+}
 
 absl::StatusOr<std::unique_ptr<Communicator>> FinishNcclInit(ncclComm_t comm, NcclGroup group,
                                                              absl::Time deadline) {

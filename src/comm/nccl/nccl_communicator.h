@@ -144,6 +144,10 @@ class NcclCommunicator : public Communicator {
   int splits_ = 0;  // Split calls so far; Split is collective, so callers serialise it
 };
 
+// Aborts a ncclComm_t that no communicator owns (a failed init or split) on the watchdog's
+// abort thread, so that a hung ncclCommAbort is bounded like any other. `group` names it.
+void AbortBounded(ncclComm_t comm, NcclGroup group, const absl::Status& why);
+
 // Builds the communicator after NCCL's init: shared by CreateNcclCommunicator and Split.
 // `comm` has been created non-blocking and may still be initialising; this waits for it
 // (bounded by the group's timeout, failing early when a member is reported failed).

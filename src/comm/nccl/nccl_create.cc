@@ -127,9 +127,9 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(NcclCommOpt
   ncclComm_t comm = nullptr;
   ncclResult_t r = ncclCommInitRankConfig(&comm, size, id, rank, &config);
   if (r != ncclSuccess && r != ncclInProgress) {
-    absl::Status s = nccl::NcclCheck(r, "ncclCommInitRankConfig", comm);
-    if (comm != nullptr) ncclCommAbort(comm);
-    return Annotate(s, what);
+    absl::Status s = Annotate(nccl::NcclCheck(r, "ncclCommInitRankConfig", comm), what);
+    nccl::AbortBounded(comm, group, s);
+    return s;
   }
   return nccl::FinishNcclInit(comm, std::move(group), deadline);
 #endif
