@@ -9,7 +9,8 @@
 //  - Every op has a deadline: OpOptions::timeout, else the communicator's default
 //    (TRIDENT_TIMEOUT_MS), counted from the moment the op is issued.
 //  - Errors, by what the caller does next:
-//      kInvalidArgument    bad call (size, dtype, rank, null) or ranks that called different
+//      kInvalidArgument    bad call (size, dtype, rank, null, a tensor on a device this
+//                          communicator or build cannot serve) or ranks that called different
 //                          ops; nothing happened, fix the call
 //      kAborted            a peer failed or the communicator was aborted; names rank and cause
 //      kDeadlineExceeded   the op's deadline passed; names the ranks that had not arrived
@@ -131,7 +132,9 @@ struct HostCommOptions {
 };
 
 // Builds the world communicator of the host backend over libfabric. Every rank calls it; it
-// returns once all ranks have exchanged endpoint addresses (or fails at the timeout).
+// returns once all ranks have exchanged endpoint addresses (or fails at the timeout). It takes
+// CPU tensors and, in builds with CUDA, CUDA tensors (staged through pinned host memory; see
+// OpOptions::cuda_stream); a build without CUDA answers kInvalidArgument for CUDA tensors.
 absl::StatusOr<std::unique_ptr<Communicator>> CreateHostCommunicator(HostCommOptions options);
 
 }  // namespace trident
