@@ -98,6 +98,9 @@ std::string NcclHandle::Describe() const {
 absl::Status NcclHandle::AwaitReady(ncclComm_t comm, absl::string_view call, absl::Time deadline,
                                     const std::function<bool()>& abandon) {
   absl::Duration pause = absl::Microseconds(1);
+  // A call can stay in progress for long (connections are made on first use); a member that
+  // died meanwhile would keep it there until the deadline, so look at the store now and then.
+  absl::Time next_health = absl::Now() + absl::Milliseconds(100);
   while (true) {
     ncclResult_t state = ncclSuccess;
     ncclResult_t r = ncclCommGetAsyncError(comm, &state);
@@ -108,9 +111,14 @@ absl::Status NcclHandle::AwaitReady(ncclComm_t comm, absl::string_view call, abs
       return absl::AbortedError(absl::StrCat(call, " on ", Describe(),
                                              ": given up, the communicator is being aborted"));
     }
-    if (absl::Now() >= deadline) {
+    const absl::Time now = absl::Now();
+    if (now >= deadline) {
       return absl::DeadlineExceededError(absl::StrCat(
           call, " on ", Describe(), " was still in progress at its deadline"));
+    }
+    if (now >= next_health) {
+      next_health = now + absl::Milliseconds(100);
+      RETURN_IF_ERROR(PeerHealth());
     }
     Pause(pause);
   }
