@@ -21,10 +21,12 @@
 #include "bench.h"
 #include "ckpt.h"
 #include "common/cli.h"
+#include "common/cuda.h"
 #include "common/logging.h"
 #include "common/params.h"
 #include "nlohmann/json.hpp"
 #include "trident/communicator.h"
+#include "trident/nccl.h"
 
 ABSL_FLAG(std::string, min_bytes, "4K",
           "smallest size in bytes; K, M, G suffixes are binary (4K = 4096)");
@@ -46,13 +48,17 @@ ABSL_FLAG(std::string, provider, "",
           "host");
 ABSL_FLAG(absl::Duration, timeout, absl::ZeroDuration(),
           "deadline of each op, e.g. 60s; 0: the communicator's default (TRIDENT_TIMEOUT_MS)");
+ABSL_FLAG(std::string, device, "cpu",
+          "where the buffers live: cpu, or cuda (device TRIDENT_LOCAL_RANK modulo the device "
+          "count; the host backend stages them through pinned memory)");
+ABSL_FLAG(std::string, backend, "host", "host (libfabric) or nccl (needs --device cuda)");
 
 namespace trident::bench {
 namespace {
 
 constexpr char kUsage[] = R"(usage: trident-run --nproc N -- trident-bench OP [flags]
 
-Measures one collective of the host communicator over sizes from --min-bytes to --max-bytes
+Measures one collective of a communicator (host or NCCL backend) over sizes from --min-bytes to --max-bytes
 (doubling), the way nccl-tests does. OP is one of:
   allreduce reducescatter allgather broadcast reduce alltoall sendrecv barrier
 (sendrecv: each rank sends to rank+1 and receives from rank-1, 2 ranks or more; barrier:
@@ -91,6 +97,8 @@ void PrintHelp() {
   cli::PrintFlag(FLAGS_json);
   cli::PrintFlag(FLAGS_provider);
   cli::PrintFlag(FLAGS_timeout);
+  cli::PrintFlag(FLAGS_device);
+  cli::PrintFlag(FLAGS_backend);
 }
 
 [[noreturn]] void UsageError(absl::string_view message) {
@@ -149,10 +157,33 @@ int Main(int argc, char** argv) {
   }
   if (config.timeout < absl::ZeroDuration()) UsageError("--timeout must be >= 0");
 
+  const std::string device_flag = absl::GetFlag(FLAGS_device);
+  const std::string backend = absl::GetFlag(FLAGS_backend);
+  if (device_flag != "cpu" && device_flag != "cuda") UsageError("--device must be cpu or cuda");
+  if (backend != "host" && backend != "nccl") UsageError("--backend must be host or nccl");
+  if (backend == "nccl" && device_flag != "cuda") UsageError("--backend nccl needs --device cuda");
+  if (device_flag == "cuda") {
+    const int devices = cuda::DeviceCount();
+    if (devices == 0) {
+      std::fprintf(stderr, "trident-bench: --device cuda: no CUDA device: %s\n",
+                   cuda::NoDeviceReason().c_str());
+      return 1;
+    }
+    config.cuda_device = static_cast<int>(ParamInt("TRIDENT_LOCAL_RANK") % devices);
+  }
+
   HostCommOptions options;
   options.provider = absl::GetFlag(FLAGS_provider);
   options.name = "bench";
-  auto comm_or = CreateHostCommunicator(options);
+  absl::StatusOr<std::unique_ptr<Communicator>> comm_or;
+  if (backend == "nccl") {
+    NcclCommOptions nccl;
+    nccl.name = "bench";
+    nccl.device = config.cuda_device;
+    comm_or = CreateNcclCommunicator(nccl);
+  } else {
+    comm_or = CreateHostCommunicator(options);
+  }
   if (!comm_or.ok()) {
     std::fprintf(stderr, "trident-bench: cannot create the communicator: %s\n",
                  comm_or.status().ToString().c_str());
@@ -172,6 +203,9 @@ int Main(int argc, char** argv) {
   std::string provider = options.provider;
   if (provider.empty()) provider = ParamString("TRIDENT_FABRIC_PROVIDER");
   if (provider.empty()) provider = "default";
+  if (backend == "nccl") provider = "nccl";
+  const std::string buffers =
+      config.cuda_device >= 0 ? absl::StrCat("cuda:", config.cuda_device) : "cpu";
   const std::string dtype_name(DTypeName(config.dtype));
   const std::string redop = Reduces(config.collective) ? std::string(ReduceOpName(config.reduce))
                                                        : "-";
@@ -181,8 +215,8 @@ int Main(int argc, char** argv) {
       config.iters > 0 ? absl::StrCat(config.iters) : "adaptive (~0.3 s per size, 3..1000)";
 
   if (rank == 0) {
-    std::printf("# trident-bench %s: world %d, provider %s, %s\n", name.c_str(), n,
-                provider.c_str(), comm->Describe().c_str());
+    std::printf("# trident-bench %s: world %d, provider %s, buffers on %s, %s\n", name.c_str(),
+                n, provider.c_str(), buffers.c_str(), comm->Describe().c_str());
     std::printf("# dtype %s, redop %s, root %s, %s, iters %s, warmup %d, check %s\n",
                 dtype_name.c_str(), redop.c_str(), root.c_str(),
                 config.collective == Collective::kAllReduce
@@ -218,6 +252,8 @@ int Main(int argc, char** argv) {
                           {"op", name},
                           {"world_size", n},
                           {"provider", provider},
+                          {"backend", backend},
+                          {"buffers", buffers},
                           {"communicator", comm->Describe()},
                           {"dtype", dtype_name},
                           {"redop", redop},
