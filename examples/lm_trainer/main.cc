@@ -14,14 +14,17 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
 #include "comm/host/inproc.h"
 #include "common/cli.h"
 #include "common/logging.h"
+#include "recovery.h"
 #include "trainer.h"
 #include "trident/communicator.h"
+#include "trident/runtime.h"
 
 ABSL_FLAG(int, tp, 1, "tensor-parallel ranks (splits each MLP block's weights)");
 ABSL_FLAG(int, pp, 1, "pipeline stages (splits the blocks)");
@@ -45,6 +48,16 @@ ABSL_FLAG(std::string, data, "", "a text file to train on instead of the built-i
 ABSL_FLAG(int, threads, 0, "OpenBLAS threads per rank; 0: the cores divided by the ranks");
 ABSL_FLAG(absl::Duration, timeout, absl::ZeroDuration(),
           "deadline of each communication op, e.g. 30s; 0: TRIDENT_TIMEOUT_MS");
+ABSL_FLAG(std::string, ckpt_dir, "", "checkpoint directory (shared by all ranks); empty: none");
+ABSL_FLAG(int, ckpt_every, 0, "save a checkpoint every N steps (needs --ckpt-dir); 0: never");
+ABSL_FLAG(int, keep, 3, "committed checkpoints to keep (0: all)");
+ABSL_FLAG(bool, resume, false,
+          "start from the latest checkpoint in --ckpt-dir (any tp/pp/dp layout), if there is one");
+ABSL_FLAG(bool, peer_replicas, true,
+          "keep each rank's last checkpoint in a buddy rank's memory, for a fast restore");
+ABSL_FLAG(absl::Duration, recover_timeout, absl::Seconds(60),
+          "after a failure, how long to wait for trident-run to give the dead rank's place to "
+          "a spare before giving up");
 
 namespace {
 
@@ -62,9 +75,17 @@ Rank 0 prints logfmt lines on stdout:
           loss: mean cross-entropy (nats) of the step's batch; val_loss: on the evaluation
           steps; comm_share: share of rank 0's step time not spent computing (waiting on
           tp/pp/dp communication)
+  checkpoint step=S stall_ms=X bytes=B       a save was snapshotted (the loop's stall)
+  checkpoint_committed step=S persist_ms=Y   ... and became durable (or checkpoint_failed)
+  resumed step=S from=DIR
+  recovery epoch=E dead_rank=R cause=C detect_ms=D recover_ms=M steps_redone=K source=peer|checkpoint
+          after a rank died or hung under `trident-run --spares`: a spare took its place,
+          every rank went back to the last committed checkpoint step (the spare's state
+          from its buddy's memory when it has that step, else from the checkpoint)
   done steps=N final_loss=L final_val_loss=V mean_tokens_per_s=T
-Exit status: 0 when all steps ran; 1 on an error (printed with the rank); 2 on bad usage.
-Without trident-run (no TRIDENT_WORLD_SIZE) it runs as one process (tp = pp = dp = 1).
+Exit status: 0 when all steps ran (or, for a spare, when it was not needed); 1 on an error
+(printed with the rank); 2 on bad usage. Without trident-run (no TRIDENT_WORLD_SIZE) it runs
+as one process (tp = pp = dp = 1).
 
 Flags (--flag=value or --flag value; dashes and underscores are the same):
 )";
@@ -93,6 +114,25 @@ void PrintHelp() {
   PrintFlag(FLAGS_data, 14);
   PrintFlag(FLAGS_threads, 14);
   PrintFlag(FLAGS_timeout, 14);
+  PrintFlag(FLAGS_ckpt_dir, 14);
+  PrintFlag(FLAGS_ckpt_every, 14);
+  PrintFlag(FLAGS_keep, 14);
+  PrintFlag(FLAGS_resume, 14);
+  PrintFlag(FLAGS_peer_replicas, 14);
+  PrintFlag(FLAGS_recover_timeout, 14);
+}
+
+// "SIGKILL", "SIGSTOP", "hang", "exit_3": the recovery line's cause from the agent's words.
+std::string ShortCause(const std::string& cause) {
+  if (absl::StrContains(cause, "stopped")) return "SIGSTOP";
+  if (absl::StrContains(cause, "declared dead")) return "hang";
+  if (const size_t open = cause.find("(SIG"); open != std::string::npos) {
+    return cause.substr(open + 1, cause.find(')', open) - open - 1);
+  }
+  if (const size_t at = cause.find("exited with status "); at != std::string::npos) {
+    return absl::StrCat("exit_", cause.substr(at + 19));
+  }
+  return "unknown";
 }
 
 [[noreturn]] void UsageError(absl::string_view message) {
@@ -140,75 +180,204 @@ int Main(int argc, char** argv) {
     UsageError("--tp, --pp and --dp must be at least 1");
   }
 
-  std::unique_ptr<trident::Communicator> world;
+  lm::CheckpointSettings ckpt;
+  ckpt.dir = absl::GetFlag(FLAGS_ckpt_dir);
+  ckpt.every = absl::GetFlag(FLAGS_ckpt_every);
+  ckpt.keep = absl::GetFlag(FLAGS_keep);
+  ckpt.peer_replicas = absl::GetFlag(FLAGS_peer_replicas);
+  const bool resume = absl::GetFlag(FLAGS_resume);
+  if (ckpt.every < 0 || ckpt.keep < 0) UsageError("--ckpt-every and --keep must be >= 0");
+  if ((ckpt.every > 0 || resume) && ckpt.dir.empty()) {
+    UsageError("--ckpt-every and --resume need --ckpt-dir");
+  }
+
+  // The world: from the runtime under trident-run (a spare blocks here until promoted),
+  // else one in-process rank.
+  std::unique_ptr<trident::Runtime> rt;
+  std::unique_ptr<trident::Communicator> local_world;
   if (std::getenv("TRIDENT_WORLD_SIZE") == nullptr) {
     trident::InprocCommOptions options;
     options.size = 1;
-    world = std::move(trident::NewInprocCommunicators(options)[0]);
+    local_world = std::move(trident::NewInprocCommunicators(options)[0]);
   } else {
-    trident::HostCommOptions options;
-    options.name = "world";
-    auto comm = trident::CreateHostCommunicator(options);
-    if (!comm.ok()) {
-      std::fprintf(stderr, "lm-trainer: cannot create the communicator: %s\n",
-                   comm.status().ToString().c_str());
+    trident::RuntimeOptions options;
+    options.timeout = config.timeout;
+    auto runtime = trident::Runtime::Init(options);
+    if (absl::IsCancelled(runtime.status())) {
+      std::fprintf(stderr, "lm-trainer: %s\n", std::string(runtime.status().message()).c_str());
+      return 0;
+    }
+    if (!runtime.ok()) {
+      std::fprintf(stderr, "lm-trainer: cannot start the runtime: %s\n",
+                   runtime.status().ToString().c_str());
       return 1;
     }
-    world = std::move(comm).value();
+    rt = std::move(runtime).value();
   }
-  const int rank = world->rank();
-  trident::InitLogging(absl::StrCat("rank ", rank));
-  if (config.tp * config.pp * config.dp != world->size()) {
+  auto world = [&]() -> trident::Communicator& { return rt ? rt->world() : *local_world; };
+  auto rank = [&] { return world().rank(); };
+  trident::InitLogging(absl::StrCat("rank ", rank()));
+  if (config.tp * config.pp * config.dp != world().size()) {
     UsageError(absl::StrFormat("tp x pp x dp = %d x %d x %d = %d, but the world has %d ranks",
                                config.tp, config.pp, config.dp,
-                               config.tp * config.pp * config.dp, world->size()));
+                               config.tp * config.pp * config.dp, world().size()));
   }
   int threads = absl::GetFlag(FLAGS_threads);
   if (threads <= 0) {
-    threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / world->size());
+    threads =
+        std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / world().size());
   }
   openblas_set_num_threads(threads);
 
   auto fail = [&](const absl::Status& status) {
-    std::fprintf(stderr, "lm-trainer: rank %d: %s\n", rank, status.ToString().c_str());
+    std::fprintf(stderr, "lm-trainer: rank %d: %s\n", rank(), status.ToString().c_str());
     return 1;
   };
-  auto trainer_or = lm::Trainer::Create(*world, config);
+  auto say = [&](const std::string& line) {  // rank 0's logfmt lines
+    if (rank() != 0) return;
+    std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+  };
+  auto trainer_or = lm::Trainer::Create(world(), config);
   if (!trainer_or.ok()) {
     if (absl::IsInvalidArgument(trainer_or.status())) UsageError(trainer_or.status().message());
     return fail(trainer_or.status());
   }
   lm::Trainer& trainer = **trainer_or;
-  if (rank == 0) {
-    std::printf("start %s world=%d vocab=%d threads=%d\n", lm::DescribeConfig(trainer.config()).c_str(),
-                world->size(), trainer.vocab_size(), threads);
-    std::fflush(stdout);
+  lm::EpochCheckpointer ckpt_engine;
+  // The communicators the runtime aborts when a rank fails: the trainer's and the engine's.
+  auto register_groups = [&] {
+    if (!rt) return;
+    std::vector<trident::Communicator*> groups = trainer.groups();
+    if (ckpt_engine.comm) groups.push_back(ckpt_engine.comm.get());
+    rt->SetGroups(groups);
+  };
+  auto start_checkpointer = [&](int64_t epoch) -> absl::Status {
+    if (ckpt.dir.empty()) return absl::OkStatus();
+    auto made = lm::MakeCheckpointer(world(), ckpt, trainer.config(), epoch);
+    if (!made.ok()) return made.status();
+    ckpt_engine = std::move(made).value();
+    return absl::OkStatus();
+  };
+  say(absl::StrFormat("start %s world=%d vocab=%d threads=%d", lm::DescribeConfig(trainer.config()),
+                      world().size(), trainer.vocab_size(), threads));
+
+  // Brings every rank of a new epoch to the last committed step; prints one line per dead rank.
+  auto restore = [&](const trident::Recovery& rec, bool fresh,
+                     std::shared_ptr<const trident::PeerReplica> held) -> absl::Status {
+    if (absl::Status s = start_checkpointer(rec.epoch); !s.ok()) return s;
+    register_groups();
+    auto report = lm::RestoreAfterFailure(world(), trainer, ckpt.dir, fresh, std::move(held));
+    if (!report.ok()) return report.status();
+    const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+    for (const trident::FailedRank& f : rec.failed) {
+      say(absl::StrFormat("recovery epoch=%d dead_rank=%d cause=%s detect_ms=%d recover_ms=%d "
+                          "steps_redone=%d source=%s resume_step=%d",
+                          rec.epoch, f.rank, ShortCause(f.cause),
+                          f.verdict_unix_ms - f.last_seen_unix_ms, now_ms - f.verdict_unix_ms,
+                          report->steps_redone, report->source, report->step + 1));
+    }
+    return absl::OkStatus();
+  };
+  // After a failed step: the next epoch, the trainer rebound, the state restored. Retries
+  // when another rank dies during the recovery itself.
+  auto recover = [&](absl::Status cause) -> absl::Status {
+    if (!rt) return cause;
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      std::shared_ptr<const trident::PeerReplica> held =
+          ckpt_engine.engine ? ckpt_engine.engine->HeldReplica() : nullptr;
+      auto rec = rt->Recover(cause, absl::Now() + absl::GetFlag(FLAGS_recover_timeout));
+      if (!rec.ok()) return rec.status();
+      rt->SetGroups({});
+      ckpt_engine = {};  // the old epoch's engine: its communicator is aborted
+      absl::Status s = trainer.Rebuild(world());
+      if (s.ok()) s = restore(*rec, false, std::move(held));
+      if (s.ok()) return s;
+      cause = s;
+    }
+    return absl::AbortedError(absl::StrCat("gave up after 8 recoveries in a row: ", cause.ToString()));
+  };
+
+  absl::Status started = start_checkpointer(rt ? rt->epoch() : 1);
+  if (started.ok() && rt && rt->promoted()) {
+    started = restore(rt->promotion(), /*fresh=*/true, nullptr);
+  } else if (started.ok()) {
+    register_groups();
+    if (resume) {
+      auto step = lm::ResumeFromCheckpoint(ckpt.dir, trainer);
+      if (!step.ok()) return fail(step.status());
+      if (*step > 0) say(absl::StrFormat("resumed step=%d from=%s", *step, ckpt.dir));
+    }
   }
+  if (!started.ok()) {
+    // A promoted spare whose restore was cut short by another failure recovers like the rest.
+    if (!rt || !rt->promoted()) return fail(started);
+    if (absl::Status s = recover(started); !s.ok()) return fail(s);
+  }
+
   double loss = NAN, val_loss = NAN, tokens = 0, seconds = 0;
-  for (int i = 1; i <= steps; ++i) {
+  int64_t reported_save = 0;
+  auto report_saves = [&](bool wait) {
+    if (!ckpt_engine.engine) return;
+    std::shared_ptr<trident::CheckpointSave> last = ckpt_engine.engine->LastSave();
+    if (!last || last->step() <= reported_save) return;
+    if (wait) last->Wait(absl::Now() + absl::Seconds(120)).IgnoreError();  // status read below
+    if (!last->IsCompleted()) return;
+    reported_save = last->step();
+    trident::SaveStats st = last->stats();
+    if (last->status().ok()) {
+      say(absl::StrFormat("checkpoint_committed step=%d persist_ms=%.1f", st.step,
+                          st.persist_seconds * 1e3));
+    } else {
+      say(absl::StrFormat("checkpoint_failed step=%d error=\"%s\"", st.step,
+                          last->status().ToString()));
+    }
+  };
+  // One step, its evaluation and its checkpoint; any error is a failure to recover from.
+  auto run_step = [&]() -> absl::Status {
     auto st = trainer.Step();
-    if (!st.ok()) return fail(st.status());
+    if (!st.ok()) return st.status();
+    const int64_t i = st->step;
     loss = st->loss;
     tokens += config.batch;
     seconds += st->step_ms / 1e3;
     std::string val;
     if (i == 1 || i % eval_every == 0 || i == steps) {
       auto v = trainer.Evaluate();
-      if (!v.ok()) return fail(v.status());
+      if (!v.ok()) return v.status();
       val_loss = *v;
       val = absl::StrFormat(" val_loss=%.6f", val_loss);
     }
-    if (rank == 0) {
-      std::printf("step=%d loss=%.6f%s tokens_per_s=%.0f step_ms=%.2f comm_share=%.3f\n", i,
-                  st->loss, val.c_str(), st->tokens_per_s, st->step_ms,
-                  st->step_ms > 0 ? std::max(0.0, 1.0 - st->compute_ms / st->step_ms) : 0.0);
-      std::fflush(stdout);
+    say(absl::StrFormat("step=%d loss=%.6f%s tokens_per_s=%.0f step_ms=%.2f comm_share=%.3f", i,
+                        st->loss, val, st->tokens_per_s, st->step_ms,
+                        st->step_ms > 0 ? std::max(0.0, 1.0 - st->compute_ms / st->step_ms) : 0.0));
+    report_saves(false);
+    if (ckpt_engine.engine && ckpt.every > 0 && i % ckpt.every == 0) {
+      const absl::Time t0 = absl::Now();
+      auto save = ckpt_engine.engine->Save(i, trainer.CheckpointState());
+      if (!save.ok()) {
+        // The engine's communicator was aborted (a failure): recover; else log and go on.
+        if (absl::IsFailedPrecondition(save.status()) || absl::IsAborted(save.status())) {
+          return save.status();
+        }
+        say(absl::StrFormat("checkpoint_failed step=%d error=\"%s\"", i, save.status().ToString()));
+      } else {
+        say(absl::StrFormat("checkpoint step=%d stall_ms=%.2f bytes=%d", i,
+                            absl::ToDoubleMilliseconds(absl::Now() - t0),
+                            (*save)->stats().staged_bytes));
+      }
     }
+    return absl::OkStatus();
+  };
+  while (trainer.step() < steps) {
+    absl::Status s = run_step();
+    if (s.ok()) continue;
+    if (absl::Status r = recover(s); !r.ok()) return fail(r);
   }
-  if (rank == 0) {
-    std::printf("done steps=%d final_loss=%.6f final_val_loss=%.6f mean_tokens_per_s=%.0f\n",
-                steps, loss, val_loss, tokens / seconds);
-  }
+  report_saves(true);
+  say(absl::StrFormat("done steps=%d final_loss=%.6f final_val_loss=%.6f mean_tokens_per_s=%.0f",
+                      steps, loss, val_loss, seconds > 0 ? tokens / seconds : 0.0));
+  if (rt) rt->Finish();
   return 0;
 }
 

@@ -10,6 +10,7 @@
 #include "common/check.h"
 #include "common/status_macros.h"
 #include "corpus.h"
+#include "trident/checkpoint.h"
 #include "trident/parallel/data_parallel.h"
 #include "trident/parallel/mesh.h"
 #include "trident/parallel/pipeline_executor.h"
@@ -240,7 +241,8 @@ absl::StatusOr<StepStats> Trainer::RunStep() {
   const auto start = Clock::now();
   const int64_t tp_ns_before = s.tp_comm_ns();
   int64_t compute_ns = 0;
-  ++step_;
+  const int64_t step = step_ + 1;
+  dirty_ = true;  // from here until success, parameters and moments may be half-updated
   for (Param* p : s.params) std::fill(p->grad.begin(), p->grad.end(), 0.0f);
   std::fill(s.weight_passes.begin(), s.weight_passes.end(), 0);
 
@@ -255,7 +257,7 @@ absl::StatusOr<StepStats> Trainer::RunStep() {
     const int64_t first = static_cast<int64_t>(s.coord.dp) * local_batch +
                           static_cast<int64_t>(mb) * mb_size;
     for (int j = 0; j < mb_size; ++j) {
-      const int64_t pos = s.corpus.TrainPosition(c.model.seed, step_, first + j);
+      const int64_t pos = s.corpus.TrainPosition(c.model.seed, step, first + j);
       std::copy(s.corpus.ContextAt(pos), s.corpus.ContextAt(pos) + context,
                 tokens.begin() + static_cast<size_t>(j) * context);
       targets[j] = static_cast<uint8_t>(s.corpus.TargetAt(pos));
@@ -307,7 +309,7 @@ absl::StatusOr<StepStats> Trainer::RunStep() {
                                           .timeout = c.timeout};
   RETURN_IF_ERROR(trident::pipeline::RunSchedule(exec, callbacks));
 
-  const int64_t t = step_;
+  const int64_t t = step;
   const float lr = c.lr;
   const absl::Time deadline =
       c.timeout > absl::ZeroDuration() ? absl::Now() + 2 * c.timeout : absl::InfiniteFuture();
@@ -341,13 +343,131 @@ absl::StatusOr<StepStats> Trainer::RunStep() {
                                    {.timeout = c.timeout})
                       ->Wait());
   StepStats st;
-  st.step = step_;
+  step_ = step;
+  dirty_ = false;
+  st.step = step;
   st.loss = reduced / c.batch;
   st.step_ms = static_cast<double>(NanosSince(start)) / 1e6;
   st.compute_ms =
       static_cast<double>(compute_ns - (s.tp_comm_ns() - tp_ns_before)) / 1e6;
   st.tokens_per_s = c.batch / (st.step_ms / 1e3);
   return st;
+}
+
+namespace {
+
+// "adam_m/block0.w1"
+std::string MomentName(const char* which, const Param& p) {
+  return absl::StrCat("adam_", which, "/", p.name);
+}
+
+}  // namespace
+
+trident::TensorPlacement Trainer::PlacementOf(const Param& p) const {
+  const State& s = *state_;
+  trident::TensorPlacement place;
+  place.global_shape.assign(p.global_shape.begin(), p.global_shape.end());
+  place.offset.assign(p.offset.begin(), p.offset.end());
+  // Replicated over dp always; over tp too unless the tensor is split there.
+  place.replica_count = p.tp_replicated ? config_.tp * config_.dp : config_.dp;
+  place.replica_index = p.tp_replicated ? s.coord.tp + config_.tp * s.coord.dp : s.coord.dp;
+  return place;
+}
+
+std::string Trainer::Zero1Name(const char* which) const {
+  return absl::StrCat("zero1_adam_", which, "/pp", state_->coord.pp, ".tp", state_->coord.tp);
+}
+
+trident::CheckpointState Trainer::CheckpointState() {
+  State& s = *state_;
+  trident::CheckpointState out;
+  for (Param* p : s.params) {
+    Tensor::Shape shape(p->shape.begin(), p->shape.end());
+    out.tensors.push_back({p->name, Tensor(p->value.data(), trident::DType::kF32, shape),
+                           PlacementOf(*p)});
+    if (!s.zero1) {
+      // The moments, in the parameters' shape and place, so that any layout can load them.
+      const size_t offset = MomentOffset(*p);
+      for (auto [which, moments] : {std::pair{"m", &s.adam_m}, std::pair{"v", &s.adam_v}}) {
+        out.tensors.push_back({MomentName(which, *p),
+                               Tensor(moments->data() + offset, trident::DType::kF32, shape),
+                               PlacementOf(*p)});
+      }
+    }
+  }
+  if (s.zero1) {
+    // ZeRO-1 moments: this rank's slice of the flat vector of its (pp stage, tp rank). Loads
+    // at any dp; the flat order depends on tp and pp, so those must match.
+    const auto flat = static_cast<int64_t>(s.zero1->flat_size());
+    const auto off = static_cast<int64_t>(s.zero1->shard_offset());
+    const int64_t n = std::clamp<int64_t>(flat - off, 0, static_cast<int64_t>(s.zero1->shard_size()));
+    if (n > 0) {
+      for (auto [which, moments] : {std::pair{"m", &s.adam_m}, std::pair{"v", &s.adam_v}}) {
+        trident::TensorPlacement place;
+        place.global_shape = {flat};
+        place.offset = {off};
+        out.tensors.push_back({Zero1Name(which), Tensor::Of(moments->data(), n), place});
+      }
+    }
+  }
+  out.metadata = absl::StrCat("step=", step_, " zero1=", config_.zero1 ? 1 : 0, " layout=tp", config_.tp,
+                              ".pp", config_.pp, ".dp", config_.dp);
+  return out;
+}
+
+std::vector<trident::TensorRequest> Trainer::RestoreRequests() {
+  State& s = *state_;
+  std::vector<trident::TensorRequest> out;
+  auto request = [](std::string name, float* data, const Param& p) {
+    trident::TensorRequest r;
+    r.name = std::move(name);
+    r.tensor = Tensor(data, trident::DType::kF32, Tensor::Shape(p.shape.begin(), p.shape.end()));
+    r.offset.assign(p.offset.begin(), p.offset.end());
+    r.global_shape.assign(p.global_shape.begin(), p.global_shape.end());
+    return r;
+  };
+  for (Param* p : s.params) {
+    out.push_back(request(p->name, p->value.data(), *p));
+    if (!s.zero1) {
+      const size_t offset = MomentOffset(*p);
+      out.push_back(request(MomentName("m", *p), s.adam_m.data() + offset, *p));
+      out.push_back(request(MomentName("v", *p), s.adam_v.data() + offset, *p));
+    }
+  }
+  if (s.zero1) {
+    const auto flat = static_cast<int64_t>(s.zero1->flat_size());
+    const auto off = static_cast<int64_t>(s.zero1->shard_offset());
+    const int64_t n = std::clamp<int64_t>(flat - off, 0, static_cast<int64_t>(s.zero1->shard_size()));
+    std::fill(s.adam_m.begin(), s.adam_m.end(), 0.0f);  // the padding stays zero
+    std::fill(s.adam_v.begin(), s.adam_v.end(), 0.0f);
+    if (n > 0) {
+      for (auto [which, moments] : {std::pair{"m", &s.adam_m}, std::pair{"v", &s.adam_v}}) {
+        trident::TensorRequest r;
+        r.name = Zero1Name(which);
+        r.tensor = Tensor::Of(moments->data(), n);
+        r.offset = {off};
+        r.global_shape = {flat};
+        out.push_back(std::move(r));
+      }
+    }
+  }
+  return out;
+}
+
+void Trainer::SetRestoredStep(int64_t step) {
+  step_ = step;
+  dirty_ = false;
+  state_->failed = false;
+}
+
+size_t Trainer::MomentOffset(const Param& p) const {
+  size_t offset = 0;
+  for (const Param* q : state_->params) {
+    if (q == &p) return offset;
+    offset += q->value.size();
+  }
+  TRIDENT_CHECK(false) << "parameter " << p.name << " is not this trainer's";
+  return 0;
 }
 
 absl::StatusOr<double> Trainer::Evaluate() {

@@ -23,6 +23,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "model.h"
+#include "trident/checkpoint.h"
 #include "trident/communicator.h"
 #include "trident/parallel/pipeline.h"
 
@@ -73,7 +74,19 @@ class Trainer {
   // The tp, pp and dp communicators of the current world (for Runtime::SetGroups).
   std::vector<trident::Communicator*> groups();
 
+  // Checkpointing: every parameter and Adam moment this rank holds, with its place in the
+  // global tensor (so that another layout can load it), and "step=S ..." as metadata. The
+  // tensors point into the trainer: valid until the next Step.
+  trident::CheckpointState CheckpointState();
+  // Requests that fill this rank's parameters and moments (from LoadCheckpoint or a peer
+  // replica); once they are filled, SetRestoredStep(the state's step).
+  std::vector<trident::TensorRequest> RestoreRequests();
+  void SetRestoredStep(int64_t step);
+
+  // Completed steps. dirty(): a step failed after it may have changed parameters or moments,
+  // so the state is not that of step(); restore before going on.
   int64_t step() const { return step_; }
+  bool dirty() const { return dirty_; }
   const TrainerConfig& config() const { return config_; }
   int vocab_size() const { return config_.model.vocab; }
 
@@ -84,10 +97,14 @@ class Trainer {
   absl::Status BindGroups();
   absl::StatusOr<StepStats> RunStep();
   absl::Status Fail(absl::Status status);
+  trident::TensorPlacement PlacementOf(const Param& p) const;
+  std::string Zero1Name(const char* which) const;
+  size_t MomentOffset(const Param& p) const;
 
   trident::Communicator* world_;
   TrainerConfig config_;
   int64_t step_ = 0;
+  bool dirty_ = false;
   std::unique_ptr<State> state_;
 };
 

@@ -63,6 +63,9 @@ struct FailedRank {
   int rank = -1;
   std::string member;  // the process that held it: "w3", "s0"
   std::string cause;   // "killed by signal 9 (SIGKILL)", "no heartbeat for 1s; stopped"
+  // The agent's clock, Unix ms: its last sign of life (exit or last heartbeat), the verdict.
+  int64_t last_seen_unix_ms = 0;
+  int64_t verdict_unix_ms = 0;
 };
 
 // What one Recover did.
@@ -90,6 +93,8 @@ class Runtime {
   const std::string& member() const { return member_; }
   // This process started as a spare and holds a dead rank's slot: its state must be restored.
   bool promoted() const { return promoted_; }
+  // For a promoted spare: the recovery that promoted it (epoch, the ranks replaced).
+  const Recovery& promotion() const { return promotion_; }
 
   // Communicators split from world() (mesh groups) that must be aborted with it. Replaces
   // the previous set; call SetGroups({}) before destroying them.
@@ -121,6 +126,7 @@ class Runtime {
   int64_t epoch_ = 1;
   std::string member_;
   bool promoted_ = false;
+  Recovery promotion_;
 };
 
 }  // namespace trident

@@ -58,7 +58,7 @@ std::vector<FailureDetector::Verdict> FailureDetector::Check(absl::Time now,
     }
     if (confirmed.has_value()) {
       e.state = State::kDead;
-      verdicts.push_back({member, absl::StrCat(e.reason, "; ", *confirmed)});
+      verdicts.push_back({member, absl::StrCat(e.reason, "; ", *confirmed), e.last_beat});
     }
   }
   return verdicts;

@@ -40,6 +40,7 @@ class FailureDetector {
   struct Verdict {
     std::string member;
     std::string cause;  // "no heartbeat for 1.05s; process stopped (SIGSTOP?)"
+    absl::Time last_beat;  // the last sign of life
   };
   // Returns a reason when the caller can confirm that `member` is dead or hung.
   using ConfirmFn = std::function<std::optional<std::string>(const std::string& member)>;

@@ -42,7 +42,11 @@ std::string Membership::ToJson() const {
   j["ranks"] = ranks;
   j["failures"] = nlohmann::json::array();
   for (const Failure& f : failures) {
-    j["failures"].push_back({{"rank", f.rank}, {"member", f.member}, {"cause", f.cause}});
+    j["failures"].push_back({{"rank", f.rank},
+                             {"member", f.member},
+                             {"cause", f.cause},
+                             {"last_seen_unix_ms", f.last_seen_unix_ms},
+                             {"verdict_unix_ms", f.verdict_unix_ms}});
   }
   return j.dump();
 }
@@ -58,7 +62,9 @@ absl::StatusOr<Membership> Membership::FromJson(absl::string_view json) {
     m.ranks = j.at("ranks").get<std::vector<std::string>>();
     for (const auto& f : j.value("failures", nlohmann::json::array())) {
       m.failures.push_back({f.at("rank").get<int>(), f.at("member").get<std::string>(),
-                            f.at("cause").get<std::string>()});
+                            f.at("cause").get<std::string>(),
+                            f.value("last_seen_unix_ms", int64_t{0}),
+                            f.value("verdict_unix_ms", int64_t{0})});
     }
     return m;
   } catch (const nlohmann::json::exception& e) {

@@ -49,6 +49,10 @@ struct Failure {
   int rank = -1;
   std::string member;
   std::string cause;  // "killed by signal 9 (SIGKILL)", "no heartbeat for 1.1s; stopped"
+  // When the agent last saw it alive (its exit, or its last heartbeat) and gave the verdict,
+  // in Unix milliseconds of the agent's clock.
+  int64_t last_seen_unix_ms = 0;
+  int64_t verdict_unix_ms = 0;
 };
 
 struct Membership {

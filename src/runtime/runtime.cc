@@ -159,6 +159,13 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Init(RuntimeOptions options) {
       if (rank >= 0) {
         rt->rank_ = rank;
         rt->promoted_ = true;
+        rt->promotion_ = Recovery{};
+        rt->promotion_.old_epoch = m.epoch - 1;
+        rt->promotion_.epoch = m.epoch;
+        for (const health::Failure& f : m.failures) {
+          rt->promotion_.failed.push_back(
+              {f.rank, f.member, f.cause, f.last_seen_unix_ms, f.verdict_unix_ms});
+        }
         InitLogging(absl::StrCat("rank ", rank));
         spdlog::info("spare {} promoted to rank {} in epoch {}, replacing {}", options.member,
                      rank, m.epoch, m.DescribeFailures());
@@ -241,7 +248,9 @@ absl::StatusOr<Recovery> Runtime::Recover(const absl::Status& cause, absl::Time 
             return health::Membership::FromJson(json);
           }();
       RETURN_IF_ERROR(em.status());
-      for (const health::Failure& f : em->failures) r.failed.push_back({f.rank, f.member, f.cause});
+      for (const health::Failure& f : em->failures) {
+        r.failed.push_back({f.rank, f.member, f.cause, f.last_seen_unix_ms, f.verdict_unix_ms});
+      }
     }
     const int rank = m->RankOf(member_);
     if (rank < 0) {

@@ -299,7 +299,7 @@ void Launcher::OnChildExit(Child& child, int wait_status) {
   OnMemberDeath(child, cause);
 }
 
-void Launcher::OnMemberDeath(Child& child, const std::string& cause) {
+void Launcher::OnMemberDeath(Child& child, const std::string& cause, absl::Time last_seen) {
   detector_.Forget(child.member);
   if (child.rank < 0) {
     ready_spares_.erase(std::remove(ready_spares_.begin(), ready_spares_.end(), child.member),
@@ -319,7 +319,9 @@ void Launcher::OnMemberDeath(Child& child, const std::string& cause) {
     if (someone_finished) {
       Message("cannot replace it: other ranks have already finished");
     } else if (Store* s = store(); s != nullptr) {
-      std::vector<health::Failure> failures = {{child.rank, child.member, cause}};
+      std::vector<health::Failure> failures = {{child.rank, child.member, cause,
+                                                absl::ToUnixMillis(last_seen),
+                                                absl::ToUnixMillis(absl::Now())}};
       absl::StatusOr<health::Membership> next = health::PublishNextEpoch(
           *s, membership_, failures, ready_spares_, DeadlineIn(kStoreCallTimeout));
       if (next.ok()) {
@@ -406,7 +408,7 @@ void Launcher::PollHealth() {
     // A hung process must not come back to life in the new epoch: kill it first.
     if (::kill(-child->pid, SIGKILL) != 0) ::kill(child->pid, SIGKILL);
     child->handled = true;
-    OnMemberDeath(*child, absl::StrCat("declared dead: ", v.cause, "; killed"));
+    OnMemberDeath(*child, absl::StrCat("declared dead: ", v.cause, "; killed"), v.last_beat);
   }
 }
 

@@ -77,7 +77,8 @@ class Launcher {
   void OnChildExit(Child& child, int wait_status);
   // A member died (exit, signal, or declared dead): replace it with a spare under a new
   // epoch, or fail the job.
-  void OnMemberDeath(Child& child, const std::string& cause);
+  void OnMemberDeath(Child& child, const std::string& cause,
+                     absl::Time last_seen = absl::Now());
   // Heartbeats, spare readiness and the detector's verdicts; every health_poll_.
   void PollHealth();
   // Reads /proc: a reason when the process of `member` is stopped or gone.
