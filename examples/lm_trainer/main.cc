@@ -293,15 +293,17 @@ int Main(int argc, char** argv) {
       absl::Status s = trainer.Rebuild(world());
       if (s.ok()) s = restore(*rec, false, std::move(held));
       if (s.ok()) return s;
+      spdlog::warn("recovery into epoch {} failed: {}; waiting for the next epoch", rec->epoch,
+                   s.ToString());
       cause = s;
     }
     return absl::AbortedError(absl::StrCat("gave up after 8 recoveries in a row: ", cause.ToString()));
   };
 
-  absl::Status started = start_checkpointer(rt ? rt->epoch() : 1);
-  if (started.ok() && rt && rt->promoted()) {
-    started = restore(rt->promotion(), /*fresh=*/true, nullptr);
-  } else if (started.ok()) {
+  absl::Status started;
+  if (rt && rt->promoted()) {
+    started = restore(rt->promotion(), /*fresh=*/true, nullptr);  // starts the checkpointer
+  } else if (started = start_checkpointer(rt ? rt->epoch() : 1); started.ok()) {
     register_groups();
     if (resume) {
       auto step = lm::ResumeFromCheckpoint(ckpt.dir, trainer);
@@ -312,6 +314,8 @@ int Main(int argc, char** argv) {
   if (!started.ok()) {
     // A promoted spare whose restore was cut short by another failure recovers like the rest.
     if (!rt || !rt->promoted()) return fail(started);
+    spdlog::warn("restoring the promoted spare failed: {}; waiting for the next epoch",
+                 started.ToString());
     if (absl::Status s = recover(started); !s.ok()) return fail(s);
   }
 
