@@ -288,10 +288,18 @@ int Main(int argc, char** argv) {
           ckpt_engine.engine ? ckpt_engine.engine->HeldReplica() : nullptr;
       auto rec = rt->Recover(cause, absl::Now() + absl::GetFlag(FLAGS_recover_timeout));
       if (!rec.ok()) return rec.status();
+      const absl::Time t0 = absl::Now();
       rt->SetGroups({});
       ckpt_engine = {};  // the old epoch's engine: its communicator is aborted
+      const absl::Time t1 = absl::Now();
       absl::Status s = trainer.Rebuild(world());
+      const absl::Time t2 = absl::Now();
       if (s.ok()) s = restore(*rec, false, std::move(held));
+      spdlog::info("recovery into epoch {}: waited {} for the epoch, built the world in {}; "
+                   "old engine {}, rebuild {}, restore {}",
+                   rec->epoch, absl::FormatDuration(rec->wait),
+                   absl::FormatDuration(rec->rebuild), absl::FormatDuration(t1 - t0),
+                   absl::FormatDuration(t2 - t1), absl::FormatDuration(absl::Now() - t2));
       if (s.ok()) return s;
       spdlog::warn("recovery into epoch {} failed: {}; waiting for the next epoch", rec->epoch,
                    s.ToString());

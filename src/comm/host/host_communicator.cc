@@ -414,8 +414,11 @@ absl::Status HostCommunicator::Health() {
 absl::Status HostCommunicator::ExplainPeerFailure(const absl::Status& transport_error) {
   // The transport often notices a dead peer (connection reset, CQ error) a moment before
   // trident-run has recorded why it died; wait briefly for the cause, which says more.
+  // An abort of this communicator (Abort: its caller, e.g. the runtime, knows the cause) is
+  // explained already.
   if (transport_error.code() != absl::StatusCode::kAborted ||
-      absl::StrContains(transport_error.message(), "reported by trident-run")) {
+      absl::StrContains(transport_error.message(), "reported by trident-run") ||
+      aborted_.load(std::memory_order_acquire)) {
     return transport_error;
   }
   const absl::Time give_up = DeadlineIn(absl::Seconds(1));

@@ -492,9 +492,18 @@ FabricTransport::~FabricTransport() {
     for (Op* op : std::vector<Op*>(ops_.begin(), ops_.end())) {
       if (ops_.contains(op)) BeginCancelLocked(op, reason);
     }
-    // Wait (bounded) for libfabric to hand back the cancelled parts.
+    // Wait (bounded) for libfabric to hand back the cancelled parts; not for the shm sends
+    // abandoned at Cancel, which shm never returns (see Cancel).
+    auto must_wait = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      for (Op* op : ops_) {
+        if (!(op->kind == OpKind::kSend && op->request == nullptr && prov_name_ == "shm")) {
+          return true;
+        }
+      }
+      return false;
+    };
     Backoff backoff;
-    while (!ops_.empty() && absl::Now() < deadline) {
+    while (must_wait() && absl::Now() < deadline) {
       size_t before = ops_.size();
       if (!ReadCqLocked().ok()) break;
       if (ops_.size() < before) {
@@ -1051,6 +1060,20 @@ void FabricTransport::Cancel(TransportRequest* request, const absl::Status& reas
     TRIDENT_CHECK(op != nullptr && ops_.contains(op))
         << "fabric: Cancel of a request that this transport does not hold";
     BeginCancelLocked(op, reason);
+    if (request->IsDone()) return;
+    // shm never returns a send whose receiver is gone (or will not receive), and it never
+    // touches a send buffer from this process after the post: our parts are either at most
+    // 4 KiB (copied into shared memory at the post) or large, which the receiver copies out
+    // with process_vm_readv (CMA). So the request can complete now; the Op stays until
+    // libfabric returns its parts or the transport closes. (Were CMA unavailable, shm would
+    // copy large sends in pieces during our progress calls; the pieces would come from
+    // memory the caller may have reused, which only the abandoned receiver can see.)
+    if (op->kind == OpKind::kSend && prov_name_ == "shm") {
+      spdlog::debug("fabric: rank {}: send to rank {} (tag {}) abandoned at cancel", rank_,
+                    op->peer, op->tag);
+      AbandonLocked(op, reason);
+      return;
+    }
   }
   Backoff backoff;
   for (;;) {
