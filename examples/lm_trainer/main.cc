@@ -3,6 +3,7 @@
 //
 //   trident-run --nproc 8 -- lm-trainer --tp 2 --pp 2 --dp 2 --steps 200
 #include <cblas.h>
+#include <signal.h>
 
 #include <cmath>
 #include <cstdio>
@@ -15,6 +16,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
@@ -55,6 +58,10 @@ ABSL_FLAG(bool, resume, false,
           "start from the latest checkpoint in --ckpt-dir (any tp/pp/dp layout), if there is one");
 ABSL_FLAG(bool, peer_replicas, true,
           "keep each rank's last checkpoint in a buddy rank's memory, for a fast restore");
+ABSL_FLAG(std::string, inject_fault, "",
+          "for tests: MEMBER:WHEN:SIGNAL[,...]; the process of MEMBER (w3, s0, ...) raises "
+          "SIGNAL (KILL, STOP, SEGV, ...) at the start of step WHEN, or with WHEN=recovery "
+          "as soon as the next recovery has built its world");
 ABSL_FLAG(absl::Duration, recover_timeout, absl::Seconds(60),
           "after a failure, how long to wait for trident-run to give the dead rank's place to "
           "a spare before giving up");
@@ -120,6 +127,37 @@ void PrintHelp() {
   PrintFlag(FLAGS_resume, 14);
   PrintFlag(FLAGS_peer_replicas, 14);
   PrintFlag(FLAGS_recover_timeout, 14);
+  PrintFlag(FLAGS_inject_fault, 14);
+}
+
+// --inject-fault: raise a signal in one member at a chosen point.
+struct Fault {
+  std::string member;
+  int64_t step = -1;  // -1: during the next recovery
+  int signal = 0;
+};
+
+absl::StatusOr<std::vector<Fault>> ParseFaults(const std::string& spec) {
+  std::vector<Fault> out;
+  for (absl::string_view item : absl::StrSplit(spec, ',', absl::SkipEmpty())) {
+    std::vector<std::string> parts = absl::StrSplit(item, ':');
+    Fault f;
+    const std::string bad = absl::StrCat("--inject-fault: '", item,
+                                         "' is not MEMBER:STEP:SIGNAL or MEMBER:recovery:SIGNAL");
+    if (parts.size() != 3) return absl::InvalidArgumentError(bad);
+    f.member = parts[0];
+    if (parts[1] != "recovery" && (!absl::SimpleAtoi(parts[1], &f.step) || f.step < 1)) {
+      return absl::InvalidArgumentError(bad);
+    }
+    for (auto [name, sig] : {std::pair{"KILL", SIGKILL}, std::pair{"STOP", SIGSTOP},
+                             std::pair{"SEGV", SIGSEGV}, std::pair{"TERM", SIGTERM},
+                             std::pair{"ABRT", SIGABRT}}) {
+      if (parts[2] == name) f.signal = sig;
+    }
+    if (f.signal == 0) return absl::InvalidArgumentError(bad);
+    out.push_back(f);
+  }
+  return out;
 }
 
 // "SIGKILL", "SIGSTOP", "hang", "exit_3": the recovery line's cause from the agent's words.
@@ -186,6 +224,8 @@ int Main(int argc, char** argv) {
   ckpt.keep = absl::GetFlag(FLAGS_keep);
   ckpt.peer_replicas = absl::GetFlag(FLAGS_peer_replicas);
   const bool resume = absl::GetFlag(FLAGS_resume);
+  auto faults = ParseFaults(absl::GetFlag(FLAGS_inject_fault));
+  if (!faults.ok()) UsageError(faults.status().message());
   if (ckpt.every < 0 || ckpt.keep < 0) UsageError("--ckpt-every and --keep must be >= 0");
   if ((ckpt.every > 0 || resume) && ckpt.dir.empty()) {
     UsageError("--ckpt-every and --resume need --ckpt-dir");
@@ -229,6 +269,16 @@ int Main(int argc, char** argv) {
   }
   openblas_set_num_threads(threads);
 
+  auto maybe_fault = [&](int64_t when) {
+    if (!rt) return;
+    for (const Fault& f : *faults) {
+      if (f.member == rt->member() && f.step == when) {
+        spdlog::warn("injecting signal {} into {} ({})", f.signal, f.member,
+                     when < 0 ? std::string("recovery") : absl::StrCat("step ", when));
+        raise(f.signal);
+      }
+    }
+  };
   auto fail = [&](const absl::Status& status) {
     std::fprintf(stderr, "lm-trainer: rank %d: %s\n", rank(), status.ToString().c_str());
     return 1;
@@ -288,6 +338,7 @@ int Main(int argc, char** argv) {
           ckpt_engine.engine ? ckpt_engine.engine->HeldReplica() : nullptr;
       auto rec = rt->Recover(cause, absl::Now() + absl::GetFlag(FLAGS_recover_timeout));
       if (!rec.ok()) return rec.status();
+      maybe_fault(-1);
       const absl::Time t0 = absl::Now();
       rt->SetGroups({});
       ckpt_engine = {};  // the old epoch's engine: its communicator is aborted
@@ -347,6 +398,7 @@ int Main(int argc, char** argv) {
   };
   // One step, its evaluation and its checkpoint; any error is a failure to recover from.
   auto run_step = [&]() -> absl::Status {
+    maybe_fault(trainer.step() + 1);
     auto st = trainer.Step();
     if (!st.ok()) return st.status();
     const int64_t i = st->step;
