@@ -96,6 +96,9 @@ struct CheckpointOptions {
   // larger one streams through the budget: Save returns when its last byte is staged, having
   // waited for earlier bytes to be written. 0: TRIDENT_CKPT_MEMORY_BUDGET_MB.
   size_t memory_budget_bytes = 0;
+  // Staging to allocate and fault in at Create (capped by the budget), e.g. the state's size:
+  // otherwise the first Save pays for it (fresh pages cost about 1 GB/s to touch on a VM).
+  size_t reserve_bytes = 0;
   // Threads (the caller's included) that copy a snapshot; 0: TRIDENT_CKPT_THREADS.
   int copy_threads = 0;
   // Write shard files with O_DIRECT where the file system allows it (falls back to buffered
@@ -126,6 +129,7 @@ struct SaveStats {
   double snapshot_seconds = 0;  // time Save spent copying (and waiting for budget)
   double persist_seconds = 0;   // from Save's return to the end of the commit
   int64_t staged_bytes = 0;     // copied by this rank
+  int64_t staging_bytes = 0;    // the staging memory this engine holds (never over the budget)
   int64_t written_bytes = 0;    // written by this rank into its shard file (data only)
   bool streamed = false;        // the state did not fit the budget
   // The peer-replica exchange after the commit: OK when sent and received, kUnavailable

@@ -81,8 +81,10 @@ class SaveHandle : public CheckpointSave {
     return stats_;
   }
 
-  void SetSnapshot(double seconds, int64_t staged, int64_t written, bool streamed) {
+  void SetSnapshot(double seconds, int64_t staged, int64_t written, bool streamed,
+                   int64_t staging) {
     absl::MutexLock lock(&mu_);
+    stats_.staging_bytes = staging;
     stats_.snapshot_seconds = seconds;
     stats_.staged_bytes = staged;
     stats_.written_bytes = written;
@@ -160,6 +162,12 @@ class Engine : public CheckpointEngine {
         buddy_(buddy),
         source_(source),
         copier_(threads) {
+    if (options_.reserve_bytes > 0) {
+      arena_size_ = std::min(RoundUp(options_.reserve_bytes, kHugePage),
+                             budget_ / kHugePage * kHugePage);
+      arena_ = AllocateHostMemory(arena_size_);
+      std::memset(arena_.get(), 0, arena_size_);
+    }
     persist_ = std::thread([this] {
       pthread_setname_np(pthread_self(), "trident-ckpt");
       PersistLoop();
@@ -325,10 +333,11 @@ absl::StatusOr<std::shared_ptr<Job>> Engine::Plan(int64_t step, const Checkpoint
     for (const Piece& o : st.others) other_bytes += o.bytes;
   }
   job->written_bytes = pos;
+  // The arena is whole huge pages; it never exceeds the budget.
   const uint64_t head = RoundUp(pos, kDirectIoAlignment);
-  job->stage_others = buddy_ >= 0 && head + other_bytes <= budget_;
+  job->stage_others = buddy_ >= 0 && RoundUp(head + other_bytes, kHugePage) <= budget_;
   job->stream_bytes = job->stage_others ? head + other_bytes : pos;
-  job->streamed = RoundUp(job->stream_bytes, kDirectIoAlignment) > budget_;
+  job->streamed = RoundUp(job->stream_bytes, kHugePage) > budget_;
   if (job->stage_others) {
     pos = head;
     for (StagedTensor& st : job->tensors) {
@@ -450,7 +459,8 @@ absl::StatusOr<std::shared_ptr<CheckpointSave>> Engine::Save(int64_t step,
   job->snapshot_end = absl::Now();
   job->handle->SetSnapshot(Seconds(job->snapshot_end - start),
                            static_cast<int64_t>(job->stream_bytes),
-                           static_cast<int64_t>(job->written_bytes), job->streamed);
+                           static_cast<int64_t>(job->written_bytes), job->streamed,
+                           static_cast<int64_t>(arena_size_));
   {
     absl::MutexLock lock(&mu_);
     job->snapshot_done = true;

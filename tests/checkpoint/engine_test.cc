@@ -203,6 +203,8 @@ TEST(EngineTest, StateLargerThanTheBudgetStreamsThroughIt) {
       ASSERT_TRUE(save.ok()) << save.status();
       ASSERT_TRUE((*save)->Wait().ok()) << (*save)->status();
       EXPECT_TRUE((*save)->stats().streamed);
+      EXPECT_LE((*save)->stats().staging_bytes, 16 << 20);
+      EXPECT_EQ((*save)->stats().written_bytes, (20 << 20) + 4099 + (12 << 20));
     }
   });
   for (const OwnedTensor& t : tensors) {

@@ -44,12 +44,14 @@ before the next, and in the same run:
   stall(ms)     median time Save blocks the caller (the snapshot)
   stall/cp      median over the iterations of stall / memcpy of the same iteration (the goal:
                 at most 1.2)
-  first(ms)     the stall of the first save (staging pages faulted in)
+  first(ms)     the stall of the first save; with --no-reserve it faults the staging in
+  create(ms)    CheckpointEngine::Create, which reserves the staging (unless --no-reserve)
   persist(s)    median time from Save's return to the commit (write, CRC32C, fsync,
                 manifest, renames, `latest`)
   persist GB/s  bytes / persist(s)
-  dd GB/s       dd if=/dev/zero of=DIR/dd.bench bs=64M oflag=direct conv=fsync of the same
-                bytes, and (second figure) bs=64M conv=fsync through the page cache
+  dd GB/s       dd if=/dev/zero of=DIR/dd.bench oflag=direct conv=fsync of the same bytes
+                (the better of bs=64M and bs=256M), and (second figure) bs=64M conv=fsync
+                through the page cache; timed around the dd process
   persist/dd    persist GB/s / the better dd figure
 With --budget smaller than a size, that size streams through the budget: the stall then
 includes writing all but the last budget's worth of bytes.
@@ -62,6 +64,8 @@ Flags:
   --threads N       snapshot copy threads (default 0: TRIDENT_CKPT_THREADS, else min(4, cores))
   --budget BYTES    staging budget (default 0: each size, so the whole state fits)
   --no-direct       write shards through the page cache instead of O_DIRECT
+  --no-reserve      do not reserve the staging memory at Create (CheckpointOptions::
+                    reserve_bytes): the first save then faults it in
   --no-dd           skip the dd measurements
   --json FILE       also write the rows as JSON
 )";
@@ -75,6 +79,7 @@ struct CkptConfig {
   int64_t budget = 0;
   bool direct = true;
   bool dd = true;
+  bool reserve = true;
   std::string json;
 };
 
@@ -98,10 +103,11 @@ std::string FsType(const std::string& dir) {
 }
 
 // Runs dd; returns GB/s from the wall time around it, or -1.
-double RunDd(const std::string& path, int64_t bytes, bool direct, std::string* line) {
-  const int64_t block = 64 << 20;
+double RunDd(const std::string& path, int64_t bytes, const std::string& bs, bool direct,
+             std::string* line) {
+  const int64_t block = *ParseBytes(bs);
   const int64_t count = std::max<int64_t>(1, (bytes + block - 1) / block);
-  const std::string cmd = absl::StrCat("dd if=/dev/zero of=", path, " bs=64M count=", count,
+  const std::string cmd = absl::StrCat("dd if=/dev/zero of=", path, " bs=", bs, " count=", count,
                                        direct ? " oflag=direct" : "", " conv=fsync 2>&1");
   const absl::Time start = absl::Now();
   FILE* p = popen(cmd.c_str(), "r");
@@ -153,7 +159,10 @@ absl::Status RunSize(const CkptConfig& c, int64_t size, Communicator& comm, nloh
   options.direct_io = c.direct;
   options.keep_last = 1;
   options.peer_replicas = false;
+  options.reserve_bytes = c.reserve ? static_cast<size_t>(bytes) : 0;
+  const absl::Time create_start = absl::Now();
   auto engine_or = CheckpointEngine::Create(options);
+  const double create_s = absl::ToDoubleSeconds(absl::Now() - create_start);
   if (!engine_or.ok()) return engine_or.status();
   std::unique_ptr<CheckpointEngine> engine = std::move(engine_or).value();
 
@@ -186,21 +195,25 @@ absl::Status RunSize(const CkptConfig& c, int64_t size, Communicator& comm, nloh
   buffers.clear();
   dst.reset();
 
-  std::string dd_direct_line, dd_fsync_line;
-  double dd_direct = -1, dd_fsync = -1;
+  std::string dd_direct_line, dd_direct256_line, dd_fsync_line;
+  double dd_direct = -1, dd_fsync = -1, dd_direct256 = -1;
   if (c.dd) {
-    dd_direct = RunDd(JoinPath(c.dir, "dd.bench"), bytes, true, &dd_direct_line);
-    dd_fsync = RunDd(JoinPath(c.dir, "dd.bench"), bytes, false, &dd_fsync_line);
+    const std::string path = JoinPath(c.dir, "dd.bench");
+    dd_direct = RunDd(path, bytes, "64M", true, &dd_direct_line);
+    dd_direct256 = RunDd(path, bytes, "256M", true, &dd_direct256_line);
+    dd_fsync = RunDd(path, bytes, "64M", false, &dd_fsync_line);
+    dd_direct = std::max(dd_direct, dd_direct256);
   }
   const double memcpy_ms = Median(memcpy_s) * 1e3;
   const double stall_ms = Median(stall_s) * 1e3;
   const double persist = Median(persist_s);
   const double persist_gbps = static_cast<double>(bytes) / persist / 1e9;
   const double dd_best = std::max(dd_direct, dd_fsync);
-  std::printf("%9s %9s %10.1f %10.1f %8.2f %10.1f %10.3f %8.2f   %5.2f / %-5.2f %8s\n",
+  std::printf("%9s %9s %10.1f %10.1f %8.2f %10.1f %10.1f %10.3f %8.2f   %5.2f / %-5.2f %8s\n",
               absl::StrCat(bytes >> 20, "M").c_str(),
               absl::StrCat(options.memory_budget_bytes >> 20, "M", streamed ? "*" : "").c_str(),
-              memcpy_ms, stall_ms, Median(ratios), first_stall * 1e3, persist, persist_gbps,
+              memcpy_ms, stall_ms, Median(ratios), first_stall * 1e3, create_s * 1e3, persist,
+              persist_gbps,
               dd_direct, dd_fsync,
               dd_best > 0 ? absl::StrFormat("%.2f", persist_gbps / dd_best).c_str() : "-");
   std::fflush(stdout);
@@ -220,6 +233,8 @@ absl::Status RunSize(const CkptConfig& c, int64_t size, Communicator& comm, nloh
                    {"dd_direct_gbps", dd_direct},
                    {"dd_fsync_gbps", dd_fsync},
                    {"dd_direct_output", dd_direct_line},
+                   {"dd_direct_256m_output", dd_direct256_line},
+                   {"create_ms", create_s * 1e3},
                    {"dd_fsync_output", dd_fsync_line}});
   return absl::OkStatus();
 }
@@ -275,6 +290,8 @@ int RunCkptBench(int argc, char** argv) {
       c.budget = *b;
     } else if (a == "--no-direct") {
       c.direct = false;
+    } else if (a == "--no-reserve") {
+      c.reserve = false;
     } else if (a == "--no-dd") {
       c.dd = false;
     } else if (a == "--json") {
@@ -302,13 +319,14 @@ int RunCkptBench(int argc, char** argv) {
   std::unique_ptr<Communicator> comm = std::move(NewInprocCommunicators(comm_options)[0]);
 
   std::printf("# trident-bench ckpt: dir %s (%s), %d tensors, %d timed saves per size, "
-              "copy threads %s, shards %s\n",
+              "copy threads %s, shards %s, staging %s\n",
               c.dir.c_str(), FsType(c.dir).c_str(), c.tensors, c.iters,
               c.threads > 0 ? absl::StrCat(c.threads).c_str() : "default",
-              c.direct ? "O_DIRECT where allowed" : "buffered");
-  std::printf("# %7s %9s %10s %10s %8s %10s %10s %8s   %-13s %8s\n", "state", "budget",
-              "memcpy(ms)", "stall(ms)", "stall/cp", "first(ms)", "persist(s)", "GB/s",
-              "dd GB/s dir/fs", "per/dd");
+              c.direct ? "O_DIRECT where allowed" : "buffered",
+              c.reserve ? "reserved at Create" : "faulted in by the first save");
+  std::printf("# %7s %9s %10s %10s %8s %10s %10s %10s %8s   %-13s %8s\n", "state", "budget",
+              "memcpy(ms)", "stall(ms)", "stall/cp", "first(ms)", "create(ms)", "persist(s)",
+              "GB/s", "dd GB/s dir/fs", "per/dd");
   std::fflush(stdout);
   nlohmann::json rows = nlohmann::json::array();
   for (int64_t size : c.sizes) {
