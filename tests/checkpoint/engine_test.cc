@@ -337,6 +337,67 @@ TEST(EngineTest, FullDiskOnOneRankFailsTheSaveEverywhereAndTheNextOneWorks) {
   for (const std::string& n : *names) EXPECT_FALSE(ckpt::IsStaleDirName(n)) << n << " not cleaned";
 }
 
+// The durability protocol, from the calls the engine makes: every byte is fsynced before the
+// rename that makes it part of a committed checkpoint, and each rename's directory is fsynced
+// before the next step depends on it.
+TEST(EngineTest, FsyncsComeBeforeTheRenamesThatDependOnThem) {
+  ScratchDir dir;
+  auto fs = std::make_shared<testing::FaultFileSystem>();
+  RunRanks(2, [&](int rank, std::shared_ptr<Communicator> comm) {
+    std::vector<OwnedTensor> mine = {
+        MakeTensor(1, "x", DType::kF32, {64}, Box{{rank * 32}, {32}})};
+    CheckpointOptions o = Options(dir.path(), comm);
+    o.file_system = fs;
+    auto engine = MustCreate(std::move(o));
+    auto save = engine->Save(7, StateOf(mine));
+    ASSERT_TRUE(save.ok() && (*save)->Wait().ok());
+  });
+  const std::vector<std::string> log = fs->Log();
+  auto index = [&](const std::function<bool(const std::string&)>& match, bool last = false) {
+    int found = -1;
+    for (int i = 0; i < static_cast<int>(log.size()); ++i) {
+      if (match(log[i])) {
+        found = i;
+        if (!last) break;
+      }
+    }
+    return found;
+  };
+  auto contains = [](std::string a, std::string b) {
+    return [a, b](const std::string& e) {
+      return e.rfind(a, 0) == 0 && e.find(b) != std::string::npos;
+    };
+  };
+  const int rename_dir = index(contains("rename ", "step-000000007.tmp-"));
+  const int rename_latest = index(contains("rename ", "latest.tmp"));
+  ASSERT_GE(rename_dir, 0);
+  ASSERT_GT(rename_latest, rename_dir);
+  for (const char* shard : {"shard-r00000", "shard-r00001"}) {
+    const int last_write = index(contains("write ", shard), /*last=*/true);
+    const int sync = index(contains("sync ", shard));
+    EXPECT_GT(sync, last_write) << shard;
+    EXPECT_LT(sync, rename_dir) << shard;
+  }
+  const int manifest_sync = index(contains("sync ", "manifest.json"));
+  EXPECT_GT(manifest_sync, index(contains("write ", "manifest.json"), true));
+  EXPECT_LT(manifest_sync, rename_dir);
+  const int tmp_dir_sync = index(contains("syncdir ", "step-000000007.tmp-"));
+  EXPECT_GT(tmp_dir_sync, manifest_sync);
+  EXPECT_LT(tmp_dir_sync, rename_dir);
+  // After the directory rename: the parent is fsynced before `latest` is written.
+  int parent_after_rename = -1;
+  for (int i = rename_dir + 1; i < static_cast<int>(log.size()); ++i) {
+    if (log[i] == "syncdir " + dir.path()) {
+      parent_after_rename = i;
+      break;
+    }
+  }
+  EXPECT_GT(parent_after_rename, rename_dir);
+  EXPECT_LT(parent_after_rename, index(contains("write ", "latest.tmp")));
+  EXPECT_LT(index(contains("sync ", "latest.tmp")), rename_latest);
+  EXPECT_EQ(log.back(), "syncdir " + dir.path());
+}
+
 TEST(EngineTest, RanksSavingDifferentStepsFailTogether) {
   ScratchDir dir;
   RunRanks(2, [&](int rank, std::shared_ptr<Communicator> comm) {
