@@ -38,11 +38,11 @@ int main() {
     std::fprintf(stderr, "consumer: split: %s\n", ckpt_comm.status().ToString().c_str());
     return 1;
   }
-  trident::CheckpointOptions options;
-  options.dir = dir;
-  options.comm = std::move(*ckpt_comm);
-  options.memory_budget_bytes = 16 << 20;
-  auto engine = trident::CheckpointEngine::Create(std::move(options));
+  trident::CheckpointOptions ckpt_options;
+  ckpt_options.dir = dir;
+  ckpt_options.comm = std::move(*ckpt_comm);
+  ckpt_options.memory_budget_bytes = 16 << 20;
+  auto engine = trident::CheckpointEngine::Create(std::move(ckpt_options));
   if (!engine.ok()) {
     std::fprintf(stderr, "consumer: checkpoint engine: %s\n", engine.status().ToString().c_str());
     return 1;
