@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -52,7 +53,9 @@ before the next, and in the same run:
   dd GB/s       dd if=/dev/zero of=DIR/dd.bench oflag=direct conv=fsync of the same bytes
                 (the better of bs=64M and bs=256M), and (second figure) bs=64M conv=fsync
                 through the page cache; timed around the dd process
-  persist/dd    persist GB/s / the better dd figure
+  fio GB/s      fio, if installed: --rw=write --bs=64m --direct=1 --ioengine=libaio
+                --iodepth=4 --end_fsync=1 of the same bytes (-1: no fio)
+  per/ref       persist GB/s / the best of the dd and fio figures
 With --budget smaller than a size, that size streams through the budget: the stall then
 includes writing all but the last budget's worth of bytes.
 
@@ -66,7 +69,7 @@ Flags:
   --no-direct       write shards through the page cache instead of O_DIRECT
   --no-reserve      do not reserve the staging memory at Create (CheckpointOptions::
                     reserve_bytes): the first save then faults it in
-  --no-dd           skip the dd measurements
+  --no-dd           skip the dd and fio measurements
   --json FILE       also write the rows as JSON
 )";
 
@@ -79,6 +82,7 @@ struct CkptConfig {
   int64_t budget = 0;
   bool direct = true;
   bool dd = true;
+  bool fio = true;
   bool reserve = true;
   std::string json;
 };
@@ -122,6 +126,31 @@ double RunDd(const std::string& path, int64_t bytes, const std::string& bs, bool
   *line = lines.empty() ? "" : lines.back();
   if (rc != 0) return -1;
   return static_cast<double>(count * block) / seconds / 1e9;
+}
+
+// Runs fio (sequential O_DIRECT writes of 64 MiB through libaio, `iodepth` in flight, an
+// fsync at the end); returns its GB/s, or -1 when fio is missing or fails.
+double RunFio(const std::string& path, int64_t bytes, int iodepth) {
+  const std::string cmd = absl::StrCat(
+      "fio --name=trident-ckpt-ref --filename=", path, " --rw=write --bs=64m --size=", bytes,
+      " --direct=1 --ioengine=libaio --iodepth=", iodepth,
+      " --end_fsync=1 --output-format=json 2>/dev/null");
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return -1;
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  const int rc = pclose(p);
+  std::remove(path.c_str());
+  if (rc != 0) return -1;
+  nlohmann::json j = nlohmann::json::parse(out, nullptr, false);
+  if (j.is_discarded()) return -1;
+  try {
+    return j.at("jobs").at(0).at("write").at("bw_bytes").get<double>() / 1e9;
+  } catch (const nlohmann::json::exception&) {
+    return -1;
+  }
 }
 
 absl::Status RunSize(const CkptConfig& c, int64_t size, Communicator& comm, nlohmann::json* rows) {
@@ -204,18 +233,20 @@ absl::Status RunSize(const CkptConfig& c, int64_t size, Communicator& comm, nloh
     dd_fsync = RunDd(path, bytes, "64M", false, &dd_fsync_line);
     dd_direct = std::max(dd_direct, dd_direct256);
   }
+  double fio = -1;
+  if (c.fio) fio = RunFio(JoinPath(c.dir, "fio.bench"), bytes, 4);
   const double memcpy_ms = Median(memcpy_s) * 1e3;
   const double stall_ms = Median(stall_s) * 1e3;
   const double persist = Median(persist_s);
   const double persist_gbps = static_cast<double>(bytes) / persist / 1e9;
-  const double dd_best = std::max(dd_direct, dd_fsync);
-  std::printf("%9s %9s %10.1f %10.1f %8.2f %10.1f %10.1f %10.3f %8.2f   %5.2f / %-5.2f %8s\n",
+  const double ref = std::max({dd_direct, dd_fsync, fio});
+  std::printf("%9s %9s %10.1f %10.1f %8.2f %10.1f %10.1f %10.3f %8.2f   %5.2f / %-5.2f %6.2f %7s\n",
               absl::StrCat(bytes >> 20, "M").c_str(),
               absl::StrCat(options.memory_budget_bytes >> 20, "M", streamed ? "*" : "").c_str(),
               memcpy_ms, stall_ms, Median(ratios), first_stall * 1e3, create_s * 1e3, persist,
               persist_gbps,
-              dd_direct, dd_fsync,
-              dd_best > 0 ? absl::StrFormat("%.2f", persist_gbps / dd_best).c_str() : "-");
+              dd_direct, dd_fsync, fio,
+              ref > 0 ? absl::StrFormat("%.2f", persist_gbps / ref).c_str() : "-");
   std::fflush(stdout);
   rows->push_back({{"bytes", bytes},
                    {"budget", options.memory_budget_bytes},
@@ -232,6 +263,8 @@ absl::Status RunSize(const CkptConfig& c, int64_t size, Communicator& comm, nloh
                    {"persist_gbps", persist_gbps},
                    {"dd_direct_gbps", dd_direct},
                    {"dd_fsync_gbps", dd_fsync},
+                   {"fio_gbps", fio},
+                   {"persist_over_reference", ref > 0 ? persist_gbps / ref : -1},
                    {"dd_direct_output", dd_direct_line},
                    {"dd_direct_256m_output", dd_direct256_line},
                    {"create_ms", create_s * 1e3},
@@ -294,6 +327,7 @@ int RunCkptBench(int argc, char** argv) {
       c.reserve = false;
     } else if (a == "--no-dd") {
       c.dd = false;
+      c.fio = false;
     } else if (a == "--json") {
       c.json = next();
     } else {
@@ -324,9 +358,9 @@ int RunCkptBench(int argc, char** argv) {
               c.threads > 0 ? absl::StrCat(c.threads).c_str() : "default",
               c.direct ? "O_DIRECT where allowed" : "buffered",
               c.reserve ? "reserved at Create" : "faulted in by the first save");
-  std::printf("# %7s %9s %10s %10s %8s %10s %10s %10s %8s   %-13s %8s\n", "state", "budget",
-              "memcpy(ms)", "stall(ms)", "stall/cp", "first(ms)", "create(ms)", "persist(s)",
-              "GB/s", "dd GB/s dir/fs", "per/dd");
+  std::printf("# %7s %9s %10s %10s %8s %10s %10s %10s %8s   %-13s %6s %7s\n", "state",
+              "budget", "memcpy(ms)", "stall(ms)", "stall/cp", "first(ms)", "create(ms)",
+              "persist(s)", "GB/s", "dd GB/s dio/buf", "fio", "per/ref");
   std::fflush(stdout);
   nlohmann::json rows = nlohmann::json::array();
   for (int64_t size : c.sizes) {
