@@ -1,6 +1,6 @@
 // trident/communicator.h: a group of ranks and the collective and point-to-point operations
 // among them. Backends: the host backend (algorithms over libfabric or in-process threads) and,
-// when built with it, NCCL.
+// when built with it, NCCL (trident/nccl.h).
 //
 // Contract (see docs/architecture.md):
 //  - Every op is asynchronous and returns a Work; ops on one communicator complete in the
@@ -9,7 +9,8 @@
 //  - Every op has a deadline: OpOptions::timeout, else the communicator's default
 //    (TRIDENT_TIMEOUT_MS), counted from the moment the op is issued.
 //  - Errors, by what the caller does next:
-//      kInvalidArgument    bad call (size, dtype, rank, null) or ranks that called different
+//      kInvalidArgument    bad call (size, dtype, rank, null, a tensor on a device this
+//                          communicator or build cannot serve) or ranks that called different
 //                          ops; nothing happened, fix the call
 //      kAborted            a peer failed or the communicator was aborted; names rank and cause
 //      kDeadlineExceeded   the op's deadline passed; names the ranks that had not arrived
@@ -53,6 +54,16 @@ struct OpOptions {
   // Deadline of the op, counted from the moment it is issued; zero means the communicator's
   // default timeout.
   absl::Duration timeout = absl::ZeroDuration();
+  // CUDA tensors only: the cudaStream_t the op is ordered on (kept as void* so that this
+  // header needs no CUDA header). nullptr: the communicator's own stream for that device,
+  // which waits for work queued on the legacy default stream.
+  //  - NCCL backend: the op runs on this stream after the work queued there before it, and
+  //    work queued there after it sees its result; Work wraps an event recorded after it.
+  //  - Host backend: the inputs are copied to pinned host memory on this stream (so in
+  //    stream order); the outputs are written back before the Work completes: wait for the
+  //    Work before queuing kernels that read them.
+  // Ignored for CPU tensors.
+  void* cuda_stream = nullptr;
 };
 
 class Communicator {
@@ -118,10 +129,16 @@ struct HostCommOptions {
   absl::Duration timeout = absl::ZeroDuration();
   // Shown in logs and errors.
   std::string name = "world";
+  // Membership epoch (runtime.h); shown in logs and errors. Above 0 it also names the setup
+  // keys, so that processes which built different numbers of worlds before (a promoted spare
+  // and the survivors) still meet; the store should then be scoped to the epoch.
+  int64_t epoch = 0;
 };
 
 // Builds the world communicator of the host backend over libfabric. Every rank calls it; it
-// returns once all ranks have exchanged endpoint addresses (or fails at the timeout).
+// returns once all ranks have exchanged endpoint addresses (or fails at the timeout). It takes
+// CPU tensors and, in builds with CUDA, CUDA tensors (staged through pinned host memory; see
+// OpOptions::cuda_stream); a build without CUDA answers kInvalidArgument for CUDA tensors.
 absl::StatusOr<std::unique_ptr<Communicator>> CreateHostCommunicator(HostCommOptions options);
 
 }  // namespace trident

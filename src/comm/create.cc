@@ -55,7 +55,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateHostCommunicator(HostCommOpt
   // Keys of this communicator's setup; a process may build several worlds in turn, and every
   // rank builds them in the same order.
   static std::atomic<int> instances{0};
-  const int instance = instances++;
+  const std::string instance =
+      options.epoch > 0 ? absl::StrCat("e", options.epoch) : absl::StrCat(instances++);
   std::shared_ptr<Store> setup =
       NewPrefixStore(absl::StrCat("setup/", options.name, "/", instance, "/"), store);
 
@@ -97,6 +98,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateHostCommunicator(HostCommOpt
   }
   config.context = static_cast<uint16_t>(context_id);
   config.name = options.name;
+  config.epoch = static_cast<int>(options.epoch);
   config.timeout = options.timeout;
   config.algo.small_bytes = static_cast<size_t>(ParamInt("TRIDENT_SMALL_MSG_BYTES"));
   config.algo.chunk_bytes = static_cast<size_t>(ParamInt("TRIDENT_CHUNK_BYTES"));

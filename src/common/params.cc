@@ -22,10 +22,16 @@ constexpr ParamDesc kParams[] = {
     {"TRIDENT_LOG_LEVEL", "string", "info", "trace, debug, info, warn, error or off."},
     {"TRIDENT_SMALL_MSG_BYTES", "int", "65536", "Messages up to this size use latency algorithms (recursive doubling, trees)."},
     {"TRIDENT_CHUNK_BYTES", "int", "1048576", "Pipeline chunk of the bandwidth algorithms (ring)."},
+    {"TRIDENT_MEMBER", "string", "", "This process's member id: w<i> for workers, s<i> for spares (set by trident-run)."},
+    {"TRIDENT_ROLE", "string", "worker", "worker or spare (set by trident-run; a spare waits in the pool until promoted)."},
+    {"TRIDENT_HEARTBEAT_MS", "duration_ms", "100", "How often each rank's heartbeat thread beats in the store."},
+    {"TRIDENT_HEARTBEAT_TIMEOUT_MS", "duration_ms", "1000", "trident-run: a rank silent this long is suspected; confirmed at once if its process is stopped, else after as long again."},
     {"TRIDENT_CKPT_THREADS", "int", "0", "Threads (the caller's included) that copy a checkpoint snapshot into staging memory; 0: min(4, cores)."},
     {"TRIDENT_CKPT_MEMORY_BUDGET_MB", "int", "8192", "Staging memory of a checkpoint engine, in MiB; a larger state streams through it."},
     {"TRIDENT_CKPT_CRASH_AT", "string", "", "Tests only: kill the process with SIGKILL at this stage of a save (during_shard_write, after_shards, before_rename, before_latest)."},
     {"TRIDENT_KILL_GRACE_MS", "duration_ms", "10000", "trident-run: after a rank fails, how long the others get to exit before they are killed."},
+    {"TRIDENT_NCCL_WATCHDOG_POLL_MS", "duration_ms", "10", "NCCL backend: how often the watchdog checks each communicator for asynchronous errors and expired op deadlines."},
+    {"TRIDENT_NCCL_ABORT_TIMEOUT_MS", "duration_ms", "10000", "NCCL backend: how long ncclCommAbort may take before the process reports it and exits (exit status 70) rather than hang."},
 };
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "comm/host/reduce.h"
+#include "comm/op_checks.h"
 #include "common/backoff.h"
 #include "common/check.h"
 #include "common/logging.h"
@@ -100,6 +101,15 @@ struct HostCommunicator::Op {
   absl::Time deadline;
   std::shared_ptr<HostWork> work;
   std::unique_ptr<TransportRequest> request;  // point-to-point only
+  // What the algorithm reads and writes: the tensors' memory, or for CUDA tensors pinned
+  // staging buffers (see StageInputs / CopyOutputs).
+  void* host_in = nullptr;
+  void* host_out = nullptr;
+  bool cuda = false;
+  cuda::Stream stream = nullptr;
+  cuda::PinnedPool::Block stage_in, stage_out;
+  std::shared_ptr<cuda::Event> inputs_ready;  // after the copies into stage_in
+  bool copy_in = false, copy_out = false;
   // The fingerprints exchanged at the start; they live as long as the op, as the send may
   // still be reading its buffer when the algorithm starts.
   Fingerprint mine, theirs;
@@ -182,44 +192,25 @@ std::shared_ptr<Work> Failed(absl::Status status) {
 }
 
 absl::Status CheckTensor(absl::string_view op, absl::string_view which, const Tensor& t) {
-  if (!t.device().is_cpu()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": ", which, " is a CUDA tensor; the host communicator takes CPU tensors"));
-  }
-  if (t.numel() < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": ", which, " has a negative shape"));
-  }
-  if (t.data() == nullptr && t.numel() > 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": ", which, " has ", t.numel(), " elements but a null data pointer"));
-  }
-  return absl::OkStatus();
+  // CUDA tensors are staged through pinned host memory; a build or machine without CUDA
+  // answers kInvalidArgument saying so.
+  RETURN_IF_ERROR(cuda::CheckCudaTensor(t, op, which));
+  return CheckTensorShape(op, which, t);
 }
 
 absl::Status CheckPair(absl::string_view op, const Tensor& in, const Tensor& out,
                        int64_t out_per_in_num, int64_t out_per_in_den) {
   RETURN_IF_ERROR(CheckTensor(op, "in", in));
   RETURN_IF_ERROR(CheckTensor(op, "out", out));
-  if (in.dtype() != out.dtype()) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": in is ", DTypeName(in.dtype()),
-                                                   " but out is ", DTypeName(out.dtype())));
+  if (in.device() != out.device()) {
+    auto name = [](Device d) {
+      return d.is_cpu() ? std::string("the CPU") : absl::StrCat("cuda:", d.index);
+    };
+    return absl::InvalidArgumentError(absl::StrCat(op, ": in is on ", name(in.device()),
+                                                   " but out is on ", name(out.device()),
+                                                   "; both must be on the same device"));
   }
-  if (out.numel() * out_per_in_den != in.numel() * out_per_in_num) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": in has ", in.numel(), " elements and out has ", out.numel(), "; out must have ",
-        out_per_in_num == out_per_in_den
-            ? "as many"
-            : absl::StrCat(out_per_in_num, "/", out_per_in_den, " times as many")));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckReduceOp(absl::string_view op, DType dtype, ReduceOp reduce) {
-  if (reduce == ReduceOp::kAvg && !IsFloatingPoint(dtype)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": avg of ", DTypeName(dtype), " is not defined; use sum and divide, or a float type"));
-  }
-  return absl::OkStatus();
+  return CheckPairShapes(op, in, out, out_per_in_num, out_per_in_den);
 }
 
 }  // namespace
@@ -237,12 +228,24 @@ std::unique_ptr<HostCommunicator::Op> HostCommunicator::NewOp(OpKind kind, const
   op->tag = tag;
   op->count = count;
   op->timeout = options.timeout;
+  op->host_in = in.data();
+  op->host_out = out.data();
+  op->cuda = !in.device().is_cpu();
+  op->stream = options.cuda_stream;
   return op;
 }
 
 std::shared_ptr<Work> HostCommunicator::Enqueue(std::unique_ptr<Op> op) {
   op->work = std::make_shared<HostWork>();
   std::shared_ptr<Work> work = op->work;
+  if (op->cuda) {
+    // The inputs are copied on the caller's stream now, in stream order; a failure here
+    // changed nothing.
+    if (absl::Status s = StageInputs(*op); !s.ok()) {
+      op->work->Complete(Annotate(s, absl::StrCat(KindName(op->kind), " on ", Describe())));
+      return work;
+    }
+  }
   absl::MutexLock lock(&mu_);
   if (!abort_status_.ok()) {
     op->work->Complete(absl::FailedPreconditionError(
@@ -496,6 +499,11 @@ void HostCommunicator::WorkerLoop() {
       continue;
     }
     if (op->kind == OpKind::kSend || op->kind == OpKind::kRecv) {
+      if (absl::Status s = AwaitInputs(*op); !s.ok()) {
+        Abort(s);
+        op->work->Complete(std::move(s));
+        continue;
+      }
       PostP2P(*op);
       inflight_.push_back(std::move(op));
       continue;
@@ -508,7 +516,9 @@ void HostCommunicator::WorkerLoop() {
       }
       if (!ProgressP2P(absl::Now())) backoff.Pause();
     }
-    absl::Status status = RunCollective(*op);
+    absl::Status status = AwaitInputs(*op);
+    if (status.ok()) status = RunCollective(*op);
+    if (status.ok()) status = CopyOutputs(*op);
     if (!status.ok()) Abort(status);
     op->work->Complete(std::move(status));
   }
@@ -521,8 +531,8 @@ bool HostCommunicator::PostP2P(Op& op) {
   const int peer = config_.ranks[op.root];
   absl::Status s =
       op.kind == OpKind::kSend
-          ? config_.transport->PostSend(peer, tag, op.in.data(), op.in.nbytes(), op.request.get())
-          : config_.transport->PostRecv(peer, tag, op.in.data(), op.in.nbytes(),
+          ? config_.transport->PostSend(peer, tag, op.host_in, op.in.nbytes(), op.request.get())
+          : config_.transport->PostRecv(peer, tag, op.host_out, op.in.nbytes(),
                                         op.request.get());
   if (!s.ok()) {
     op.request->status = Annotate(s, OpName(op));
@@ -552,6 +562,10 @@ bool HostCommunicator::ProgressP2P(absl::Time now) {
     }
     if (!op.request->status.ok()) {
       FailAll(Annotate(ExplainPeerFailure(op.request->status), OpName(op)));
+      return true;
+    }
+    if (absl::Status s = CopyOutputs(op); !s.ok()) {
+      FailAll(s);
       return true;
     }
     op.work->Complete(absl::OkStatus());
@@ -611,8 +625,8 @@ absl::Status HostCommunicator::RunAlgorithm(Op& op, Channel& ch) {
   const DType dtype = op.in.dtype();
   const size_t bytes = op.in.nbytes();
   const AlgoParams& algo = config_.algo;
-  void* in = op.in.data();
-  void* out = op.out.data();
+  void* in = op.host_in;
+  void* out = op.host_out;
   const int n = size();
   switch (op.kind) {
     case OpKind::kAllReduce:
@@ -643,6 +657,92 @@ absl::Status HostCommunicator::RunAlgorithm(Op& op, Channel& ch) {
   }
   TRIDENT_CHECK(false) << "not a collective: " << KindName(op.kind);
   __builtin_unreachable();
+}
+
+// --- CUDA tensors: staging through pinned host memory ----------------------------------------
+
+absl::StatusOr<cuda::Stream> HostCommunicator::DefaultStream(int device) {
+  absl::MutexLock lock(&cuda_mu_);
+  std::unique_ptr<cuda::OwnedStream>& stream = streams_[device];
+  if (stream == nullptr) {
+    // Synchronises with the legacy default stream: kernels the caller queued there without
+    // naming a stream finish before the inputs are copied.
+    ASSIGN_OR_RETURN(stream, cuda::OwnedStream::Create(device, /*non_blocking=*/false));
+  }
+  if (pinned_ == nullptr) pinned_ = cuda::PinnedPool::Create();
+  return stream->get();
+}
+
+absl::Status HostCommunicator::StageInputs(Op& op) {
+  const int device = op.in.device().index;
+  ASSIGN_OR_RETURN(cuda::Stream default_stream, DefaultStream(device));
+  if (op.stream == nullptr) op.stream = default_stream;
+  std::shared_ptr<cuda::PinnedPool> pool;
+  {
+    absl::MutexLock lock(&cuda_mu_);
+    pool = pinned_;
+  }
+  switch (op.kind) {
+    case OpKind::kBroadcast:
+      op.copy_in = rank() == op.root;
+      op.copy_out = rank() != op.root;
+      break;
+    case OpKind::kReduce:
+      op.copy_in = true;
+      op.copy_out = rank() == op.root;  // out is not touched on other ranks
+      break;
+    case OpKind::kSend:
+      op.copy_in = true;
+      break;
+    case OpKind::kRecv:
+      op.copy_out = true;
+      break;
+    default:
+      op.copy_in = op.copy_out = true;
+  }
+  // One buffer when in and out are the same memory (in place, Broadcast, Send, Recv).
+  const bool same = op.in.data() == op.out.data();
+  ASSIGN_OR_RETURN(op.stage_in,
+                   cuda::PinnedPool::Acquire(pool, same ? std::max(op.in.nbytes(), op.out.nbytes())
+                                                        : op.in.nbytes()));
+  op.host_in = op.stage_in.data();
+  if (same) {
+    op.host_out = op.host_in;
+  } else {
+    ASSIGN_OR_RETURN(op.stage_out, cuda::PinnedPool::Acquire(pool, op.out.nbytes()));
+    op.host_out = op.stage_out.data();
+  }
+  if (!op.copy_in) return absl::OkStatus();
+  cuda::DeviceGuard guard(device);
+  RETURN_IF_ERROR(guard.status());
+  RETURN_IF_ERROR(cuda::CopyAsync(op.host_in, op.in.data(), op.in.nbytes(), op.stream));
+  ASSIGN_OR_RETURN(std::unique_ptr<cuda::Event> ready, cuda::Event::Record(op.stream, device));
+  op.inputs_ready = std::move(ready);
+  op.stage_in.set_fence(op.inputs_ready);
+  return absl::OkStatus();
+}
+
+absl::Status HostCommunicator::AwaitInputs(Op& op) {
+  if (op.inputs_ready == nullptr) return absl::OkStatus();
+  absl::Status s = cuda::WaitEvent(*op.inputs_ready, op.deadline,
+                                   absl::StrCat(OpName(op), ": copying the inputs from the GPU"));
+  if (s.code() == absl::StatusCode::kDeadlineExceeded) return s;
+  return Annotate(s, OpName(op));
+}
+
+absl::Status HostCommunicator::CopyOutputs(Op& op) {
+  if (!op.cuda || !op.copy_out) return absl::OkStatus();
+  const int device = op.out.device().index;
+  cuda::DeviceGuard guard(device);
+  RETURN_IF_ERROR(guard.status());
+  RETURN_IF_ERROR(cuda::CopyAsync(op.out.data(), op.host_out, op.out.nbytes(), op.stream));
+  ASSIGN_OR_RETURN(std::unique_ptr<cuda::Event> done, cuda::Event::Record(op.stream, device));
+  std::shared_ptr<cuda::Event> fence = std::move(done);
+  (op.host_out == op.host_in ? op.stage_in : op.stage_out).set_fence(fence);
+  absl::Status s = cuda::WaitEvent(*fence, op.deadline,
+                                   absl::StrCat(OpName(op), ": copying the result to the GPU"));
+  if (s.code() == absl::StatusCode::kDeadlineExceeded) return s;
+  return Annotate(s, OpName(op));
 }
 
 // --- split -----------------------------------------------------------------------------------

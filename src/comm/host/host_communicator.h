@@ -7,11 +7,16 @@
 // neighbour; a mismatch is published in the store so every rank fails with the same
 // kInvalidArgument. While an op is stalled, the worker polls the store for ranks that
 // trident-run recorded as failed (job/failed/<rank>) and for errors published by other ranks.
+//
+// CUDA tensors (builds with CUDA): the inputs are copied into pinned host buffers on the op's
+// stream when it is issued, the algorithm runs on those, and the outputs are copied back before
+// the Work completes. Direct use of device memory by the provider (FI_HMEM) is not done yet.
 #ifndef TRIDENT_COMM_HOST_HOST_COMMUNICATOR_H_
 #define TRIDENT_COMM_HOST_HOST_COMMUNICATOR_H_
 
 #include <atomic>
 #include <deque>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -19,6 +24,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "comm/host/algorithms.h"
+#include "common/cuda.h"
 #include "trident/communicator.h"
 #include "trident/store.h"
 #include "transport/transport.h"
@@ -96,6 +102,10 @@ class HostCommunicator : public Communicator {
   bool PostP2P(Op& op);
   bool ProgressP2P(absl::Time now);
   void FailAll(const absl::Status& status);
+  absl::StatusOr<cuda::Stream> DefaultStream(int device);
+  absl::Status StageInputs(Op& op);
+  absl::Status AwaitInputs(Op& op);
+  absl::Status CopyOutputs(Op& op);
 
   const HostCommConfig config_;
   Scratch scratch_;  // worker thread only
@@ -107,6 +117,11 @@ class HostCommunicator : public Communicator {
   uint32_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;
   uint32_t next_p2p_seq_ ABSL_GUARDED_BY(mu_) = 0;
   std::atomic<bool> aborted_{false};
+
+  // CUDA staging: a stream per device (for ops that name none) and a pool of pinned buffers.
+  absl::Mutex cuda_mu_;
+  std::map<int, std::unique_ptr<cuda::OwnedStream>> streams_ ABSL_GUARDED_BY(cuda_mu_);
+  std::shared_ptr<cuda::PinnedPool> pinned_ ABSL_GUARDED_BY(cuda_mu_);
 
   std::deque<std::unique_ptr<Op>> inflight_;  // posted point-to-point ops; worker only
   int splits_ = 0;                            // Split calls so far; caller-serialised

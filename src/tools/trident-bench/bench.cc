@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
+#include "common/cuda.h"
 #include "common/host_memory.h"
 #include "common/status_macros.h"
 #include "data.h"
@@ -63,18 +64,33 @@ Layout LayoutFor(Collective c, int64_t bytes, DType dtype, int n) {
 
 // A buffer from AllocateHostMemory (huge pages where possible, as a training framework's
 // caching allocator would hand out), touched once at allocation so that first-touch page
-// faults (about 1 GB/s on the development VM) stay out of every measurement.
+// faults (about 1 GB/s on the development VM) stay out of every measurement. With a CUDA
+// device the op's buffer is device memory and the host memory is its mirror for --check.
 class Buffer {
  public:
-  explicit Buffer(size_t bytes) {
+  Buffer(size_t bytes, int cuda_device) {
     if (bytes == 0) return;
-    data_ = AllocateHostMemory(bytes);
-    std::memset(data_.get(), 0, bytes);
+    host_ = AllocateHostMemory(bytes);
+    std::memset(host_.get(), 0, bytes);
+    if (cuda_device >= 0) {
+      auto dev = cuda::DeviceBuffer::Allocate(bytes, cuda_device);
+      TRIDENT_CHECK(dev.ok()) << dev.status();
+      dev_ = std::move(*dev);
+      TRIDENT_CHECK(cuda::CopyToDevice(dev_->data(), host_.get(), bytes).ok());
+    }
   }
-  void* data() const { return data_.get(); }
+  void* data() const { return dev_ ? dev_->data() : host_.get(); }  // what the op gets
+  void* host() const { return host_.get(); }
+  absl::Status ToDevice(size_t bytes) {
+    return dev_ ? cuda::CopyToDevice(dev_->data(), host_.get(), bytes) : absl::OkStatus();
+  }
+  absl::Status ToHost(size_t bytes) {
+    return dev_ ? cuda::CopyToHost(host_.get(), dev_->data(), bytes) : absl::OkStatus();
+  }
 
  private:
-  HostMemory data_;
+  HostMemory host_;
+  std::unique_ptr<cuda::DeviceBuffer> dev_;
 };
 
 class Runner {
@@ -88,9 +104,9 @@ class Runner {
     options_.timeout = config.timeout;
     Layout max = LayoutFor(config.collective, config.max_bytes, config.dtype, n_);
     const size_t es = DTypeSize(config.dtype);
-    in_ = std::make_unique<Buffer>(max.in * es);
+    in_ = std::make_unique<Buffer>(max.in * es, config.cuda_device);
     if (!(config.in_place && config.collective == Collective::kAllReduce)) {
-      out_ = std::make_unique<Buffer>(max.out * es);
+      out_ = std::make_unique<Buffer>(max.out * es, config.cuda_device);
     }
   }
 
@@ -116,13 +132,17 @@ class Runner {
 
     int64_t wrong = -1;
     if (config_.check) {
-      Fill();
-      absl::Status s = CallOnce();
+      absl::Status s = Fill();
+      if (s.ok()) s = CallOnce();
       if (!s.ok()) return Annotate(s, context("checked call"));
-      wrong = CountWrong();
+      absl::StatusOr<int64_t> counted = CountWrong();
+      if (!counted.ok()) return Annotate(counted.status(), context("reading the result"));
+      wrong = *counted;
       if (config_.in_place && config_.collective == Collective::kAllReduce) {
         // Repeated in-place reductions of the test data would grow without bound.
-        FillConstant(in_->data(), layout_.in, config_.reduce == ReduceOp::kProd ? 1 : 0);
+        FillConstant(in_->host(), layout_.in, config_.reduce == ReduceOp::kProd ? 1 : 0);
+        s = in_->ToDevice(layout_.in * DTypeSize(config_.dtype));
+        if (!s.ok()) return Annotate(s, context("resetting the input"));
       }
     }
 
@@ -183,9 +203,12 @@ class Runner {
     return work->Wait();
   }
 
-  Tensor In() const { return Tensor(in_->data(), config_.dtype, {layout_.in}); }
+  Device device() const {
+    return config_.cuda_device >= 0 ? Device::Cuda(config_.cuda_device) : Device::Cpu();
+  }
+  Tensor In() const { return Tensor(in_->data(), config_.dtype, {layout_.in}, device()); }
   Tensor Out() const {
-    return Tensor(out_data(), config_.dtype, {layout_.out});
+    return Tensor(out_data(), config_.dtype, {layout_.out}, device());
   }
 
   absl::Status CallOnce() {
@@ -204,8 +227,12 @@ class Runner {
         return Wait(comm_.AllToAll(In(), Out(), options_));
       case Collective::kSendRecv: {
         // Ring neighbour exchange: send to the next rank, receive from the previous one.
-        auto recv = comm_.Recv(Out(), (rank_ - 1 + n_) % n_, /*tag=*/0, options_);
-        auto send = comm_.Send(In(), (rank_ + 1) % n_, /*tag=*/0, options_);
+        // Rank 0 receives first and the others send first: on NCCL a Send holds its stream
+        // until the peer's Recv runs, so a ring where every rank does the same would deadlock.
+        std::shared_ptr<Work> recv, send;
+        if (rank_ == 0) recv = comm_.Recv(Out(), (rank_ - 1 + n_) % n_, /*tag=*/0, options_);
+        send = comm_.Send(In(), (rank_ + 1) % n_, /*tag=*/0, options_);
+        if (rank_ != 0) recv = comm_.Recv(Out(), (rank_ - 1 + n_) % n_, /*tag=*/0, options_);
         absl::Status s = Wait(send);
         absl::Status r = Wait(recv);
         return s.ok() ? r : s;
@@ -216,9 +243,16 @@ class Runner {
     return absl::InternalError("unknown collective");
   }
 
+  // Through a buffer on the ops' device: the NCCL backend takes CUDA tensors only.
   absl::StatusOr<std::vector<double>> MaxOverRanks(std::vector<double> values) {
-    Tensor t = Tensor::Of(values.data(), static_cast<int64_t>(values.size()));
+    const size_t bytes = values.size() * sizeof(double);
+    Buffer buf(bytes, config_.cuda_device);
+    std::memcpy(buf.host(), values.data(), bytes);
+    RETURN_IF_ERROR(buf.ToDevice(bytes));
+    Tensor t(buf.data(), DType::kF64, {static_cast<int64_t>(values.size())}, device());
     RETURN_IF_ERROR(Wait(comm_.AllReduce(t, t, ReduceOp::kMax, options_)));
+    RETURN_IF_ERROR(buf.ToHost(bytes));
+    std::memcpy(values.data(), buf.host(), bytes);
     return values;
   }
 
@@ -228,9 +262,9 @@ class Runner {
 
   // Inputs get the test data; outputs get the sentinel, so that an element the collective
   // failed to write is caught.
-  void Fill() {
+  absl::Status Fill() {
     const DType dt = config_.dtype;
-    void* in = in_->data();
+    void* in = in_->host();
     switch (config_.collective) {
       case Collective::kAllReduce:
       case Collective::kReduce:
@@ -258,7 +292,11 @@ class Runner {
       case Collective::kBarrier:
         break;
     }
-    if (out_) FillConstant(out_->data(), layout_.out, kSentinel);
+    if (out_) FillConstant(out_->host(), layout_.out, kSentinel);
+    const size_t es = DTypeSize(dt);
+    RETURN_IF_ERROR(in_->ToDevice(layout_.in * es));
+    if (out_) RETURN_IF_ERROR(out_->ToDevice(layout_.out * es));
+    return absl::OkStatus();
   }
 
   double Expected(int64_t k) const {
@@ -277,12 +315,14 @@ class Runner {
     return 0;
   }
 
-  int64_t CountWrong() const {
+  absl::StatusOr<int64_t> CountWrong() const {
     if (config_.collective == Collective::kBarrier) return 0;
     const bool result_in_in = config_.collective == Collective::kBroadcast ||
                               (config_.in_place && config_.collective == Collective::kAllReduce);
-    const void* result = result_in_in ? in_->data() : out_->data();
+    Buffer& buf = result_in_in ? *in_ : *out_;
     const int64_t n = result_in_in ? layout_.in : layout_.out;
+    RETURN_IF_ERROR(buf.ToHost(n * DTypeSize(config_.dtype)));
+    const void* result = buf.host();
     int64_t wrong = 0;
     for (int64_t k = 0; k < n; ++k) {
       wrong += !data_.Matches(LoadElement(result, config_.dtype, k), Expected(k));

@@ -66,6 +66,7 @@ struct Config {
   int max_iters = 1000;
   bool check = false;
   absl::Duration timeout = absl::ZeroDuration();  // per op; zero: the communicator's
+  int cuda_device = -1;  // >= 0: buffers are device memory on this CUDA device
 };
 
 struct Row {

@@ -20,10 +20,13 @@
 #include "absl/time/time.h"
 #include "bench.h"
 #include "ckpt.h"
+#include "common/cli.h"
+#include "common/cuda.h"
 #include "common/logging.h"
 #include "common/params.h"
 #include "nlohmann/json.hpp"
 #include "trident/communicator.h"
+#include "trident/nccl.h"
 
 ABSL_FLAG(std::string, min_bytes, "4K",
           "smallest size in bytes; K, M, G suffixes are binary (4K = 4096)");
@@ -45,13 +48,17 @@ ABSL_FLAG(std::string, provider, "",
           "host");
 ABSL_FLAG(absl::Duration, timeout, absl::ZeroDuration(),
           "deadline of each op, e.g. 60s; 0: the communicator's default (TRIDENT_TIMEOUT_MS)");
+ABSL_FLAG(std::string, device, "cpu",
+          "where the buffers live: cpu, or cuda (device TRIDENT_LOCAL_RANK modulo the device "
+          "count; the host backend stages them through pinned memory)");
+ABSL_FLAG(std::string, backend, "host", "host (libfabric) or nccl (needs --device cuda)");
 
 namespace trident::bench {
 namespace {
 
 constexpr char kUsage[] = R"(usage: trident-run --nproc N -- trident-bench OP [flags]
 
-Measures one collective of the host communicator over sizes from --min-bytes to --max-bytes
+Measures one collective of a communicator (host or NCCL backend) over sizes from --min-bytes to --max-bytes
 (doubling), the way nccl-tests does. OP is one of:
   allreduce reducescatter allgather broadcast reduce alltoall sendrecv barrier
 (sendrecv: each rank sends to rank+1 and receives from rank-1, 2 ranks or more; barrier:
@@ -76,54 +83,22 @@ trident-run).
 Flags (--flag=value or --flag value; dashes and underscores are the same):
 )";
 
-std::string DashName(absl::string_view name) {
-  std::string s(name);
-  for (char& c : s) {
-    if (c == '_') c = '-';
-  }
-  return s;
-}
-
-template <typename T>
-void PrintFlag(const absl::Flag<T>& flag) {
-  const absl::CommandLineFlag& f = absl::GetFlagReflectionHandle(flag);
-  std::printf("  --%-12s %s (default: %s)\n", DashName(f.Name()).c_str(), f.Help().c_str(),
-              f.DefaultValue().empty() ? "\"\"" : f.DefaultValue().c_str());
-}
-
 void PrintHelp() {
   std::fputs(kUsage, stdout);
-  PrintFlag(FLAGS_min_bytes);
-  PrintFlag(FLAGS_max_bytes);
-  PrintFlag(FLAGS_dtype);
-  PrintFlag(FLAGS_op);
-  PrintFlag(FLAGS_root);
-  PrintFlag(FLAGS_iters);
-  PrintFlag(FLAGS_warmup);
-  PrintFlag(FLAGS_check);
-  PrintFlag(FLAGS_inplace);
-  PrintFlag(FLAGS_json);
-  PrintFlag(FLAGS_provider);
-  PrintFlag(FLAGS_timeout);
-}
-
-// Abseil flag names are identifiers; accept the dashed spelling ("--min-bytes 4K") too.
-std::vector<char*> NormalizeArgs(int argc, char** argv, std::vector<std::string>& storage) {
-  storage.assign(argv, argv + argc);
-  for (size_t i = 1; i < storage.size(); ++i) {
-    std::string& a = storage[i];
-    if (a == "--") break;
-    if (a == "-h") a = "--help";
-    if (a.size() > 2 && a.compare(0, 2, "--") == 0) {
-      size_t end = std::min(a.find('='), a.size());
-      for (size_t j = 2; j < end; ++j) {
-        if (a[j] == '-') a[j] = '_';
-      }
-    }
-  }
-  std::vector<char*> out;
-  for (std::string& s : storage) out.push_back(s.data());
-  return out;
+  cli::PrintFlag(FLAGS_min_bytes);
+  cli::PrintFlag(FLAGS_max_bytes);
+  cli::PrintFlag(FLAGS_dtype);
+  cli::PrintFlag(FLAGS_op);
+  cli::PrintFlag(FLAGS_root);
+  cli::PrintFlag(FLAGS_iters);
+  cli::PrintFlag(FLAGS_warmup);
+  cli::PrintFlag(FLAGS_check);
+  cli::PrintFlag(FLAGS_inplace);
+  cli::PrintFlag(FLAGS_json);
+  cli::PrintFlag(FLAGS_provider);
+  cli::PrintFlag(FLAGS_timeout);
+  cli::PrintFlag(FLAGS_device);
+  cli::PrintFlag(FLAGS_backend);
 }
 
 [[noreturn]] void UsageError(absl::string_view message) {
@@ -142,13 +117,10 @@ std::string FormatRow(const Row& row, absl::string_view dtype, absl::string_view
 int Main(int argc, char** argv) {
   if (argc >= 2 && std::string(argv[1]) == "ckpt") return RunCkptBench(argc - 1, argv + 1);
   std::vector<std::string> storage;
-  std::vector<char*> args = NormalizeArgs(argc, argv, storage);
-  for (size_t i = 1; i < args.size(); ++i) {
-    if (std::string(args[i]) == "--") break;
-    if (std::string(args[i]) == "--help") {
-      PrintHelp();
-      return 0;
-    }
+  std::vector<char*> args = cli::NormalizeArgs(argc, argv, storage);
+  if (cli::WantsHelp(args)) {
+    PrintHelp();
+    return 0;
   }
   std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(args.size()),
                                                          args.data());
@@ -185,10 +157,33 @@ int Main(int argc, char** argv) {
   }
   if (config.timeout < absl::ZeroDuration()) UsageError("--timeout must be >= 0");
 
+  const std::string device_flag = absl::GetFlag(FLAGS_device);
+  const std::string backend = absl::GetFlag(FLAGS_backend);
+  if (device_flag != "cpu" && device_flag != "cuda") UsageError("--device must be cpu or cuda");
+  if (backend != "host" && backend != "nccl") UsageError("--backend must be host or nccl");
+  if (backend == "nccl" && device_flag != "cuda") UsageError("--backend nccl needs --device cuda");
+  if (device_flag == "cuda") {
+    const int devices = cuda::DeviceCount();
+    if (devices == 0) {
+      std::fprintf(stderr, "trident-bench: --device cuda: no CUDA device: %s\n",
+                   cuda::NoDeviceReason().c_str());
+      return 1;
+    }
+    config.cuda_device = static_cast<int>(ParamInt("TRIDENT_LOCAL_RANK") % devices);
+  }
+
   HostCommOptions options;
   options.provider = absl::GetFlag(FLAGS_provider);
   options.name = "bench";
-  auto comm_or = CreateHostCommunicator(options);
+  absl::StatusOr<std::unique_ptr<Communicator>> comm_or;
+  if (backend == "nccl") {
+    NcclCommOptions nccl;
+    nccl.name = "bench";
+    nccl.device = config.cuda_device;
+    comm_or = CreateNcclCommunicator(nccl);
+  } else {
+    comm_or = CreateHostCommunicator(options);
+  }
   if (!comm_or.ok()) {
     std::fprintf(stderr, "trident-bench: cannot create the communicator: %s\n",
                  comm_or.status().ToString().c_str());
@@ -208,6 +203,9 @@ int Main(int argc, char** argv) {
   std::string provider = options.provider;
   if (provider.empty()) provider = ParamString("TRIDENT_FABRIC_PROVIDER");
   if (provider.empty()) provider = "default";
+  if (backend == "nccl") provider = "nccl";
+  const std::string buffers =
+      config.cuda_device >= 0 ? absl::StrCat("cuda:", config.cuda_device) : "cpu";
   const std::string dtype_name(DTypeName(config.dtype));
   const std::string redop = Reduces(config.collective) ? std::string(ReduceOpName(config.reduce))
                                                        : "-";
@@ -217,8 +215,8 @@ int Main(int argc, char** argv) {
       config.iters > 0 ? absl::StrCat(config.iters) : "adaptive (~0.3 s per size, 3..1000)";
 
   if (rank == 0) {
-    std::printf("# trident-bench %s: world %d, provider %s, %s\n", name.c_str(), n,
-                provider.c_str(), comm->Describe().c_str());
+    std::printf("# trident-bench %s: world %d, provider %s, buffers on %s, %s\n", name.c_str(),
+                n, provider.c_str(), buffers.c_str(), comm->Describe().c_str());
     std::printf("# dtype %s, redop %s, root %s, %s, iters %s, warmup %d, check %s\n",
                 dtype_name.c_str(), redop.c_str(), root.c_str(),
                 config.collective == Collective::kAllReduce
@@ -254,6 +252,8 @@ int Main(int argc, char** argv) {
                           {"op", name},
                           {"world_size", n},
                           {"provider", provider},
+                          {"backend", backend},
+                          {"buffers", buffers},
                           {"communicator", comm->Describe()},
                           {"dtype", dtype_name},
                           {"redop", redop},

@@ -9,10 +9,13 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/check.h"
 #include "common/logging.h"
 #include "common/params.h"
@@ -33,8 +36,19 @@ constexpr absl::Duration kStoreCallTimeout = absl::Seconds(2);
 const std::vector<std::string>& RankVariables() {
   static const auto* names = new std::vector<std::string>{
       "TRIDENT_RANK",  "TRIDENT_WORLD_SIZE", "TRIDENT_LOCAL_RANK",
-      "TRIDENT_STORE", "TRIDENT_JOB_TOKEN",  "TRIDENT_JOB_ID"};
+      "TRIDENT_STORE", "TRIDENT_JOB_TOKEN",  "TRIDENT_JOB_ID", "TRIDENT_MEMBER", "TRIDENT_ROLE"};
   return *names;
+}
+
+bool ReadFileToString(const std::string& path, std::string* out) {
+  FILE* f = std::fopen(path.c_str(), "r");
+  if (f == nullptr) return false;
+  char buf[1024];
+  size_t n;
+  out->clear();
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out->append(buf, n);
+  std::fclose(f);
+  return true;
 }
 
 std::string EnvOr(const char* name, absl::string_view fallback) {
@@ -45,12 +59,18 @@ std::string EnvOr(const char* name, absl::string_view fallback) {
 }  // namespace
 
 Launcher::Launcher(LaunchOptions options, OutputWriter* out)
-    : options_(std::move(options)), out_(out), relay_(out) {}
+    : options_(std::move(options)), out_(out), relay_(out),
+      detector_({.timeout = ParamMillis("TRIDENT_HEARTBEAT_TIMEOUT_MS"),
+                 .confirm_window = ParamMillis("TRIDENT_HEARTBEAT_TIMEOUT_MS")}),
+      health_poll_(std::max(ParamMillis("TRIDENT_HEARTBEAT_TIMEOUT_MS") / 20,
+                            absl::Milliseconds(5))) {
+  membership_ = health::Membership::Initial(options_.nproc);
+}
 
 Launcher::~Launcher() {
   // Run() reaps every child before it returns; nothing may outlive the launcher.
   for (const Child& child : children_) {
-    TRIDENT_CHECK(!child.running) << "rank " << child.rank << " was never reaped";
+    TRIDENT_CHECK(!child.running) << child.member << " was never reaped";
   }
 }
 
@@ -113,7 +133,13 @@ int Launcher::Run() {
   if (store_server_ != nullptr) store_server_->Shutdown();
   store_server_.reset();
 
-  if (!exit_status_.has_value()) return kExitOk;
+  if (!exit_status_.has_value()) {
+    if (!recoveries_.empty()) {
+      Message(absl::StrCat("job finished after ", recoveries_.size(), " recovery(ies): ",
+                           absl::StrJoin(recoveries_, "; ")));
+    }
+    return kExitOk;
+  }
   if (*exit_status_ == kExitJobFailed) {
     Message(absl::StrCat("job failed: ", *first_failure_));
   } else {
@@ -142,14 +168,16 @@ absl::Status Launcher::SetUpStore() {
   return absl::OkStatus();
 }
 
-std::vector<std::string> Launcher::ChildEnvironment(int rank) const {
+std::vector<std::string> Launcher::ChildEnvironment(const Child& child) const {
   std::vector<std::string> set = {
-      absl::StrCat("TRIDENT_RANK=", rank),
+      absl::StrCat("TRIDENT_RANK=", child.rank),
       absl::StrCat("TRIDENT_WORLD_SIZE=", options_.nproc),
-      absl::StrCat("TRIDENT_LOCAL_RANK=", rank),  // one host: local rank is the rank
+      absl::StrCat("TRIDENT_LOCAL_RANK=", child.index),  // one host: its place among us
       absl::StrCat("TRIDENT_STORE=", store_url_),
       absl::StrCat("TRIDENT_JOB_TOKEN=", job_token_),
       absl::StrCat("TRIDENT_JOB_ID=", job_id_),
+      absl::StrCat("TRIDENT_MEMBER=", child.member),
+      absl::StrCat("TRIDENT_ROLE=", child.spare() ? "spare" : "worker"),
   };
   // Single host: libfabric's tcp provider must never pick eth0.
   for (const char* var : {"FI_TCP_IFACE", "FI_SOCKETS_IFACE"}) {
@@ -159,17 +187,25 @@ std::vector<std::string> Launcher::ChildEnvironment(int rank) const {
 }
 
 absl::Status Launcher::SpawnAll(const std::string& path) {
-  children_.reserve(options_.nproc);
-  for (int rank = 0; rank < options_.nproc; ++rank) {
-    ChildSpec spec{path, options_.program, ChildEnvironment(rank)};
+  const int total = options_.nproc + options_.spares;
+  children_.reserve(total);
+  for (int index = 0; index < total; ++index) {
+    const bool spare = index >= options_.nproc;
+    Child child{index, spare ? health::SpareId(index - options_.nproc) : health::WorkerId(index),
+                0};
+    child.rank = spare ? -1 : index;
+    ChildSpec spec{path, options_.program, ChildEnvironment(child)};
     absl::StatusOr<SpawnedChild> spawned = SpawnChild(spec);
     if (!spawned.ok()) {
-      return Annotate(spawned.status(), absl::StrCat("starting rank ", rank));
+      return Annotate(spawned.status(), absl::StrCat("starting ", spare ? "spare " : "rank ",
+                                                     spare ? child.member : absl::StrCat(index)));
     }
-    children_.push_back(Child{rank, spawned->pid});
-    std::string prefix = absl::StrCat("[rank ", rank, "] ");
-    relay_.Add(spawned->stdout_fd, prefix, Stream::kStdout, rank);
-    relay_.Add(spawned->stderr_fd, prefix, Stream::kStderr, rank);
+    child.pid = spawned->pid;
+    std::string prefix =
+        spare ? absl::StrCat("[spare ", child.member, "] ") : absl::StrCat("[rank ", index, "] ");
+    relay_.Add(spawned->stdout_fd, prefix, Stream::kStdout, index);
+    relay_.Add(spawned->stderr_fd, prefix, Stream::kStderr, index);
+    children_.push_back(std::move(child));
   }
   return absl::OkStatus();
 }
@@ -184,10 +220,18 @@ void Launcher::Watch(int signal_fd) {
     ReapExited();
     if (!any_running()) return;
     Escalate();
+    absl::Time wake = next_step_;
+    if (phase_ == Phase::kRunning && !done_set_) {
+      if (absl::Now() >= next_health_poll_) {
+        PollHealth();
+        next_health_poll_ = absl::Now() + health_poll_;
+      }
+      wake = std::min(wake, next_health_poll_);
+    }
 
     int timeout_ms = -1;
-    if (next_step_ != absl::InfiniteFuture()) {
-      absl::Duration left = std::max(next_step_ - absl::Now(), absl::ZeroDuration());
+    if (wake != absl::InfiniteFuture()) {
+      absl::Duration left = std::max(wake - absl::Now(), absl::ZeroDuration());
       timeout_ms = static_cast<int>(
           std::min<int64_t>(absl::ToInt64Milliseconds(absl::Ceil(left, absl::Milliseconds(1))),
                             INT_MAX));
@@ -215,7 +259,7 @@ void Launcher::ReapExited() {
       OnChildExit(child, wait_status);
     } else {
       TRIDENT_CHECK(pid == 0 || errno == EINTR)
-          << "waitpid(rank " << child.rank << ", pid " << child.pid << "): errno " << errno;
+          << "waitpid(" << child.member << ", pid " << child.pid << "): errno " << errno;
     }
   }
 }
@@ -228,24 +272,141 @@ void Launcher::OnChildExit(Child& child, int wait_status) {
     // at once, while the group id cannot have been reused.
     ::kill(-child.pid, SIGKILL);
   }
+  if (child.handled) return;  // declared dead and killed by us; already replaced or reported
   if (clean) {
-    spdlog::debug("rank {} exited with status 0", child.rank);
+    spdlog::debug("{} exited with status 0", child.member);
+    if (child.rank >= 0) {
+      child.finished = true;
+      const bool all_done = std::all_of(children_.begin(), children_.end(), [](const Child& c) {
+        return c.rank < 0 || c.finished;
+      });
+      if (all_done) SetDone("finished");  // idle spares may go
+    } else {
+      ready_spares_.erase(std::remove(ready_spares_.begin(), ready_spares_.end(), child.member),
+                          ready_spares_.end());
+    }
     return;
   }
-  relay_.CatchUp(child.rank);  // its last words come before the report of its exit
-  const std::string reason = DescribeExit(child.rank, wait_status);
+  relay_.CatchUp(child.index);  // its last words come before the report of its exit
+  const std::string cause = DescribeWaitStatus(wait_status);
   if (child.last_signal != 0) {
     // Stopped by trident-run (or by the SIGINT it forwarded): not a failure of its own.
-    Message(absl::StrCat(reason, ", after trident-run sent it ", SignalName(child.last_signal)));
+    Message(absl::StrCat(child.rank >= 0 ? absl::StrCat("rank ", child.rank) : child.member,
+                         " ", cause, ", after trident-run sent it ",
+                         SignalName(child.last_signal)));
     return;
   }
+  OnMemberDeath(child, cause);
+}
+
+void Launcher::OnMemberDeath(Child& child, const std::string& cause) {
+  detector_.Forget(child.member);
+  if (child.rank < 0) {
+    ready_spares_.erase(std::remove(ready_spares_.begin(), ready_spares_.end(), child.member),
+                        ready_spares_.end());
+    if (phase_ == Phase::kRunning && !done_set_) {
+      Message(absl::StrCat("spare ", child.member, " ", cause, " while idle; ",
+                           ready_spares_.size(), " spare(s) ready"));
+    }
+    return;
+  }
+  const std::string reason = absl::StrCat("rank ", child.rank, " ", cause);
   Message(reason);
   RecordFailure(child.rank, reason);
-  if (!first_failure_.has_value()) first_failure_ = reason;
+  const bool someone_finished = std::any_of(children_.begin(), children_.end(),
+                                            [](const Child& c) { return c.finished; });
+  if (phase_ == Phase::kRunning && !done_set_ && options_.spares > 0) {
+    if (someone_finished) {
+      Message("cannot replace it: other ranks have already finished");
+    } else if (Store* s = store(); s != nullptr) {
+      std::vector<health::Failure> failures = {{child.rank, child.member, cause}};
+      absl::StatusOr<health::Membership> next = health::PublishNextEpoch(
+          *s, membership_, failures, ready_spares_, DeadlineIn(kStoreCallTimeout));
+      if (next.ok()) {
+        membership_ = *next;
+        const int rank = child.rank;
+        child.rank = -1;
+        Child* spare = FindMember(membership_.ranks[rank]);
+        TRIDENT_CHECK(spare != nullptr) << "no child for member " << membership_.ranks[rank];
+        spare->rank = rank;
+        const std::string line = absl::StrCat("epoch ", membership_.epoch, ": spare ",
+                                              spare->member, " takes rank ", rank, " (",
+                                              child.member, " ", cause, ")");
+        Message(absl::StrCat(line, "; ", ready_spares_.size(), " spare(s) left"));
+        recoveries_.push_back(line);
+        return;
+      }
+      Message(next.status().message());
+    }
+  }
+  std::string failure = reason;
+  if (options_.spares > 0) absl::StrAppend(&failure, " and no spare could replace it");
+  if (!first_failure_.has_value()) first_failure_ = failure;
   if (!exit_status_.has_value()) exit_status_ = kExitJobFailed;
+  SetDone(absl::StrCat("failed: ", failure));
   if (phase_ == Phase::kRunning) {
     phase_ = Phase::kGrace;
     next_step_ = absl::Now() + grace_;
+  }
+}
+
+Launcher::Child* Launcher::FindMember(absl::string_view member) {
+  for (Child& c : children_) {
+    if (c.member == member) return &c;
+  }
+  return nullptr;
+}
+
+std::optional<std::string> Launcher::ConfirmDead(const std::string& member) {
+  Child* child = FindMember(member);
+  if (child == nullptr || !child->running) return "the process is gone";
+  std::string stat;
+  if (!ReadFileToString(absl::StrCat("/proc/", child->pid, "/stat"), &stat)) {
+    return "the process is gone";
+  }
+  // "pid (comm) S ...": the state follows the last ')'.
+  const size_t paren = stat.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= stat.size()) return std::nullopt;
+  switch (stat[paren + 2]) {
+    case 'T': return "its process is stopped (SIGSTOP?)";
+    case 't': return "its process is stopped by a debugger";
+    case 'Z': case 'X': return "its process has exited";
+    default: return std::nullopt;  // running or sleeping: wait for the confirm window
+  }
+}
+
+void Launcher::PollHealth() {
+  Store* s = store();
+  if (s == nullptr) return;
+  const absl::Time deadline = DeadlineIn(kStoreCallTimeout);
+  const absl::Time now = absl::Now();
+  for (Child& c : children_) {
+    if (!c.running || c.handled) continue;
+    absl::StatusOr<std::string> beat = s->TryGet(health::HeartbeatKey(c.member), deadline);
+    int64_t counter = 0;
+    if (beat.ok() && absl::SimpleAtoi(*beat, &counter)) {
+      // Only members that beat are watched: a program without Runtime never does.
+      const auto watched = detector_.watched();
+      if (std::find(watched.begin(), watched.end(), c.member) == watched.end()) {
+        detector_.Watch(c.member, now);
+      }
+      detector_.Observe(c.member, counter, now);
+    }
+    if (c.spare() && c.rank < 0 && !c.ready &&
+        s->TryGet(health::SpareKey(c.member), deadline).ok()) {
+      c.ready = true;
+      ready_spares_.push_back(c.member);
+      spdlog::debug("spare {} is ready", c.member);
+    }
+  }
+  for (const health::FailureDetector::Verdict& v :
+       detector_.Check(absl::Now(), [this](const std::string& m) { return ConfirmDead(m); })) {
+    Child* child = FindMember(v.member);
+    if (child == nullptr || !child->running) continue;
+    // A hung process must not come back to life in the new epoch: kill it first.
+    if (::kill(-child->pid, SIGKILL) != 0) ::kill(child->pid, SIGKILL);
+    child->handled = true;
+    OnMemberDeath(*child, absl::StrCat("declared dead: ", v.cause, "; killed"));
   }
 }
 
@@ -296,24 +457,40 @@ void Launcher::SignalRunning(int sig) {
   }
 }
 
-void Launcher::RecordFailure(int rank, const std::string& reason) {
-  if (store_ == nullptr) {
-    if (store_unreachable_) return;
-    absl::StatusOr<std::unique_ptr<Store>> store =
-        ConnectStore(store_url_, job_token_, DeadlineIn(kStoreCallTimeout));
-    if (!store.ok()) {
-      store_unreachable_ = true;  // do not stall every later failure on it too
-      Message(absl::StrCat("cannot record failures in the store at ", store_url_, ": ",
-                           store.status().ToString()));
-      return;
-    }
-    store_ = *std::move(store);
+Store* Launcher::store() {
+  if (store_ != nullptr) return store_.get();
+  if (store_unreachable_) return nullptr;
+  absl::StatusOr<std::unique_ptr<Store>> store =
+      ConnectStore(store_url_, job_token_, DeadlineIn(kStoreCallTimeout));
+  if (!store.ok()) {
+    store_unreachable_ = true;  // do not stall every later failure on it too
+    Message(absl::StrCat("cannot reach the store at ", store_url_, ": ",
+                         store.status().ToString()));
+    return nullptr;
   }
+  store_ = *std::move(store);
+  return store_.get();
+}
+
+void Launcher::RecordFailure(int rank, const std::string& reason) {
+  Store* s = store();
+  if (s == nullptr) return;
   absl::Status status =
-      store_->Set(absl::StrCat("job/failed/", rank), reason, DeadlineIn(kStoreCallTimeout));
+      s->Set(health::FailedKey(membership_.epoch, rank), reason, DeadlineIn(kStoreCallTimeout));
   if (!status.ok()) {
     Message(absl::StrCat("cannot record the failure of rank ", rank, " in the store: ",
                          status.ToString()));
+  }
+}
+
+void Launcher::SetDone(const std::string& reason) {
+  if (done_set_) return;
+  done_set_ = true;
+  Store* s = store();
+  if (s == nullptr) return;
+  absl::Status status = s->Set(health::kDoneKey, reason, DeadlineIn(kStoreCallTimeout));
+  if (!status.ok()) {
+    Message(absl::StrCat("cannot record the end of the job in the store: ", status.ToString()));
   }
 }
 

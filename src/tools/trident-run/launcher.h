@@ -1,11 +1,13 @@
 // Launcher: the job-running half of trident-run (DESIGN.md, "Processes: launcher, workers,
 // spares").
 //
-// Run() hosts the store (unless --store names one), starts --nproc ranks with their TRIDENT_*
-// variables, relays their output and watches them. The first rank that exits non-zero or is
-// killed is reported on stderr and in the store (key job/failed/<rank>, value the reason),
-// the other ranks get TRIDENT_KILL_GRACE_MS to exit on their own, then SIGTERM, then
-// SIGKILL 2 s later. SIGINT and SIGTERM to trident-run are forwarded to the ranks and take
+// Run() hosts the store (unless --store names one), starts --nproc ranks (and --spares
+// spares) with their TRIDENT_* variables, relays their output and watches them: their exits,
+// and the heartbeats of those that beat (health::FailureDetector; a rank declared dead is
+// killed). A dead rank is reported on stderr and in the store (health::FailedKey: job/failed/
+// <rank> in epoch 1); with an initialised spare left, the spare takes its rank under a new
+// epoch (health::PublishNextEpoch) and the job goes on. Otherwise the other ranks get
+// TRIDENT_KILL_GRACE_MS to exit on their own, then SIGTERM, then SIGKILL 2 s later. SIGINT and SIGTERM to trident-run are forwarded to the ranks and take
 // the same path; a second one sends SIGKILL at once. Run() returns only when every rank has
 // been reaped and the relay thread joined.
 //
@@ -25,6 +27,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "health/detector.h"
+#include "health/membership.h"
 #include "tools/trident-run/options.h"
 #include "tools/trident-run/output_relay.h"
 #include "trident/store.h"
@@ -51,26 +55,42 @@ class Launcher {
 
  private:
   struct Child {
-    int rank;
+    int index;           // 0..nproc-1: workers; then the spares
+    std::string member;  // "w3", "s0"
     pid_t pid;
+    int rank = -1;       // the rank it holds in the current epoch; -1: an idle spare
     bool running = true;
+    bool ready = false;     // a spare announced itself initialised (job/spare/<member>)
+    bool finished = false;  // held a rank and exited 0
+    bool handled = false;   // its death was already dealt with (declared dead and killed)
     int last_signal = 0;  // the last signal trident-run sent it; then its death is no failure
+    bool spare() const { return index >= 0 && member[0] == 's'; }
   };
   // Where the shutdown stands after the first failure or signal.
   enum class Phase { kRunning, kGrace, kTerminating, kKilling };
 
   absl::Status SetUpStore();
-  std::vector<std::string> ChildEnvironment(int rank) const;
+  std::vector<std::string> ChildEnvironment(const Child& child) const;
   absl::Status SpawnAll(const std::string& path);
   void Watch(int signal_fd);
   void ReapExited();
   void OnChildExit(Child& child, int wait_status);
+  // A member died (exit, signal, or declared dead): replace it with a spare under a new
+  // epoch, or fail the job.
+  void OnMemberDeath(Child& child, const std::string& cause);
+  // Heartbeats, spare readiness and the detector's verdicts; every health_poll_.
+  void PollHealth();
+  // Reads /proc: a reason when the process of `member` is stopped or gone.
+  std::optional<std::string> ConfirmDead(const std::string& member);
   void OnSignal(int sig);
+  Store* store();  // connects on first use; nullptr if unreachable
   void RecordFailure(int rank, const std::string& reason);
+  void SetDone(const std::string& reason);
   // Moves to the next phase when its time has come.
   void Escalate();
   void SignalRunning(int sig);
   void Message(absl::string_view text);
+  Child* FindMember(absl::string_view member);
 
   LaunchOptions options_;
   OutputWriter* const out_;
@@ -85,6 +105,13 @@ class Launcher {
   bool store_unreachable_ = false;                // gave up connecting to --store
 
   std::vector<Child> children_;
+  health::Membership membership_;           // of the current epoch
+  std::vector<std::string> ready_spares_;   // idle, initialised spares, in start order
+  health::FailureDetector detector_;
+  absl::Duration health_poll_;
+  absl::Time next_health_poll_ = absl::InfinitePast();
+  std::vector<std::string> recoveries_;     // one line per epoch change
+  bool done_set_ = false;
   Phase phase_ = Phase::kRunning;
   absl::Time next_step_ = absl::InfiniteFuture();
   std::optional<std::string> first_failure_;  // reason of the first failed rank

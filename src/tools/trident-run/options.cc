@@ -60,6 +60,14 @@ absl::StatusOr<LaunchOptions> ParseArgs(absl::Span<const std::string> args) {
             "--nproc must be an integer from 1 to ", kMaxProcs, ", not '", *value, "'"));
       }
       saw_nproc = true;
+    } else if (flag.name == "--spares") {
+      absl::StatusOr<std::string> value = value_of(flag);
+      if (!value.ok()) return value.status();
+      if (!absl::SimpleAtoi(*value, &options.spares) || options.spares < 0 ||
+          options.spares > kMaxProcs) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--spares must be an integer from 0 to ", kMaxProcs, ", not '", *value, "'"));
+      }
     } else if (flag.name == "--store") {
       absl::StatusOr<std::string> value = value_of(flag);
       if (!value.ok()) return value.status();
@@ -94,7 +102,7 @@ absl::StatusOr<LaunchOptions> ParseArgs(absl::Span<const std::string> args) {
 
 std::string UsageText() {
   return absl::StrCat(
-      "Usage: trident-run --nproc N [--store URL] [--job-id ID] -- PROGRAM [ARGS...]\n"
+      "Usage: trident-run --nproc N [--spares S] [--store URL] [--job-id ID] -- PROGRAM [ARGS...]\n"
       "       trident-run --print-params | --help\n"
       "\n"
       "Starts N copies of PROGRAM as the ranks of one job on this host, prefixes each line\n"
@@ -103,8 +111,16 @@ std::string UsageText() {
       "store, as key job/failed/K), gives the other ranks TRIDENT_KILL_GRACE_MS to exit, then\n"
       "sends them SIGTERM and, 2 s later, SIGKILL.\n"
       "\n"
+      "With --spares S it also starts S spares (output prefixed \"[spare sK] \"), which wait\n"
+      "in the pool (PROGRAM must call trident::Runtime::Init, see include/trident/runtime.h).\n"
+      "A rank that dies, or whose heartbeats stop for TRIDENT_HEARTBEAT_TIMEOUT_MS (it is\n"
+      "then killed), is replaced by a spare under a new epoch, and the job goes on; only when\n"
+      "no spare is left does the job stop as above. A spare that dies while idle shrinks the\n"
+      "pool. When every rank has exited 0 the idle spares are told to exit.\n"
+      "\n"
       "Flags:\n"
       "  --nproc N        number of ranks to start (1 to ", kMaxProcs, "); required\n"
+      "  --spares S       hot spares to start besides the N ranks (default 0)\n"
       "  --store URL      store the ranks meet in: tcp://host:port or file:///dir; the job\n"
       "                   token is taken from TRIDENT_JOB_TOKEN. Default: trident-run hosts\n"
       "                   a TCP store on 127.0.0.1 with a fresh random job token.\n"
@@ -120,6 +136,8 @@ std::string UsageText() {
       "  TRIDENT_STORE        the store URL\n"
       "  TRIDENT_JOB_TOKEN    the secret that store clients present\n"
       "  TRIDENT_JOB_ID       the job identifier\n"
+      "  TRIDENT_MEMBER       w0 .. w{N-1} for the ranks, s0 .. for the spares\n"
+      "  TRIDENT_ROLE         worker, or spare (whose TRIDENT_RANK is -1 until promoted)\n"
       "  FI_TCP_IFACE=lo, FI_SOCKETS_IFACE=lo   unless already set (keeps libfabric on\n"
       "                       loopback on a single host)\n"
       "\n"
@@ -130,7 +148,7 @@ std::string UsageText() {
       "SIGINT and SIGTERM sent to trident-run are forwarded to every rank, followed by the\n"
       "same grace period; a second one kills the ranks at once.\n"
       "\n"
-      "Exit status: 0 when every rank exited 0; 1 when a rank failed (the last line names\n"
+      "Exit status: 0 when every rank (of the last epoch) exited 0; 1 when a rank failed (the last line names\n"
       "the first failed rank and its cause) or trident-run could not start the job; 2 on a\n"
       "usage error; 127 when PROGRAM is not found; 128+signal when interrupted by SIGINT or\n"
       "SIGTERM.\n");

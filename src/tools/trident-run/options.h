@@ -1,6 +1,6 @@
 // Command line of trident-run: what it parses and the usage text it prints.
 //
-//   trident-run --nproc N [--store URL] [--job-id ID] -- prog args...
+//   trident-run --nproc N [--spares S] [--store URL] [--job-id ID] -- prog args...
 //
 // Parsing is by hand rather than with absl flags, because everything after `--` belongs to
 // the program and a missing `--` must be an error, not a silently swallowed argument.
@@ -28,6 +28,8 @@ struct LaunchOptions {
   enum class Action { kRun, kHelp, kPrintParams };
   Action action = Action::kRun;
   int nproc = 0;
+  // Extra processes of the same program that wait, initialised, to replace a failed rank.
+  int spares = 0;
   // Store every rank connects to; empty: trident-run hosts a TCP store on loopback.
   std::optional<std::string> store_url;
   // Empty: taken from TRIDENT_JOB_ID, else generated.

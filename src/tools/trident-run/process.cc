@@ -117,12 +117,16 @@ std::string SignalName(int sig) {
   return abbrev != nullptr ? absl::StrCat("SIG", abbrev) : absl::StrCat("signal ", sig);
 }
 
-std::string DescribeExit(int rank, int wait_status) {
+std::string DescribeWaitStatus(int wait_status) {
   if (WIFSIGNALED(wait_status)) {
     const int sig = WTERMSIG(wait_status);
-    return absl::StrCat("rank ", rank, " killed by signal ", sig, " (", SignalName(sig), ")");
+    return absl::StrCat("killed by signal ", sig, " (", SignalName(sig), ")");
   }
-  return absl::StrCat("rank ", rank, " exited with status ", WEXITSTATUS(wait_status));
+  return absl::StrCat("exited with status ", WEXITSTATUS(wait_status));
+}
+
+std::string DescribeExit(int rank, int wait_status) {
+  return absl::StrCat("rank ", rank, " ", DescribeWaitStatus(wait_status));
 }
 
 std::vector<std::string> MergeEnvironment(char** environ_in, const std::vector<std::string>& drop,

@@ -40,6 +40,8 @@ absl::StatusOr<std::string> ResolveProgram(const std::string& name, absl::string
 // "rank 2 exited with status 3", "rank 2 killed by signal 9 (SIGKILL)", or, for status 0,
 // "rank 2 exited with status 0". `wait_status` is what waitpid() returned.
 std::string DescribeExit(int rank, int wait_status);
+// The same without the rank: "exited with status 3", "killed by signal 9 (SIGKILL)".
+std::string DescribeWaitStatus(int wait_status);
 
 // "SIGKILL" for 9; "signal 64" for a number without a name.
 std::string SignalName(int sig);

@@ -1,0 +1,128 @@
+// trident/runtime.h: what a trainer calls to live through failures (DESIGN.md, "Processes"
+// and "Recovery, step by step"). Under `trident-run --spares S`, every process calls
+// Runtime::Init: workers get the world communicator of epoch 1 at once; spares wait in the
+// pool, already started and connected, until the agent promotes one to replace a dead rank.
+//
+//   ASSIGN_OR_RETURN(auto rt, trident::Runtime::Init({}));
+//   if (rt->promoted()) RestoreStateFromPeerOrCheckpoint();      // a spare took a dead rank
+//   rt->SetGroups({...});                  // sub-communicators to abort with the world
+//   while (step < steps) {
+//     absl::Status s = TrainStep(rt->world());
+//     if (s.ok()) { ++step; continue; }
+//     ASSIGN_OR_RETURN(trident::Recovery r, rt->Recover(s));  // new epoch, new world
+//     RebuildGroupsAndRollBack(rt->world());
+//   }
+//   rt->Finish();
+//
+// While running, a watcher thread polls the store: the moment the agent records a failed rank
+// of the current epoch (or publishes a new epoch), the world and the registered groups are
+// aborted with kAborted naming the rank and the cause, so no rank waits out a deadline. A
+// heartbeat thread beats every TRIDENT_HEARTBEAT_MS; the agent declares a rank whose beats
+// stop dead (TRIDENT_HEARTBEAT_TIMEOUT_MS), kills it and treats it like a crash.
+//
+// Thread-safety: Init, Recover, SetGroups and Finish from the training thread; world() is
+// valid until the next Recover.
+#ifndef TRIDENT_RUNTIME_H_
+#define TRIDENT_RUNTIME_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "trident/communicator.h"
+#include "trident/store.h"
+
+namespace trident {
+
+struct RuntimeOptions {
+  // The job's store; nullptr connects to TRIDENT_STORE (with a second connection for the
+  // heartbeat).
+  std::shared_ptr<Store> store;
+  // Rank, world size, member id and role; empty / -1 read TRIDENT_RANK, TRIDENT_WORLD_SIZE,
+  // TRIDENT_MEMBER, TRIDENT_ROLE.
+  int rank = -1;
+  int world_size = -1;
+  std::string member;
+  std::string role;
+  // libfabric provider and op timeout of the world communicators (see HostCommOptions).
+  std::string provider;
+  absl::Duration timeout = absl::ZeroDuration();
+  // Heartbeat period; zero reads TRIDENT_HEARTBEAT_MS; negative: no heartbeat (tests).
+  absl::Duration heartbeat = absl::ZeroDuration();
+  // How often the watcher polls the store for failures and epochs.
+  absl::Duration poll = absl::Milliseconds(20);
+  // Deadline of one attempt to build an epoch's world; a failure during the build moves to
+  // the next epoch after it.
+  absl::Duration build_timeout = absl::Seconds(10);
+};
+
+struct FailedRank {
+  int rank = -1;
+  std::string member;  // the process that held it: "w3", "s0"
+  std::string cause;   // "killed by signal 9 (SIGKILL)", "no heartbeat for 1s; stopped"
+};
+
+// What one Recover did.
+struct Recovery {
+  int64_t old_epoch = 0;
+  int64_t epoch = 0;               // the new epoch
+  std::vector<FailedRank> failed;  // every rank replaced since old_epoch
+  absl::Duration wait;             // from the call to the new epoch's publication
+  absl::Duration rebuild;          // building the new world
+};
+
+class Runtime {
+ public:
+  // Workers: connect, start the heartbeat, build the current epoch's world. Spares: connect,
+  // start the heartbeat, announce themselves in the pool and block until promoted (then
+  // return as the rank they replace, promoted() true) or until the job ends (kCancelled: the
+  // spare was not needed; exit 0).
+  static absl::StatusOr<std::unique_ptr<Runtime>> Init(RuntimeOptions options = {});
+  ~Runtime();
+
+  Communicator& world() { return *world_; }
+  int rank() const { return rank_; }
+  int world_size() const { return world_size_; }
+  int64_t epoch() const { return epoch_; }
+  const std::string& member() const { return member_; }
+  // This process started as a spare and holds a dead rank's slot: its state must be restored.
+  bool promoted() const { return promoted_; }
+
+  // Communicators split from world() (mesh groups) that must be aborted with it. Replaces
+  // the previous set; call SetGroups({}) before destroying them.
+  void SetGroups(std::vector<Communicator*> groups);
+
+  // After an op of the current epoch failed with `cause`: aborts the world and the groups,
+  // waits for the agent to publish the next epoch (one where every dead rank is held by a
+  // spare), and builds that epoch's world, retrying at a later epoch if another rank dies
+  // meanwhile. Errors: kAborted when the job is ending (no spare left; the message says
+  // why), kDeadlineExceeded when no new epoch came by `deadline` (then `cause` was not a
+  // member's death: treat it as fatal), kFailedPrecondition when this process itself was
+  // declared dead.
+  absl::StatusOr<Recovery> Recover(const absl::Status& cause,
+                                   absl::Time deadline = absl::InfiniteFuture());
+
+  // This rank is done: stops the heartbeat and the watcher. The world stays usable.
+  void Finish();
+
+  struct State;  // internal
+
+ private:
+  explicit Runtime(std::unique_ptr<State> state);
+  absl::Status BuildWorld(int64_t epoch, absl::Time deadline);
+
+  std::unique_ptr<State> state_;
+  std::unique_ptr<Communicator> world_;
+  int rank_ = -1;
+  int world_size_ = 0;
+  int64_t epoch_ = 1;
+  std::string member_;
+  bool promoted_ = false;
+};
+
+}  // namespace trident
+
+#endif  // TRIDENT_RUNTIME_H_

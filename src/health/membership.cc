@@ -1,0 +1,124 @@
+#include "health/membership.h"
+
+#include <algorithm>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "nlohmann/json.hpp"
+
+namespace trident::health {
+
+std::string MembershipKey(int64_t epoch) { return absl::StrCat("job/membership/", epoch); }
+std::string HeartbeatKey(absl::string_view member) {
+  return absl::StrCat("job/heartbeat/", member);
+}
+std::string SpareKey(absl::string_view member) { return absl::StrCat("job/spare/", member); }
+std::string SuspectKey(absl::string_view member) { return absl::StrCat("job/suspect/", member); }
+std::string EpochPrefix(int64_t epoch) {
+  return epoch <= 1 ? std::string() : absl::StrCat("epoch/", epoch, "/");
+}
+std::string FailedKey(int64_t epoch, int rank) {
+  return absl::StrCat(EpochPrefix(epoch), "job/failed/", rank);
+}
+std::string WorkerId(int index) { return absl::StrCat("w", index); }
+std::string SpareId(int index) { return absl::StrCat("s", index); }
+
+Membership Membership::Initial(int world_size) {
+  Membership m;
+  for (int r = 0; r < world_size; ++r) m.ranks.push_back(WorkerId(r));
+  return m;
+}
+
+int Membership::RankOf(absl::string_view member) const {
+  auto it = std::find(ranks.begin(), ranks.end(), member);
+  return it == ranks.end() ? -1 : static_cast<int>(it - ranks.begin());
+}
+
+std::string Membership::ToJson() const {
+  nlohmann::json j;
+  j["epoch"] = epoch;
+  j["ranks"] = ranks;
+  j["failures"] = nlohmann::json::array();
+  for (const Failure& f : failures) {
+    j["failures"].push_back({{"rank", f.rank}, {"member", f.member}, {"cause", f.cause}});
+  }
+  return j.dump();
+}
+
+absl::StatusOr<Membership> Membership::FromJson(absl::string_view json) {
+  nlohmann::json j = nlohmann::json::parse(json.begin(), json.end(), nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("epoch") || !j.contains("ranks")) {
+    return absl::DataLossError(absl::StrCat("membership record is not valid JSON: ", json));
+  }
+  try {
+    Membership m;
+    m.epoch = j.at("epoch").get<int64_t>();
+    m.ranks = j.at("ranks").get<std::vector<std::string>>();
+    for (const auto& f : j.value("failures", nlohmann::json::array())) {
+      m.failures.push_back({f.at("rank").get<int>(), f.at("member").get<std::string>(),
+                            f.at("cause").get<std::string>()});
+    }
+    return m;
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(absl::StrCat("membership record is malformed (", e.what(), "): ", json));
+  }
+}
+
+std::string Membership::DescribeFailures() const {
+  std::vector<std::string> parts;
+  for (const Failure& f : failures) {
+    parts.push_back(absl::StrCat("rank ", f.rank, " (", f.member, ") ", f.cause));
+  }
+  return absl::StrJoin(parts, "; ");
+}
+
+absl::StatusOr<Membership> PublishNextEpoch(Store& store, const Membership& current,
+                                            const std::vector<Failure>& failures,
+                                            std::vector<std::string>& spares,
+                                            absl::Time deadline) {
+  if (failures.size() > spares.size()) {
+    Membership shown;
+    shown.failures = failures;
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "no spare left to replace ", shown.DescribeFailures(), " (", spares.size(),
+        " spare(s) for ", failures.size(), " failure(s))"));
+  }
+  Membership next;
+  next.epoch = current.epoch + 1;
+  next.ranks = current.ranks;
+  next.failures = failures;
+  size_t used = 0;
+  for (const Failure& f : failures) next.ranks[f.rank] = spares[used++];
+  const std::string mine = next.ToJson();
+  ASSIGN_OR_RETURN(std::string stored,
+                   store.CompareSet(MembershipKey(next.epoch), "", mine, deadline));
+  if (stored != mine) {
+    // Another coordinator published this epoch first; theirs is the truth.
+    ASSIGN_OR_RETURN(Membership theirs, Membership::FromJson(stored));
+    spares.erase(std::remove_if(spares.begin(), spares.end(),
+                                [&](const std::string& s) { return theirs.RankOf(s) >= 0; }),
+                 spares.end());
+    return theirs;
+  }
+  spares.erase(spares.begin(), spares.begin() + static_cast<std::ptrdiff_t>(used));
+  RETURN_IF_ERROR(store.Set(kEpochKey, absl::StrCat(next.epoch), deadline));
+  return next;
+}
+
+absl::StatusOr<Membership> ReadMembership(Store& store, int world_size, absl::Time deadline) {
+  absl::StatusOr<std::string> epoch = store.TryGet(kEpochKey, deadline);
+  if (absl::IsNotFound(epoch.status())) return Membership::Initial(world_size);
+  RETURN_IF_ERROR(epoch.status());
+  int64_t e = 0;
+  if (!absl::SimpleAtoi(*epoch, &e) || e < 1) {
+    return absl::DataLossError(absl::StrCat("store key ", kEpochKey, " holds '", *epoch,
+                                            "', not an epoch number"));
+  }
+  if (e == 1) return Membership::Initial(world_size);
+  ASSIGN_OR_RETURN(std::string json, store.Get(MembershipKey(e), deadline));
+  return Membership::FromJson(json);
+}
+
+}  // namespace trident::health

@@ -1,0 +1,83 @@
+// Membership of a job across epochs, and the store keys the agent (trident-run), the ranks
+// (Runtime) and the communicators use to agree on it (DESIGN.md, "Recovery, step by step").
+//
+// Members are processes, named by trident-run: "w0".."w{N-1}" start as workers, "s0".. as
+// spares. Ranks are slots: epoch e's membership maps every rank to the member that holds it.
+// Epoch 1 is the launch; each recovery publishes epoch e+1, in which each failed rank's slot
+// is held by a spare. Every communicator of epoch e keeps its store keys under
+// EpochPrefix(e), so nothing of an old epoch (a late message, a failure record) can reach
+// the new one.
+//
+// Keys (all under the job's store):
+//   job/epoch                  the current epoch (absent: 1)
+//   job/membership/<e>         Membership::ToJson() of epoch e (e >= 2; epoch 1 is implicit)
+//   job/heartbeat/<member>     a counter each live member increments every TRIDENT_HEARTBEAT_MS
+//   job/spare/<member>         set by a spare that is initialised and waiting in the pool
+//   job/suspect/<member>       set by a rank that saw a transport error talking to it
+//   job/done                   set by the agent when the job is over: idle spares exit
+//   <EpochPrefix(e)>job/failed/<rank>   the cause, for epoch e's communicators to fail fast
+#ifndef TRIDENT_HEALTH_MEMBERSHIP_H_
+#define TRIDENT_HEALTH_MEMBERSHIP_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "trident/store.h"
+
+namespace trident::health {
+
+inline constexpr char kEpochKey[] = "job/epoch";
+inline constexpr char kDoneKey[] = "job/done";
+std::string MembershipKey(int64_t epoch);
+std::string HeartbeatKey(absl::string_view member);
+std::string SpareKey(absl::string_view member);
+std::string SuspectKey(absl::string_view member);
+// "" for epoch 1 (so that programs that know nothing of epochs see the usual keys),
+// "epoch/<e>/" after.
+std::string EpochPrefix(int64_t epoch);
+// Where epoch e's communicators look for failed ranks.
+std::string FailedKey(int64_t epoch, int rank);
+
+std::string WorkerId(int index);  // "w3"
+std::string SpareId(int index);   // "s0"
+
+struct Failure {
+  int rank = -1;
+  std::string member;
+  std::string cause;  // "killed by signal 9 (SIGKILL)", "no heartbeat for 1.1s; stopped"
+};
+
+struct Membership {
+  int64_t epoch = 1;
+  std::vector<std::string> ranks;  // rank -> member
+  std::vector<Failure> failures;   // what ended the previous epoch; empty in epoch 1
+
+  // The launch: rank r held by worker r.
+  static Membership Initial(int world_size);
+  int RankOf(absl::string_view member) const;  // -1 when not a rank in this epoch
+  std::string ToJson() const;
+  static absl::StatusOr<Membership> FromJson(absl::string_view json);
+  // "rank 3 (w3) killed by signal 9 (SIGKILL)"; failures joined by "; ".
+  std::string DescribeFailures() const;
+};
+
+// The recovery coordinator's move: publishes epoch current.epoch + 1, in which each failed
+// rank is held by the next spare of `spares` (those used are removed from it). Safe against
+// several coordinators: the membership key is created by compare-and-set, and whoever loses
+// gets the winner's membership back. kResourceExhausted, naming the ranks and causes, when
+// there are fewer spares than failures (nothing is published then).
+absl::StatusOr<Membership> PublishNextEpoch(Store& store, const Membership& current,
+                                            const std::vector<Failure>& failures,
+                                            std::vector<std::string>& spares,
+                                            absl::Time deadline);
+
+// The current epoch's membership: epoch 1 is Initial(world_size).
+absl::StatusOr<Membership> ReadMembership(Store& store, int world_size, absl::Time deadline);
+
+}  // namespace trident::health
+
+#endif  // TRIDENT_HEALTH_MEMBERSHIP_H_

@@ -1,0 +1,271 @@
+#include "trident/runtime.h"
+
+#include <algorithm>
+#include <atomic>
+#include <optional>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "common/logging.h"
+#include "common/params.h"
+#include "common/status_macros.h"
+#include "health/heartbeat.h"
+#include "health/membership.h"
+
+namespace trident {
+
+struct Runtime::State {
+  RuntimeOptions options;
+  std::shared_ptr<Store> store;        // the training thread's connection
+  std::shared_ptr<Store> watch_store;  // the watcher's (and heartbeat's) connection
+  std::unique_ptr<health::Heartbeat> heartbeat;
+
+  absl::Mutex mu;
+  Communicator* world ABSL_GUARDED_BY(mu) = nullptr;
+  std::vector<Communicator*> groups ABSL_GUARDED_BY(mu);
+  int64_t epoch ABSL_GUARDED_BY(mu) = 1;
+  bool aborted ABSL_GUARDED_BY(mu) = false;  // this epoch's comms were aborted
+  absl::Notification stop;
+  std::thread watcher;
+
+  void AbortLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (aborted) return;
+    aborted = true;
+    if (world != nullptr) world->Abort(status);
+    for (Communicator* g : groups) g->Abort(status);
+  }
+
+  // The first failure recorded for `epoch`, if any.
+  std::optional<std::string> FirstFailure(Store& s, int64_t e) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(2);
+    const std::string prefix = absl::StrCat(health::EpochPrefix(e), "job/failed/");
+    absl::StatusOr<std::vector<std::string>> keys = s.ListPrefix(prefix, deadline);
+    if (!keys.ok() || keys->empty()) return std::nullopt;
+    absl::StatusOr<std::string> cause = s.TryGet(keys->front(), deadline);
+    return cause.ok() ? *cause : keys->front();
+  }
+
+  // Watches for failures of the current epoch and for a newer epoch; aborts at once.
+  void Watch() {
+    while (!stop.WaitForNotificationWithTimeout(options.poll)) {
+      int64_t e;
+      {
+        absl::MutexLock lock(&mu);
+        if (aborted || world == nullptr) continue;
+        e = epoch;
+      }
+      std::optional<std::string> failure = FirstFailure(*watch_store, e);
+      if (!failure.has_value()) {
+        absl::StatusOr<std::string> current =
+            watch_store->TryGet(health::kEpochKey, absl::Now() + absl::Seconds(2));
+        int64_t now_epoch = 1;
+        if (current.ok() && absl::SimpleAtoi(*current, &now_epoch) && now_epoch > e) {
+          failure = absl::StrCat("the job moved on to epoch ", now_epoch);
+        }
+      }
+      if (failure.has_value()) {
+        absl::MutexLock lock(&mu);
+        if (epoch == e) {
+          AbortLocked(absl::AbortedError(absl::StrCat(*failure, " (epoch ", e, ")")));
+        }
+      }
+    }
+  }
+};
+
+Runtime::Runtime(std::unique_ptr<State> state) : state_(std::move(state)) {}
+
+Runtime::~Runtime() {
+  Finish();
+  absl::MutexLock lock(&state_->mu);
+  state_->world = nullptr;
+  state_->groups.clear();
+}
+
+void Runtime::Finish() {
+  if (!state_->stop.HasBeenNotified()) state_->stop.Notify();
+  if (state_->watcher.joinable()) state_->watcher.join();
+  state_->heartbeat.reset();
+}
+
+void Runtime::SetGroups(std::vector<Communicator*> groups) {
+  absl::MutexLock lock(&state_->mu);
+  state_->groups = std::move(groups);
+}
+
+absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Init(RuntimeOptions options) {
+  auto state = std::make_unique<State>();
+  if (options.rank < 0) options.rank = static_cast<int>(ParamInt("TRIDENT_RANK"));
+  if (options.world_size < 0) options.world_size = static_cast<int>(ParamInt("TRIDENT_WORLD_SIZE"));
+  if (options.member.empty()) options.member = ParamString("TRIDENT_MEMBER");
+  if (options.member.empty()) options.member = health::WorkerId(options.rank);
+  if (options.role.empty()) options.role = ParamString("TRIDENT_ROLE");
+  if (options.role != "worker" && options.role != "spare") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TRIDENT_ROLE is '", options.role, "'; expected worker or spare"));
+  }
+  if (options.heartbeat == absl::ZeroDuration()) {
+    options.heartbeat = ParamMillis("TRIDENT_HEARTBEAT_MS");
+  }
+  if (options.timeout == absl::ZeroDuration()) options.timeout = ParamMillis("TRIDENT_TIMEOUT_MS");
+  const absl::Time deadline = absl::Now() + options.timeout;
+  if (options.store != nullptr) {
+    state->store = options.store;
+    state->watch_store = options.store;
+  } else {
+    ASSIGN_OR_RETURN(std::unique_ptr<Store> s, ConnectStoreFromEnv(deadline));
+    state->store = std::move(s);
+    ASSIGN_OR_RETURN(std::unique_ptr<Store> w, ConnectStoreFromEnv(deadline));
+    state->watch_store = std::move(w);
+  }
+  InitLogging(options.role == "spare" ? absl::StrCat("spare ", options.member)
+                                      : absl::StrCat("rank ", options.rank));
+  if (options.heartbeat > absl::ZeroDuration()) {
+    state->heartbeat = std::make_unique<health::Heartbeat>(state->watch_store, options.member,
+                                                           options.heartbeat);
+  }
+  state->options = options;
+  std::unique_ptr<Runtime> rt(new Runtime(std::move(state)));
+  rt->member_ = options.member;
+  rt->world_size_ = options.world_size;
+  State& s = *rt->state_;
+
+  if (options.role == "worker") {
+    ASSIGN_OR_RETURN(health::Membership m,
+                     health::ReadMembership(*s.store, options.world_size, deadline));
+    rt->rank_ = m.RankOf(options.member);
+    if (rt->rank_ < 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "member ", options.member, " holds no rank in epoch ", m.epoch,
+          " (it was declared dead: ", m.DescribeFailures(), ")"));
+    }
+    RETURN_IF_ERROR(rt->BuildWorld(m.epoch, deadline));
+  } else {
+    // The spare pool: announce, then wait for an epoch that gives this member a rank.
+    RETURN_IF_ERROR(s.store->Set(health::SpareKey(options.member), "ready", deadline));
+    spdlog::info("spare {} ready; waiting to be promoted", options.member);
+    while (true) {
+      if (s.store->TryGet(health::kDoneKey, absl::InfiniteFuture()).ok()) {
+        return absl::CancelledError(
+            absl::StrCat("the job ended; spare ", options.member, " was not needed"));
+      }
+      ASSIGN_OR_RETURN(health::Membership m,
+                       health::ReadMembership(*s.store, options.world_size, absl::InfiniteFuture()));
+      const int rank = m.RankOf(options.member);
+      if (rank >= 0) {
+        rt->rank_ = rank;
+        rt->promoted_ = true;
+        InitLogging(absl::StrCat("rank ", rank));
+        spdlog::info("spare {} promoted to rank {} in epoch {}, replacing {}", options.member,
+                     rank, m.epoch, m.DescribeFailures());
+        // The build may race with yet another failure: then the next epoch's membership
+        // says where this member stands.
+        absl::Status built =
+            rt->BuildWorld(m.epoch, absl::Now() + options.build_timeout);
+        if (built.ok()) break;
+        spdlog::warn("building the world of epoch {} failed: {}; waiting for the next epoch",
+                     m.epoch, built.ToString());
+      }
+      absl::SleepFor(options.poll);
+    }
+  }
+  s.watcher = std::thread([&s] { s.Watch(); });
+  return rt;
+}
+
+absl::Status Runtime::BuildWorld(int64_t epoch, absl::Time deadline) {
+  State& s = *state_;
+  HostCommOptions o;
+  o.rank = rank_;
+  o.world_size = world_size_;
+  o.store = epoch <= 1 ? s.store : NewPrefixStore(health::EpochPrefix(epoch), s.store);
+  o.provider = s.options.provider;
+  o.timeout = s.options.timeout;
+  o.name = "world";
+  o.epoch = epoch;
+  // CreateHostCommunicator's setup is bound by o.timeout; keep it within `deadline`.
+  o.timeout = std::min(s.options.timeout, std::max(deadline - absl::Now(), absl::Milliseconds(1)));
+  absl::StatusOr<std::unique_ptr<Communicator>> world = CreateHostCommunicator(o);
+  if (!world.ok()) return world.status();
+  {
+    absl::MutexLock lock(&s.mu);
+    s.world = nullptr;
+    s.groups.clear();
+  }
+  world_ = std::move(world).value();
+  epoch_ = epoch;
+  absl::MutexLock lock(&s.mu);
+  s.world = world_.get();
+  s.epoch = epoch;
+  s.aborted = false;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Recovery> Runtime::Recover(const absl::Status& cause, absl::Time deadline) {
+  State& s = *state_;
+  const absl::Time start = absl::Now();
+  {
+    absl::MutexLock lock(&s.mu);
+    s.AbortLocked(cause.ok() ? absl::AbortedError("recovery") : cause);
+  }
+  Recovery r;
+  r.old_epoch = epoch_;
+  int64_t target = epoch_ + 1;
+  while (true) {
+    // Wait for the next epoch (or the end of the job).
+    absl::StatusOr<health::Membership> m;
+    while (true) {
+      if (absl::StatusOr<std::string> done = s.store->TryGet(health::kDoneKey, deadline);
+          done.ok()) {
+        return absl::AbortedError(absl::StrCat("the job is ending: ", *done));
+      }
+      m = health::ReadMembership(*s.store, world_size_, deadline);
+      RETURN_IF_ERROR(m.status());
+      if (m->epoch >= target) break;
+      if (absl::Now() >= deadline) {
+        return absl::DeadlineExceededError(absl::StrCat(
+            "no new epoch after epoch ", epoch_, " by the deadline; the failure (",
+            cause.ToString(), ") was not a rank's death"));
+      }
+      absl::SleepFor(s.options.poll);
+    }
+    if (r.wait == absl::ZeroDuration()) r.wait = absl::Now() - start;
+    for (int64_t e = target; e <= m->epoch; ++e) {
+      absl::StatusOr<health::Membership> em =
+          e == m->epoch ? m : [&]() -> absl::StatusOr<health::Membership> {
+            ASSIGN_OR_RETURN(std::string json, s.store->Get(health::MembershipKey(e), deadline));
+            return health::Membership::FromJson(json);
+          }();
+      RETURN_IF_ERROR(em.status());
+      for (const health::Failure& f : em->failures) r.failed.push_back({f.rank, f.member, f.cause});
+    }
+    const int rank = m->RankOf(member_);
+    if (rank < 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "this process (", member_, ") was declared dead in epoch ", m->epoch, ": ",
+          m->DescribeFailures()));
+    }
+    rank_ = rank;
+    const absl::Time build_start = absl::Now();
+    absl::Status built =
+        BuildWorld(m->epoch, std::min(deadline, absl::Now() + s.options.build_timeout));
+    if (built.ok()) {
+      r.epoch = m->epoch;
+      r.rebuild = absl::Now() - build_start;
+      spdlog::info("recovered into epoch {} as rank {} (replaced: {}) in {}", r.epoch, rank_,
+                   health::Membership{m->epoch, m->ranks, m->failures}.DescribeFailures(),
+                   absl::FormatDuration(absl::Now() - start));
+      return r;
+    }
+    spdlog::warn("building the world of epoch {} failed: {}; waiting for the next epoch",
+                 m->epoch, built.ToString());
+    if (absl::Now() >= deadline) return built;
+    target = m->epoch + 1;
+  }
+}
+
+}  // namespace trident

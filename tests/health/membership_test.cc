@@ -1,0 +1,85 @@
+// Membership records and the coordinator's compare-and-set, on a MemoryStore.
+#include "health/membership.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace trident::health {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+absl::Time Soon() { return absl::Now() + absl::Seconds(5); }
+
+TEST(MembershipTest, InitialAndJsonRoundTrip) {
+  Membership m = Membership::Initial(3);
+  EXPECT_EQ(m.epoch, 1);
+  EXPECT_THAT(m.ranks, ElementsAre("w0", "w1", "w2"));
+  EXPECT_EQ(m.RankOf("w2"), 2);
+  EXPECT_EQ(m.RankOf("s0"), -1);
+  m.epoch = 4;
+  m.failures.push_back({1, "w1", "killed by signal 9 (SIGKILL)"});
+  auto back = Membership::FromJson(m.ToJson());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->epoch, 4);
+  EXPECT_EQ(back->ranks, m.ranks);
+  ASSERT_EQ(back->failures.size(), 1u);
+  EXPECT_EQ(back->DescribeFailures(), "rank 1 (w1) killed by signal 9 (SIGKILL)");
+}
+
+TEST(MembershipTest, MalformedRecordIsDataLoss) {
+  EXPECT_EQ(Membership::FromJson("{not json").status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(Membership::FromJson(R"({"epoch": "x", "ranks": []})").status().code(),
+            absl::StatusCode::kDataLoss);
+}
+
+TEST(MembershipTest, KeysAreScopedByEpoch) {
+  EXPECT_EQ(FailedKey(1, 3), "job/failed/3");  // what epoch-unaware programs watch
+  EXPECT_EQ(FailedKey(2, 3), "epoch/2/job/failed/3");
+  EXPECT_EQ(EpochPrefix(1), "");
+}
+
+TEST(CoordinatorTest, PublishesNextEpochWithSparesInOrder) {
+  auto store = NewMemoryStore();
+  auto m1 = ReadMembership(*store, 4, Soon());
+  ASSERT_TRUE(m1.ok());
+  EXPECT_EQ(m1->epoch, 1);
+  std::vector<std::string> spares = {"s0", "s1"};
+  auto m2 = PublishNextEpoch(*store, *m1, {{2, "w2", "killed by signal 9 (SIGKILL)"}}, spares,
+                             Soon());
+  ASSERT_TRUE(m2.ok()) << m2.status();
+  EXPECT_EQ(m2->epoch, 2);
+  EXPECT_THAT(m2->ranks, ElementsAre("w0", "w1", "s0", "w3"));
+  EXPECT_THAT(spares, ElementsAre("s1"));
+  auto read = ReadMembership(*store, 4, Soon());
+  ASSERT_TRUE(read.ok());
+  EXPECT_EQ(read->ranks, m2->ranks);
+  EXPECT_EQ(*store->Get(kEpochKey, Soon()), "2");
+}
+
+TEST(CoordinatorTest, LosingCoordinatorAdoptsTheWinnersEpoch) {
+  auto store = NewMemoryStore();
+  Membership m1 = Membership::Initial(2);
+  std::vector<std::string> agent_a = {"s0"}, agent_b = {"s1"};
+  auto a = PublishNextEpoch(*store, m1, {{0, "w0", "exited with status 1"}}, agent_a, Soon());
+  auto b = PublishNextEpoch(*store, m1, {{0, "w0", "exited with status 1"}}, agent_b, Soon());
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(b->ranks, a->ranks);  // s0 holds rank 0 for both
+  EXPECT_THAT(b->ranks, ElementsAre("s0", "w1"));
+  EXPECT_THAT(agent_b, ElementsAre("s1"));  // b's spare was not used
+}
+
+TEST(CoordinatorTest, TooFewSparesIsResourceExhaustedAndPublishesNothing) {
+  auto store = NewMemoryStore();
+  std::vector<std::string> spares;
+  auto r = PublishNextEpoch(*store, Membership::Initial(2),
+                            {{1, "w1", "killed by signal 9 (SIGKILL)"}}, spares, Soon());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("no spare left to replace rank 1 (w1) killed by signal 9 (SIGKILL)"));
+  EXPECT_FALSE(store->TryGet(kEpochKey, Soon()).ok());
+}
+
+}  // namespace
+}  // namespace trident::health
