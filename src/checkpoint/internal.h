@@ -117,6 +117,10 @@ class ParallelCopier {
 // Resolves `step` (kLatestStep allowed) and reads its manifest.
 absl::StatusOr<CheckpointManifest> ReadManifestAt(FileSystem& fs, const std::string& dir,
                                                   int64_t* step);
+// Where the bytes of a request are assembled: the caller's memory, or for a CUDA tensor a host
+// buffer that FinishDestination then copies to the device.
+absl::StatusOr<char*> HostDestination(const TensorRequest& request, HostMemory* bounce);
+absl::Status FinishDestination(const TensorRequest& request, const HostMemory& bounce);
 // Where a request lies in the global tensor, after checking it against what is stored.
 absl::StatusOr<Box> RequestBox(const TensorRequest& request, DType dtype,
                                const Tensor::Shape& global_shape, absl::string_view where);

@@ -40,6 +40,8 @@ absl::Status PeerReplica::Restore(absl::Span<const TensorRequest> requests) cons
     }
     const ReplicaTensor& t = *it;
     ASSIGN_OR_RETURN(ckpt::Box want, ckpt::RequestBox(request, t.dtype, t.global_shape, where));
+    HostMemory bounce;  // CUDA destinations: filled here, then copied to the device
+    ASSIGN_OR_RETURN(char* dst, ckpt::HostDestination(request, &bounce));
     std::vector<bool>& ok = verified[it - impl_->tensors.begin()];
     ok.resize(t.pieces.size(), false);
     int64_t filled = 0;
@@ -58,8 +60,7 @@ absl::Status PeerReplica::Restore(absl::Span<const TensorRequest> requests) cons
         }
         ok[i] = true;
       }
-      ckpt::CopyBox(src, piece.box, static_cast<char*>(request.tensor.data()), want, region,
-                    DTypeSize(t.dtype));
+      ckpt::CopyBox(src, piece.box, dst, want, region, DTypeSize(t.dtype));
       filled += ckpt::Volume(region.shape);
     }
     if (filled != ckpt::Volume(want.shape)) {
@@ -67,6 +68,7 @@ absl::Status PeerReplica::Restore(absl::Span<const TensorRequest> requests) cons
           where, " holds only part of the requested slice of tensor ", t.name, " (offset ",
           ckpt::ShapeString(want.offset), " shape ", ckpt::ShapeString(want.shape), ")"));
     }
+    RETURN_IF_ERROR(ckpt::FinishDestination(request, bounce));
   }
   return absl::OkStatus();
 }

@@ -449,10 +449,11 @@ TEST(EngineTest, BadStatesAreRejectedBeforeAnythingHappens) {
     CheckpointState big = StateOf(t, std::string(kMaxCheckpointMetadataBytes + 1, 'm'));
     EXPECT_EQ(engine->Save(1, big).status().code(), absl::StatusCode::kInvalidArgument);
     CheckpointState gpu = StateOf(t);
-    gpu.tensors[0].tensor = Tensor(t[0].bytes.data(), DType::kF32, {8}, Device::Cuda(0));
+    // A device no process has (and, in a build without CUDA, any device).
+    gpu.tensors[0].tensor = Tensor(t[0].bytes.data(), DType::kF32, {8}, Device::Cuda(999));
     s = engine->Save(1, gpu);
     EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_THAT(s.status().message(), HasSubstr("CUDA"));
+    EXPECT_THAT(s.status().message(), HasSubstr("is a CUDA tensor (cuda:999)"));
     EXPECT_EQ(engine->LastSave(), nullptr);
   });
   EXPECT_EQ(ListCheckpoints(dir.path())->size(), 0u);
