@@ -867,7 +867,7 @@ void Engine::ApplyRetention() {
 absl::Status Engine::ExchangeReplicas(Job& job, const std::vector<ckpt::RankReport>& reports) {
   const bool send = reports[rank_].sends_replica;
   const bool recv = reports[source_].sends_replica;
-  std::unique_ptr<ckpt::ReplicaSend> sending;
+  ckpt::OutgoingReplica outgoing;
   if (send) {
     PeerReplica::Impl index;
     index.owner_rank = rank_;
@@ -889,40 +889,31 @@ absl::Status Engine::ExchangeReplicas(Job& job, const std::vector<ckpt::RankRepo
       }
       index.tensors.push_back(std::move(t));
     }
-    sending = ckpt::StartSendReplica(*comm_, buddy_, ckpt::ReplicaIndexJson(index),
-                                     ArenaAt(job, 0), job.stream_bytes, op_options_);
+    outgoing = {buddy_, ckpt::ReplicaIndexJson(index), ArenaAt(job, 0), job.stream_bytes};
   }
-  absl::Status status;
+  // Reuse the memory of the replica held so far unless the caller still holds it.
+  HostMemory reuse;
+  size_t reuse_bytes = 0;
   if (recv) {
-    // Reuse the memory of the replica held so far unless the caller still holds it.
-    HostMemory reuse;
-    size_t reuse_bytes = 0;
-    {
-      absl::MutexLock lock(&mu_);
-      if (held_ && held_.use_count() == 1) {
-        reuse = std::move(held_->mutable_impl().data);
-        reuse_bytes = held_->bytes();
-        held_.reset();
-      }
-    }
-    auto received = ckpt::RecvReplica(*comm_, source_, std::move(reuse), reuse_bytes, op_options_);
-    if (received.ok()) {
-      auto replica = std::make_shared<PeerReplica>(std::move(received).value());
-      absl::MutexLock lock(&mu_);
-      held_ = std::move(replica);
-    } else {
-      status = received.status();
+    absl::MutexLock lock(&mu_);
+    if (held_ && held_.use_count() == 1) {
+      reuse = std::move(held_->mutable_impl().data);
+      reuse_bytes = held_->bytes();
+      held_.reset();
     }
   }
-  if (sending) {
-    absl::Status s = sending->Finish();
-    if (status.ok()) status = s;
+  auto received = ckpt::ExchangeReplicas(*comm_, send ? &outgoing : nullptr, recv, source_,
+                                         std::move(reuse), reuse_bytes, op_options_);
+  if (!received.ok()) return received.status();
+  if (*received != nullptr) {
+    auto replica = std::make_shared<PeerReplica>(std::move(received).value());
+    absl::MutexLock lock(&mu_);
+    held_ = std::move(replica);
   }
-  if (!status.ok()) return status;
   if (!send) {
     return absl::UnavailableError(
-        job.streamed ? "not sent: the state did not fit the staging budget"
-                     : "not sent: this rank's save failed");
+        "not sent: the whole state (with the parts of replicated tensors that other replicas "
+        "write) did not fit the staging budget");
   }
   return absl::OkStatus();
 }
