@@ -616,6 +616,15 @@ absl::Status Engine::Begin(Job& job, std::string* tmp_dir, std::string* nonce,
       s = names.status();
       if (s.ok()) {
         for (const std::string& name : *names) {
+          const size_t old_at = name.find(".old-");
+          if (old_at != std::string::npos && ckpt::IsStaleDirName(name) &&
+              !fs_->FileExists(Dir(name.substr(0, old_at)))) {
+            // A checkpoint moved aside to be replaced, and the replacement never came: put it
+            // back.
+            absl::Status r = fs_->Rename(Dir(name), Dir(name.substr(0, old_at)));
+            if (!r.ok()) spdlog::warn("checkpoint: cannot restore {}: {}", Dir(name), r);
+            continue;
+          }
           if (ckpt::IsStaleDirName(name) || name == std::string(ckpt::kLatestName) + ".tmp") {
             absl::Status r = fs_->RemoveAll(Dir(name));
             if (!r.ok()) spdlog::warn("checkpoint: cannot clean {}: {}", Dir(name), r);
@@ -821,11 +830,23 @@ absl::Status Engine::Commit(Job& job, const std::string& tmp_dir, const std::str
   const std::string final_dir = Dir(ckpt::StepDirName(job.step));
   std::string old_dir;
   if (fs_->FileExists(final_dir)) {
-    // The same step saved again (e.g. after a rollback): move the old one aside first.
-    old_dir = Dir(ckpt::OldDirName(job.step, nonce));
-    RETURN_IF_ERROR(fs_->Rename(final_dir, old_dir));
+    // The same step saved again (e.g. after a rollback). Swap the two directories atomically:
+    // the old one then carries the tmp name, which a crash leaves to be cleaned. Where the
+    // file system cannot swap, move the old one aside first (a crash in between leaves it as
+    // *.old-*, which the next save renames back).
+    absl::Status swapped = fs_->Exchange(tmp_dir, final_dir);
+    if (swapped.ok()) {
+      old_dir = tmp_dir;
+    } else if (absl::IsUnimplemented(swapped)) {
+      old_dir = Dir(ckpt::OldDirName(job.step, nonce));
+      RETURN_IF_ERROR(fs_->Rename(final_dir, old_dir));
+      RETURN_IF_ERROR(fs_->Rename(tmp_dir, final_dir));
+    } else {
+      return swapped;
+    }
+  } else {
+    RETURN_IF_ERROR(fs_->Rename(tmp_dir, final_dir));
   }
-  RETURN_IF_ERROR(fs_->Rename(tmp_dir, final_dir));
   RETURN_IF_ERROR(fs_->SyncDir(options_.dir));
   ckpt::MaybeCrashAt(ckpt::kCrashBeforeLatest);
   const std::string latest_tmp = Dir(std::string(ckpt::kLatestName) + ".tmp");

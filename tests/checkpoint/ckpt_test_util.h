@@ -177,6 +177,10 @@ class FaultFileSystem : public FileSystem {
     Record("rename " + from + " " + to);
     return base_->Rename(from, to);
   }
+  absl::Status Exchange(const std::string& a, const std::string& b) override {
+    Record("exchange " + a + " " + b);
+    return base_->Exchange(a, b);
+  }
   absl::Status RemoveAll(const std::string& path) override { return base_->RemoveAll(path); }
   absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) override {
     return base_->ListDir(path);

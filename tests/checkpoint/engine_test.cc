@@ -461,8 +461,11 @@ TEST(EngineTest, BadStatesAreRejectedBeforeAnythingHappens) {
 
 TEST(EngineTest, SavingAStepAgainReplacesIt) {
   ScratchDir dir;
+  auto fs = std::make_shared<testing::FaultFileSystem>();
   RunRanks(1, [&](int, std::shared_ptr<Communicator> comm) {
-    auto engine = MustCreate(Options(dir.path(), comm));
+    CheckpointOptions o = Options(dir.path(), comm);
+    o.file_system = fs;
+    auto engine = MustCreate(std::move(o));
     for (uint64_t seed : {1, 2}) {
       std::vector<OwnedTensor> t = {MakeTensor(seed, "x", DType::kF32, {1000})};
       auto s = engine->Save(4, StateOf(t));
@@ -472,6 +475,12 @@ TEST(EngineTest, SavingAStepAgainReplacesIt) {
   EXPECT_EQ(LoadAndCompare(dir.path(), kLatestStep, 2, "x", DType::kF32, {1000}, Box{{0}, {1000}}),
             "");
   EXPECT_EQ(PosixFileSystem()->ListDir(dir.path())->size(), 2u);  // step-000000004, latest
+  // Swapped in atomically where the file system can (ext4, xfs, tmpfs), else moved aside.
+  bool replaced = false;
+  for (const std::string& e : fs->Log()) {
+    replaced |= e.rfind("exchange ", 0) == 0 || e.find(".old-") != std::string::npos;
+  }
+  EXPECT_TRUE(replaced);
 }
 
 TEST(EngineTest, LoadErrorsNameWhatIsWrong) {
