@@ -9,6 +9,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libfabric-dev libfabric-bin
   libgloo-dev libopenmpi-dev openmpi-bin  # peers that tests/perf benchmarks against
+  fio  # trident-bench ckpt: the disk's sequential write bandwidth
   libopenblas-dev  # lm-trainer's matrix products
   python3
 )

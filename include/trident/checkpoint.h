@@ -66,7 +66,7 @@ struct TensorPlacement {
 
 struct NamedTensor {
   std::string name;  // unique in a state; must not start with "__"
-  Tensor tensor;     // contiguous; CPU memory (CUDA tensors need a CUDA build)
+  Tensor tensor;     // contiguous; CPU memory, or CUDA memory in a build with CUDA
   TensorPlacement placement;
 };
 
@@ -75,6 +75,11 @@ struct CheckpointState {
   // Small per-rank user bytes (RNG state, data-loader position, ...), at most
   // kMaxCheckpointMetadataBytes; stored in the manifest.
   std::string metadata;
+  // CUDA tensors only: the cudaStream_t whose queued work produces them (void* so that this
+  // header needs no CUDA header); the snapshot's copies, on the engine's own stream per
+  // device into page-locked staging, start after that work. nullptr: the legacy default
+  // stream. Save returns once the copies are done.
+  void* cuda_stream = nullptr;
 };
 inline constexpr size_t kMaxCheckpointMetadataBytes = 1 << 20;
 
@@ -96,6 +101,9 @@ struct CheckpointOptions {
   // larger one streams through the budget: Save returns when its last byte is staged, having
   // waited for earlier bytes to be written. 0: TRIDENT_CKPT_MEMORY_BUDGET_MB.
   size_t memory_budget_bytes = 0;
+  // Staging to allocate and fault in at Create (capped by the budget), e.g. the state's size:
+  // otherwise the first Save pays for it (fresh pages cost about 1 GB/s to touch on a VM).
+  size_t reserve_bytes = 0;
   // Threads (the caller's included) that copy a snapshot; 0: TRIDENT_CKPT_THREADS.
   int copy_threads = 0;
   // Write shard files with O_DIRECT where the file system allows it (falls back to buffered
@@ -126,6 +134,7 @@ struct SaveStats {
   double snapshot_seconds = 0;  // time Save spent copying (and waiting for budget)
   double persist_seconds = 0;   // from Save's return to the end of the commit
   int64_t staged_bytes = 0;     // copied by this rank
+  int64_t staging_bytes = 0;    // the staging memory this engine holds (never over the budget)
   int64_t written_bytes = 0;    // written by this rank into its shard file (data only)
   bool streamed = false;        // the state did not fit the budget
   // The peer-replica exchange after the commit: OK when sent and received, kUnavailable
@@ -156,6 +165,7 @@ class CheckpointSave {
 struct TensorRequest {
   std::string name;
   // Destination: its dtype must be the stored dtype; its shape is the shape of the slice.
+  // CPU memory, or CUDA memory in a build with CUDA (filled through host memory, blocking).
   Tensor tensor;
   // Where the slice starts in the global tensor; empty: all zeros.
   Tensor::Shape offset;
@@ -198,9 +208,11 @@ class CheckpointEngine {
 
   // Takes a snapshot of `state` for `step` and returns once it is staged; the returned handle
   // tracks the persist and commit. kInvalidArgument (nothing saved) for a bad state: duplicate
-  // or reserved names, placements out of range, metadata too large, a CUDA tensor in a CPU
-  // build. kUnavailable under BusyPolicy::kSkip (see there). kFailedPrecondition once the
-  // engine's communicator is aborted: make a new engine with a new communicator.
+  // or reserved names, placements out of range, metadata too large, a CUDA tensor in a build
+  // without CUDA or on a device this process does not see. kUnavailable under
+  // BusyPolicy::kSkip (see there). kFailedPrecondition once the engine's communicator is
+  // aborted: make a new engine with a new communicator. If copying from a GPU fails, Save
+  // returns that error and the save fails on every rank (LastSave() tracks it).
   virtual absl::StatusOr<std::shared_ptr<CheckpointSave>> Save(int64_t step,
                                                                const CheckpointState& state) = 0;
   // The most recent save's handle (nullptr before the first).

@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <future>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -27,6 +28,7 @@
 #include "checkpoint/format.h"
 #include "checkpoint/internal.h"
 #include "common/check.h"
+#include "common/cuda.h"
 #include "common/host_memory.h"
 #include "common/logging.h"
 #include "common/params.h"
@@ -81,8 +83,10 @@ class SaveHandle : public CheckpointSave {
     return stats_;
   }
 
-  void SetSnapshot(double seconds, int64_t staged, int64_t written, bool streamed) {
+  void SetSnapshot(double seconds, int64_t staged, int64_t written, bool streamed,
+                   int64_t staging) {
     absl::MutexLock lock(&mu_);
+    stats_.staging_bytes = staging;
     stats_.snapshot_seconds = seconds;
     stats_.staged_bytes = staged;
     stats_.written_bytes = written;
@@ -113,6 +117,7 @@ struct Piece {
   uint64_t stream_offset = 0;
   uint64_t bytes = 0;
   const char* src = nullptr;  // the caller's memory; valid during Save only
+  int device = -1;            // CUDA device of src; -1: host memory
 };
 
 struct StagedTensor {
@@ -137,12 +142,15 @@ struct Job {
   bool stage_others = false;   // the stream holds the whole state (peer replica)
   uint64_t ring = 0;           // streamed: the ring's size; 0: the stream is the arena
   uint64_t window = 0;
+  bool cuda = false;           // some tensors are in GPU memory
+  void* cuda_stream = nullptr;
   std::shared_ptr<SaveHandle> handle;
   absl::Time snapshot_end;
   // Progress, under Engine::mu_.
   uint64_t copied = 0;
   uint64_t released = 0;
   bool snapshot_done = false;  // Save has returned; the stream is complete (or abandoned)
+  absl::Status snapshot_status;  // set with snapshot_done: a failed copy from a GPU
 };
 
 class Engine : public CheckpointEngine {
@@ -160,6 +168,12 @@ class Engine : public CheckpointEngine {
         buddy_(buddy),
         source_(source),
         copier_(threads) {
+    if (options_.reserve_bytes > 0) {
+      arena_size_ = std::min(RoundUp(options_.reserve_bytes, kHugePage),
+                             budget_ / kHugePage * kHugePage);
+      arena_ = AllocateHostMemory(arena_size_);
+      std::memset(arena_.get(), 0, arena_size_);
+    }
     persist_ = std::thread([this] {
       pthread_setname_np(pthread_self(), "trident-ckpt");
       PersistLoop();
@@ -173,6 +187,7 @@ class Engine : public CheckpointEngine {
       cv_.SignalAll();
     }
     persist_.join();
+    if (arena_pinned_) cuda::UnregisterHost(arena_.get());
   }
 
   absl::StatusOr<std::shared_ptr<CheckpointSave>> Save(int64_t step,
@@ -192,7 +207,17 @@ class Engine : public CheckpointEngine {
  private:
   absl::StatusOr<std::shared_ptr<Job>> Plan(int64_t step, const CheckpointState& state);
   void EnsureArena(Job& job);
-  void CopySnapshot(Job& job);
+  absl::Status CopySnapshot(Job& job);
+  struct DeviceCopy {
+    char* dst;
+    const char* src;
+    size_t bytes;
+    int device;
+  };
+  // Host copies with the copier's threads; device copies on the engine's stream of each
+  // device, after the work queued on `caller_stream`, waited for before returning.
+  absl::Status CopyAll(absl::Span<const ckpt::ParallelCopier::Op> host,
+                       absl::Span<const DeviceCopy> device, void* caller_stream);
   char* ArenaAt(const Job& job, uint64_t pos) const {
     return arena_.get() + (job.ring ? pos % job.ring : pos);
   }
@@ -223,9 +248,12 @@ class Engine : public CheckpointEngine {
   ckpt::ParallelCopier copier_;
   int64_t seq_ = 0;  // Save's thread only
 
-  // The arena: resized by Save only while no save is in flight.
+  // The arena: resized by Save only while no save is in flight; page-locked once a state
+  // with CUDA tensors uses it.
   HostMemory arena_;
   size_t arena_size_ = 0;
+  bool arena_pinned_ = false;
+  std::map<int, std::unique_ptr<cuda::OwnedStream>> streams_;  // per device; Save's thread
 
   mutable absl::Mutex mu_;
   absl::CondVar cv_;
@@ -248,6 +276,7 @@ absl::StatusOr<std::shared_ptr<Job>> Engine::Plan(int64_t step, const Checkpoint
   auto job = std::make_shared<Job>();
   job->step = step;
   job->metadata = state.metadata;
+  job->cuda_stream = state.cuda_stream;
   std::set<std::string> names;
   for (const NamedTensor& nt : state.tensors) {
     const std::string where = absl::StrCat("tensor '", nt.name, "'");
@@ -259,10 +288,9 @@ absl::StatusOr<std::shared_ptr<Job>> Engine::Plan(int64_t step, const Checkpoint
       return absl::InvalidArgumentError(absl::StrCat(where, " appears twice in the state"));
     }
     const Tensor& t = nt.tensor;
-    if (!t.device().is_cpu()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, " is in CUDA memory; this build stages CPU tensors only (copy it to the host)"));
-    }
+    RETURN_IF_ERROR(cuda::CheckCudaTensor(t, "checkpoint Save", where));
+    const int device = t.device().is_cpu() ? -1 : t.device().index;
+    if (device >= 0) job->cuda = true;
     if (t.data() == nullptr && t.numel() > 0) {
       return absl::InvalidArgumentError(absl::StrCat(where, ": null data"));
     }
@@ -295,8 +323,8 @@ absl::StatusOr<std::shared_ptr<Job>> Engine::Plan(int64_t step, const Checkpoint
     if (local.shape.empty() || p.replica_count == 1) {
       // A scalar or an unreplicated piece: all or nothing.
       st.has_written = rows.end > rows.begin || (p.replica_index == 0);
-      if (st.has_written) st.written = Piece{local, 0, bytes, data};
-      else st.others.push_back(Piece{local, 0, bytes, data});
+      if (st.has_written) st.written = Piece{local, 0, bytes, data, device};
+      else st.others.push_back(Piece{local, 0, bytes, data, device});
     } else {
       const int64_t row_count = local.shape[0];
       const uint64_t row_bytes = row_count > 0 ? bytes / static_cast<uint64_t>(row_count) : 0;
@@ -305,7 +333,7 @@ absl::StatusOr<std::shared_ptr<Job>> Engine::Plan(int64_t step, const Checkpoint
         b.offset[0] += begin;
         b.shape[0] = end - begin;
         return Piece{b, 0, row_bytes * static_cast<uint64_t>(end - begin),
-                     data + row_bytes * static_cast<uint64_t>(begin)};
+                     data + row_bytes * static_cast<uint64_t>(begin), device};
       };
       st.has_written = rows.end > rows.begin || (p.replica_index == 0 && bytes == 0);
       if (st.has_written) st.written = rows_piece(rows.begin, rows.end);
@@ -325,10 +353,11 @@ absl::StatusOr<std::shared_ptr<Job>> Engine::Plan(int64_t step, const Checkpoint
     for (const Piece& o : st.others) other_bytes += o.bytes;
   }
   job->written_bytes = pos;
+  // The arena is whole huge pages; it never exceeds the budget.
   const uint64_t head = RoundUp(pos, kDirectIoAlignment);
-  job->stage_others = buddy_ >= 0 && head + other_bytes <= budget_;
+  job->stage_others = buddy_ >= 0 && RoundUp(head + other_bytes, kHugePage) <= budget_;
   job->stream_bytes = job->stage_others ? head + other_bytes : pos;
-  job->streamed = RoundUp(job->stream_bytes, kDirectIoAlignment) > budget_;
+  job->streamed = RoundUp(job->stream_bytes, kHugePage) > budget_;
   if (job->stage_others) {
     pos = head;
     for (StagedTensor& st : job->tensors) {
@@ -345,6 +374,8 @@ void Engine::EnsureArena(Job& job) {
   if (!job.streamed) {
     const size_t need = std::max(kHugePage, RoundUp(job.stream_bytes, kHugePage));
     if (arena_size_ < need) {
+      if (arena_pinned_) cuda::UnregisterHost(arena_.get());
+      arena_pinned_ = false;
       arena_.reset();
       arena_ = AllocateHostMemory(need);
       arena_size_ = need;
@@ -353,6 +384,8 @@ void Engine::EnsureArena(Job& job) {
   }
   const size_t window = std::max(kHugePage, (budget_ / 4) / kHugePage * kHugePage);
   if (arena_size_ < 4 * window) {
+    if (arena_pinned_) cuda::UnregisterHost(arena_.get());
+    arena_pinned_ = false;
     arena_.reset();
     arena_ = AllocateHostMemory(4 * window);
     arena_size_ = 4 * window;
@@ -361,24 +394,72 @@ void Engine::EnsureArena(Job& job) {
   job.ring = 4 * job.window;
 }
 
-void Engine::CopySnapshot(Job& job) {
+absl::Status Engine::CopyAll(absl::Span<const ckpt::ParallelCopier::Op> host,
+                             absl::Span<const DeviceCopy> device, void* caller_stream) {
+  absl::Status status;
+  std::vector<std::pair<int, std::unique_ptr<cuda::Event>>> fences;
+  std::map<int, std::vector<const DeviceCopy*>> by_device;
+  for (const DeviceCopy& c : device) by_device[c.device].push_back(&c);
+  // The device copies go first, so that they run while the host copies do.
+  for (const auto& [dev, copies] : by_device) {
+    cuda::DeviceGuard guard(dev);
+    status = guard.status();
+    if (!status.ok()) break;
+    std::unique_ptr<cuda::OwnedStream>& stream = streams_[dev];
+    if (stream == nullptr) {
+      auto created = cuda::OwnedStream::Create(dev, /*non_blocking=*/true);
+      if (!created.ok()) {
+        status = created.status();
+        break;
+      }
+      stream = std::move(created).value();
+    }
+    auto ready = cuda::Event::Record(caller_stream, dev);
+    status = ready.ok() ? (*ready)->BlockStream(stream->get()) : ready.status();
+    for (size_t i = 0; status.ok() && i < copies.size(); ++i) {
+      status = cuda::CopyAsync(copies[i]->dst, copies[i]->src, copies[i]->bytes, stream->get());
+    }
+    // Fence whatever was queued, even after an error: it writes into the arena.
+    auto fence = cuda::Event::Record(stream->get(), dev);
+    if (fence.ok()) {
+      fences.push_back({dev, std::move(fence).value()});
+    } else if (status.ok()) {
+      status = fence.status();
+    }
+    if (!status.ok()) break;
+  }
+  copier_.Copy(host);
+  for (const auto& [dev, fence] : fences) {
+    absl::Status s = cuda::WaitEvent(*fence, absl::Now() + op_options_.timeout,
+                                     absl::StrCat("copying the snapshot from cuda:", dev));
+    if (status.ok()) status = s;
+  }
+  return Annotate(status, "taking the checkpoint snapshot");
+}
+
+absl::Status Engine::CopySnapshot(Job& job) {
   std::vector<ckpt::ParallelCopier::Op> ops;
+  std::vector<DeviceCopy> device_ops;
+  auto add = [&](char* dst, const Piece& p, uint64_t offset, uint64_t n) {
+    if (n == 0) return;
+    if (p.device >= 0) {
+      device_ops.push_back({dst, p.src + offset, n, p.device});
+    } else {
+      ops.push_back({dst, p.src + offset, n});
+    }
+  };
   if (!job.streamed) {
     for (const StagedTensor& st : job.tensors) {
-      if (st.has_written && st.written.bytes > 0) {
-        ops.push_back({ArenaAt(job, st.written.stream_offset), st.written.src, st.written.bytes});
-      }
+      if (st.has_written) add(ArenaAt(job, st.written.stream_offset), st.written, 0, st.written.bytes);
       if (job.stage_others) {
-        for (const Piece& o : st.others) {
-          if (o.bytes > 0) ops.push_back({ArenaAt(job, o.stream_offset), o.src, o.bytes});
-        }
+        for (const Piece& o : st.others) add(ArenaAt(job, o.stream_offset), o, 0, o.bytes);
       }
     }
-    copier_.Copy(ops);
+    RETURN_IF_ERROR(CopyAll(ops, device_ops, job.cuda_stream));
     absl::MutexLock lock(&mu_);
     job.copied = job.stream_bytes;
     cv_.SignalAll();
-    return;
+    return absl::OkStatus();
   }
   // Streaming: one window at a time, each once the persist thread has written what it held.
   size_t next = 0;  // first tensor that may overlap the window
@@ -390,25 +471,25 @@ void Engine::CopySnapshot(Job& job) {
         return job.released == kAbandoned || job.released + job.ring >= begin + job.window;
       };
       mu_.Await(absl::Condition(&room));
-      if (job.released == kAbandoned) return;  // the persist failed; the handle says why
+      if (job.released == kAbandoned) return absl::OkStatus();  // the persist failed; the handle says why
     }
     ops.clear();
+    device_ops.clear();
     for (size_t i = next; i < job.tensors.size(); ++i) {
       const StagedTensor& st = job.tensors[i];
       if (!st.has_written) continue;
       const uint64_t lo = std::max(begin, st.written.stream_offset);
       const uint64_t hi = std::min(end, st.written.stream_offset + st.written.bytes);
       if (st.written.stream_offset >= end) break;
-      if (lo < hi) {
-        ops.push_back({ArenaAt(job, lo), st.written.src + (lo - st.written.stream_offset), hi - lo});
-      }
+      if (lo < hi) add(ArenaAt(job, lo), st.written, lo - st.written.stream_offset, hi - lo);
       if (st.written.stream_offset + st.written.bytes <= end) next = i + 1;
     }
-    copier_.Copy(ops);
+    RETURN_IF_ERROR(CopyAll(ops, device_ops, job.cuda_stream));
     absl::MutexLock lock(&mu_);
     job.copied = end;
     cv_.SignalAll();
   }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::shared_ptr<CheckpointSave>> Engine::Save(int64_t step,
@@ -440,22 +521,36 @@ absl::StatusOr<std::shared_ptr<CheckpointSave>> Engine::Save(int64_t step,
   job->seq = seq_++;
   job->handle = std::make_shared<SaveHandle>(step);
   EnsureArena(*job);
+  if (job->cuda && !arena_pinned_) {
+    // Page-locked staging: the copies from the GPU are then asynchronous and at full speed.
+    absl::Status pinned = cuda::RegisterHost(arena_.get(), arena_size_);
+    if (pinned.ok()) {
+      arena_pinned_ = true;
+    } else {
+      spdlog::warn("checkpoint: cannot page-lock the staging ({}); copies from the GPU will "
+                   "be slower", pinned);
+    }
+  }
   {
     absl::MutexLock lock(&mu_);
     last_ = job->handle;
     pending_ = job;
     cv_.SignalAll();
   }
-  CopySnapshot(*job);
+  const absl::Status copied = CopySnapshot(*job);
   job->snapshot_end = absl::Now();
   job->handle->SetSnapshot(Seconds(job->snapshot_end - start),
                            static_cast<int64_t>(job->stream_bytes),
-                           static_cast<int64_t>(job->written_bytes), job->streamed);
+                           static_cast<int64_t>(job->written_bytes), job->streamed,
+                           static_cast<int64_t>(arena_size_));
   {
     absl::MutexLock lock(&mu_);
+    job->snapshot_status = copied;
     job->snapshot_done = true;
     cv_.SignalAll();
   }
+  // The save goes on to fail on every rank (this rank votes with the error).
+  if (!copied.ok()) return Annotate(copied, absl::StrCat("checkpoint step ", step));
   return std::static_pointer_cast<CheckpointSave>(job->handle);
 }
 
@@ -521,6 +616,15 @@ absl::Status Engine::Begin(Job& job, std::string* tmp_dir, std::string* nonce,
       s = names.status();
       if (s.ok()) {
         for (const std::string& name : *names) {
+          const size_t old_at = name.find(".old-");
+          if (old_at != std::string::npos && ckpt::IsStaleDirName(name) &&
+              !fs_->FileExists(Dir(name.substr(0, old_at)))) {
+            // A checkpoint moved aside to be replaced, and the replacement never came: put it
+            // back.
+            absl::Status r = fs_->Rename(Dir(name), Dir(name.substr(0, old_at)));
+            if (!r.ok()) spdlog::warn("checkpoint: cannot restore {}: {}", Dir(name), r);
+            continue;
+          }
           if (ckpt::IsStaleDirName(name) || name == std::string(ckpt::kLatestName) + ".tmp") {
             absl::Status r = fs_->RemoveAll(Dir(name));
             if (!r.ok()) spdlog::warn("checkpoint: cannot clean {}: {}", Dir(name), r);
@@ -608,10 +712,18 @@ absl::Status Engine::WriteShard(Job& job, const std::string& tmp_dir, ckpt::Rank
   for (uint64_t pos = 0; pos < job.written_bytes;) {
     uint64_t end = std::min<uint64_t>(job.written_bytes, pos + kChunkBytes);
     if (job.ring) end = std::min<uint64_t>(end, (pos / job.window + 1) * job.window);
+    absl::Status snapshot;
     {
       absl::MutexLock lock(&mu_);
-      auto ready = [&] { return job.copied >= end; };
+      auto ready = [&] {
+        return job.copied >= end || (job.snapshot_done && !job.snapshot_status.ok());
+      };
       mu_.Await(absl::Condition(&ready));
+      if (job.copied < end) snapshot = job.snapshot_status;
+    }
+    if (!snapshot.ok()) {
+      (void)finish_write();
+      return fail(snapshot);
     }
     for (; t < job.tensors.size(); ++t) {
       StagedTensor& st = job.tensors[t];
@@ -718,11 +830,23 @@ absl::Status Engine::Commit(Job& job, const std::string& tmp_dir, const std::str
   const std::string final_dir = Dir(ckpt::StepDirName(job.step));
   std::string old_dir;
   if (fs_->FileExists(final_dir)) {
-    // The same step saved again (e.g. after a rollback): move the old one aside first.
-    old_dir = Dir(ckpt::OldDirName(job.step, nonce));
-    RETURN_IF_ERROR(fs_->Rename(final_dir, old_dir));
+    // The same step saved again (e.g. after a rollback). Swap the two directories atomically:
+    // the old one then carries the tmp name, which a crash leaves to be cleaned. Where the
+    // file system cannot swap, move the old one aside first (a crash in between leaves it as
+    // *.old-*, which the next save renames back).
+    absl::Status swapped = fs_->Exchange(tmp_dir, final_dir);
+    if (swapped.ok()) {
+      old_dir = tmp_dir;
+    } else if (absl::IsUnimplemented(swapped)) {
+      old_dir = Dir(ckpt::OldDirName(job.step, nonce));
+      RETURN_IF_ERROR(fs_->Rename(final_dir, old_dir));
+      RETURN_IF_ERROR(fs_->Rename(tmp_dir, final_dir));
+    } else {
+      return swapped;
+    }
+  } else {
+    RETURN_IF_ERROR(fs_->Rename(tmp_dir, final_dir));
   }
-  RETURN_IF_ERROR(fs_->Rename(tmp_dir, final_dir));
   RETURN_IF_ERROR(fs_->SyncDir(options_.dir));
   ckpt::MaybeCrashAt(ckpt::kCrashBeforeLatest);
   const std::string latest_tmp = Dir(std::string(ckpt::kLatestName) + ".tmp");
@@ -764,7 +888,7 @@ void Engine::ApplyRetention() {
 absl::Status Engine::ExchangeReplicas(Job& job, const std::vector<ckpt::RankReport>& reports) {
   const bool send = reports[rank_].sends_replica;
   const bool recv = reports[source_].sends_replica;
-  std::unique_ptr<ckpt::ReplicaSend> sending;
+  ckpt::OutgoingReplica outgoing;
   if (send) {
     PeerReplica::Impl index;
     index.owner_rank = rank_;
@@ -786,40 +910,31 @@ absl::Status Engine::ExchangeReplicas(Job& job, const std::vector<ckpt::RankRepo
       }
       index.tensors.push_back(std::move(t));
     }
-    sending = ckpt::StartSendReplica(*comm_, buddy_, ckpt::ReplicaIndexJson(index),
-                                     ArenaAt(job, 0), job.stream_bytes, op_options_);
+    outgoing = {buddy_, ckpt::ReplicaIndexJson(index), ArenaAt(job, 0), job.stream_bytes};
   }
-  absl::Status status;
+  // Reuse the memory of the replica held so far unless the caller still holds it.
+  HostMemory reuse;
+  size_t reuse_bytes = 0;
   if (recv) {
-    // Reuse the memory of the replica held so far unless the caller still holds it.
-    HostMemory reuse;
-    size_t reuse_bytes = 0;
-    {
-      absl::MutexLock lock(&mu_);
-      if (held_ && held_.use_count() == 1) {
-        reuse = std::move(held_->mutable_impl().data);
-        reuse_bytes = held_->bytes();
-        held_.reset();
-      }
-    }
-    auto received = ckpt::RecvReplica(*comm_, source_, std::move(reuse), reuse_bytes, op_options_);
-    if (received.ok()) {
-      auto replica = std::make_shared<PeerReplica>(std::move(received).value());
-      absl::MutexLock lock(&mu_);
-      held_ = std::move(replica);
-    } else {
-      status = received.status();
+    absl::MutexLock lock(&mu_);
+    if (held_ && held_.use_count() == 1) {
+      reuse = std::move(held_->mutable_impl().data);
+      reuse_bytes = held_->bytes();
+      held_.reset();
     }
   }
-  if (sending) {
-    absl::Status s = sending->Finish();
-    if (status.ok()) status = s;
+  auto received = ckpt::ExchangeReplicas(*comm_, send ? &outgoing : nullptr, recv, source_,
+                                         std::move(reuse), reuse_bytes, op_options_);
+  if (!received.ok()) return received.status();
+  if (*received != nullptr) {
+    auto replica = std::make_shared<PeerReplica>(std::move(received).value());
+    absl::MutexLock lock(&mu_);
+    held_ = std::move(replica);
   }
-  if (!status.ok()) return status;
   if (!send) {
     return absl::UnavailableError(
-        job.streamed ? "not sent: the state did not fit the staging budget"
-                     : "not sent: this rank's save failed");
+        "not sent: the whole state (with the parts of replicated tensors that other replicas "
+        "write) did not fit the staging budget");
   }
   return absl::OkStatus();
 }
@@ -853,6 +968,7 @@ void Engine::RunJob(Job& job) {
     absl::MutexLock lock(&mu_);
     auto done = [&] { return job.snapshot_done; };
     mu_.Await(absl::Condition(&done));
+    if (report.status.ok() && !job.snapshot_status.ok()) report.status = job.snapshot_status;
   }
   report.sends_replica = report.status.ok() && job.stage_others && buddy_ >= 0;
   auto reports = Vote(report);

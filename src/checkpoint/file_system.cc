@@ -143,6 +143,17 @@ class PosixFs : public FileSystem {
     return absl::OkStatus();
   }
 
+  absl::Status Exchange(const std::string& a, const std::string& b) override {
+    if (::renameat2(AT_FDCWD, a.c_str(), AT_FDCWD, b.c_str(), RENAME_EXCHANGE) == 0) {
+      return absl::OkStatus();
+    }
+    if (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP) {
+      return absl::UnimplementedError(absl::StrCat("renameat2(RENAME_EXCHANGE) of ", a, " and ",
+                                                   b, ": not supported here (errno ", errno, ")"));
+    }
+    return ErrnoToStatus(errno, absl::StrCat("renameat2(", a, ", ", b, ", RENAME_EXCHANGE)"));
+  }
+
   absl::Status RemoveAll(const std::string& path) override {
     struct stat st;
     if (::lstat(path.c_str(), &st) != 0) {

@@ -55,6 +55,11 @@ class FileSystem {
   virtual absl::Status SyncDir(const std::string& path) = 0;
   // rename(2): atomic; replaces a file, or an empty directory.
   virtual absl::Status Rename(const std::string& from, const std::string& to) = 0;
+  // Swaps two existing entries atomically (renameat2 RENAME_EXCHANGE). kUnimplemented where
+  // the file system (or this implementation) cannot; callers then fall back to two renames.
+  virtual absl::Status Exchange(const std::string& a, const std::string& b) {
+    return absl::UnimplementedError("Exchange is not supported by this file system");
+  }
   // Removes a file or a directory tree; OK if absent.
   virtual absl::Status RemoveAll(const std::string& path) = 0;
   // Names in a directory (without "." and ".."); kNotFound if it does not exist.

@@ -56,24 +56,23 @@ inline constexpr char kCrashBeforeLatest[] = "before_latest";
 // Raises SIGKILL when TRIDENT_CKPT_CRASH_AT names `stage`.
 void MaybeCrashAt(absl::string_view stage);
 
-// The index of a replica on the wire, and the exchange itself. `data` is `bytes` long.
+// The index of a replica on the wire, and the transfer. A replica goes as three messages:
+// its index size, its index (JSON), its bytes (in chunks). ExchangeReplicas sends one replica
+// (when `outgoing` is set) and receives one (when `receive` is set) in three phases, each
+// posting both directions before waiting: a receive is never posted late because of a send
+// that waits for it, so two ranks can exchange with each other, or in a ring.
 std::string ReplicaIndexJson(const PeerReplica::Impl& replica);
-// A send in flight: the sends are posted, Finish waits for them. Posting before receiving
-// lets two ranks exchange replicas without deadlock.
-struct ReplicaSend {
-  int dest = 0;
-  int64_t header = 0;
-  std::string index;
-  std::vector<std::shared_ptr<Work>> works;
-  absl::Status Finish();
+struct OutgoingReplica {
+  int dest = -1;
+  std::string index_json;
+  const char* data = nullptr;
+  size_t bytes = 0;
 };
-std::unique_ptr<ReplicaSend> StartSendReplica(Communicator& comm, int dest, std::string index_json,
-                                              const char* data, size_t bytes,
-                                              const OpOptions& options);
-absl::StatusOr<std::unique_ptr<PeerReplica::Impl>> RecvReplica(Communicator& comm, int src,
-                                                               HostMemory reuse,
-                                                               size_t reuse_bytes,
-                                                               const OpOptions& options);
+// Returns the received replica (nullptr when `receive` is false). `reuse` is memory that the
+// received bytes may go to when it is large enough (reuse_bytes).
+absl::StatusOr<std::unique_ptr<PeerReplica::Impl>> ExchangeReplicas(
+    Communicator& comm, const OutgoingReplica* outgoing, bool receive, int src, HostMemory reuse,
+    size_t reuse_bytes, const OpOptions& options);
 
 // The shift s such that rank r's buddy is (r + s) % n: the smallest for which no rank's buddy
 // shares its host; 1 when every rank is on one host. 0 for a world of one.
@@ -117,6 +116,10 @@ class ParallelCopier {
 // Resolves `step` (kLatestStep allowed) and reads its manifest.
 absl::StatusOr<CheckpointManifest> ReadManifestAt(FileSystem& fs, const std::string& dir,
                                                   int64_t* step);
+// Where the bytes of a request are assembled: the caller's memory, or for a CUDA tensor a host
+// buffer that FinishDestination then copies to the device.
+absl::StatusOr<char*> HostDestination(const TensorRequest& request, HostMemory* bounce);
+absl::Status FinishDestination(const TensorRequest& request, const HostMemory& bounce);
 // Where a request lies in the global tensor, after checking it against what is stored.
 absl::StatusOr<Box> RequestBox(const TensorRequest& request, DType dtype,
                                const Tensor::Shape& global_shape, absl::string_view where);

@@ -8,6 +8,7 @@
 #include "checkpoint/file_system.h"
 #include "checkpoint/format.h"
 #include "checkpoint/internal.h"
+#include "common/cuda.h"
 #include "common/host_memory.h"
 #include "common/status_macros.h"
 
@@ -92,10 +93,7 @@ absl::StatusOr<Box> RequestBox(const TensorRequest& request, DType dtype,
         "tensor ", request.name, " has global shape ", ShapeString(global_shape), " in ", where,
         "; the caller expects ", ShapeString(request.global_shape)));
   }
-  if (!t.device().is_cpu()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tensor ", request.name, ": loading into device memory is not supported"));
-  }
+  RETURN_IF_ERROR(cuda::CheckCudaTensor(t, "loading a checkpoint", absl::StrCat("tensor ", request.name)));
   Box box{request.offset, t.shape()};
   if (box.offset.empty()) box.offset.assign(box.shape.size(), 0);
   const Box global{Tensor::Shape(global_shape.size(), 0), global_shape};
@@ -110,6 +108,21 @@ absl::StatusOr<Box> RequestBox(const TensorRequest& request, DType dtype,
     return absl::InvalidArgumentError(absl::StrCat("tensor ", request.name, ": null data"));
   }
   return box;
+}
+
+absl::StatusOr<char*> HostDestination(const TensorRequest& request, HostMemory* bounce) {
+  if (request.tensor.device().is_cpu()) return static_cast<char*>(request.tensor.data());
+  *bounce = AllocateHostMemory(std::max<size_t>(request.tensor.nbytes(), 1));
+  return bounce->get();
+}
+
+absl::Status FinishDestination(const TensorRequest& request, const HostMemory& bounce) {
+  if (request.tensor.device().is_cpu()) return absl::OkStatus();
+  cuda::DeviceGuard guard(request.tensor.device().index);
+  RETURN_IF_ERROR(guard.status());
+  return Annotate(cuda::CopyToDevice(request.tensor.data(), bounce.get(), request.tensor.nbytes()),
+                  absl::StrCat("loading tensor ", request.name, " into cuda:",
+                               request.tensor.device().index));
 }
 
 absl::StatusOr<CheckpointManifest> ReadManifestAt(FileSystem& fs, const std::string& dir,
@@ -213,7 +226,8 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const std::string& dir, int64_t step,
     const TensorInfo& t = it->second;
     ASSIGN_OR_RETURN(Box want, ckpt::RequestBox(request, t.dtype, t.global_shape, where));
     const size_t elem = DTypeSize(t.dtype);
-    char* dst = static_cast<char*>(request.tensor.data());
+    HostMemory bounce;  // CUDA destinations: filled here, then copied to the device
+    ASSIGN_OR_RETURN(char* dst, ckpt::HostDestination(request, &bounce));
     int64_t filled = 0;
     for (const ShardInfo& shard : t.shards) {
       const Box have{shard.offset, shard.shape};
@@ -243,6 +257,7 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const std::string& dir, int64_t step,
           ckpt::ShapeString(want.offset), " shape ", ckpt::ShapeString(want.shape), " of tensor ",
           request.name));
     }
+    RETURN_IF_ERROR(ckpt::FinishDestination(request, bounce));
   }
   return result;
 }

@@ -40,6 +40,8 @@ absl::Status PeerReplica::Restore(absl::Span<const TensorRequest> requests) cons
     }
     const ReplicaTensor& t = *it;
     ASSIGN_OR_RETURN(ckpt::Box want, ckpt::RequestBox(request, t.dtype, t.global_shape, where));
+    HostMemory bounce;  // CUDA destinations: filled here, then copied to the device
+    ASSIGN_OR_RETURN(char* dst, ckpt::HostDestination(request, &bounce));
     std::vector<bool>& ok = verified[it - impl_->tensors.begin()];
     ok.resize(t.pieces.size(), false);
     int64_t filled = 0;
@@ -58,8 +60,7 @@ absl::Status PeerReplica::Restore(absl::Span<const TensorRequest> requests) cons
         }
         ok[i] = true;
       }
-      ckpt::CopyBox(src, piece.box, static_cast<char*>(request.tensor.data()), want, region,
-                    DTypeSize(t.dtype));
+      ckpt::CopyBox(src, piece.box, dst, want, region, DTypeSize(t.dtype));
       filled += ckpt::Volume(region.shape);
     }
     if (filled != ckpt::Volume(want.shape)) {
@@ -67,6 +68,7 @@ absl::Status PeerReplica::Restore(absl::Span<const TensorRequest> requests) cons
           where, " holds only part of the requested slice of tensor ", t.name, " (offset ",
           ckpt::ShapeString(want.offset), " shape ", ckpt::ShapeString(want.shape), ")"));
     }
+    RETURN_IF_ERROR(ckpt::FinishDestination(request, bounce));
   }
   return absl::OkStatus();
 }
@@ -167,54 +169,59 @@ absl::Status ParseReplicaIndex(absl::string_view text, PeerReplica::Impl* r) {
 
 }  // namespace
 
-std::unique_ptr<ReplicaSend> StartSendReplica(Communicator& comm, int dest, std::string index_json,
-                                              const char* data, size_t bytes,
-                                              const OpOptions& options) {
-  auto send = std::make_unique<ReplicaSend>();
-  send->dest = dest;
-  send->index = std::move(index_json);
-  send->header = static_cast<int64_t>(send->index.size());
-  send->works.push_back(comm.Send(Tensor::Of(&send->header, 1), dest, kTagHeader, options));
-  send->works.push_back(
-      comm.Send(Bytes(send->index.data(), send->index.size()), dest, kTagIndex, options));
-  for (size_t off = 0; off < bytes; off += kWireChunk) {
-    send->works.push_back(
-        comm.Send(Bytes(data + off, std::min(kWireChunk, bytes - off)), dest, kTagData, options));
-  }
-  return send;
-}
-
-absl::Status ReplicaSend::Finish() {
-  return WaitAll(works, absl::StrCat("sending a peer replica to rank ", dest));
-}
-
-absl::StatusOr<std::unique_ptr<PeerReplica::Impl>> RecvReplica(Communicator& comm, int src,
-                                                               HostMemory reuse,
-                                                               size_t reuse_bytes,
-                                                               const OpOptions& options) {
-  const std::string what = absl::StrCat("receiving a peer replica from rank ", src);
-  int64_t header = 0;
+absl::StatusOr<std::unique_ptr<PeerReplica::Impl>> ExchangeReplicas(
+    Communicator& comm, const OutgoingReplica* outgoing, bool receive, int src, HostMemory reuse,
+    size_t reuse_bytes, const OpOptions& options) {
+  const std::string what =
+      absl::StrCat(outgoing != nullptr ? absl::StrCat("sending a peer replica to rank ", outgoing->dest)
+                                       : std::string(),
+                   outgoing != nullptr && receive ? " and " : "",
+                   receive ? absl::StrCat("receiving one from rank ", src) : std::string());
   std::vector<std::shared_ptr<Work>> works;
-  works.push_back(comm.Recv(Tensor::Of(&header, 1), src, kTagHeader, options));
-  RETURN_IF_ERROR(WaitAll(works, what));
-  if (header < 2 || header > (int64_t{1} << 31)) {
-    return absl::DataLossError(absl::StrCat(what, ": bad index size ", header));
+  // 1. Index sizes.
+  const int64_t out_header =
+      outgoing != nullptr ? static_cast<int64_t>(outgoing->index_json.size()) : 0;
+  int64_t in_header = 0;
+  if (outgoing != nullptr) {
+    works.push_back(comm.Send(Tensor::Of(&out_header, 1), outgoing->dest, kTagHeader, options));
   }
-  std::string index(static_cast<size_t>(header), '\0');
-  works.push_back(comm.Recv(Bytes(index.data(), index.size()), src, kTagIndex, options));
+  if (receive) works.push_back(comm.Recv(Tensor::Of(&in_header, 1), src, kTagHeader, options));
   RETURN_IF_ERROR(WaitAll(works, what));
-  auto replica = std::make_unique<PeerReplica::Impl>();
-  RETURN_IF_ERROR(Annotate(ParseReplicaIndex(index, replica.get()), what));
-  if (reuse && reuse_bytes >= replica->bytes) {
-    replica->data = std::move(reuse);
-  } else {
-    reuse.reset();
-    replica->data = AllocateHostMemory(std::max<size_t>(replica->bytes, 1));
+  if (receive && (in_header < 2 || in_header > (int64_t{1} << 31))) {
+    return absl::DataLossError(absl::StrCat(what, ": bad index size ", in_header));
   }
-  for (size_t off = 0; off < replica->bytes; off += kWireChunk) {
-    works.push_back(comm.Recv(Bytes(replica->data.get() + off,
-                                    std::min(kWireChunk, replica->bytes - off)),
-                              src, kTagData, options));
+  // 2. Indexes.
+  std::string index(static_cast<size_t>(in_header), '\0');
+  if (outgoing != nullptr) {
+    works.push_back(comm.Send(Bytes(outgoing->index_json.data(), outgoing->index_json.size()),
+                              outgoing->dest, kTagIndex, options));
+  }
+  if (receive) works.push_back(comm.Recv(Bytes(index.data(), index.size()), src, kTagIndex, options));
+  RETURN_IF_ERROR(WaitAll(works, what));
+  std::unique_ptr<PeerReplica::Impl> replica;
+  if (receive) {
+    replica = std::make_unique<PeerReplica::Impl>();
+    RETURN_IF_ERROR(Annotate(ParseReplicaIndex(index, replica.get()), what));
+    if (reuse && reuse_bytes >= replica->bytes) {
+      replica->data = std::move(reuse);
+    } else {
+      reuse.reset();
+      replica->data = AllocateHostMemory(std::max<size_t>(replica->bytes, 1));
+    }
+  }
+  // 3. Bytes.
+  if (outgoing != nullptr) {
+    for (size_t off = 0; off < outgoing->bytes; off += kWireChunk) {
+      works.push_back(comm.Send(Bytes(outgoing->data + off, std::min(kWireChunk, outgoing->bytes - off)),
+                                outgoing->dest, kTagData, options));
+    }
+  }
+  if (receive) {
+    for (size_t off = 0; off < replica->bytes; off += kWireChunk) {
+      works.push_back(comm.Recv(Bytes(replica->data.get() + off,
+                                      std::min(kWireChunk, replica->bytes - off)),
+                                src, kTagData, options));
+    }
   }
   RETURN_IF_ERROR(WaitAll(works, what));
   return replica;
@@ -229,9 +236,8 @@ absl::Status SendPeerReplica(Communicator& comm, int dest, const PeerReplica& re
                                                    " in ", comm.Describe()));
   }
   const PeerReplica::Impl& r = replica.impl();
-  return ckpt::StartSendReplica(comm, dest, ckpt::ReplicaIndexJson(r), r.data.get(), r.bytes,
-                                options)
-      ->Finish();
+  ckpt::OutgoingReplica out{dest, ckpt::ReplicaIndexJson(r), r.data.get(), r.bytes};
+  return ckpt::ExchangeReplicas(comm, &out, /*receive=*/false, -1, nullptr, 0, options).status();
 }
 
 absl::StatusOr<std::shared_ptr<PeerReplica>> FetchPeerReplica(Communicator& comm, int holder,
@@ -241,7 +247,8 @@ absl::StatusOr<std::shared_ptr<PeerReplica>> FetchPeerReplica(Communicator& comm
                                                    " in ", comm.Describe()));
   }
   ASSIGN_OR_RETURN(std::unique_ptr<PeerReplica::Impl> impl,
-                   ckpt::RecvReplica(comm, holder, nullptr, 0, options));
+                   ckpt::ExchangeReplicas(comm, nullptr, /*receive=*/true, holder, nullptr, 0,
+                                          options));
   return std::make_shared<PeerReplica>(std::move(impl));
 }
 

@@ -379,6 +379,22 @@ PinnedPool::Block::~Block() {
   if (pool_ != nullptr && data_ != nullptr) pool_->Release(data_, size_, std::move(fence_));
 }
 
+absl::Status RegisterHost(void* p, size_t bytes) {
+  if (bytes == 0) return absl::OkStatus();
+#if TRIDENT_HAVE_CUDA
+  return Check(cudaHostRegister(p, bytes, cudaHostRegisterPortable),
+               absl::StrCat("cudaHostRegister(", bytes, " bytes)"));
+#else
+  return NotBuilt("cudaHostRegister");
+#endif
+}
+
+void UnregisterHost(void* p) {
+#if TRIDENT_HAVE_CUDA
+  cudaHostUnregister(p);
+#endif
+}
+
 // --- device memory and blocking copies, for tools and tests ------------------------------
 
 absl::StatusOr<std::unique_ptr<DeviceBuffer>> DeviceBuffer::Allocate(size_t bytes, int device) {

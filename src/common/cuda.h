@@ -148,6 +148,12 @@ class PinnedPool {
   std::multimap<size_t, Free> free_ ABSL_GUARDED_BY(mu_);
 };
 
+// Page-locks existing host memory (cudaHostRegister, portable to every device), so that
+// copies to and from it are asynchronous and run at full speed; for long-lived buffers such
+// as the checkpoint engine's staging. UnregisterHost undoes it (before the memory is freed).
+absl::Status RegisterHost(void* p, size_t bytes);
+void UnregisterHost(void* p);
+
 // Device memory (cudaMalloc) on one device, freed with the object. For tools and tests.
 class DeviceBuffer {
  public:

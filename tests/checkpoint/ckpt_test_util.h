@@ -132,6 +132,17 @@ class FaultFileSystem : public FileSystem {
   std::atomic<bool> full{false};
   std::atomic<int64_t> writes{0};
 
+  // Every call that changes what is durable, in order: "write P", "sync P", "syncdir D",
+  // "rename A B" (paths as given).
+  std::vector<std::string> Log() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return log_;
+  }
+  void Record(std::string entry) {
+    std::lock_guard<std::mutex> lock(mu_);
+    log_.push_back(std::move(entry));
+  }
+
   void CloseGate() {
     std::lock_guard<std::mutex> lock(mu_);
     gate_closed_ = true;
@@ -158,9 +169,17 @@ class FaultFileSystem : public FileSystem {
     return base_->OpenForRead(path);
   }
   absl::Status CreateDir(const std::string& path) override { return base_->CreateDir(path); }
-  absl::Status SyncDir(const std::string& path) override { return base_->SyncDir(path); }
+  absl::Status SyncDir(const std::string& path) override {
+    Record("syncdir " + path);
+    return base_->SyncDir(path);
+  }
   absl::Status Rename(const std::string& from, const std::string& to) override {
+    Record("rename " + from + " " + to);
     return base_->Rename(from, to);
+  }
+  absl::Status Exchange(const std::string& a, const std::string& b) override {
+    Record("exchange " + a + " " + b);
+    return base_->Exchange(a, b);
   }
   absl::Status RemoveAll(const std::string& path) override { return base_->RemoveAll(path); }
   absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) override {
@@ -179,10 +198,14 @@ class FaultFileSystem : public FileSystem {
       fs_->Gate();
       ++fs_->writes;
       if (fs_->full) return ErrnoToStatus(ENOSPC, "write(" + path_ + ")");
+      fs_->Record("write " + path_);
       return base_->Write(offset, data, n);
     }
     absl::Status Truncate(uint64_t size) override { return base_->Truncate(size); }
-    absl::Status Sync() override { return base_->Sync(); }
+    absl::Status Sync() override {
+      fs_->Record("sync " + path_);
+      return base_->Sync();
+    }
     absl::Status Close() override { return base_->Close(); }
 
    private:
@@ -205,6 +228,7 @@ class FaultFileSystem : public FileSystem {
   std::condition_variable cv_;
   bool gate_closed_ = false;
   int held_ = 0;
+  std::vector<std::string> log_;
 };
 
 }  // namespace trident::testing

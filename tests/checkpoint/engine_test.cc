@@ -203,6 +203,8 @@ TEST(EngineTest, StateLargerThanTheBudgetStreamsThroughIt) {
       ASSERT_TRUE(save.ok()) << save.status();
       ASSERT_TRUE((*save)->Wait().ok()) << (*save)->status();
       EXPECT_TRUE((*save)->stats().streamed);
+      EXPECT_LE((*save)->stats().staging_bytes, 16 << 20);
+      EXPECT_EQ((*save)->stats().written_bytes, (20 << 20) + 4099 + (12 << 20));
     }
   });
   for (const OwnedTensor& t : tensors) {
@@ -335,6 +337,67 @@ TEST(EngineTest, FullDiskOnOneRankFailsTheSaveEverywhereAndTheNextOneWorks) {
   for (const std::string& n : *names) EXPECT_FALSE(ckpt::IsStaleDirName(n)) << n << " not cleaned";
 }
 
+// The durability protocol, from the calls the engine makes: every byte is fsynced before the
+// rename that makes it part of a committed checkpoint, and each rename's directory is fsynced
+// before the next step depends on it.
+TEST(EngineTest, FsyncsComeBeforeTheRenamesThatDependOnThem) {
+  ScratchDir dir;
+  auto fs = std::make_shared<testing::FaultFileSystem>();
+  RunRanks(2, [&](int rank, std::shared_ptr<Communicator> comm) {
+    std::vector<OwnedTensor> mine = {
+        MakeTensor(1, "x", DType::kF32, {64}, Box{{rank * 32}, {32}})};
+    CheckpointOptions o = Options(dir.path(), comm);
+    o.file_system = fs;
+    auto engine = MustCreate(std::move(o));
+    auto save = engine->Save(7, StateOf(mine));
+    ASSERT_TRUE(save.ok() && (*save)->Wait().ok());
+  });
+  const std::vector<std::string> log = fs->Log();
+  auto index = [&](const std::function<bool(const std::string&)>& match, bool last = false) {
+    int found = -1;
+    for (int i = 0; i < static_cast<int>(log.size()); ++i) {
+      if (match(log[i])) {
+        found = i;
+        if (!last) break;
+      }
+    }
+    return found;
+  };
+  auto contains = [](std::string a, std::string b) {
+    return [a, b](const std::string& e) {
+      return e.rfind(a, 0) == 0 && e.find(b) != std::string::npos;
+    };
+  };
+  const int rename_dir = index(contains("rename ", "step-000000007.tmp-"));
+  const int rename_latest = index(contains("rename ", "latest.tmp"));
+  ASSERT_GE(rename_dir, 0);
+  ASSERT_GT(rename_latest, rename_dir);
+  for (const char* shard : {"shard-r00000", "shard-r00001"}) {
+    const int last_write = index(contains("write ", shard), /*last=*/true);
+    const int sync = index(contains("sync ", shard));
+    EXPECT_GT(sync, last_write) << shard;
+    EXPECT_LT(sync, rename_dir) << shard;
+  }
+  const int manifest_sync = index(contains("sync ", "manifest.json"));
+  EXPECT_GT(manifest_sync, index(contains("write ", "manifest.json"), true));
+  EXPECT_LT(manifest_sync, rename_dir);
+  const int tmp_dir_sync = index(contains("syncdir ", "step-000000007.tmp-"));
+  EXPECT_GT(tmp_dir_sync, manifest_sync);
+  EXPECT_LT(tmp_dir_sync, rename_dir);
+  // After the directory rename: the parent is fsynced before `latest` is written.
+  int parent_after_rename = -1;
+  for (int i = rename_dir + 1; i < static_cast<int>(log.size()); ++i) {
+    if (log[i] == "syncdir " + dir.path()) {
+      parent_after_rename = i;
+      break;
+    }
+  }
+  EXPECT_GT(parent_after_rename, rename_dir);
+  EXPECT_LT(parent_after_rename, index(contains("write ", "latest.tmp")));
+  EXPECT_LT(index(contains("sync ", "latest.tmp")), rename_latest);
+  EXPECT_EQ(log.back(), "syncdir " + dir.path());
+}
+
 TEST(EngineTest, RanksSavingDifferentStepsFailTogether) {
   ScratchDir dir;
   RunRanks(2, [&](int rank, std::shared_ptr<Communicator> comm) {
@@ -386,10 +449,11 @@ TEST(EngineTest, BadStatesAreRejectedBeforeAnythingHappens) {
     CheckpointState big = StateOf(t, std::string(kMaxCheckpointMetadataBytes + 1, 'm'));
     EXPECT_EQ(engine->Save(1, big).status().code(), absl::StatusCode::kInvalidArgument);
     CheckpointState gpu = StateOf(t);
-    gpu.tensors[0].tensor = Tensor(t[0].bytes.data(), DType::kF32, {8}, Device::Cuda(0));
+    // A device no process has (and, in a build without CUDA, any device).
+    gpu.tensors[0].tensor = Tensor(t[0].bytes.data(), DType::kF32, {8}, Device::Cuda(999));
     s = engine->Save(1, gpu);
     EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_THAT(s.status().message(), HasSubstr("CUDA"));
+    EXPECT_THAT(s.status().message(), HasSubstr("is a CUDA tensor (cuda:999)"));
     EXPECT_EQ(engine->LastSave(), nullptr);
   });
   EXPECT_EQ(ListCheckpoints(dir.path())->size(), 0u);
@@ -397,8 +461,11 @@ TEST(EngineTest, BadStatesAreRejectedBeforeAnythingHappens) {
 
 TEST(EngineTest, SavingAStepAgainReplacesIt) {
   ScratchDir dir;
+  auto fs = std::make_shared<testing::FaultFileSystem>();
   RunRanks(1, [&](int, std::shared_ptr<Communicator> comm) {
-    auto engine = MustCreate(Options(dir.path(), comm));
+    CheckpointOptions o = Options(dir.path(), comm);
+    o.file_system = fs;
+    auto engine = MustCreate(std::move(o));
     for (uint64_t seed : {1, 2}) {
       std::vector<OwnedTensor> t = {MakeTensor(seed, "x", DType::kF32, {1000})};
       auto s = engine->Save(4, StateOf(t));
@@ -408,6 +475,12 @@ TEST(EngineTest, SavingAStepAgainReplacesIt) {
   EXPECT_EQ(LoadAndCompare(dir.path(), kLatestStep, 2, "x", DType::kF32, {1000}, Box{{0}, {1000}}),
             "");
   EXPECT_EQ(PosixFileSystem()->ListDir(dir.path())->size(), 2u);  // step-000000004, latest
+  // Swapped in atomically where the file system can (ext4, xfs, tmpfs), else moved aside.
+  bool replaced = false;
+  for (const std::string& e : fs->Log()) {
+    replaced |= e.rfind("exchange ", 0) == 0 || e.find(".old-") != std::string::npos;
+  }
+  EXPECT_TRUE(replaced);
 }
 
 TEST(EngineTest, LoadErrorsNameWhatIsWrong) {

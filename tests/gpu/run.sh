@@ -4,7 +4,8 @@
 #
 #   1. configure with CUDA and NCCL required, build the GPU tests, trident-run, trident-bench
 #   2. ctest -L gpu (NCCL backend at world size 1; host backend on CUDA tensors, 1/2/4 ranks as
-#      threads) and the GPU-aware unit tests (they take their device branches there)
+#      threads; checkpoints of CUDA tensors) and the GPU-aware unit tests (they take their
+#      device branches there)
 #   3. trident-bench --backend nccl --device cuda --check, world size 1, every collective
 #   4. trident-bench --device cuda --check on the host backend, 2 and 4 processes sharing the GPU
 #
@@ -65,7 +66,7 @@ step configure 240 configure_note -- \
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE="$build_type" \
   -DTRIDENT_WITH_CUDA=ON -DTRIDENT_WITH_NCCL=ON -DTRIDENT_BUILD_EXAMPLES=OFF
 step build 300 no_note -- \
-  cmake --build "$build" -j "$jobs" --target host_cuda_test nccl_test gpu_errors_test \
+  cmake --build "$build" -j "$jobs" --target host_cuda_test nccl_test ckpt_cuda_test gpu_errors_test \
   nccl_watchdog_test trident-run trident-bench
 
 step "ctest -L gpu" 240 ctest_note -- \
