@@ -160,6 +160,12 @@ absl::StatusOr<std::vector<Fault>> ParseFaults(const std::string& spec) {
   return out;
 }
 
+// Errors that a new epoch can cure: a peer died or hung (communicator.h's codes).
+bool IsCommunicationFailure(const absl::Status& s) {
+  return absl::IsAborted(s) || absl::IsDeadlineExceeded(s) || absl::IsUnavailable(s) ||
+         absl::IsCancelled(s) || absl::IsFailedPrecondition(s);
+}
+
 // "SIGKILL", "SIGSTOP", "hang", "exit_3": the recovery line's cause from the agent's words.
 std::string ShortCause(const std::string& cause) {
   if (absl::StrContains(cause, "stopped")) return "SIGSTOP";
@@ -289,6 +295,17 @@ int Main(int argc, char** argv) {
     std::fflush(stdout);
   };
   auto trainer_or = lm::Trainer::Create(world(), config);
+  // A promoted spare meets the survivors in collectives; another death during them moves
+  // everyone to a later epoch.
+  for (int attempt = 0; rt && rt->promoted() && !trainer_or.ok() &&
+                        IsCommunicationFailure(trainer_or.status()) && attempt < 8;
+       ++attempt) {
+    spdlog::warn("setting up the promoted spare failed: {}; waiting for the next epoch",
+                 trainer_or.status().ToString());
+    auto rec = rt->Recover(trainer_or.status(), absl::Now() + absl::GetFlag(FLAGS_recover_timeout));
+    if (!rec.ok()) return fail(rec.status());
+    trainer_or = lm::Trainer::Create(world(), config);
+  }
   if (!trainer_or.ok()) {
     if (absl::IsInvalidArgument(trainer_or.status())) UsageError(trainer_or.status().message());
     return fail(trainer_or.status());
@@ -352,6 +369,7 @@ int Main(int argc, char** argv) {
                    absl::FormatDuration(rec->rebuild), absl::FormatDuration(t1 - t0),
                    absl::FormatDuration(t2 - t1), absl::FormatDuration(absl::Now() - t2));
       if (s.ok()) return s;
+      if (!IsCommunicationFailure(s)) return s;  // a bad checkpoint, ...: no new epoch will help
       spdlog::warn("recovery into epoch {} failed: {}; waiting for the next epoch", rec->epoch,
                    s.ToString());
       cause = s;
@@ -372,7 +390,7 @@ int Main(int argc, char** argv) {
   }
   if (!started.ok()) {
     // A promoted spare whose restore was cut short by another failure recovers like the rest.
-    if (!rt || !rt->promoted()) return fail(started);
+    if (!rt || !rt->promoted() || !IsCommunicationFailure(started)) return fail(started);
     spdlog::warn("restoring the promoted spare failed: {}; waiting for the next epoch",
                  started.ToString());
     if (absl::Status s = recover(started); !s.ok()) return fail(s);
@@ -436,6 +454,7 @@ int Main(int argc, char** argv) {
   while (trainer.step() < steps) {
     absl::Status s = run_step();
     if (s.ok()) continue;
+    if (!rt || !IsCommunicationFailure(s)) return fail(s);
     if (absl::Status r = recover(s); !r.ok()) return fail(r);
   }
   report_saves(true);

@@ -85,6 +85,7 @@ class Chunk {
   // W: adds this micro-batch's weight gradients into the params' grad, then frees the stash.
   void BackwardWeight(Stash& stash);
 
+  const Placement& placement() const { return placement_; }
   // The tp group to use from now on (after a recovery rebuilt it).
   void set_tp(trident::Communicator* tp) { tp_ = tp; }
   // This chunk's parameters, in forward order.

@@ -85,14 +85,15 @@ absl::StatusOr<RestoreReport> RestoreAfterFailure(Communicator& world, Trainer& 
   for (int r = 0; r < n; ++r) ahead = std::max(ahead, all[4 * r + 2]);
   report.steps_redone = std::max<int64_t>(0, ahead - s_step);
 
-  for (int r = 0; r < n; ++r) {
+  if (s_step < 0) {
+    // No committed checkpoint yet: the initial state (a function of the seed) is step 0's.
+    trainer.ResetToInitialState();
+    report.step = s_step = 0;
+    report.steps_redone = ahead;
+    report.source = "init";
+  }
+  for (int r = 0; r < n && report.source != "init"; ++r) {
     if (all[4 * r + 3] == 0) continue;
-    if (s_step < 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "rank ", r, " needs its state back but ", dir.empty() ? "no --ckpt-dir was given"
-                                                                : absl::StrCat(dir, " has no committed checkpoint"),
-          "; recovery needs checkpoints (--ckpt-dir and --ckpt-every)"));
-    }
     const bool was_fresh = all[4 * r + 2] < 0;
     int holder = -1;
     for (int h = 0; h < n && was_fresh; ++h) {

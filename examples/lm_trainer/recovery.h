@@ -11,6 +11,8 @@
 //     the new world, source=peer), else reads it from checkpoint S (source=checkpoint);
 //  4. survivors that are ahead of S or dirty roll back by reading checkpoint S;
 //  5. everyone is at step S and training goes on from S+1.
+// With no committed checkpoint yet, S is 0: every rank goes back to the initial weights (a
+// function of the seed), source=init.
 #ifndef TRIDENT_EXAMPLES_LM_TRAINER_RECOVERY_H_
 #define TRIDENT_EXAMPLES_LM_TRAINER_RECOVERY_H_
 
@@ -45,14 +47,14 @@ absl::StatusOr<EpochCheckpointer> MakeCheckpointer(trident::Communicator& world,
 struct RestoreReport {
   int64_t step = 0;           // S: every rank is there now
   int64_t steps_redone = 0;   // the most steps a survivor had completed, minus S
-  std::string source;         // of the fresh ranks' state: "peer", "checkpoint" or "none"
+  std::string source;         // of the fresh ranks' state: "peer", "checkpoint", "init", "none"
   int64_t bytes_from_peer = 0;
 };
 
 // Collective over `world` (see above). `fresh`: this rank's state is not the job's (a promoted
 // spare). `held`: the peer replica this rank held in the previous epoch (may be null).
-// kFailedPrecondition when a rank needs state and there is no committed checkpoint to take
-// it from; the loader's errors (kDataLoss naming file and tensor, ...) otherwise.
+// Errors: the communicator's (a rank died meanwhile: recover again), the loader's (kDataLoss
+// naming file and tensor, ...).
 absl::StatusOr<RestoreReport> RestoreAfterFailure(trident::Communicator& world, Trainer& trainer,
                                                   const std::string& dir, bool fresh,
                                                   std::shared_ptr<const trident::PeerReplica> held);

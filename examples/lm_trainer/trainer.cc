@@ -454,6 +454,18 @@ std::vector<trident::TensorRequest> Trainer::RestoreRequests() {
   return out;
 }
 
+void Trainer::ResetToInitialState() {
+  State& s = *state_;
+  for (auto& chunk : s.chunks) {
+    Chunk fresh(config_.model, chunk->placement(), nullptr);  // same seed: the initial weights
+    std::vector<Param*> mine = chunk->params(), init = fresh.params();
+    for (size_t i = 0; i < mine.size(); ++i) mine[i]->value = init[i]->value;
+  }
+  std::fill(s.adam_m.begin(), s.adam_m.end(), 0.0f);
+  std::fill(s.adam_v.begin(), s.adam_v.end(), 0.0f);
+  SetRestoredStep(0);
+}
+
 void Trainer::SetRestoredStep(int64_t step) {
   step_ = step;
   dirty_ = false;

@@ -82,6 +82,8 @@ class Trainer {
   // replica); once they are filled, SetRestoredStep(the state's step).
   std::vector<trident::TensorRequest> RestoreRequests();
   void SetRestoredStep(int64_t step);
+  // Back to step 0: the initial weights (they depend only on the seed) and zero moments.
+  void ResetToInitialState();
 
   // Completed steps. dirty(): a step failed after it may have changed parameters or moments,
   // so the state is not that of step(); restore before going on.

@@ -12,43 +12,15 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "run_util.h"
 
 namespace {
 
 using ::testing::HasSubstr;
-
-std::string Bin(const std::string& name) {
-  const char* dir = std::getenv("TRIDENT_BIN_DIR");
-  return absl::StrCat(dir != nullptr ? dir : ".", "/", name);
-}
-
-struct Output {
-  int exit_code = -1;
-  std::string text;  // stdout and stderr
-};
-
-Output RunShell(const std::string& command) {
-  Output out;
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) out.text.append(buf, n);
-  const int status = pclose(pipe);
-  out.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
-}
-
-// step -> loss from "step=N loss=X" lines (with or without trident-run's "[rank 0] " prefix).
-std::map<int, double> Losses(const std::string& text) {
-  std::map<int, double> losses;
-  static const std::regex line(R"(step=(\d+) loss=([0-9.]+))");
-  for (auto it = std::sregex_iterator(text.begin(), text.end(), line);
-       it != std::sregex_iterator(); ++it) {
-    losses[std::stoi((*it)[1])] = std::stod((*it)[2]);
-  }
-  return losses;
-}
+using lm::testing::Bin;
+using lm::testing::Losses;
+using lm::testing::Output;
+using lm::testing::RunShell;
 
 // A small model, 10 steps: a couple of seconds for 8 processes on 2 cores.
 const std::string kModel =
