@@ -21,6 +21,7 @@
 #include "common/params.h"
 #include "common/status_macros.h"
 #include "tools/trident-run/process.h"
+#include "transport/fabric/fabric_transport.h"
 
 extern char** environ;
 
@@ -266,6 +267,8 @@ void Launcher::ReapExited() {
 
 void Launcher::OnChildExit(Child& child, int wait_status) {
   child.running = false;
+  // A child killed by a signal could not close its shm endpoints.
+  if (WIFSIGNALED(wait_status)) RemoveShmRegionsOf(child.pid);
   const bool clean = WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0;
   if (!clean || phase_ != Phase::kRunning) {
     // What the rank left behind in its process group (a shell's `sleep`) goes with it. Done

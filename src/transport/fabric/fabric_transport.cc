@@ -31,6 +31,9 @@
 // FI_MR_PROV_KEY) right before it is posted and closed when it completes.
 #include "transport/fabric/fabric_transport.h"
 
+#include <dirent.h>
+#include <unistd.h>
+
 #include <rdma/fabric.h>
 #include <rdma/fi_cm.h>
 #include <rdma/fi_domain.h>
@@ -53,6 +56,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
@@ -1112,12 +1116,31 @@ std::vector<std::string> ListFabricProviders() {
   return names;
 }
 
+int RemoveShmRegionsOf(int pid) {
+  const std::string prefix = absl::StrCat(pid, ":");
+  DIR* dir = opendir("/dev/shm");
+  if (dir == nullptr) return 0;
+  int removed = 0;
+  while (const dirent* entry = readdir(dir)) {
+    if (absl::StartsWith(entry->d_name, prefix) &&
+        unlinkat(dirfd(dir), entry->d_name, 0) == 0) {
+      ++removed;
+    }
+  }
+  closedir(dir);
+  return removed;
+}
+
 absl::StatusOr<std::unique_ptr<Transport>> NewFabricTransport(const FabricOptions& options) {
   if (options.size <= 0 || options.rank < 0 || options.rank >= options.size) {
     return absl::InvalidArgumentError(
         absl::StrCat("fabric: rank ", options.rank, " outside a group of size ", options.size));
   }
   if (options.store == nullptr) return absl::InvalidArgumentError("fabric: no store");
+  // Once per process, before its first endpoint: regions left by a dead process that had our
+  // pid (ours have "<pid>:<n>" names, with n counting our endpoints).
+  static const int stale = RemoveShmRegionsOf(getpid());
+  if (stale > 0) spdlog::debug("fabric: removed {} stale shm regions of pid {}", stale, getpid());
   auto transport = std::make_unique<FabricTransport>(options);
   RETURN_IF_ERROR(transport->Init(options));
   return std::unique_ptr<Transport>(std::move(transport));

@@ -85,6 +85,13 @@ struct FabricOptions {
 
 absl::StatusOr<std::unique_ptr<Transport>> NewFabricTransport(const FabricOptions& options);
 
+// libfabric's shm provider keeps each endpoint's region in /dev/shm under "<pid>:..." and
+// unlinks it only when the endpoint is closed: a process killed with SIGKILL leaves it behind.
+// Removes the regions of `pid`, which must be dead (or be the caller, before it opens any shm
+// endpoint: a stale region of a dead process with the same pid makes fi_enable fail with
+// EBUSY). Returns how many were removed.
+int RemoveShmRegionsOf(int pid);
+
 // The distinct provider names that fi_getinfo offers on this machine, in its order (e.g.
 // "shm", "tcp;ofi_rxm", "tcp", ...). Used in error messages and by tools.
 std::vector<std::string> ListFabricProviders();
