@@ -294,107 +294,100 @@ int Main(int argc, char** argv) {
     std::printf("%s\n", line.c_str());
     std::fflush(stdout);
   };
-  auto trainer_or = lm::Trainer::Create(world(), config);
-  // A promoted spare meets the survivors in collectives; another death during them moves
-  // everyone to a later epoch.
-  for (int attempt = 0; rt && rt->promoted() && !trainer_or.ok() &&
-                        IsCommunicationFailure(trainer_or.status()) && attempt < 8;
-       ++attempt) {
-    spdlog::warn("setting up the promoted spare failed: {}; waiting for the next epoch",
-                 trainer_or.status().ToString());
-    auto rec = rt->Recover(trainer_or.status(), absl::Now() + absl::GetFlag(FLAGS_recover_timeout));
-    if (!rec.ok()) return fail(rec.status());
-    trainer_or = lm::Trainer::Create(world(), config);
-  }
-  if (!trainer_or.ok()) {
-    if (absl::IsInvalidArgument(trainer_or.status())) UsageError(trainer_or.status().message());
-    return fail(trainer_or.status());
-  }
-  lm::Trainer& trainer = **trainer_or;
+  // Everything below is collective over the world, and any of it can meet another rank's
+  // death; `setup` is the one path for the start and for every recovery.
+  std::unique_ptr<lm::Trainer> trainer_ptr;
   lm::EpochCheckpointer ckpt_engine;
+  // A promoted spare's state is not the job's until a restore succeeded.
+  bool fresh = rt && rt->promoted();
+  bool said_start = false;
   // The communicators the runtime aborts when a rank fails: the trainer's and the engine's.
   auto register_groups = [&] {
     if (!rt) return;
-    std::vector<trident::Communicator*> groups = trainer.groups();
+    std::vector<trident::Communicator*> groups = trainer_ptr->groups();
     if (ckpt_engine.comm) groups.push_back(ckpt_engine.comm.get());
     rt->SetGroups(groups);
   };
-  auto start_checkpointer = [&](int64_t epoch) -> absl::Status {
-    if (ckpt.dir.empty()) return absl::OkStatus();
-    auto made = lm::MakeCheckpointer(world(), ckpt, trainer.config(), epoch);
-    if (!made.ok()) return made.status();
-    ckpt_engine = std::move(made).value();
-    return absl::OkStatus();
-  };
-  say(absl::StrFormat("start %s world=%d vocab=%d threads=%d", lm::DescribeConfig(trainer.config()),
-                      world().size(), trainer.vocab_size(), threads));
-
-  // Brings every rank of a new epoch to the last committed step; prints one line per dead rank.
-  auto restore = [&](const trident::Recovery& rec, bool fresh,
-                     std::shared_ptr<const trident::PeerReplica> held) -> absl::Status {
-    if (absl::Status s = start_checkpointer(rec.epoch); !s.ok()) return s;
+  // `rec`: the recovery that led here (null at a plain start).
+  auto setup = [&](const trident::Recovery* rec,
+                   std::shared_ptr<const trident::PeerReplica> held) -> absl::Status {
+    if (trainer_ptr == nullptr) {
+      auto created = lm::Trainer::Create(world(), config);
+      if (!created.ok()) {
+        if (absl::IsInvalidArgument(created.status())) UsageError(created.status().message());
+        return created.status();
+      }
+      trainer_ptr = std::move(created).value();
+    } else if (absl::Status s = trainer_ptr->Rebuild(world()); !s.ok()) {
+      return s;
+    }
+    lm::Trainer& trainer = *trainer_ptr;
+    if (!said_start) {
+      say(absl::StrFormat("start %s world=%d vocab=%d threads=%d",
+                          lm::DescribeConfig(trainer.config()), world().size(),
+                          trainer.vocab_size(), threads));
+      said_start = true;
+    }
+    if (!ckpt.dir.empty()) {
+      auto made = lm::MakeCheckpointer(world(), ckpt, trainer.config(), rt ? rt->epoch() : 1);
+      if (!made.ok()) return made.status();
+      ckpt_engine = std::move(made).value();
+    }
     register_groups();
+    if (rec == nullptr) {
+      if (!resume) return absl::OkStatus();
+      auto step = lm::ResumeFromCheckpoint(ckpt.dir, trainer);
+      if (!step.ok()) return step.status();
+      if (*step > 0) say(absl::StrFormat("resumed step=%d from=%s", *step, ckpt.dir));
+      return absl::OkStatus();
+    }
+    // Every rank back to the last committed step; one line per dead rank.
     auto report = lm::RestoreAfterFailure(world(), trainer, ckpt.dir, fresh, std::move(held));
     if (!report.ok()) return report.status();
+    fresh = false;
     const int64_t now_ms = absl::ToUnixMillis(absl::Now());
-    for (const trident::FailedRank& f : rec.failed) {
+    for (const trident::FailedRank& f : rec->failed) {
       say(absl::StrFormat("recovery epoch=%d dead_rank=%d cause=%s detect_ms=%d recover_ms=%d "
                           "steps_redone=%d source=%s resume_step=%d",
-                          rec.epoch, f.rank, ShortCause(f.cause),
+                          rec->epoch, f.rank, ShortCause(f.cause),
                           f.verdict_unix_ms - f.last_seen_unix_ms, now_ms - f.verdict_unix_ms,
                           report->steps_redone, report->source, report->step + 1));
     }
     return absl::OkStatus();
   };
-  // After a failed step: the next epoch, the trainer rebound, the state restored. Retries
-  // when another rank dies during the recovery itself.
+  // After a failure: the next epoch, then setup again. Retries when another rank dies during
+  // the recovery itself; gives up on errors that no new epoch can cure.
   auto recover = [&](absl::Status cause) -> absl::Status {
-    if (!rt) return cause;
     for (int attempt = 0; attempt < 8; ++attempt) {
+      if (!rt || !IsCommunicationFailure(cause)) return cause;
       std::shared_ptr<const trident::PeerReplica> held =
           ckpt_engine.engine ? ckpt_engine.engine->HeldReplica() : nullptr;
       auto rec = rt->Recover(cause, absl::Now() + absl::GetFlag(FLAGS_recover_timeout));
       if (!rec.ok()) return rec.status();
       maybe_fault(-1);
-      const absl::Time t0 = absl::Now();
       rt->SetGroups({});
       ckpt_engine = {};  // the old epoch's engine: its communicator is aborted
-      const absl::Time t1 = absl::Now();
-      absl::Status s = trainer.Rebuild(world());
-      const absl::Time t2 = absl::Now();
-      if (s.ok()) s = restore(*rec, false, std::move(held));
-      spdlog::info("recovery into epoch {}: waited {} for the epoch, built the world in {}; "
-                   "old engine {}, rebuild {}, restore {}",
+      const absl::Time t0 = absl::Now();
+      absl::Status s = setup(&*rec, std::move(held));
+      spdlog::info("recovery into epoch {}: waited {} for the epoch, built the world in {}, "
+                   "rebuilt and restored in {}: {}",
                    rec->epoch, absl::FormatDuration(rec->wait),
-                   absl::FormatDuration(rec->rebuild), absl::FormatDuration(t1 - t0),
-                   absl::FormatDuration(t2 - t1), absl::FormatDuration(absl::Now() - t2));
-      if (s.ok()) return s;
-      if (!IsCommunicationFailure(s)) return s;  // a bad checkpoint, ...: no new epoch will help
-      spdlog::warn("recovery into epoch {} failed: {}; waiting for the next epoch", rec->epoch,
+                   absl::FormatDuration(rec->rebuild), absl::FormatDuration(absl::Now() - t0),
                    s.ToString());
+      if (s.ok()) return s;
       cause = s;
     }
     return absl::AbortedError(absl::StrCat("gave up after 8 recoveries in a row: ", cause.ToString()));
   };
 
-  absl::Status started;
-  if (rt && rt->promoted()) {
-    started = restore(rt->promotion(), /*fresh=*/true, nullptr);  // starts the checkpointer
-  } else if (started = start_checkpointer(rt ? rt->epoch() : 1); started.ok()) {
-    register_groups();
-    if (resume) {
-      auto step = lm::ResumeFromCheckpoint(ckpt.dir, trainer);
-      if (!step.ok()) return fail(step.status());
-      if (*step > 0) say(absl::StrFormat("resumed step=%d from=%s", *step, ckpt.dir));
-    }
-  }
+  // A process that starts in a later epoch (a promoted spare, or a worker whose setup met a
+  // failure) joins the survivors' restore.
+  absl::Status started =
+      rt && rt->epoch() > 1 ? setup(&rt->promotion(), nullptr) : setup(nullptr, nullptr);
   if (!started.ok()) {
-    // A promoted spare whose restore was cut short by another failure recovers like the rest.
-    if (!rt || !rt->promoted() || !IsCommunicationFailure(started)) return fail(started);
-    spdlog::warn("restoring the promoted spare failed: {}; waiting for the next epoch",
-                 started.ToString());
     if (absl::Status s = recover(started); !s.ok()) return fail(s);
   }
+  lm::Trainer& trainer = *trainer_ptr;
 
   double loss = NAN, val_loss = NAN, tokens = 0, seconds = 0;
   int64_t reported_save = 0;

@@ -54,9 +54,10 @@ struct RuntimeOptions {
   absl::Duration heartbeat = absl::ZeroDuration();
   // How often the watcher polls the store for failures and epochs.
   absl::Duration poll = absl::Milliseconds(20);
-  // Deadline of one attempt to build an epoch's world; a failure during the build moves to
-  // the next epoch after it.
-  absl::Duration build_timeout = absl::Seconds(10);
+  // Deadline of one attempt to build an epoch's world (a rank that dies during the build
+  // leaves the others waiting this long, then they move to the next epoch); zero reads
+  // TRIDENT_BUILD_TIMEOUT_MS.
+  absl::Duration build_timeout = absl::ZeroDuration();
 };
 
 struct FailedRank {
@@ -93,7 +94,9 @@ class Runtime {
   const std::string& member() const { return member_; }
   // This process started as a spare and holds a dead rank's slot: its state must be restored.
   bool promoted() const { return promoted_; }
-  // For a promoted spare: the recovery that promoted it (epoch, the ranks replaced).
+  // When epoch() > 1 at the start (a promoted spare; a worker whose first world could not be
+  // built because a rank died, or that started late): what was recovered before Init
+  // returned. Such a process must take part in the trainer's restore, like the survivors.
   const Recovery& promotion() const { return promotion_; }
 
   // Communicators split from world() (mesh groups) that must be aborted with it. Replaces

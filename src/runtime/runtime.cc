@@ -112,6 +112,9 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Init(RuntimeOptions options) {
     options.heartbeat = ParamMillis("TRIDENT_HEARTBEAT_MS");
   }
   if (options.timeout == absl::ZeroDuration()) options.timeout = ParamMillis("TRIDENT_TIMEOUT_MS");
+  if (options.build_timeout == absl::ZeroDuration()) {
+    options.build_timeout = ParamMillis("TRIDENT_BUILD_TIMEOUT_MS");
+  }
   const absl::Time deadline = absl::Now() + options.timeout;
   if (options.store != nullptr) {
     state->store = options.store;
@@ -143,7 +146,19 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Init(RuntimeOptions options) {
           "member ", options.member, " holds no rank in epoch ", m.epoch,
           " (it was declared dead: ", m.DescribeFailures(), ")"));
     }
-    RETURN_IF_ERROR(rt->BuildWorld(m.epoch, deadline));
+    absl::Status built =
+        rt->BuildWorld(m.epoch, std::min(deadline, absl::Now() + options.build_timeout));
+    if (!built.ok()) {
+      // A rank may have died during the setup: its place goes to a spare in a new epoch.
+      spdlog::warn("building the world of epoch {} failed: {}; waiting for the next epoch",
+                   m.epoch, built.ToString());
+      rt->epoch_ = m.epoch;
+      ASSIGN_OR_RETURN(rt->promotion_, rt->Recover(built, deadline));
+    } else if (m.epoch > 1) {
+      // Started late, into an epoch that already replaced someone.
+      rt->promotion_.old_epoch = m.epoch - 1;
+      rt->promotion_.epoch = m.epoch;
+    }
   } else {
     // The spare pool: announce, then wait for an epoch that gives this member a rank.
     RETURN_IF_ERROR(s.store->Set(health::SpareKey(options.member), "ready", deadline));
