@@ -21,7 +21,7 @@ RANDOM=$seed
 deadline=${RUN_DEADLINE:-120}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-export FI_TCP_IFACE=lo FI_SOCKETS_IFACE=lo TRIDENT_HEARTBEAT_TIMEOUT_MS=${TRIDENT_HEARTBEAT_TIMEOUT_MS:-500}
+export FI_TCP_IFACE=lo FI_SOCKETS_IFACE=lo TRIDENT_HEARTBEAT_TIMEOUT_MS=${TRIDENT_HEARTBEAT_TIMEOUT_MS:-500} TRIDENT_BUILD_TIMEOUT_MS=${TRIDENT_BUILD_TIMEOUT_MS:-3000}
 flags=(--tp 2 --pp 2 --dp 2 --steps 60 --context 8 --embed 8 --ffn 64 --batch 32
        --microbatches 4 --val-samples 64 --eval-every 20 --seed 11 --timeout 30s --ckpt-every 5)
 
@@ -41,7 +41,7 @@ for ((i = 1; i <= runs; i++)); do
   members=(w0 w1 w2 w3 w4 w5 w6 w7 s0)
   member=${members[RANDOM % ${#members[@]}]}
   sig=$([[ $((RANDOM % 3)) == 0 ]] && echo STOP || echo KILL)
-  delay=$(printf '0.%02d' $((RANDOM % 100)))
+  delay=$(printf "%d.%02d" $((RANDOM % 2)) $((RANDOM % 100)))
   sleep "$delay"
   hit=no
   for p in $(pgrep -f "$bin/lm-trainer"); do
@@ -75,7 +75,7 @@ PY
     "$member" "$delay" "$hit" "$code" "$recoveries" "$verdict"
   case $verdict in
     ok) ok=$((ok + 1)) ;;
-    failed*) clean_fail=$((clean_fail + 1)) ;;
+    failed*) clean_fail=$((clean_fail + 1)); cp "$log" "/tmp/campaign-run$i.log" ;;
     *) bad=$((bad + 1)); cp "$log" "/tmp/campaign-run$i.log"; echo "  log kept: /tmp/campaign-run$i.log" ;;
   esac
 done

@@ -311,48 +311,75 @@ void Launcher::OnMemberDeath(Child& child, const std::string& cause, absl::Time 
       Message(absl::StrCat("spare ", child.member, " ", cause, " while idle; ",
                            ready_spares_.size(), " spare(s) ready"));
     }
+    TryReplace();  // a failure may have been waiting for this spare
     return;
   }
   const std::string reason = absl::StrCat("rank ", child.rank, " ", cause);
   Message(reason);
   RecordFailure(child.rank, reason);
+  pending_.push_back({child.rank, child.member, cause, absl::ToUnixMillis(last_seen),
+                      absl::ToUnixMillis(absl::Now())});
+  child.rank = -1;
+  if (pending_since_ == absl::InfiniteFuture()) pending_since_ = absl::Now();
+  TryReplace();
+}
+
+void Launcher::TryReplace() {
+  if (pending_.empty() || phase_ != Phase::kRunning || done_set_) return;
+  std::string why_not;
   const bool someone_finished = std::any_of(children_.begin(), children_.end(),
                                             [](const Child& c) { return c.finished; });
-  if (phase_ == Phase::kRunning && !done_set_ && options_.spares > 0) {
-    if (someone_finished) {
-      Message("cannot replace it: other ranks have already finished");
-    } else if (Store* s = store(); s != nullptr) {
-      std::vector<health::Failure> failures = {{child.rank, child.member, cause,
-                                                absl::ToUnixMillis(last_seen),
-                                                absl::ToUnixMillis(absl::Now())}};
-      absl::StatusOr<health::Membership> next = health::PublishNextEpoch(
-          *s, membership_, failures, ready_spares_, DeadlineIn(kStoreCallTimeout));
-      if (next.ok()) {
-        membership_ = *next;
-        const int rank = child.rank;
-        child.rank = -1;
-        Child* spare = FindMember(membership_.ranks[rank]);
-        TRIDENT_CHECK(spare != nullptr) << "no child for member " << membership_.ranks[rank];
-        spare->rank = rank;
+  const auto starting = std::count_if(children_.begin(), children_.end(), [](const Child& c) {
+    return c.spare() && c.running && c.rank < 0 && !c.ready;
+  });
+  if (options_.spares == 0) {
+    why_not = "";
+  } else if (someone_finished) {
+    why_not = "other ranks have already finished";
+  } else if (ready_spares_.size() < pending_.size()) {
+    // Spares still starting up (a failure right at the start) are worth waiting for.
+    if (starting > 0 && absl::Now() - pending_since_ < kSpareStartWait) {
+      if (!waiting_said_) {
+        Message(absl::StrCat("waiting up to ", absl::FormatDuration(kSpareStartWait), " for ",
+                             starting, " starting spare(s)"));
+        waiting_said_ = true;
+      }
+      return;
+    }
+    why_not = absl::StrCat(ready_spares_.size(), " spare(s) ready for ", pending_.size(),
+                           " failure(s)");
+  } else if (Store* s = store(); s == nullptr) {
+    why_not = "the store is unreachable";
+  } else {
+    absl::StatusOr<health::Membership> next = health::PublishNextEpoch(
+        *s, membership_, pending_, ready_spares_, DeadlineIn(kStoreCallTimeout));
+    if (next.ok()) {
+      membership_ = *next;
+      for (const health::Failure& f : pending_) {
+        Child* spare = FindMember(membership_.ranks[f.rank]);
+        TRIDENT_CHECK(spare != nullptr) << "no child for member " << membership_.ranks[f.rank];
+        spare->rank = f.rank;
         const std::string line = absl::StrCat("epoch ", membership_.epoch, ": spare ",
-                                              spare->member, " takes rank ", rank, " (",
-                                              child.member, " ", cause, ")");
+                                              spare->member, " takes rank ", f.rank, " (",
+                                              f.member, " ", f.cause, ")");
         Message(absl::StrCat(line, "; ", ready_spares_.size(), " spare(s) left"));
         recoveries_.push_back(line);
-        return;
       }
-      Message(next.status().message());
+      pending_.clear();
+      pending_since_ = absl::InfiniteFuture();
+      waiting_said_ = false;
+      return;
     }
+    why_not = std::string(next.status().message());
   }
-  std::string failure = reason;
-  if (options_.spares > 0) absl::StrAppend(&failure, " and no spare could replace it");
+  const health::Failure& f = pending_.front();
+  std::string failure = absl::StrCat("rank ", f.rank, " ", f.cause);
+  if (options_.spares > 0) absl::StrAppend(&failure, " and no spare could replace it (", why_not, ")");
   if (!first_failure_.has_value()) first_failure_ = failure;
   if (!exit_status_.has_value()) exit_status_ = kExitJobFailed;
   SetDone(absl::StrCat("failed: ", failure));
-  if (phase_ == Phase::kRunning) {
-    phase_ = Phase::kGrace;
-    next_step_ = absl::Now() + grace_;
-  }
+  phase_ = Phase::kGrace;
+  next_step_ = absl::Now() + grace_;
 }
 
 Launcher::Child* Launcher::FindMember(absl::string_view member) {
@@ -404,6 +431,7 @@ void Launcher::PollHealth() {
       spdlog::debug("spare {} is ready", c.member);
     }
   }
+  TryReplace();  // a failure may be waiting for a spare that just became ready
   for (const health::FailureDetector::Verdict& v :
        detector_.Check(absl::Now(), [this](const std::string& m) { return ConfirmDead(m); })) {
     Child* child = FindMember(v.member);

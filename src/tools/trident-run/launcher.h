@@ -40,6 +40,8 @@ inline constexpr absl::Duration kTermToKill = absl::Seconds(2);
 // How long the output relay may wait, after the last child is reaped, for pipes that a
 // grandchild still holds open.
 inline constexpr absl::Duration kRelayDrain = absl::Seconds(2);
+// How long a dead rank may wait for a spare that is still starting up.
+inline constexpr absl::Duration kSpareStartWait = absl::Seconds(30);
 
 class Launcher {
  public:
@@ -79,6 +81,9 @@ class Launcher {
   // epoch, or fail the job.
   void OnMemberDeath(Child& child, const std::string& cause,
                      absl::Time last_seen = absl::Now());
+  // Gives the pending failures' ranks to ready spares under a new epoch; waits (a while) for
+  // spares still starting; else fails the job.
+  void TryReplace();
   // Heartbeats, spare readiness and the detector's verdicts; every health_poll_.
   void PollHealth();
   // Reads /proc: a reason when the process of `member` is stopped or gone.
@@ -112,6 +117,9 @@ class Launcher {
   absl::Duration health_poll_;
   absl::Time next_health_poll_ = absl::InfinitePast();
   std::vector<std::string> recoveries_;     // one line per epoch change
+  std::vector<health::Failure> pending_;    // dead ranks not yet replaced
+  absl::Time pending_since_ = absl::InfiniteFuture();
+  bool waiting_said_ = false;
   bool done_set_ = false;
   Phase phase_ = Phase::kRunning;
   absl::Time next_step_ = absl::InfiniteFuture();
