@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The demo command: installs what is missing, builds, and trains the example language model
-# (examples/lm_trainer) on 8 ranks through trident-run, with tensor, pipeline and data
-# parallelism (tp 2 x pp 2 x dp 2, 1F1B schedule), then once more as a single process: the two
-# runs compute the same losses up to float rounding (checked over the first 20 steps).
+# (examples/lm_trainer) on 8 ranks through trident-run with tensor, pipeline and data
+# parallelism (tp 2 x pp 2 x dp 2, 1F1B schedule), checkpoints every 10 steps and a hot spare.
+# Rank 3 is killed (SIGKILL) at step 150: the spare takes its place, every rank goes back to
+# the last checkpoint (the spare's state comes from its buddy's memory) and the run finishes.
+# Then the same model runs in one process: the losses match up to float rounding (checked
+# over the first 20 steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -12,9 +15,16 @@ export FI_TCP_IFACE=lo FI_SOCKETS_IFACE=lo
 steps=${DEMO_STEPS:-300}
 flags=(--steps "$steps" --eval-every 50 --schedule 1f1b --microbatches 4)
 
-echo "== lm-trainer, 8 ranks: tp 2 x pp 2 x dp 2 through trident-run (libfabric shm)"
-"$build/bin/trident-run" --nproc 8 -- "$build/bin/lm-trainer" --tp 2 --pp 2 --dp 2 "${flags[@]}" |
-  tee /tmp/trident-demo-8.log | grep -E 'start|val_loss|done'
+ckpt=$(mktemp -d /tmp/trident-demo-ckpt.XXXXXX)
+kill_at=$((steps / 2))
+echo "== lm-trainer, 8 ranks (tp 2 x pp 2 x dp 2) + 1 spare through trident-run (libfabric shm);"
+echo "   checkpoints every 10 steps in $ckpt; rank 3 (member w3) is killed at step $kill_at"
+"$build/bin/trident-run" --nproc 8 --spares 1 -- "$build/bin/lm-trainer" --tp 2 --pp 2 --dp 2 \
+  "${flags[@]}" --ckpt-dir "$ckpt" --ckpt-every 10 --inject-fault "w3:$kill_at:KILL" 2>&1 |
+  tee /tmp/trident-demo-8.log |
+  grep -E 'start|val_loss|done|recovery epoch|first_step_after|trident-run:|spare .* ready' |
+  grep -v ' warning\] '
+grep -q "recovery epoch=2 dead_rank=3" /tmp/trident-demo-8.log || { echo "demo: no recovery?"; exit 1; }
 echo
 echo "== the same model and batches in one process"
 "$build/bin/lm-trainer" "${flags[@]}" | tee /tmp/trident-demo-1.log | grep -E 'val_loss|done'

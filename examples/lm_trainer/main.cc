@@ -85,7 +85,7 @@ Rank 0 prints logfmt lines on stdout:
   checkpoint step=S stall_ms=X bytes=B       a save was snapshotted (the loop's stall)
   checkpoint_committed step=S persist_ms=Y   ... and became durable (or checkpoint_failed)
   resumed step=S from=DIR
-  recovery epoch=E dead_rank=R cause=C detect_ms=D recover_ms=M steps_redone=K source=peer|checkpoint
+  recovery epoch=E dead_rank=R cause=C detect_ms=D recover_ms=M steps_redone=K source=peer|checkpoint|init ...
           after a rank died or hung under `trident-run --spares`: a spare took its place,
           every rank went back to the last committed checkpoint step (the spare's state
           from its buddy's memory when it has that step, else from the checkpoint)
@@ -281,6 +281,10 @@ int Main(int argc, char** argv) {
       if (f.member == rt->member() && f.step == when) {
         spdlog::warn("injecting signal {} into {} ({})", f.signal, f.member,
                      when < 0 ? std::string("recovery") : absl::StrCat("step ", when));
+        // For benchmarks: when the fault happened, on the agent's (same host) clock.
+        std::printf("fault_injected member=%s signal=%d unix_ms=%lld\n", f.member.c_str(),
+                    f.signal, static_cast<long long>(absl::ToUnixMillis(absl::Now())));
+        std::fflush(stdout);
         raise(f.signal);
       }
     }
@@ -301,6 +305,7 @@ int Main(int argc, char** argv) {
   // A promoted spare's state is not the job's until a restore succeeded.
   bool fresh = rt && rt->promoted();
   bool said_start = false;
+  int64_t last_verdict_ms = 0;  // of the last recovery, until its first completed step
   // The communicators the runtime aborts when a rank fails: the trainer's and the engine's.
   auto register_groups = [&] {
     if (!rt) return;
@@ -345,13 +350,22 @@ int Main(int argc, char** argv) {
     auto report = lm::RestoreAfterFailure(world(), trainer, ckpt.dir, fresh, std::move(held));
     if (!report.ok()) return report.status();
     fresh = false;
+    // The peer transfer happened on the fresh rank; everyone learns its size and time.
+    double transfer[2] = {static_cast<double>(report->bytes_from_peer), report->peer_transfer_ms};
+    trident::Tensor t = trident::Tensor::Of(transfer, 2);
+    if (absl::Status s = world().AllReduce(t, t, trident::ReduceOp::kMax)->Wait(); !s.ok()) {
+      return s;
+    }
     const int64_t now_ms = absl::ToUnixMillis(absl::Now());
     for (const trident::FailedRank& f : rec->failed) {
       say(absl::StrFormat("recovery epoch=%d dead_rank=%d cause=%s detect_ms=%d recover_ms=%d "
-                          "steps_redone=%d source=%s resume_step=%d",
+                          "steps_redone=%d source=%s resume_step=%d verdict_unix_ms=%d "
+                          "peer_bytes=%.0f peer_ms=%.2f",
                           rec->epoch, f.rank, ShortCause(f.cause),
                           f.verdict_unix_ms - f.last_seen_unix_ms, now_ms - f.verdict_unix_ms,
-                          report->steps_redone, report->source, report->step + 1));
+                          report->steps_redone, report->source, report->step + 1,
+                          f.verdict_unix_ms, transfer[0], transfer[1]));
+      last_verdict_ms = std::max(last_verdict_ms, f.verdict_unix_ms);
     }
     return absl::OkStatus();
   };
@@ -426,6 +440,11 @@ int Main(int argc, char** argv) {
     say(absl::StrFormat("step=%d loss=%.6f%s tokens_per_s=%.0f step_ms=%.2f comm_share=%.3f", i,
                         st->loss, val, st->tokens_per_s, st->step_ms,
                         st->step_ms > 0 ? std::max(0.0, 1.0 - st->compute_ms / st->step_ms) : 0.0));
+    if (last_verdict_ms > 0) {
+      say(absl::StrFormat("first_step_after_recovery step=%d since_verdict_ms=%d", i,
+                          absl::ToUnixMillis(absl::Now()) - last_verdict_ms));
+      last_verdict_ms = 0;
+    }
     report_saves(false);
     if (ckpt_engine.engine && ckpt.every > 0 && i % ckpt.every == 0) {
       const absl::Time t0 = absl::Now();

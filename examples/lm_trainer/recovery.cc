@@ -102,8 +102,10 @@ absl::StatusOr<RestoreReport> RestoreAfterFailure(Communicator& world, Trainer& 
     if (holder >= 0) {
       if (me == holder) RETURN_IF_ERROR(trident::SendPeerReplica(world, r, *held));
       if (me == r) {
+        const absl::Time t0 = absl::Now();
         ASSIGN_OR_RETURN(std::shared_ptr<trident::PeerReplica> replica,
                          trident::FetchPeerReplica(world, holder));
+        report.peer_transfer_ms = absl::ToDoubleMilliseconds(absl::Now() - t0);
         RETURN_IF_ERROR(replica->Restore(trainer.RestoreRequests()));
         trainer.SetRestoredStep(replica->step());
         report.bytes_from_peer = static_cast<int64_t>(replica->bytes());

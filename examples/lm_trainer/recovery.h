@@ -48,7 +48,8 @@ struct RestoreReport {
   int64_t step = 0;           // S: every rank is there now
   int64_t steps_redone = 0;   // the most steps a survivor had completed, minus S
   std::string source;         // of the fresh ranks' state: "peer", "checkpoint", "init", "none"
-  int64_t bytes_from_peer = 0;
+  int64_t bytes_from_peer = 0;  // on the rank that fetched a replica (0 elsewhere)
+  double peer_transfer_ms = 0;  // the fetch, on that rank
 };
 
 // Collective over `world` (see above). `fresh`: this rank's state is not the job's (a promoted
