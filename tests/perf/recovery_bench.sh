@@ -61,7 +61,7 @@ print(f"| SIGKILL -> verdict | {len(kill)} | {pct(kill,50)} | {pct(kill,99)} | <
 print(f"| SIGSTOP -> verdict | {len(stop)} | {pct(stop,50)} | {pct(stop,99)} | < {timeout_ms * 1.1:.0f} ms (timeout + 10%) |")
 print(f"| verdict -> restored state | {len(restore)} | {pct(restore,50)} | {pct(restore,99)} | |")
 print(f"| verdict -> first completed step | {len(first)} | {pct(first,50)} | {pct(first,99)} | < 2000 ms |")
-sr = re.findall(r"^\s*(\d+)\s+\d+\s+\S+\s+\S+\s+\S+\s+\d+\s+([0-9.]+)\s+([0-9.]+)", open(f"{work}/sendrecv.txt").read(), re.M)
+sr = re.findall(r"^(?:\[rank \d+\])?\s*(\d+)\s+\d+\s+\S+\s+\S+\s+\S+\s+\d+\s+[0-9.]+\s+([0-9.]+)\s+([0-9.]+)", open(f"{work}/sendrecv.txt").read(), re.M)
 if rates and sr:
     bw = float(sr[-1][2])
     print(f"\npeer-replica transfer: {statistics.median(rates):.2f} GB/s median over {len(rates)} "
