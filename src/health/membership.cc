@@ -15,7 +15,12 @@ std::string HeartbeatKey(absl::string_view member) {
   return absl::StrCat("job/heartbeat/", member);
 }
 std::string SpareKey(absl::string_view member) { return absl::StrCat("job/spare/", member); }
-std::string SuspectKey(absl::string_view member) { return absl::StrCat("job/suspect/", member); }
+std::string SuspectPrefix(int64_t epoch) {
+  return absl::StrCat(EpochPrefix(epoch), "job/suspect_rank/");
+}
+std::string SuspectKey(int64_t epoch, int rank) {
+  return absl::StrCat(SuspectPrefix(epoch), rank);
+}
 std::string EpochPrefix(int64_t epoch) {
   return epoch <= 1 ? std::string() : absl::StrCat("epoch/", epoch, "/");
 }

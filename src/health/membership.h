@@ -13,7 +13,8 @@
 //   job/membership/<e>         Membership::ToJson() of epoch e (e >= 2; epoch 1 is implicit)
 //   job/heartbeat/<member>     a counter each live member increments every TRIDENT_HEARTBEAT_MS
 //   job/spare/<member>         set by a spare that is initialised and waiting in the pool
-//   job/suspect/<member>       set by a rank that saw a transport error talking to it
+//   <EpochPrefix(e)>job/suspect_rank/<rank>   set by a rank whose transport saw an error from
+//                              that rank (the cause); the agent makes its member suspect
 //   job/done                   set by the agent when the job is over: idle spares exit
 //   <EpochPrefix(e)>job/failed/<rank>   the cause, for epoch e's communicators to fail fast
 #ifndef TRIDENT_HEALTH_MEMBERSHIP_H_
@@ -35,7 +36,9 @@ inline constexpr char kDoneKey[] = "job/done";
 std::string MembershipKey(int64_t epoch);
 std::string HeartbeatKey(absl::string_view member);
 std::string SpareKey(absl::string_view member);
-std::string SuspectKey(absl::string_view member);
+// The prefix of epoch e's suspicion reports; the key of one.
+std::string SuspectPrefix(int64_t epoch);
+std::string SuspectKey(int64_t epoch, int rank);
 // "" for epoch 1 (so that programs that know nothing of epochs see the usual keys),
 // "epoch/<e>/" after.
 std::string EpochPrefix(int64_t epoch);

@@ -25,6 +25,14 @@
 
 namespace trident {
 
+// A transport error caused by one peer (a connection reset, a CQ error naming it) carries that
+// peer's transport rank as a status payload, so that layers above can report the peer as
+// suspect (health: job/suspect_rank/<rank>) without parsing messages.
+inline constexpr char kPeerPayloadUrl[] = "trident/peer-rank";
+absl::Status WithPeer(absl::Status status, int peer);
+// The peer a status names through WithPeer, or -1.
+int PeerOf(const absl::Status& status);
+
 // The completion record of one send or receive; owned by the caller.
 struct TransportRequest {
   // Set (release) by the transport once the operation finished, successfully or not; `status`

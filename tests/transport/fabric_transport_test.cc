@@ -409,6 +409,7 @@ TEST_P(FabricTransportTest, SendToDeadPeerFailsNamingRank) {
     failure = send.status;
   }
   EXPECT_THAT(failure, StatusIs(absl::StatusCode::kAborted, HasSubstr("rank 1")));
+  EXPECT_EQ(PeerOf(failure), 1) << "the error names its peer for the failure detector";
   std::filesystem::remove_all(dir);
 }
 

@@ -412,6 +412,13 @@ absl::Status HostCommunicator::Health() {
 }
 
 absl::Status HostCommunicator::ExplainPeerFailure(const absl::Status& transport_error) {
+  // A transport error that names its peer makes that peer suspect for the failure detector
+  // (the store is the epoch's, so the report belongs to this epoch). Best effort.
+  if (const int peer = PeerOf(transport_error);
+      peer >= 0 && !aborted_.load(std::memory_order_acquire)) {
+    (void)config_.store->Set(absl::StrCat(kSuspectRankPrefix, peer), transport_error.message(),
+                             DeadlineIn(absl::Milliseconds(500)));
+  }
   // The transport often notices a dead peer (connection reset, CQ error) a moment before
   // trident-run has recorded why it died; wait briefly for the cause, which says more.
   // An abort of this communicator (Abort: its caller, e.g. the runtime, knows the cause) is

@@ -431,6 +431,25 @@ void Launcher::PollHealth() {
       spdlog::debug("spare {} is ready", c.member);
     }
   }
+  // Peers' reports of transport errors: the rank's member is suspect at once (the detector
+  // still wants a confirmation before a verdict).
+  if (absl::StatusOr<std::vector<std::string>> reports =
+          s->ListPrefix(health::SuspectPrefix(membership_.epoch), deadline);
+      reports.ok()) {
+    for (const std::string& key : *reports) {
+      if (!reported_.insert(key).second) continue;
+      int rank = -1;
+      if (!absl::SimpleAtoi(key.substr(key.rfind('/') + 1), &rank) || rank < 0 ||
+          rank >= static_cast<int>(membership_.ranks.size())) {
+        continue;
+      }
+      absl::StatusOr<std::string> why = s->TryGet(key, deadline);
+      const std::string& member = membership_.ranks[rank];
+      spdlog::info("rank {} ({}) reported by a peer: {}", rank, member, why.ok() ? *why : key);
+      detector_.Suspect(member, absl::StrCat("a peer's transport error: ", why.ok() ? *why : key),
+                        now);
+    }
+  }
   TryReplace();  // a failure may be waiting for a spare that just became ready
   for (const health::FailureDetector::Verdict& v :
        detector_.Check(absl::Now(), [this](const std::string& m) { return ConfirmDead(m); })) {

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -118,6 +119,7 @@ class Launcher {
   absl::Time next_health_poll_ = absl::InfinitePast();
   std::vector<std::string> recoveries_;     // one line per epoch change
   std::vector<health::Failure> pending_;    // dead ranks not yet replaced
+  absl::flat_hash_set<std::string> reported_;  // suspicion reports already passed on
   absl::Time pending_since_ = absl::InfiniteFuture();
   bool waiting_said_ = false;
   bool done_set_ = false;

@@ -915,11 +915,13 @@ void FabricTransport::OnErrorLocked(const fi_cq_err_entry& err) {
     char prov_text[256] = {0};
     const char* text =
         fi_cq_strerror(cq_.get(), err.prov_errno, err.err_data, prov_text, sizeof(prov_text));
-    SetErrorLocked(op, absl::AbortedError(absl::StrCat(
-                           "rank ", op->peer, ": ", KindName(op->kind), " (tag ", op->tag,
-                           ") failed", IsPeerGone(code) ? " (peer unreachable or gone)" : "",
-                           ": fi_cq_readerr: ", FiText(-code), ": ", text ? text : "",
-                           " (prov_errno ", err.prov_errno, ")")));
+    SetErrorLocked(op, WithPeer(absl::AbortedError(absl::StrCat(
+                                    "rank ", op->peer, ": ", KindName(op->kind), " (tag ",
+                                    op->tag, ") failed",
+                                    IsPeerGone(code) ? " (peer unreachable or gone)" : "",
+                                    ": fi_cq_readerr: ", FiText(-code), ": ", text ? text : "",
+                                    " (prov_errno ", err.prov_errno, ")")),
+                                op->peer));
   }
   RetirePartLocked(part);
   SettleLocked(op);
