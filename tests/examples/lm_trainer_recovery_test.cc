@@ -68,12 +68,6 @@ void ExpectReferenceLosses(const Output& out) {
   }
 }
 
-int CountOf(const std::string& text, const std::string& what) {
-  int n = 0;
-  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-  return n;
-}
-
 TEST(LmTrainerRecoveryTest, KilledRankIsReplacedAndLossesMatchARunWithoutFailure) {
   Output out = Train("kill", 1, "--inject-fault w3:17:KILL");
   ASSERT_EQ(out.exit_code, 0) << out.text;
