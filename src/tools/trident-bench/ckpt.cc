@@ -4,17 +4,24 @@
 //  - the persist throughput (Save's return to the commit: write, CRC32C, fsync, manifest,
 //    renames) against dd writing the same bytes to the same directory (oflag=direct and
 //    conv=fsync), also in the same run.
+//  - the peak extra host memory (resident) of the engine from Create to the last commit,
+//    against its memory budget.
 // One process, a world of one rank (an in-process communicator): no launcher needed.
 #include "ckpt.h"
 
+#include <fcntl.h>
 #include <sys/statfs.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -60,6 +67,12 @@ before the next, and in the same run:
                 writes (64 MiB O_DIRECT writes, then fsync; no CRC, no commit): dd and fio
                 write from 4 KiB pages, which costs this VM's disk a good part of its speed
   per/raw       persist GB/s / raw
+  extra(MiB)    peak extra host memory of the engine: the process's peak resident memory from
+                Create to the last save's commit (VmHWM after resetting it through
+                /proc/self/clear_refs, and the maximum of VmRSS sampled every 2 ms by a thread;
+                the larger) minus the resident memory before Create (the state and the memcpy
+                target are already resident then)
+  x/budget      extra / the budget (the budget column: CheckpointOptions::memory_budget_bytes)
 With --budget smaller than a size, that size streams through the budget: the stall then
 includes writing all but the last budget's worth of bytes.
 
@@ -95,6 +108,74 @@ double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0 : v[v.size() / 2];
 }
+
+// The process's resident memory in bytes (VmRSS, from /proc/self/statm), or -1.
+int64_t ResidentBytes() {
+  const int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  char buf[256];
+  const ssize_t n = read(fd, buf, sizeof(buf) - 1);
+  close(fd);
+  if (n <= 0) return -1;
+  buf[n] = '\0';
+  long long size = 0, resident = 0;
+  if (std::sscanf(buf, "%lld %lld", &size, &resident) != 2) return -1;
+  return static_cast<int64_t>(resident) * sysconf(_SC_PAGESIZE);
+}
+
+// VmHWM (the resident high-water mark) in bytes, or -1.
+int64_t ResidentHighWaterBytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    long long kb = 0;
+    if (std::sscanf(line.c_str(), "VmHWM: %lld kB", &kb) == 1) return kb << 10;
+  }
+  return -1;
+}
+
+// Resets VmHWM to the current VmRSS (Linux >= 4.0); false where not permitted.
+bool ResetResidentHighWater() {
+  const int fd = open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool ok = write(fd, "5", 1) == 1;
+  close(fd);
+  return ok;
+}
+
+// The peak resident memory of the process from construction to Stop(): VmHWM (when it could
+// be reset at the start) and VmRSS sampled every 2 ms by a thread, whichever is larger.
+class PeakResident {
+ public:
+  PeakResident() : hwm_reset_(ResetResidentHighWater()), peak_sampled_(ResidentBytes()) {
+    sampler_ = std::thread([this] {
+      while (!stop_.load(std::memory_order_relaxed)) {
+        const int64_t r = ResidentBytes();
+        if (r > peak_sampled_.load(std::memory_order_relaxed)) peak_sampled_.store(r);
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
+    });
+  }
+  ~PeakResident() { Stop(); }
+  void Stop() {
+    if (!sampler_.joinable()) return;
+    stop_ = true;
+    sampler_.join();
+    const int64_t r = ResidentBytes();
+    if (r > peak_sampled_) peak_sampled_ = r;
+    hwm_ = hwm_reset_ ? ResidentHighWaterBytes() : -1;
+  }
+  int64_t sampled() const { return peak_sampled_; }
+  int64_t hwm() const { return hwm_; }  // -1: VmHWM could not be reset
+  int64_t peak() const { return std::max<int64_t>(peak_sampled_, hwm_); }
+
+ private:
+  const bool hwm_reset_;
+  std::atomic<int64_t> peak_sampled_;
+  std::atomic<bool> stop_{false};
+  int64_t hwm_ = -1;
+  std::thread sampler_;
+};
 
 std::string FsType(const std::string& dir) {
   struct statfs st;
@@ -193,6 +274,10 @@ absl::Status RunSize(const CkptConfig& c, int64_t size, Communicator& comm, nloh
   options.keep_last = 1;
   options.peer_replicas = false;
   options.reserve_bytes = c.reserve ? static_cast<size_t>(bytes) : 0;
+  // Peak extra host memory: from before Create (state and memcpy target already resident) to
+  // the last save's commit.
+  const int64_t rss_before = ResidentBytes();
+  PeakResident peak_rss;
   const absl::Time create_start = absl::Now();
   auto engine_or = CheckpointEngine::Create(options);
   const double create_s = absl::ToDoubleSeconds(absl::Now() - create_start);
@@ -223,6 +308,11 @@ absl::Status RunSize(const CkptConfig& c, int64_t size, Communicator& comm, nloh
       persist_s.push_back(stats.persist_seconds);
     }
   }
+  peak_rss.Stop();
+  const double mib = 1 << 20;
+  const double extra_mib =
+      rss_before >= 0 && peak_rss.peak() >= 0 ? (peak_rss.peak() - rss_before) / mib : -1;
+  const double budget_mib = static_cast<double>(options.memory_budget_bytes) / mib;
   engine.reset();
   (void)PosixFileSystem()->RemoveAll(dir);
   buffers.clear();
@@ -266,14 +356,15 @@ absl::Status RunSize(const CkptConfig& c, int64_t size, Communicator& comm, nloh
   const double persist = Median(persist_s);
   const double persist_gbps = static_cast<double>(bytes) / persist / 1e9;
   const double ref = std::max({dd_direct, dd_fsync, fio});
-  std::printf("%9s %9s %10.1f %10.1f %8.2f %10.1f %10.1f %10.3f %8.2f   %5.2f / %-5.2f %6.2f %7s %6.2f %7s\n",
+  std::printf("%9s %9s %10.1f %10.1f %8.2f %10.1f %10.1f %10.3f %8.2f   %5.2f / %-5.2f %6.2f %7s %6.2f %7s %10.0f %8.2f\n",
               absl::StrCat(bytes >> 20, "M").c_str(),
               absl::StrCat(options.memory_budget_bytes >> 20, "M", streamed ? "*" : "").c_str(),
               memcpy_ms, stall_ms, Median(ratios), first_stall * 1e3, create_s * 1e3, persist,
               persist_gbps,
               dd_direct, dd_fsync, fio,
               ref > 0 ? absl::StrFormat("%.2f", persist_gbps / ref).c_str() : "-", raw,
-              raw > 0 ? absl::StrFormat("%.2f", persist_gbps / raw).c_str() : "-");
+              raw > 0 ? absl::StrFormat("%.2f", persist_gbps / raw).c_str() : "-", extra_mib,
+              extra_mib / budget_mib);
   std::fflush(stdout);
   rows->push_back({{"bytes", bytes},
                    {"budget", options.memory_budget_bytes},
@@ -297,6 +388,12 @@ absl::Status RunSize(const CkptConfig& c, int64_t size, Communicator& comm, nloh
                    {"dd_direct_output", dd_direct_line},
                    {"dd_direct_256m_output", dd_direct256_line},
                    {"create_ms", create_s * 1e3},
+                   {"rss_before_mib", rss_before / mib},
+                   {"peak_rss_sampled_mib", peak_rss.sampled() / mib},
+                   {"peak_rss_hwm_mib", peak_rss.hwm() >= 0 ? peak_rss.hwm() / mib : -1.0},
+                   {"extra_mib", extra_mib},
+                   {"budget_mib", budget_mib},
+                   {"extra_over_budget", extra_mib / budget_mib},
                    {"dd_fsync_output", dd_fsync_line}});
   return absl::OkStatus();
 }
@@ -387,10 +484,10 @@ int RunCkptBench(int argc, char** argv) {
               c.threads > 0 ? absl::StrCat(c.threads).c_str() : "default",
               c.direct ? "O_DIRECT where allowed" : "buffered",
               c.reserve ? "reserved at Create" : "faulted in by the first save");
-  std::printf("# %7s %9s %10s %10s %8s %10s %10s %10s %8s   %-13s %6s %7s %6s %7s\n",
+  std::printf("# %7s %9s %10s %10s %8s %10s %10s %10s %8s   %-13s %6s %7s %6s %7s %10s %8s\n",
               "state", "budget", "memcpy(ms)", "stall(ms)", "stall/cp", "first(ms)",
               "create(ms)", "persist(s)", "GB/s", "dd GB/s dio/buf", "fio", "per/ref", "raw",
-              "per/raw");
+              "per/raw", "extra(MiB)", "x/budget");
   std::fflush(stdout);
   nlohmann::json rows = nlohmann::json::array();
   for (int64_t size : c.sizes) {

@@ -1,4 +1,5 @@
-// trident-bench ckpt: the checkpoint engine's stall and persist throughput on one rank
+// trident-bench ckpt: the checkpoint engine's stall, persist throughput and peak extra host
+// memory on one rank
 // (ckpt.cc; `trident-bench ckpt --help`).
 #ifndef TRIDENT_TOOLS_TRIDENT_BENCH_CKPT_H_
 #define TRIDENT_TOOLS_TRIDENT_BENCH_CKPT_H_
