@@ -163,6 +163,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Init(RuntimeOptions options) {
     // The spare pool: announce, then wait for an epoch that gives this member a rank.
     RETURN_IF_ERROR(s.store->Set(health::SpareKey(options.member), "ready", deadline));
     spdlog::info("spare {} ready; waiting to be promoted", options.member);
+    int64_t failed_epoch = 0;  // an epoch whose world this spare could not build
     while (true) {
       if (s.store->TryGet(health::kDoneKey, absl::InfiniteFuture()).ok()) {
         return absl::CancelledError(
@@ -171,7 +172,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Init(RuntimeOptions options) {
       ASSIGN_OR_RETURN(health::Membership m,
                        health::ReadMembership(*s.store, options.world_size, absl::InfiniteFuture()));
       const int rank = m.RankOf(options.member);
-      if (rank >= 0) {
+      if (rank >= 0 && m.epoch > failed_epoch) {
         rt->rank_ = rank;
         rt->promoted_ = true;
         rt->promotion_ = Recovery{};
@@ -184,11 +185,13 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Init(RuntimeOptions options) {
         InitLogging(absl::StrCat("rank ", rank));
         spdlog::info("spare {} promoted to rank {} in epoch {}, replacing {}", options.member,
                      rank, m.epoch, m.DescribeFailures());
-        // The build may race with yet another failure: then the next epoch's membership
-        // says where this member stands.
-        absl::Status built =
-            rt->BuildWorld(m.epoch, absl::Now() + options.build_timeout);
+        // The survivors may come late (they first wait out their own failed build), so the
+        // spare gives them the whole op timeout. A failed build is never retried at the same
+        // epoch (the others may hold this attempt's address): the next epoch says where this
+        // member stands.
+        absl::Status built = rt->BuildWorld(m.epoch, absl::Now() + options.timeout);
         if (built.ok()) break;
+        failed_epoch = m.epoch;
         spdlog::warn("building the world of epoch {} failed: {}; waiting for the next epoch",
                      m.epoch, built.ToString());
       }

@@ -13,6 +13,7 @@
 #include <cstdlib>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -61,6 +62,7 @@ std::string EnvOr(const char* name, absl::string_view fallback) {
 
 Launcher::Launcher(LaunchOptions options, OutputWriter* out)
     : options_(std::move(options)), out_(out), relay_(out),
+      heartbeat_timeout_(ParamMillis("TRIDENT_HEARTBEAT_TIMEOUT_MS")),
       detector_({.timeout = ParamMillis("TRIDENT_HEARTBEAT_TIMEOUT_MS"),
                  .confirm_window = ParamMillis("TRIDENT_HEARTBEAT_TIMEOUT_MS")}),
       health_poll_(std::max(ParamMillis("TRIDENT_HEARTBEAT_TIMEOUT_MS") / 20,
@@ -416,13 +418,31 @@ void Launcher::PollHealth() {
     if (!c.running || c.handled) continue;
     absl::StatusOr<std::string> beat = s->TryGet(health::HeartbeatKey(c.member), deadline);
     int64_t counter = 0;
+    const auto watched = detector_.watched();
+    const bool beats = std::find(watched.begin(), watched.end(), c.member) != watched.end();
     if (beat.ok() && absl::SimpleAtoi(*beat, &counter)) {
       // Only members that beat are watched: a program without Runtime never does.
-      const auto watched = detector_.watched();
-      if (std::find(watched.begin(), watched.end(), c.member) == watched.end()) {
-        detector_.Watch(c.member, now);
-      }
+      if (!beats) detector_.Watch(c.member, now);
       detector_.Observe(c.member, counter, now);
+      c.stopped_since = absl::InfiniteFuture();
+    } else if (!beats) {
+      // Not beating (yet): a process stopped for a heartbeat timeout is dead all the same
+      // (e.g. SIGSTOP before its first beat).
+      std::optional<std::string> stopped = ConfirmDead(c.member);
+      if (!stopped.has_value() || !absl::StrContains(*stopped, "stopped")) {
+        c.stopped_since = absl::InfiniteFuture();
+      } else if (c.stopped_since == absl::InfiniteFuture()) {
+        c.stopped_since = now;
+      } else if (now - c.stopped_since >= heartbeat_timeout_) {
+        if (::kill(-c.pid, SIGKILL) != 0) ::kill(c.pid, SIGKILL);
+        c.handled = true;
+        OnMemberDeath(c, absl::StrCat("declared dead: ", *stopped, " for ",
+                                      absl::FormatDuration(absl::Trunc(now - c.stopped_since,
+                                                                       absl::Milliseconds(1))),
+                                      " before its first heartbeat; killed"),
+                      c.stopped_since);
+        continue;
+      }
     }
     if (c.spare() && c.rank < 0 && !c.ready &&
         s->TryGet(health::SpareKey(c.member), deadline).ok()) {

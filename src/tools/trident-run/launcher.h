@@ -66,6 +66,7 @@ class Launcher {
     bool ready = false;     // a spare announced itself initialised (job/spare/<member>)
     bool finished = false;  // held a rank and exited 0
     bool handled = false;   // its death was already dealt with (declared dead and killed)
+    absl::Time stopped_since = absl::InfiniteFuture();  // seen stopped before it beat
     int last_signal = 0;  // the last signal trident-run sent it; then its death is no failure
     bool spare() const { return index >= 0 && member[0] == 's'; }
   };
@@ -114,6 +115,7 @@ class Launcher {
   std::vector<Child> children_;
   health::Membership membership_;           // of the current epoch
   std::vector<std::string> ready_spares_;   // idle, initialised spares, in start order
+  absl::Duration heartbeat_timeout_;
   health::FailureDetector detector_;
   absl::Duration health_poll_;
   absl::Time next_health_poll_ = absl::InfinitePast();
