@@ -285,7 +285,15 @@ void Launcher::OnChildExit(Child& child, int wait_status) {
       const bool all_done = std::all_of(children_.begin(), children_.end(), [](const Child& c) {
         return c.rank < 0 || c.finished;
       });
-      if (all_done) SetDone("finished");  // idle spares may go
+      if (all_done) {
+        // Idle spares see job/done and exit 0; one that cannot (stopped, hung) is stopped
+        // like any rank after the grace period, which does not fail the job.
+        SetDone("finished");
+        if (phase_ == Phase::kRunning) {
+          phase_ = Phase::kGrace;
+          next_step_ = absl::Now() + grace_;
+        }
+      }
     } else {
       ready_spares_.erase(std::remove(ready_spares_.begin(), ready_spares_.end(), child.member),
                           ready_spares_.end());
