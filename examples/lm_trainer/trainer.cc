@@ -356,6 +356,18 @@ absl::StatusOr<StepStats> Trainer::RunStep() {
 
 namespace {
 
+// This rank's real (unpadded) slice of the ZeRO-1 flat vector: [offset, offset + n) of flat.
+struct Zero1Slice {
+  int64_t flat = 0, offset = 0, n = 0;
+};
+Zero1Slice Zero1SliceOf(const trident::Zero1Optimizer& z) {
+  Zero1Slice out;
+  out.flat = static_cast<int64_t>(z.flat_size());
+  out.offset = static_cast<int64_t>(z.shard_offset());
+  out.n = std::clamp<int64_t>(out.flat - out.offset, 0, static_cast<int64_t>(z.shard_size()));
+  return out;
+}
+
 // "adam_m/block0.w1"
 std::string MomentName(const char* which, const Param& p) {
   return absl::StrCat("adam_", which, "/", p.name);
@@ -398,15 +410,13 @@ trident::CheckpointState Trainer::CheckpointState() {
   if (s.zero1) {
     // ZeRO-1 moments: this rank's slice of the flat vector of its (pp stage, tp rank). Loads
     // at any dp; the flat order depends on tp and pp, so those must match.
-    const auto flat = static_cast<int64_t>(s.zero1->flat_size());
-    const auto off = static_cast<int64_t>(s.zero1->shard_offset());
-    const int64_t n = std::clamp<int64_t>(flat - off, 0, static_cast<int64_t>(s.zero1->shard_size()));
-    if (n > 0) {
+    const Zero1Slice z = Zero1SliceOf(*s.zero1);
+    if (z.n > 0) {
       for (auto [which, moments] : {std::pair{"m", &s.adam_m}, std::pair{"v", &s.adam_v}}) {
         trident::TensorPlacement place;
-        place.global_shape = {flat};
-        place.offset = {off};
-        out.tensors.push_back({Zero1Name(which), Tensor::Of(moments->data(), n), place});
+        place.global_shape = {z.flat};
+        place.offset = {z.offset};
+        out.tensors.push_back({Zero1Name(which), Tensor::Of(moments->data(), z.n), place});
       }
     }
   }
@@ -435,18 +445,16 @@ std::vector<trident::TensorRequest> Trainer::RestoreRequests() {
     }
   }
   if (s.zero1) {
-    const auto flat = static_cast<int64_t>(s.zero1->flat_size());
-    const auto off = static_cast<int64_t>(s.zero1->shard_offset());
-    const int64_t n = std::clamp<int64_t>(flat - off, 0, static_cast<int64_t>(s.zero1->shard_size()));
+    const Zero1Slice z = Zero1SliceOf(*s.zero1);
     std::fill(s.adam_m.begin(), s.adam_m.end(), 0.0f);  // the padding stays zero
     std::fill(s.adam_v.begin(), s.adam_v.end(), 0.0f);
-    if (n > 0) {
+    if (z.n > 0) {
       for (auto [which, moments] : {std::pair{"m", &s.adam_m}, std::pair{"v", &s.adam_v}}) {
         trident::TensorRequest r;
         r.name = Zero1Name(which);
-        r.tensor = Tensor::Of(moments->data(), n);
-        r.offset = {off};
-        r.global_shape = {flat};
+        r.tensor = Tensor::Of(moments->data(), z.n);
+        r.offset = {z.offset};
+        r.global_shape = {z.flat};
         out.push_back(std::move(r));
       }
     }

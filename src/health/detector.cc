@@ -69,12 +69,6 @@ FailureDetector::State FailureDetector::state(const std::string& member) const {
   return it == members_.end() ? State::kAlive : it->second.state;
 }
 
-std::vector<std::string> FailureDetector::watched() const {
-  std::vector<std::string> out;
-  for (const auto& [member, e] : members_) out.push_back(member);
-  return out;
-}
-
 absl::Time FailureDetector::NextCheck() const {
   absl::Time next = absl::InfiniteFuture();
   for (const auto& [member, e] : members_) {

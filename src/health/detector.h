@@ -60,7 +60,7 @@ class FailureDetector {
   std::vector<Verdict> Check(absl::Time now, const ConfirmFn& confirm);
 
   State state(const std::string& member) const;
-  std::vector<std::string> watched() const;
+  bool watching(const std::string& member) const { return members_.count(member) > 0; }
   // The earliest time at which Check could change anything (for the caller's poll timeout).
   absl::Time NextCheck() const;
 

@@ -13,33 +13,15 @@
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "../util/shell.h"
 
 namespace trident {
 namespace {
 
 using ::testing::HasSubstr;
-
-struct RunResult {
-  int exit_code;
-  std::string output;  // stdout and stderr
-};
-
-RunResult RunCommand(const std::string& command) {
-  RunResult run{-1, ""};
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return run;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) run.output.append(buf, n);
-  int status = pclose(pipe);
-  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return run;
-}
-
-std::string Bin(const std::string& name) {
-  const char* dir = std::getenv("TRIDENT_BIN_DIR");
-  return absl::StrCat(dir ? dir : "bin", "/", name);
-}
+using trident::testing::Bin;
+using trident::testing::RunCommand;
+using trident::testing::RunResult;
 
 std::string Launch(const std::string& provider, int nproc, const std::string& args,
                    const std::string& extra_env = "") {

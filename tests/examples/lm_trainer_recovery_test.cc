@@ -18,10 +18,10 @@ namespace {
 
 using ::testing::HasSubstr;
 using ::testing::Not;
-using lm::testing::Bin;
+using trident::testing::Bin;
 using lm::testing::Losses;
-using lm::testing::Output;
-using lm::testing::RunShell;
+using trident::testing::RunResult;
+using trident::testing::RunCommand;
 
 // A small model on 8 ranks (tp 2 x pp 2 x dp 2): 30 steps take a few seconds on 2 cores.
 const std::string kTrainer =
@@ -38,10 +38,10 @@ std::string Dir(const std::string& name) {
 }
 
 // trident-run with `spares` spares and lm-trainer's flags `extra`, in its own checkpoint dir.
-Output Train(const std::string& name, int spares, const std::string& extra,
+RunResult Train(const std::string& name, int spares, const std::string& extra,
              const std::string& env = "") {
   const std::string dir = Dir(name);
-  return RunShell(absl::StrCat("rm -rf ", dir, "; ", env, " timeout ", kDeadlineSeconds, " ",
+  return RunCommand(absl::StrCat("rm -rf ", dir, "; ", env, " timeout ", kDeadlineSeconds, " ",
                                Bin("trident-run"), " --nproc 8 --spares ", spares, " -- ",
                                Bin("lm-trainer"), " ", kTrainer, " --ckpt-dir ", dir, " ",
                                extra));
@@ -50,62 +50,62 @@ Output Train(const std::string& name, int spares, const std::string& extra,
 // The losses of the same run without failures, computed once.
 const std::map<int, double>& Reference() {
   static const auto* ref = [] {
-    Output out = Train("reference", 0, "");
-    EXPECT_EQ(out.exit_code, 0) << out.text;
-    return new std::map<int, double>(Losses(out.text));
+    RunResult out = Train("reference", 0, "");
+    EXPECT_EQ(out.exit_code, 0) << out.output;
+    return new std::map<int, double>(Losses(out.output));
   }();
   return *ref;
 }
 
-void ExpectReferenceLosses(const Output& out) {
+void ExpectReferenceLosses(const RunResult& out) {
   const auto want = Reference();
-  const auto got = Losses(out.text);
+  const auto got = Losses(out.output);
   ASSERT_EQ(want.size(), 30u);
   for (const auto& [step, loss] : want) {
-    ASSERT_TRUE(got.count(step)) << "no loss for step " << step << "\n" << out.text;
+    ASSERT_TRUE(got.count(step)) << "no loss for step " << step << "\n" << out.output;
     // After a recovery a step is printed again when it is redone; the map keeps the last.
     EXPECT_NEAR(got.at(step), loss, kRelTolerance * loss) << "step " << step;
   }
 }
 
 TEST(LmTrainerRecoveryTest, KilledRankIsReplacedAndLossesMatchARunWithoutFailure) {
-  Output out = Train("kill", 1, "--inject-fault w3:17:KILL");
-  ASSERT_EQ(out.exit_code, 0) << out.text;
-  EXPECT_THAT(out.text, HasSubstr("trident-run: epoch 2: spare s0 takes rank 3 (w3 killed by signal 9 (SIGKILL))"));
-  EXPECT_THAT(out.text, HasSubstr("recovery epoch=2 dead_rank=3 cause=SIGKILL"));
-  EXPECT_THAT(out.text, HasSubstr("done steps=30"));
+  RunResult out = Train("kill", 1, "--inject-fault w3:17:KILL");
+  ASSERT_EQ(out.exit_code, 0) << out.output;
+  EXPECT_THAT(out.output, HasSubstr("trident-run: epoch 2: spare s0 takes rank 3 (w3 killed by signal 9 (SIGKILL))"));
+  EXPECT_THAT(out.output, HasSubstr("recovery epoch=2 dead_rank=3 cause=SIGKILL"));
+  EXPECT_THAT(out.output, HasSubstr("done steps=30"));
   // Step 17 died before its end: back to checkpoint 15, steps 16 and 17 redone.
-  EXPECT_THAT(out.text, HasSubstr("resume_step=16"));
+  EXPECT_THAT(out.output, HasSubstr("resume_step=16"));
   ExpectReferenceLosses(out);
 }
 
 TEST(LmTrainerRecoveryTest, StoppedRankIsDeclaredDeadKilledAndReplaced) {
   const absl::Time start = absl::Now();
-  Output out = Train("stop", 1, "--inject-fault w5:12:STOP", "TRIDENT_HEARTBEAT_TIMEOUT_MS=500");
-  ASSERT_EQ(out.exit_code, 0) << out.text;
-  EXPECT_THAT(out.text, HasSubstr("rank 5 declared dead: no heartbeat for"));
-  EXPECT_THAT(out.text, HasSubstr("its process is stopped (SIGSTOP?); killed"));
-  EXPECT_THAT(out.text, HasSubstr("recovery epoch=2 dead_rank=5 cause=SIGSTOP"));
+  RunResult out = Train("stop", 1, "--inject-fault w5:12:STOP", "TRIDENT_HEARTBEAT_TIMEOUT_MS=500");
+  ASSERT_EQ(out.exit_code, 0) << out.output;
+  EXPECT_THAT(out.output, HasSubstr("rank 5 declared dead: no heartbeat for"));
+  EXPECT_THAT(out.output, HasSubstr("its process is stopped (SIGSTOP?); killed"));
+  EXPECT_THAT(out.output, HasSubstr("recovery epoch=2 dead_rank=5 cause=SIGSTOP"));
   ExpectReferenceLosses(out);
   EXPECT_LT(absl::Now() - start, absl::Seconds(kDeadlineSeconds));
 }
 
 TEST(LmTrainerRecoveryTest, TwoFailuresWithTwoSpares) {
-  Output out = Train("two", 2, "--inject-fault w1:8:KILL,w6:21:KILL");
-  ASSERT_EQ(out.exit_code, 0) << out.text;
-  EXPECT_THAT(out.text, HasSubstr("recovery epoch=2 dead_rank=1 cause=SIGKILL"));
-  EXPECT_THAT(out.text, HasSubstr("recovery epoch=3 dead_rank=6 cause=SIGKILL"));
-  EXPECT_THAT(out.text, HasSubstr("job finished after 2 recovery(ies)"));
+  RunResult out = Train("two", 2, "--inject-fault w1:8:KILL,w6:21:KILL");
+  ASSERT_EQ(out.exit_code, 0) << out.output;
+  EXPECT_THAT(out.output, HasSubstr("recovery epoch=2 dead_rank=1 cause=SIGKILL"));
+  EXPECT_THAT(out.output, HasSubstr("recovery epoch=3 dead_rank=6 cause=SIGKILL"));
+  EXPECT_THAT(out.output, HasSubstr("job finished after 2 recovery(ies)"));
   ExpectReferenceLosses(out);
 }
 
 TEST(LmTrainerRecoveryTest, KillDuringARecovery) {
   // w4 dies while the ranks rebuild after w2's death: the recovery moves on to epoch 3.
-  Output out = Train("during", 2, "--inject-fault w2:14:KILL,w4:recovery:KILL");
-  ASSERT_EQ(out.exit_code, 0) << out.text;
-  EXPECT_THAT(out.text, HasSubstr("rank 2 killed by signal 9 (SIGKILL)"));
-  EXPECT_THAT(out.text, HasSubstr("rank 4 killed by signal 9 (SIGKILL)"));
-  EXPECT_THAT(out.text, HasSubstr("job finished after 2 recovery(ies)"));
+  RunResult out = Train("during", 2, "--inject-fault w2:14:KILL,w4:recovery:KILL");
+  ASSERT_EQ(out.exit_code, 0) << out.output;
+  EXPECT_THAT(out.output, HasSubstr("rank 2 killed by signal 9 (SIGKILL)"));
+  EXPECT_THAT(out.output, HasSubstr("rank 4 killed by signal 9 (SIGKILL)"));
+  EXPECT_THAT(out.output, HasSubstr("job finished after 2 recovery(ies)"));
   ExpectReferenceLosses(out);
 }
 
@@ -113,7 +113,7 @@ TEST(LmTrainerRecoveryTest, IdleSpareDiesThePoolShrinksAndTheJobGoesOn) {
   // s1 is killed as soon as it is ready; later w0 dies and s0 takes its place.
   const std::string dir = Dir("idle");
   const std::string log = dir + ".log";
-  Output out = RunShell(absl::StrCat(
+  RunResult out = RunCommand(absl::StrCat(
       "rm -rf ", dir, "; timeout ", kDeadlineSeconds, " ", Bin("trident-run"),
       " --nproc 8 --spares 2 -- ", Bin("lm-trainer"), " ", kTrainer, " --ckpt-dir ", dir,
       " --inject-fault w0:20:KILL > ", log, " 2>&1 & run=$!; ",
@@ -121,23 +121,23 @@ TEST(LmTrainerRecoveryTest, IdleSpareDiesThePoolShrinksAndTheJobGoesOn) {
       "for p in $(pgrep -f lm-trainer); do tr \"\\0\" \"\\n\" < /proc/$p/environ 2>/dev/null | "
       "grep -qx TRIDENT_MEMBER=s1 && kill -9 $p; done; wait $run; code=$?; cat ", log,
       "; exit $code"));
-  ASSERT_EQ(out.exit_code, 0) << out.text;
-  EXPECT_THAT(out.text, HasSubstr("spare s1 killed by signal 9 (SIGKILL) while idle; 1 spare(s) ready"));
-  EXPECT_THAT(out.text, HasSubstr("epoch 2: spare s0 takes rank 0"));
+  ASSERT_EQ(out.exit_code, 0) << out.output;
+  EXPECT_THAT(out.output, HasSubstr("spare s1 killed by signal 9 (SIGKILL) while idle; 1 spare(s) ready"));
+  EXPECT_THAT(out.output, HasSubstr("epoch 2: spare s0 takes rank 0"));
   ExpectReferenceLosses(out);
 }
 
 TEST(LmTrainerRecoveryTest, NoSpareLeftStopsTheJobNamingTheRank) {
   const absl::Time start = absl::Now();
-  Output out = Train("nospare", 1, "--inject-fault w2:6:KILL,s0:9:KILL");
+  RunResult out = Train("nospare", 1, "--inject-fault w2:6:KILL,s0:9:KILL");
   const absl::Duration took = absl::Now() - start;
-  EXPECT_EQ(out.exit_code, 1) << out.text;
+  EXPECT_EQ(out.exit_code, 1) << out.output;
   // The first failure is recovered; the second (the promoted spare, now rank 2) cannot be.
-  EXPECT_THAT(out.text, HasSubstr("recovery epoch=2 dead_rank=2"));
-  EXPECT_THAT(out.text, HasSubstr(
+  EXPECT_THAT(out.output, HasSubstr("recovery epoch=2 dead_rank=2"));
+  EXPECT_THAT(out.output, HasSubstr(
       "job failed: rank 2 killed by signal 9 (SIGKILL) and no spare could replace it"));
-  EXPECT_THAT(out.text, HasSubstr("the job is ending"));
-  EXPECT_THAT(out.text, Not(HasSubstr("done steps=30")));
+  EXPECT_THAT(out.output, HasSubstr("the job is ending"));
+  EXPECT_THAT(out.output, Not(HasSubstr("done steps=30")));
   EXPECT_LT(took, absl::Seconds(30)) << "the survivors must stop at once, not at a deadline";
 }
 

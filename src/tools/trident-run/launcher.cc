@@ -426,8 +426,7 @@ void Launcher::PollHealth() {
     if (!c.running || c.handled) continue;
     absl::StatusOr<std::string> beat = s->TryGet(health::HeartbeatKey(c.member), deadline);
     int64_t counter = 0;
-    const auto watched = detector_.watched();
-    const bool beats = std::find(watched.begin(), watched.end(), c.member) != watched.end();
+    const bool beats = detector_.watching(c.member);
     if (beat.ok() && absl::SimpleAtoi(*beat, &counter)) {
       // Only members that beat are watched: a program without Runtime never does.
       if (!beats) detector_.Watch(c.member, now);
