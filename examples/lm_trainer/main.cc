@@ -27,6 +27,7 @@
 #include "recovery.h"
 #include "trainer.h"
 #include "trident/communicator.h"
+#include "trident/parallel/mesh.h"
 #include "trident/runtime.h"
 
 ABSL_FLAG(int, tp, 1, "tensor-parallel ranks (splits each MLP block's weights)");
@@ -62,6 +63,11 @@ ABSL_FLAG(std::string, inject_fault, "",
           "for tests: MEMBER:WHEN:SIGNAL[,...]; the process of MEMBER (w3, s0, ...) raises "
           "SIGNAL (KILL, STOP, SEGV, ...) at the start of step WHEN, or with WHEN=recovery "
           "as soon as the next recovery has built its world");
+ABSL_FLAG(bool, elastic_dp, false,
+          "when a rank dies and no spare is left, go on without its data-parallel replica "
+          "(same global batch, split over fewer replicas) instead of stopping; the replica's "
+          "other ranks wait as spares. Needs --batch a multiple of d x microbatches for every "
+          "d <= dp");
 ABSL_FLAG(absl::Duration, recover_timeout, absl::Seconds(60),
           "after a failure, how long to wait for trident-run to give the dead rank's place to "
           "a spare before giving up");
@@ -85,10 +91,11 @@ Rank 0 prints logfmt lines on stdout:
   checkpoint step=S stall_ms=X bytes=B       a save was snapshotted (the loop's stall)
   checkpoint_committed step=S persist_ms=Y   ... and became durable (or checkpoint_failed)
   resumed step=S from=DIR
-  recovery epoch=E dead_rank=R cause=C detect_ms=D recover_ms=M steps_redone=K source=peer|checkpoint|init ...
-          after a rank died or hung under `trident-run --spares`: a spare took its place,
-          every rank went back to the last committed checkpoint step (the spare's state
-          from its buddy's memory when it has that step, else from the checkpoint)
+  recovery epoch=E dead_rank=R cause=C detect_ms=D recover_ms=M steps_redone=K source=peer|checkpoint|init world=W dp=P ...
+          after a rank died or hung under `trident-run --spares`: a spare took its place
+          (or, with --elastic-dp and no spare left, its dp replica left the world: dp=P
+          after), every rank went back to the last committed checkpoint step (the spare's
+          state from its buddy's memory when it has that step, else from the checkpoint)
   done steps=N final_loss=L final_val_loss=V mean_tokens_per_s=T
 Exit status: 0 when all steps ran (or, for a spare, when it was not needed); 1 on an error
 (printed with the rank); 2 on bad usage. Without trident-run (no TRIDENT_WORLD_SIZE) it runs
@@ -126,6 +133,7 @@ void PrintHelp() {
   PrintFlag(FLAGS_keep, 14);
   PrintFlag(FLAGS_resume, 14);
   PrintFlag(FLAGS_peer_replicas, 14);
+  PrintFlag(FLAGS_elastic_dp, 14);
   PrintFlag(FLAGS_recover_timeout, 14);
   PrintFlag(FLAGS_inject_fault, 14);
 }
@@ -223,6 +231,14 @@ int Main(int argc, char** argv) {
   if (config.tp < 1 || config.pp < 1 || config.dp < 1) {
     UsageError("--tp, --pp and --dp must be at least 1");
   }
+  const bool elastic = absl::GetFlag(FLAGS_elastic_dp);
+  for (int d = config.dp; elastic && d >= 1; --d) {
+    if (config.batch % (d * config.microbatches) != 0) {
+      UsageError(absl::StrFormat("--elastic-dp: --batch %d is not a multiple of dp x "
+                                 "microbatches = %d x %d, so dp could not shrink to %d",
+                                 config.batch, d, config.microbatches, d));
+    }
+  }
 
   lm::CheckpointSettings ckpt;
   ckpt.dir = absl::GetFlag(FLAGS_ckpt_dir);
@@ -249,7 +265,7 @@ int Main(int argc, char** argv) {
     trident::RuntimeOptions options;
     options.timeout = config.timeout;
     auto runtime = trident::Runtime::Init(options);
-    if (absl::IsCancelled(runtime.status())) {
+    if (absl::IsCancelled(runtime.status())) {  // a spare that was not needed
       std::fprintf(stderr, "lm-trainer: %s\n", std::string(runtime.status().message()).c_str());
       return 0;
     }
@@ -263,6 +279,15 @@ int Main(int argc, char** argv) {
   auto world = [&]() -> trident::Communicator& { return rt ? rt->world() : *local_world; };
   auto rank = [&] { return world().rank(); };
   trident::InitLogging(absl::StrCat("rank ", rank()));
+  // A spare promoted after a shrink joins a world with fewer replicas.
+  auto follow_world_dp = [&] {
+    const int shard_ranks = config.tp * config.pp;
+    if (elastic && rt && rt->epoch() > 1 && world().size() < shard_ranks * config.dp &&
+        world().size() % shard_ranks == 0) {
+      config.dp = world().size() / shard_ranks;
+    }
+  };
+  follow_world_dp();
   if (config.tp * config.pp * config.dp != world().size()) {
     UsageError(absl::StrFormat("tp x pp x dp = %d x %d x %d = %d, but the world has %d ranks",
                                config.tp, config.pp, config.dp,
@@ -307,16 +332,25 @@ int Main(int argc, char** argv) {
   bool said_start = false;
   int64_t last_verdict_ms = 0;  // of the last recovery, until its first completed step
   // The communicators the runtime aborts when a rank fails: the trainer's and the engine's.
-  auto register_groups = [&] {
-    if (!rt) return;
+  auto register_groups = [&]() -> absl::Status {
+    if (!rt) return absl::OkStatus();
     std::vector<trident::Communicator*> groups = trainer_ptr->groups();
     if (ckpt_engine.comm) groups.push_back(ckpt_engine.comm.get());
     rt->SetGroups(groups);
+    if (!elastic) return absl::OkStatus();
+    // --elastic-dp: the dp replicas may leave the world (one that holds a dead rank).
+    const lm::TrainerConfig& c = trainer_ptr->config();
+    auto mesh = trident::Mesh::Create(world().size(), {.tp = c.tp, .pp = c.pp, .dp = c.dp});
+    if (!mesh.ok()) return mesh.status();
+    std::vector<std::vector<int>> replicas(c.dp);
+    for (int r = 0; r < world().size(); ++r) replicas[mesh->CoordOf(r).dp].push_back(r);
+    return rt->AllowShrink(replicas);
   };
   // `rec`: the recovery that led here (null at a plain start).
   auto setup = [&](const trident::Recovery* rec,
                    std::shared_ptr<const trident::PeerReplica> held) -> absl::Status {
     if (trainer_ptr == nullptr) {
+      follow_world_dp();
       auto created = lm::Trainer::Create(world(), config);
       if (!created.ok()) {
         if (absl::IsInvalidArgument(created.status())) UsageError(created.status().message());
@@ -338,7 +372,7 @@ int Main(int argc, char** argv) {
       if (!made.ok()) return made.status();
       ckpt_engine = std::move(made).value();
     }
-    register_groups();
+    if (absl::Status s = register_groups(); !s.ok()) return s;
     if (rec == nullptr) {
       if (!resume) return absl::OkStatus();
       auto step = lm::ResumeFromCheckpoint(ckpt.dir, trainer);
@@ -359,12 +393,13 @@ int Main(int argc, char** argv) {
     const int64_t now_ms = absl::ToUnixMillis(absl::Now());
     for (const trident::FailedRank& f : rec->failed) {
       say(absl::StrFormat("recovery epoch=%d dead_rank=%d cause=%s detect_ms=%d recover_ms=%d "
-                          "steps_redone=%d source=%s resume_step=%d verdict_unix_ms=%d "
-                          "peer_bytes=%.0f peer_ms=%.2f",
+                          "steps_redone=%d source=%s world=%d dp=%d resume_step=%d "
+                          "verdict_unix_ms=%d peer_bytes=%.0f peer_ms=%.2f",
                           rec->epoch, f.rank, ShortCause(f.cause),
                           f.verdict_unix_ms - f.last_seen_unix_ms, now_ms - f.verdict_unix_ms,
-                          report->steps_redone, report->source, report->step + 1,
-                          f.verdict_unix_ms, transfer[0], transfer[1]));
+                          report->steps_redone, report->source, world().size(),
+                          trainer.config().dp, report->step + 1, f.verdict_unix_ms,
+                          transfer[0], transfer[1]));
       last_verdict_ms = std::max(last_verdict_ms, f.verdict_unix_ms);
     }
     return absl::OkStatus();
@@ -376,11 +411,21 @@ int Main(int argc, char** argv) {
       if (!rt || !IsCommunicationFailure(cause)) return cause;
       std::shared_ptr<const trident::PeerReplica> held =
           ckpt_engine.engine ? ckpt_engine.engine->HeldReplica() : nullptr;
+      const int old_size = world().size();
       auto rec = rt->Recover(cause, absl::Now() + absl::GetFlag(FLAGS_recover_timeout));
       if (!rec.ok()) return rec.status();
       maybe_fault(-1);
       rt->SetGroups({});
       ckpt_engine = {};  // the old epoch's engine: its communicator is aborted
+      if (rec->rejoined) {
+        // Back from the spare pool after a shrink, maybe at another place: a new trainer
+        // whose state comes from a peer or the checkpoint.
+        trainer_ptr.reset();
+        fresh = true;
+        held = nullptr;
+      } else if (rec->world_size != old_size) {
+        held = nullptr;  // a replica of the old layout's ranks
+      }
       const absl::Time t0 = absl::Now();
       absl::Status s = setup(&*rec, std::move(held));
       spdlog::info("recovery into epoch {}: waited {} for the epoch, built the world in {}, "
@@ -398,10 +443,16 @@ int Main(int argc, char** argv) {
   // failure) joins the survivors' restore.
   absl::Status started =
       rt && rt->epoch() > 1 ? setup(&rt->promotion(), nullptr) : setup(nullptr, nullptr);
+  // Left the world in a shrink and not needed again: done, like an unused spare.
+  auto retired = [&](const absl::Status& s) {
+    std::fprintf(stderr, "lm-trainer: %s\n", std::string(s.message()).c_str());
+    return 0;
+  };
   if (!started.ok()) {
-    if (absl::Status s = recover(started); !s.ok()) return fail(s);
+    if (absl::Status s = recover(started); !s.ok()) {
+      return absl::IsCancelled(s) ? retired(s) : fail(s);
+    }
   }
-  lm::Trainer& trainer = *trainer_ptr;
 
   double loss = NAN, val_loss = NAN, tokens = 0, seconds = 0;
   int64_t reported_save = 0;
@@ -423,6 +474,7 @@ int Main(int argc, char** argv) {
   };
   // One step, its evaluation and its checkpoint; any error is a failure to recover from.
   auto run_step = [&]() -> absl::Status {
+    lm::Trainer& trainer = *trainer_ptr;  // a rejoined rank gets a new one
     maybe_fault(trainer.step() + 1);
     auto st = trainer.Step();
     if (!st.ok()) return st.status();
@@ -463,11 +515,11 @@ int Main(int argc, char** argv) {
     }
     return absl::OkStatus();
   };
-  while (trainer.step() < steps) {
+  while (trainer_ptr->step() < steps) {
     absl::Status s = run_step();
     if (s.ok()) continue;
     if (!rt || !IsCommunicationFailure(s)) return fail(s);
-    if (absl::Status r = recover(s); !r.ok()) return fail(r);
+    if (absl::Status r = recover(s); !r.ok()) return absl::IsCancelled(r) ? retired(r) : fail(r);
   }
   report_saves(true);
   say(absl::StrFormat("done steps=%d final_loss=%.6f final_val_loss=%.6f mean_tokens_per_s=%.0f",

@@ -188,7 +188,7 @@ absl::Status Trainer::BindGroups() {
                          s.dp(), order, {.bucket_bytes = c.bucket_bytes, .op_timeout = c.timeout}));
     for (Param* p : s.params) adam_size += p->value.size();
   }
-  if (s.adam_m.size() != adam_size) {  // first bind; a rebuild keeps the moments
+  if (s.adam_m.size() != adam_size) {  // first bind, or ZeRO-1 at a new dp (restored next)
     s.adam_m.assign(adam_size, 0.0f);
     s.adam_v.assign(adam_size, 0.0f);
   }
@@ -196,17 +196,34 @@ absl::Status Trainer::BindGroups() {
 }
 
 absl::Status Trainer::Rebuild(Communicator& world) {
+  State& s = *state_;
+  TrainerConfig& c = config_;
   // The old world may be gone already (Runtime::Recover replaces it): compare with what
-  // Create saw.
-  if (world.size() != state_->mesh->world_size() ||
-      state_->mesh->CoordOf(world.rank()) != state_->coord) {
+  // Create saw. Only dp may change (a shrink); this rank keeps its model shard.
+  const int shard_ranks = c.tp * c.pp;
+  const int dp = world.size() / shard_ranks;
+  absl::StatusOr<trident::Mesh> mesh =
+      world.size() % shard_ranks == 0
+          ? trident::Mesh::Create(world.size(), {.tp = c.tp, .pp = c.pp, .dp = dp})
+          : absl::InvalidArgumentError("not a multiple of tp x pp");
+  const trident::MeshCoord coord = mesh.ok() ? mesh->CoordOf(world.rank()) : trident::MeshCoord{};
+  if (!mesh.ok() || coord.tp != s.coord.tp || coord.pp != s.coord.pp ||
+      c.batch % (dp * c.microbatches) != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "Rebuild: the new world is rank ", world.rank(), " of ", world.size(),
-        ", which is not this trainer's place (", state_->mesh->Describe(),
-        "); a rebuilt world keeps every rank's place"));
+        ", which is not this trainer's model shard (", s.mesh->Describe(),
+        "); a rebuilt world keeps every rank's tp and pp place and only dp may change (with "
+        "--batch a multiple of dp x microbatches)"));
   }
+  if (dp != c.dp) {
+    // ZeRO-1's moment shards follow dp: they must be restored from a checkpoint.
+    if (c.zero1) dirty_ = true;
+    c.dp = dp;
+    s.mesh = *mesh;
+  }
+  s.coord = coord;
   world_ = &world;
-  state_->failed = false;
+  s.failed = false;
   return BindGroups();
 }
 

@@ -67,9 +67,11 @@ class Trainer {
   // Mean validation cross-entropy over `val_samples` fixed characters; collective.
   absl::StatusOr<double> Evaluate();
 
-  // After a recovery: rebinds to the new epoch's world (same size, this rank at the same
-  // place), rebuilding the mesh groups, the bucketer or ZeRO-1 and dropping any half-done
-  // step; parameters, optimizer state and the step count are kept. Collective.
+  // After a recovery: rebinds to the new epoch's world, rebuilding the mesh groups, the
+  // bucketer or ZeRO-1 and dropping any half-done step; parameters, optimizer state and the
+  // step count are kept. The world may have another dp (a shrink: the global batch stays,
+  // each replica takes more of it; with ZeRO-1 the state becomes dirty, to be restored), but
+  // this rank keeps its tp and pp place (kInvalidArgument otherwise). Collective.
   absl::Status Rebuild(trident::Communicator& world);
   // The tp, pp and dp communicators of the current world (for Runtime::SetGroups).
   std::vector<trident::Communicator*> groups();

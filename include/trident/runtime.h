@@ -73,6 +73,10 @@ struct FailedRank {
 struct Recovery {
   int64_t old_epoch = 0;
   int64_t epoch = 0;               // the new epoch
+  int world_size = 0;              // of the new epoch: smaller after a shrink
+  // This process waited in the spare pool (its group was dropped by a shrink) and now holds
+  // a rank again, maybe another one: its state is not the job's, like a promoted spare's.
+  bool rejoined = false;
   std::vector<FailedRank> failed;  // every rank replaced since old_epoch
   absl::Duration wait;             // from the call to the new epoch's publication
   absl::Duration rebuild;          // building the new world
@@ -103,13 +107,24 @@ class Runtime {
   // the previous set; call SetGroups({}) before destroying them.
   void SetGroups(std::vector<Communicator*> groups);
 
+  // Lets the job go on with fewer ranks when a rank dies and no spare is left: `groups` are
+  // sets of this epoch's ranks that may leave together (a trainer's dp replicas). The agent
+  // then drops every group that holds a dead rank; the others keep their order (so a mesh
+  // with the rank order as mixed-radix digits keeps its shape, with a smaller dp); the
+  // dropped groups' live members wait as spares (Recover blocks in them until a later
+  // failure promotes them: Recovery::rejoined). Call it again in every epoch (the ranks
+  // change); rank 0's call counts. Without it a death with no spare left ends the job.
+  absl::Status AllowShrink(const std::vector<std::vector<int>>& groups);
+
   // After an op of the current epoch failed with `cause`: aborts the world and the groups,
   // waits for the agent to publish the next epoch (one where every dead rank is held by a
-  // spare), and builds that epoch's world, retrying at a later epoch if another rank dies
-  // meanwhile. Errors: kAborted when the job is ending (no spare left; the message says
-  // why), kDeadlineExceeded when no new epoch came by `deadline` (then `cause` was not a
-  // member's death: treat it as fatal), kFailedPrecondition when this process itself was
-  // declared dead.
+  // spare, or a shrink that dropped the dead ranks' groups), and builds that epoch's world,
+  // retrying at a later epoch if another rank dies meanwhile. A process whose group a
+  // shrink dropped waits in the spare pool here, past `deadline`, until it is promoted
+  // (Recovery::rejoined) or the job ends (kCancelled: exit 0). Errors: kAborted when the
+  // job is ending (no spare left; the message says why), kDeadlineExceeded when no new
+  // epoch came by `deadline` (then `cause` was not a member's death: treat it as fatal),
+  // kFailedPrecondition when this process itself was declared dead.
   absl::StatusOr<Recovery> Recover(const absl::Status& cause,
                                    absl::Time deadline = absl::InfiniteFuture());
 
@@ -121,6 +136,9 @@ class Runtime {
  private:
   explicit Runtime(std::unique_ptr<State> state);
   absl::Status BuildWorld(int64_t epoch, absl::Time deadline);
+  // The spare pool: waits until an epoch gives this member a rank and builds its world
+  // (promoted_, promotion_); kCancelled when the job ends first.
+  absl::Status WaitForPromotion();
 
   std::unique_ptr<State> state_;
   std::unique_ptr<Communicator> world_;

@@ -27,6 +27,9 @@ std::string EpochPrefix(int64_t epoch) {
 std::string FailedKey(int64_t epoch, int rank) {
   return absl::StrCat(EpochPrefix(epoch), "job/failed/", rank);
 }
+std::string ShrinkGroupsKey(int64_t epoch) {
+  return absl::StrCat(EpochPrefix(epoch), "job/shrink_groups");
+}
 std::string WorkerId(int index) { return absl::StrCat("w", index); }
 std::string SpareId(int index) { return absl::StrCat("s", index); }
 
@@ -53,6 +56,7 @@ std::string Membership::ToJson() const {
                              {"last_seen_unix_ms", f.last_seen_unix_ms},
                              {"verdict_unix_ms", f.verdict_unix_ms}});
   }
+  if (!retired.empty()) j["retired"] = retired;
   return j.dump();
 }
 
@@ -71,6 +75,7 @@ absl::StatusOr<Membership> Membership::FromJson(absl::string_view json) {
                             f.value("last_seen_unix_ms", int64_t{0}),
                             f.value("verdict_unix_ms", int64_t{0})});
     }
+    m.retired = j.value("retired", std::vector<std::string>{});
     return m;
   } catch (const nlohmann::json::exception& e) {
     return absl::DataLossError(absl::StrCat("membership record is malformed (", e.what(), "): ", json));
@@ -84,6 +89,22 @@ std::string Membership::DescribeFailures() const {
   }
   return absl::StrJoin(parts, "; ");
 }
+
+namespace {
+
+// Creates next's membership record by compare-and-set; whoever loses gets the winner's.
+absl::StatusOr<Membership> CasMembership(Store& store, const Membership& next,
+                                         absl::Time deadline, bool* won) {
+  const std::string mine = next.ToJson();
+  ASSIGN_OR_RETURN(std::string stored,
+                   store.CompareSet(MembershipKey(next.epoch), "", mine, deadline));
+  *won = stored == mine;
+  if (!*won) return Membership::FromJson(stored);
+  RETURN_IF_ERROR(store.Set(kEpochKey, absl::StrCat(next.epoch), deadline));
+  return next;
+}
+
+}  // namespace
 
 absl::StatusOr<Membership> PublishNextEpoch(Store& store, const Membership& current,
                                             const std::vector<Failure>& failures,
@@ -102,20 +123,72 @@ absl::StatusOr<Membership> PublishNextEpoch(Store& store, const Membership& curr
   next.failures = failures;
   size_t used = 0;
   for (const Failure& f : failures) next.ranks[f.rank] = spares[used++];
-  const std::string mine = next.ToJson();
-  ASSIGN_OR_RETURN(std::string stored,
-                   store.CompareSet(MembershipKey(next.epoch), "", mine, deadline));
-  if (stored != mine) {
+  bool won = false;
+  ASSIGN_OR_RETURN(Membership published, CasMembership(store, next, deadline, &won));
+  if (!won) {
     // Another coordinator published this epoch first; theirs is the truth.
-    ASSIGN_OR_RETURN(Membership theirs, Membership::FromJson(stored));
     spares.erase(std::remove_if(spares.begin(), spares.end(),
-                                [&](const std::string& s) { return theirs.RankOf(s) >= 0; }),
+                                [&](const std::string& s) { return published.RankOf(s) >= 0; }),
                  spares.end());
-    return theirs;
+    return published;
   }
   spares.erase(spares.begin(), spares.begin() + static_cast<std::ptrdiff_t>(used));
-  RETURN_IF_ERROR(store.Set(kEpochKey, absl::StrCat(next.epoch), deadline));
-  return next;
+  return published;
+}
+
+absl::StatusOr<Membership> PublishShrunkEpoch(Store& store, const Membership& current,
+                                              const std::vector<Failure>& failures,
+                                              const std::vector<std::vector<int>>& groups,
+                                              absl::Time deadline) {
+  const int n = static_cast<int>(current.ranks.size());
+  std::vector<int> group_of(n, -1);
+  for (int g = 0; g < static_cast<int>(groups.size()); ++g) {
+    for (int r : groups[g]) {
+      if (r >= 0 && r < n) group_of[r] = g;
+    }
+  }
+  std::vector<bool> dropped(groups.size(), false);
+  for (const Failure& f : failures) {
+    if (f.rank < 0 || f.rank >= n || group_of[f.rank] < 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cannot shrink: rank ", f.rank, " is in none of the trainer's shrink groups"));
+    }
+    dropped[group_of[f.rank]] = true;
+  }
+  Membership next;
+  next.epoch = current.epoch + 1;
+  next.failures = failures;
+  for (int r = 0; r < n; ++r) {
+    const bool failed = std::any_of(failures.begin(), failures.end(),
+                                    [&](const Failure& f) { return f.rank == r; });
+    if (group_of[r] < 0 || !dropped[group_of[r]]) {
+      next.ranks.push_back(current.ranks[r]);
+    } else if (!failed) {
+      next.retired.push_back(current.ranks[r]);
+    }
+  }
+  if (std::none_of(dropped.begin(), dropped.end(), [](bool d) { return !d; }) ||
+      next.ranks.empty()) {
+    Membership shown;
+    shown.failures = failures;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot shrink: every group holds a failed rank (", shown.DescribeFailures(), ")"));
+  }
+  bool won = false;
+  return CasMembership(store, next, deadline, &won);
+}
+
+std::string ShrinkGroupsToJson(const std::vector<std::vector<int>>& groups) {
+  return nlohmann::json(groups).dump();
+}
+
+absl::StatusOr<std::vector<std::vector<int>>> ShrinkGroupsFromJson(absl::string_view json) {
+  nlohmann::json j = nlohmann::json::parse(json.begin(), json.end(), nullptr, false);
+  try {
+    if (!j.is_discarded()) return j.get<std::vector<std::vector<int>>>();
+  } catch (const nlohmann::json::exception&) {
+  }
+  return absl::DataLossError(absl::StrCat("shrink groups are not a JSON list of rank lists: ", json));
 }
 
 absl::StatusOr<Membership> ReadMembership(Store& store, int world_size, absl::Time deadline) {

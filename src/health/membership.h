@@ -16,6 +16,10 @@
 //   <EpochPrefix(e)>job/suspect_rank/<rank>   set by a rank whose transport saw an error from
 //                              that rank (the cause); the agent makes its member suspect
 //   job/done                   set by the agent when the job is over: idle spares exit
+//   <EpochPrefix(e)>job/shrink_groups   set by rank 0 of a trainer that can go on with fewer
+//                              ranks (lm-trainer --elastic-dp): JSON [[rank, ...], ...], the
+//                              groups of epoch e's ranks that may leave together (its dp
+//                              replicas); see PublishShrunkEpoch
 //   <EpochPrefix(e)>job/failed/<rank>   the cause, for epoch e's communicators to fail fast
 #ifndef TRIDENT_HEALTH_MEMBERSHIP_H_
 #define TRIDENT_HEALTH_MEMBERSHIP_H_
@@ -44,6 +48,7 @@ std::string SuspectKey(int64_t epoch, int rank);
 std::string EpochPrefix(int64_t epoch);
 // Where epoch e's communicators look for failed ranks.
 std::string FailedKey(int64_t epoch, int rank);
+std::string ShrinkGroupsKey(int64_t epoch);
 
 std::string WorkerId(int index);  // "w3"
 std::string SpareId(int index);   // "s0"
@@ -62,6 +67,9 @@ struct Membership {
   int64_t epoch = 1;
   std::vector<std::string> ranks;  // rank -> member
   std::vector<Failure> failures;   // what ended the previous epoch; empty in epoch 1
+  // Live members that held a rank in the previous epoch and hold none in this one: the
+  // survivors of the groups a shrink dropped. They wait in the spare pool now.
+  std::vector<std::string> retired;
 
   // The launch: rank r held by worker r.
   static Membership Initial(int world_size);
@@ -81,6 +89,21 @@ absl::StatusOr<Membership> PublishNextEpoch(Store& store, const Membership& curr
                                             const std::vector<Failure>& failures,
                                             std::vector<std::string>& spares,
                                             absl::Time deadline);
+
+// When there are fewer spares than failures but the trainer named groups that may leave
+// together (ShrinkGroupsKey): publishes epoch current.epoch + 1 without every group that
+// holds a failed rank. The other ranks keep their order, so a mesh whose dimensions are
+// mixed-radix digits of the rank (trident/parallel/mesh.h) stays the same mesh with a smaller
+// dp; the dropped groups' live members are `retired`. Same compare-and-set as
+// PublishNextEpoch. kFailedPrecondition, naming the ranks, when a failed rank is in no group
+// or no group would be left.
+absl::StatusOr<Membership> PublishShrunkEpoch(Store& store, const Membership& current,
+                                              const std::vector<Failure>& failures,
+                                              const std::vector<std::vector<int>>& groups,
+                                              absl::Time deadline);
+// The groups of ShrinkGroupsKey(epoch) as JSON, and back (kDataLoss when malformed).
+std::string ShrinkGroupsToJson(const std::vector<std::vector<int>>& groups);
+absl::StatusOr<std::vector<std::vector<int>>> ShrinkGroupsFromJson(absl::string_view json);
 
 // The current epoch's membership: epoch 1 is Initial(world_size).
 absl::StatusOr<Membership> ReadMembership(Store& store, int world_size, absl::Time deadline);

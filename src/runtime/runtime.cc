@@ -141,6 +141,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Init(RuntimeOptions options) {
     ASSIGN_OR_RETURN(health::Membership m,
                      health::ReadMembership(*s.store, options.world_size, deadline));
     rt->rank_ = m.RankOf(options.member);
+    rt->world_size_ = static_cast<int>(m.ranks.size());
     if (rt->rank_ < 0) {
       return absl::FailedPreconditionError(absl::StrCat(
           "member ", options.member, " holds no rank in epoch ", m.epoch,
@@ -158,48 +159,64 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Init(RuntimeOptions options) {
       // Started late, into an epoch that already replaced someone.
       rt->promotion_.old_epoch = m.epoch - 1;
       rt->promotion_.epoch = m.epoch;
+      rt->promotion_.world_size = rt->world_size_;
     }
   } else {
     // The spare pool: announce, then wait for an epoch that gives this member a rank.
     RETURN_IF_ERROR(s.store->Set(health::SpareKey(options.member), "ready", deadline));
     spdlog::info("spare {} ready; waiting to be promoted", options.member);
-    int64_t failed_epoch = 0;  // an epoch whose world this spare could not build
-    while (true) {
-      if (s.store->TryGet(health::kDoneKey, absl::InfiniteFuture()).ok()) {
-        return absl::CancelledError(
-            absl::StrCat("the job ended; spare ", options.member, " was not needed"));
-      }
-      ASSIGN_OR_RETURN(health::Membership m,
-                       health::ReadMembership(*s.store, options.world_size, absl::InfiniteFuture()));
-      const int rank = m.RankOf(options.member);
-      if (rank >= 0 && m.epoch > failed_epoch) {
-        rt->rank_ = rank;
-        rt->promoted_ = true;
-        rt->promotion_ = Recovery{};
-        rt->promotion_.old_epoch = m.epoch - 1;
-        rt->promotion_.epoch = m.epoch;
-        for (const health::Failure& f : m.failures) {
-          rt->promotion_.failed.push_back(
-              {f.rank, f.member, f.cause, f.last_seen_unix_ms, f.verdict_unix_ms});
-        }
-        InitLogging(absl::StrCat("rank ", rank));
-        spdlog::info("spare {} promoted to rank {} in epoch {}, replacing {}", options.member,
-                     rank, m.epoch, m.DescribeFailures());
-        // The survivors may come late (they first wait out their own failed build), so the
-        // spare gives them the whole op timeout. A failed build is never retried at the same
-        // epoch (the others may hold this attempt's address): the next epoch says where this
-        // member stands.
-        absl::Status built = rt->BuildWorld(m.epoch, absl::Now() + options.timeout);
-        if (built.ok()) break;
-        failed_epoch = m.epoch;
-        spdlog::warn("building the world of epoch {} failed: {}; waiting for the next epoch",
-                     m.epoch, built.ToString());
-      }
-      absl::SleepFor(options.poll);
-    }
+    RETURN_IF_ERROR(rt->WaitForPromotion());
   }
   s.watcher = std::thread([&s] { s.Watch(); });
   return rt;
+}
+
+absl::Status Runtime::WaitForPromotion() {
+  State& s = *state_;
+  const RuntimeOptions& options = s.options;
+  int64_t failed_epoch = 0;  // an epoch whose world this spare could not build
+  while (true) {
+    if (s.store->TryGet(health::kDoneKey, absl::InfiniteFuture()).ok()) {
+      return absl::CancelledError(
+          absl::StrCat("the job ended; spare ", member_, " was not needed"));
+    }
+    ASSIGN_OR_RETURN(health::Membership m,
+                     health::ReadMembership(*s.store, options.world_size, absl::InfiniteFuture()));
+    const int rank = m.RankOf(member_);
+    if (rank >= 0 && m.epoch > failed_epoch) {
+      rank_ = rank;
+      world_size_ = static_cast<int>(m.ranks.size());
+      promoted_ = true;
+      promotion_ = Recovery{};
+      promotion_.old_epoch = m.epoch - 1;
+      promotion_.epoch = m.epoch;
+      promotion_.world_size = world_size_;
+      for (const health::Failure& f : m.failures) {
+        promotion_.failed.push_back(
+            {f.rank, f.member, f.cause, f.last_seen_unix_ms, f.verdict_unix_ms});
+      }
+      InitLogging(absl::StrCat("rank ", rank));
+      spdlog::info("spare {} promoted to rank {} in epoch {}, replacing {}", member_, rank,
+                   m.epoch, m.DescribeFailures());
+      // The survivors may come late (they first wait out their own failed build), so the
+      // spare gives them the whole op timeout. A failed build is never retried at the same
+      // epoch (the others may hold this attempt's address): the next epoch says where this
+      // member stands.
+      absl::Status built = BuildWorld(m.epoch, absl::Now() + options.timeout);
+      if (built.ok()) return absl::OkStatus();
+      failed_epoch = m.epoch;
+      spdlog::warn("building the world of epoch {} failed: {}; waiting for the next epoch",
+                   m.epoch, built.ToString());
+    }
+    absl::SleepFor(options.poll);
+  }
+}
+
+absl::Status Runtime::AllowShrink(const std::vector<std::vector<int>>& groups) {
+  if (rank_ != 0) return absl::OkStatus();
+  State& s = *state_;
+  return s.store->Set(health::ShrinkGroupsKey(epoch_), health::ShrinkGroupsToJson(groups),
+                      absl::Now() + s.options.timeout);
 }
 
 absl::Status Runtime::BuildWorld(int64_t epoch, absl::Time deadline) {
@@ -272,19 +289,44 @@ absl::StatusOr<Recovery> Runtime::Recover(const absl::Status& cause, absl::Time 
     }
     const int rank = m->RankOf(member_);
     if (rank < 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "this process (", member_, ") was declared dead in epoch ", m->epoch, ": ",
-          m->DescribeFailures()));
+      const bool failed = std::any_of(r.failed.begin(), r.failed.end(),
+                                      [&](const FailedRank& f) { return f.member == member_; });
+      if (failed) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "this process (", member_, ") was declared dead in epoch ", m->epoch, ": ",
+            m->DescribeFailures()));
+      }
+      // A shrink dropped this rank's group: wait in the pool like a spare.
+      spdlog::info("{} left the world in epoch {} with the group of {}; waiting as a spare",
+                   member_, m->epoch, m->DescribeFailures());
+      {
+        absl::MutexLock lock(&s.mu);
+        s.world = nullptr;
+        s.groups.clear();
+      }
+      world_.reset();
+      rank_ = -1;
+      absl::Status promoted = WaitForPromotion();
+      if (absl::IsCancelled(promoted)) {
+        return absl::CancelledError(absl::StrCat("the job ended; ", member_,
+                                                 " left the world in a shrink and was not "
+                                                 "needed again"));
+      }
+      RETURN_IF_ERROR(promoted);
+      promotion_.rejoined = true;
+      return promotion_;
     }
     rank_ = rank;
+    world_size_ = static_cast<int>(m->ranks.size());
     const absl::Time build_start = absl::Now();
     absl::Status built =
         BuildWorld(m->epoch, std::min(deadline, absl::Now() + s.options.build_timeout));
     if (built.ok()) {
       r.epoch = m->epoch;
+      r.world_size = world_size_;
       r.rebuild = absl::Now() - build_start;
-      spdlog::info("recovered into epoch {} as rank {} (replaced: {}) in {}", r.epoch, rank_,
-                   health::Membership{m->epoch, m->ranks, m->failures}.DescribeFailures(),
+      spdlog::info("recovered into epoch {} as rank {} (after: {}) in {}", r.epoch, rank_,
+                   m->DescribeFailures(),
                    absl::FormatDuration(absl::Now() - start));
       return r;
     }

@@ -127,6 +127,52 @@ TEST(LmTrainerRecoveryTest, IdleSpareDiesThePoolShrinksAndTheJobGoesOn) {
   ExpectReferenceLosses(out);
 }
 
+TEST(LmTrainerRecoveryTest, ElasticDpShrinksWhenNoSpareIsLeftAndKeepsTheLosses) {
+  // No spare: w3's dp replica (ranks 2, 3, 6, 7) leaves; the other goes on with the whole
+  // global batch, so the losses stay those of the run without failure.
+  RunResult out = Train("elastic", 0, "--elastic-dp --inject-fault w3:17:KILL");
+  ASSERT_EQ(out.exit_code, 0) << out.output;
+  EXPECT_THAT(out.output, HasSubstr("epoch 2: no spare for rank 3 (w3 killed by signal 9 "
+                                    "(SIGKILL)); the job shrinks from 8 to 4 ranks"));
+  EXPECT_THAT(out.output, HasSubstr("w2, w6, w7 left the world with the dead rank's group"));
+  EXPECT_THAT(out.output, HasSubstr("recovery epoch=2 dead_rank=3 cause=SIGKILL"));
+  EXPECT_THAT(out.output, HasSubstr("world=4 dp=1 resume_step=16"));
+  EXPECT_THAT(out.output, HasSubstr("done steps=30"));
+  // The retired ranks wait as spares and end cleanly with the job.
+  EXPECT_THAT(out.output, HasSubstr("w6 left the world in a shrink and was not needed again"));
+  ExpectReferenceLosses(out);
+}
+
+TEST(LmTrainerRecoveryTest, ElasticDpWithZero1RestoresTheShardsOfTheSmallerDp) {
+  // ZeRO-1's moment shards depend on dp: every rank reloads checkpoint 15 at dp 1.
+  RunResult out = Train("elastic_zero1", 0, "--elastic-dp --zero1 --inject-fault w6:17:KILL");
+  ASSERT_EQ(out.exit_code, 0) << out.output;
+  EXPECT_THAT(out.output, HasSubstr("the job shrinks from 8 to 4 ranks"));
+  EXPECT_THAT(out.output, HasSubstr("world=4 dp=1 resume_step=16"));
+  ExpectReferenceLosses(out);
+}
+
+TEST(LmTrainerRecoveryTest, ElasticDpRetiredRankTakesTheNextDeadRanksPlace) {
+  // w3's death shrinks dp to 1; then w0 dies and w2, retired by the shrink, replaces it,
+  // with its new place's state from a peer's memory.
+  RunResult out = Train("elastic_rejoin", 0, "--elastic-dp --inject-fault w3:8:KILL,w0:21:KILL");
+  ASSERT_EQ(out.exit_code, 0) << out.output;
+  EXPECT_THAT(out.output, HasSubstr("the job shrinks from 8 to 4 ranks"));
+  EXPECT_THAT(out.output, HasSubstr("epoch 3: spare w2 takes rank 0 (w0 killed by signal 9 (SIGKILL))"));
+  EXPECT_THAT(out.output, HasSubstr("recovery epoch=3 dead_rank=0 cause=SIGKILL"));
+  EXPECT_THAT(out.output, HasSubstr("source=peer world=4 dp=1"));
+  EXPECT_THAT(out.output, HasSubstr("job finished after 2 recovery(ies)"));
+  ExpectReferenceLosses(out);
+}
+
+TEST(LmTrainerRecoveryTest, ElasticDpNeedsABatchEveryDpDivides) {
+  RunResult out = RunCommand(absl::StrCat(Bin("lm-trainer"), " --dp 3 --batch 36 --microbatches 4 "
+                                          "--elastic-dp --steps 1"));
+  EXPECT_EQ(out.exit_code, 2) << out.output;
+  EXPECT_THAT(out.output, HasSubstr("--elastic-dp: --batch 36 is not a multiple of dp x "
+                                    "microbatches = 2 x 4, so dp could not shrink to 2"));
+}
+
 TEST(LmTrainerRecoveryTest, NoSpareLeftStopsTheJobNamingTheRank) {
   const absl::Time start = absl::Now();
   RunResult out = Train("nospare", 1, "--inject-fault w2:6:KILL,s0:9:KILL");

@@ -81,5 +81,57 @@ TEST(CoordinatorTest, TooFewSparesIsResourceExhaustedAndPublishesNothing) {
   EXPECT_FALSE(store->TryGet(kEpochKey, Soon()).ok());
 }
 
+// The dp replicas of tp 2 x pp 2 x dp 2 in the "tp-dp-pp" order: rank = tp + 2 (dp + 2 pp).
+const std::vector<std::vector<int>> kReplicas = {{0, 1, 4, 5}, {2, 3, 6, 7}};
+
+TEST(ShrinkTest, DropsTheDeadRanksGroupKeepsTheOrderAndRetiresItsLiveMembers) {
+  auto store = NewMemoryStore();
+  auto m2 = PublishShrunkEpoch(*store, Membership::Initial(8),
+                               {{3, "w3", "killed by signal 9 (SIGKILL)"}}, kReplicas, Soon());
+  ASSERT_TRUE(m2.ok()) << m2.status();
+  EXPECT_EQ(m2->epoch, 2);
+  // Old ranks 0, 1, 4, 5 become 0..3: (tp, pp) kept, the mesh of dp 1 in the same order.
+  EXPECT_THAT(m2->ranks, ElementsAre("w0", "w1", "w4", "w5"));
+  EXPECT_THAT(m2->retired, ElementsAre("w2", "w6", "w7"));
+  auto read = ReadMembership(*store, 8, Soon());
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->ranks, m2->ranks);
+  EXPECT_EQ(read->retired, m2->retired);  // through JSON
+  EXPECT_EQ(*store->Get(kEpochKey, Soon()), "2");
+}
+
+TEST(ShrinkTest, TwoDeadRanksOfOneGroupDropOnlyThatGroup) {
+  auto store = NewMemoryStore();
+  auto m2 = PublishShrunkEpoch(*store, Membership::Initial(8),
+                               {{0, "w0", "exited with status 1"}, {5, "w5", "exited with status 1"}},
+                               kReplicas, Soon());
+  ASSERT_TRUE(m2.ok()) << m2.status();
+  EXPECT_THAT(m2->ranks, ElementsAre("w2", "w3", "w6", "w7"));
+  EXPECT_THAT(m2->retired, ElementsAre("w1", "w4"));
+}
+
+TEST(ShrinkTest, NoGroupLeftOrARankInNoGroupIsFailedPreconditionAndPublishesNothing) {
+  auto store = NewMemoryStore();
+  auto all = PublishShrunkEpoch(*store, Membership::Initial(8),
+                                {{1, "w1", "exited with status 1"}, {2, "w2", "exited with status 1"}},
+                                kReplicas, Soon());
+  EXPECT_EQ(all.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(all.status().message(), HasSubstr("every group holds a failed rank"));
+  auto outside = PublishShrunkEpoch(*store, Membership::Initial(8),
+                                    {{3, "w3", "exited with status 1"}}, {{0, 1}, {2}}, Soon());
+  EXPECT_EQ(outside.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(outside.status().message(), HasSubstr("rank 3 is in none of the trainer's shrink groups"));
+  EXPECT_FALSE(store->TryGet(kEpochKey, Soon()).ok());
+}
+
+TEST(ShrinkTest, GroupsRoundTripThroughJsonAndMalformedIsDataLoss) {
+  auto back = ShrinkGroupsFromJson(ShrinkGroupsToJson(kReplicas));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(*back, kReplicas);
+  EXPECT_EQ(ShrinkGroupsFromJson("[1, 2]").status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(ShrinkGroupsFromJson("{").status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(ShrinkGroupsKey(3), "epoch/3/job/shrink_groups");
+}
+
 }  // namespace
 }  // namespace trident::health

@@ -342,54 +342,93 @@ void Launcher::TryReplace() {
   const auto starting = std::count_if(children_.begin(), children_.end(), [](const Child& c) {
     return c.spare() && c.running && c.rank < 0 && !c.ready;
   });
-  if (options_.spares == 0) {
-    why_not = "";
-  } else if (someone_finished) {
+  Store* s = someone_finished ? nullptr : store();
+  if (someone_finished) {
     why_not = "other ranks have already finished";
-  } else if (ready_spares_.size() < pending_.size()) {
-    // Spares still starting up (a failure right at the start) are worth waiting for.
-    if (starting > 0 && absl::Now() - pending_since_ < kSpareStartWait) {
-      if (!waiting_said_) {
-        Message(absl::StrCat("waiting up to ", absl::FormatDuration(kSpareStartWait), " for ",
-                             starting, " starting spare(s)"));
-        waiting_said_ = true;
-      }
-      return;
-    }
-    why_not = absl::StrCat(ready_spares_.size(), " spare(s) ready for ", pending_.size(),
-                           " failure(s)");
-  } else if (Store* s = store(); s == nullptr) {
+  } else if (s == nullptr) {
     why_not = "the store is unreachable";
-  } else {
+  } else if (ready_spares_.size() >= pending_.size()) {
     absl::StatusOr<health::Membership> next = health::PublishNextEpoch(
         *s, membership_, pending_, ready_spares_, DeadlineIn(kStoreCallTimeout));
-    if (next.ok()) {
-      membership_ = *next;
-      for (const health::Failure& f : pending_) {
-        Child* spare = FindMember(membership_.ranks[f.rank]);
-        TRIDENT_CHECK(spare != nullptr) << "no child for member " << membership_.ranks[f.rank];
-        spare->rank = f.rank;
-        const std::string line = absl::StrCat("epoch ", membership_.epoch, ": spare ",
-                                              spare->member, " takes rank ", f.rank, " (",
-                                              f.member, " ", f.cause, ")");
-        Message(absl::StrCat(line, "; ", ready_spares_.size(), " spare(s) left"));
-        recoveries_.push_back(line);
-      }
-      pending_.clear();
-      pending_since_ = absl::InfiniteFuture();
-      waiting_said_ = false;
-      return;
-    }
+    if (next.ok()) return EnterEpoch(*std::move(next));
     why_not = std::string(next.status().message());
+  } else if (starting > 0 && absl::Now() - pending_since_ < kSpareStartWait) {
+    // Spares still starting up (a failure right at the start) are worth waiting for.
+    if (!waiting_said_) {
+      Message(absl::StrCat("waiting up to ", absl::FormatDuration(kSpareStartWait), " for ",
+                           starting, " starting spare(s)"));
+      waiting_said_ = true;
+    }
+    return;
+  } else if (absl::StatusOr<std::string> groups =
+                 s->TryGet(health::ShrinkGroupsKey(membership_.epoch),
+                           DeadlineIn(kStoreCallTimeout));
+             groups.ok()) {
+    // The trainer can go on with fewer ranks (lm-trainer --elastic-dp): drop the groups of
+    // the dead ranks instead.
+    absl::StatusOr<health::Membership> next = [&]() -> absl::StatusOr<health::Membership> {
+      ASSIGN_OR_RETURN(std::vector<std::vector<int>> g, health::ShrinkGroupsFromJson(*groups));
+      return health::PublishShrunkEpoch(*s, membership_, pending_, g,
+                                        DeadlineIn(kStoreCallTimeout));
+    }();
+    if (next.ok()) return EnterEpoch(*std::move(next));
+    why_not = absl::StrCat(ready_spares_.size(), " spare(s) ready for ", pending_.size(),
+                           " failure(s), and ", next.status().message());
+  } else {
+    why_not = absl::StrCat(ready_spares_.size(), " spare(s) ready for ", pending_.size(),
+                           " failure(s)");
   }
   const health::Failure& f = pending_.front();
   std::string failure = absl::StrCat("rank ", f.rank, " ", f.cause);
-  if (options_.spares > 0) absl::StrAppend(&failure, " and no spare could replace it (", why_not, ")");
+  if (options_.spares > 0 || absl::StrContains(why_not, "shrink")) {
+    absl::StrAppend(&failure, " and no spare could replace it (", why_not, ")");
+  }
   if (!first_failure_.has_value()) first_failure_ = failure;
   if (!exit_status_.has_value()) exit_status_ = kExitJobFailed;
   SetDone(absl::StrCat("failed: ", failure));
   phase_ = Phase::kGrace;
   next_step_ = absl::Now() + grace_;
+}
+
+void Launcher::EnterEpoch(health::Membership next) {
+  const int old_size = static_cast<int>(membership_.ranks.size());
+  membership_ = std::move(next);
+  for (Child& c : children_) {
+    if (!c.running || c.handled) continue;
+    const int rank = membership_.RankOf(c.member);
+    if (c.rank < 0 && rank >= 0) {
+      ready_spares_.erase(std::remove(ready_spares_.begin(), ready_spares_.end(), c.member),
+                          ready_spares_.end());
+    } else if (c.rank >= 0 && rank < 0) {
+      // Retired by a shrink: initialised, alive, and back in the pool.
+      c.ready = true;
+      ready_spares_.push_back(c.member);
+    }
+    c.rank = rank;
+  }
+  for (const health::Failure& f : membership_.failures) {
+    const std::string& holder =
+        f.rank < static_cast<int>(membership_.ranks.size()) ? membership_.ranks[f.rank] : "";
+    std::string line = absl::StrCat("epoch ", membership_.epoch, ": ");
+    if (membership_.ranks.size() == static_cast<size_t>(old_size)) {
+      absl::StrAppend(&line, "spare ", holder, " takes rank ", f.rank, " (", f.member, " ",
+                      f.cause, ")");
+    } else {
+      absl::StrAppend(&line, "no spare for rank ", f.rank, " (", f.member, " ", f.cause,
+                      "); the job shrinks from ", old_size, " to ", membership_.ranks.size(),
+                      " ranks");
+    }
+    Message(absl::StrCat(line, "; ", ready_spares_.size(), " spare(s) left"));
+    recoveries_.push_back(line);
+  }
+  if (!membership_.retired.empty()) {
+    Message(absl::StrCat("epoch ", membership_.epoch, ": ",
+                         absl::StrJoin(membership_.retired, ", "),
+                         " left the world with the dead rank's group and wait as spares"));
+  }
+  pending_.clear();
+  pending_since_ = absl::InfiniteFuture();
+  waiting_said_ = false;
 }
 
 Launcher::Child* Launcher::FindMember(absl::string_view member) {

@@ -6,7 +6,9 @@
 // and the heartbeats of those that beat (health::FailureDetector; a rank declared dead is
 // killed). A dead rank is reported on stderr and in the store (health::FailedKey: job/failed/
 // <rank> in epoch 1); with an initialised spare left, the spare takes its rank under a new
-// epoch (health::PublishNextEpoch) and the job goes on. Otherwise the other ranks get
+// epoch (health::PublishNextEpoch) and the job goes on; without one, a trainer that named
+// shrink groups (health::ShrinkGroupsKey) goes on without the dead rank's group
+// (health::PublishShrunkEpoch), whose live members become spares. Otherwise the other ranks get
 // TRIDENT_KILL_GRACE_MS to exit on their own, then SIGTERM, then SIGKILL 2 s later. SIGINT and SIGTERM to trident-run are forwarded to the ranks and take
 // the same path; a second one sends SIGKILL at once. Run() returns only when every rank has
 // been reaped and the relay thread joined.
@@ -86,6 +88,9 @@ class Launcher {
   // Gives the pending failures' ranks to ready spares under a new epoch; waits (a while) for
   // spares still starting; else fails the job.
   void TryReplace();
+  // Takes a newly published membership: ranks of every child, the spare pool, one message
+  // per replaced (or, after a shrink, dropped) rank.
+  void EnterEpoch(health::Membership next);
   // Heartbeats, spare readiness and the detector's verdicts; every health_poll_.
   void PollHealth();
   // Reads /proc: a reason when the process of `member` is stopped or gone.
