@@ -20,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "comm/host/inproc.h"
 #include "common/cli.h"
@@ -61,8 +62,9 @@ ABSL_FLAG(bool, peer_replicas, true,
           "keep each rank's last checkpoint in a buddy rank's memory, for a fast restore");
 ABSL_FLAG(std::string, inject_fault, "",
           "for tests: MEMBER:WHEN:SIGNAL[,...]; the process of MEMBER (w3, s0, ...) raises "
-          "SIGNAL (KILL, STOP, SEGV, ...) at the start of step WHEN, or with WHEN=recovery "
-          "as soon as the next recovery has built its world");
+          "SIGNAL (KILL, STOP, SEGV, TERM, ABRT; or HANG: its training thread blocks forever, "
+          "a deadlock) at the start of step WHEN, or with WHEN=recovery as soon as the next "
+          "recovery has built its world");
 ABSL_FLAG(bool, elastic_dp, false,
           "when a rank dies and no spare is left, go on without its data-parallel replica "
           "(same global batch, split over fewer replicas) instead of stopping; the replica's "
@@ -142,7 +144,8 @@ void PrintHelp() {
 struct Fault {
   std::string member;
   int64_t step = -1;  // -1: during the next recovery
-  int signal = 0;
+  int signal = 0;     // 0: HANG
+  bool hang = false;
 };
 
 absl::StatusOr<std::vector<Fault>> ParseFaults(const std::string& spec) {
@@ -162,7 +165,8 @@ absl::StatusOr<std::vector<Fault>> ParseFaults(const std::string& spec) {
                              std::pair{"ABRT", SIGABRT}}) {
       if (parts[2] == name) f.signal = sig;
     }
-    if (f.signal == 0) return absl::InvalidArgumentError(bad);
+    f.hang = parts[2] == "HANG";
+    if (f.signal == 0 && !f.hang) return absl::InvalidArgumentError(bad);
     out.push_back(f);
   }
   return out;
@@ -304,12 +308,14 @@ int Main(int argc, char** argv) {
     if (!rt) return;
     for (const Fault& f : *faults) {
       if (f.member == rt->member() && f.step == when) {
-        spdlog::warn("injecting signal {} into {} ({})", f.signal, f.member,
+        spdlog::warn("injecting {} into {} ({})",
+                     f.hang ? std::string("a hang") : absl::StrCat("signal ", f.signal), f.member,
                      when < 0 ? std::string("recovery") : absl::StrCat("step ", when));
         // For benchmarks: when the fault happened, on the agent's (same host) clock.
         std::printf("fault_injected member=%s signal=%d unix_ms=%lld\n", f.member.c_str(),
                     f.signal, static_cast<long long>(absl::ToUnixMillis(absl::Now())));
         std::fflush(stdout);
+        if (f.hang) absl::Notification().WaitForNotification();  // never notified
         raise(f.signal);
       }
     }
@@ -475,6 +481,7 @@ int Main(int argc, char** argv) {
   // One step, its evaluation and its checkpoint; any error is a failure to recover from.
   auto run_step = [&]() -> absl::Status {
     lm::Trainer& trainer = *trainer_ptr;  // a rejoined rank gets a new one
+    if (rt) rt->Progress();  // a training thread stuck longer than TRIDENT_HANG_TIMEOUT_MS is hung
     maybe_fault(trainer.step() + 1);
     auto st = trainer.Step();
     if (!st.ok()) return st.status();

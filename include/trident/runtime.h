@@ -7,6 +7,7 @@
 //   if (rt->promoted()) RestoreStateFromPeerOrCheckpoint();      // a spare took a dead rank
 //   rt->SetGroups({...});                  // sub-communicators to abort with the world
 //   while (step < steps) {
+//     rt->Progress();
 //     absl::Status s = TrainStep(rt->world());
 //     if (s.ok()) { ++step; continue; }
 //     ASSIGN_OR_RETURN(trident::Recovery r, rt->Recover(s));  // new epoch, new world
@@ -18,7 +19,9 @@
 // of the current epoch (or publishes a new epoch), the world and the registered groups are
 // aborted with kAborted naming the rank and the cause, so no rank waits out a deadline. A
 // heartbeat thread beats every TRIDENT_HEARTBEAT_MS; the agent declares a rank whose beats
-// stop dead (TRIDENT_HEARTBEAT_TIMEOUT_MS), kills it and treats it like a crash.
+// stop dead (TRIDENT_HEARTBEAT_TIMEOUT_MS), kills it and treats it like a crash. A trainer
+// that calls Progress() every step also gets a rank whose training thread deadlocks
+// declared dead (TRIDENT_HANG_TIMEOUT_MS).
 //
 // Thread-safety: Init, Recover, SetGroups and Finish from the training thread; world() is
 // valid until the next Recover.
@@ -54,6 +57,9 @@ struct RuntimeOptions {
   absl::Duration heartbeat = absl::ZeroDuration();
   // How often the watcher polls the store for failures and epochs.
   absl::Duration poll = absl::Milliseconds(20);
+  // A training thread silent this long after Progress() is hung; zero reads
+  // TRIDENT_HANG_TIMEOUT_MS; negative: never.
+  absl::Duration hang_timeout = absl::ZeroDuration();
   // Deadline of one attempt to build an epoch's world (a rank that dies during the build
   // leaves the others waiting this long, then they move to the next epoch); zero reads
   // TRIDENT_BUILD_TIMEOUT_MS.
@@ -127,6 +133,13 @@ class Runtime {
   // kFailedPrecondition when this process itself was declared dead.
   absl::StatusOr<Recovery> Recover(const absl::Status& cause,
                                    absl::Time deadline = absl::InfiniteFuture());
+
+  // The training thread is making progress (call it once per step). From the first call on,
+  // a gap of TRIDENT_HANG_TIMEOUT_MS (default 5 min) until the next one, while no thread of
+  // this process is waiting on an op, means the thread is stuck outside Trident (a
+  // deadlock): the heartbeat stops, saying why, and trident-run declares this rank dead and
+  // replaces it. Recover and Finish pause the check until the next call. Thread-safe.
+  void Progress();
 
   // This rank is done: stops the heartbeat and the watcher. The world stays usable.
   void Finish();

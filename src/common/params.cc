@@ -29,6 +29,7 @@ constexpr ParamDesc kParams[] = {
     {"TRIDENT_CKPT_THREADS", "int", "0", "Threads (the caller's included) that copy a checkpoint snapshot into staging memory; 0: min(4, cores)."},
     {"TRIDENT_CKPT_MEMORY_BUDGET_MB", "int", "8192", "Staging memory of a checkpoint engine, in MiB; a larger state streams through it."},
     {"TRIDENT_CKPT_CRASH_AT", "string", "", "Tests only: kill the process with SIGKILL at this stage of a save (during_shard_write, after_shards, before_rename, before_latest)."},
+    {"TRIDENT_HANG_TIMEOUT_MS", "duration_ms", "300000", "Runtime: once a training thread has called Runtime::Progress, a gap of this long until its next call (a deadlock outside Trident's ops) stops its heartbeat, and trident-run declares the rank dead; 0: never."},
     {"TRIDENT_BUILD_TIMEOUT_MS", "duration_ms", "10000", "Runtime: deadline of one attempt to build an epoch's world; a rank that dies during it costs the others this long."},
     {"TRIDENT_KILL_GRACE_MS", "duration_ms", "10000", "trident-run: after a rank fails, how long the others get to exit before they are killed."},
     {"TRIDENT_NCCL_WATCHDOG_POLL_MS", "duration_ms", "10", "NCCL backend: how often the watchdog checks each communicator for asynchronous errors and expired op deadlines."},

@@ -5,8 +5,13 @@
 
 namespace trident::health {
 
-Heartbeat::Heartbeat(std::shared_ptr<Store> store, std::string member, absl::Duration interval)
-    : store_(std::move(store)), key_(HeartbeatKey(member)), interval_(interval) {
+Heartbeat::Heartbeat(std::shared_ptr<Store> store, std::string member, absl::Duration interval,
+                     StallCheck stalled)
+    : store_(std::move(store)),
+      key_(HeartbeatKey(member)),
+      stalled_key_(StalledKey(member)),
+      interval_(interval),
+      stalled_(std::move(stalled)) {
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -17,7 +22,20 @@ Heartbeat::~Heartbeat() {
 
 void Heartbeat::Loop() {
   bool warned = false;
+  bool silent = false;  // stopped beating for a stalled training thread
   do {
+    if (std::optional<std::string> stall = stalled_ ? stalled_() : std::nullopt) {
+      if (!silent) {
+        spdlog::error("{}; stopping the heartbeat so that the agent replaces this rank", *stall);
+        (void)store_->Set(stalled_key_, *stall, absl::Now() + interval_);  // best effort
+        silent = true;
+      }
+      continue;
+    }
+    if (silent) {
+      spdlog::warn("the training thread moved again; beating again");
+      silent = false;
+    }
     absl::StatusOr<int64_t> n = store_->Add(key_, 1, absl::Now() + interval_);
     if (n.ok()) {
       beats_.store(*n);

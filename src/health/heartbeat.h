@@ -2,11 +2,18 @@
 // (job/heartbeat/<member>), on a store connection of its own so that a rank blocked in a long
 // store call still beats. It stops when destroyed; a store error is logged and retried at
 // the next beat (the agent, not the rank, decides what silence means).
+//
+// A thread that beats on its own would hide a deadlocked training thread, so before each beat
+// it asks `stalled` (may be null): a reason means the process is alive but stuck; the
+// heartbeat then records the reason under StalledKey(member) and stops beating (the agent
+// declares the member dead), and beats again if `stalled` clears.
 #ifndef TRIDENT_HEALTH_HEARTBEAT_H_
 #define TRIDENT_HEALTH_HEARTBEAT_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -18,7 +25,9 @@ namespace trident::health {
 
 class Heartbeat {
  public:
-  Heartbeat(std::shared_ptr<Store> store, std::string member, absl::Duration interval);
+  using StallCheck = std::function<std::optional<std::string>()>;
+  Heartbeat(std::shared_ptr<Store> store, std::string member, absl::Duration interval,
+            StallCheck stalled = nullptr);
   ~Heartbeat();
   Heartbeat(const Heartbeat&) = delete;
   Heartbeat& operator=(const Heartbeat&) = delete;
@@ -29,7 +38,9 @@ class Heartbeat {
   void Loop();
   std::shared_ptr<Store> store_;
   std::string key_;
+  std::string stalled_key_;
   absl::Duration interval_;
+  StallCheck stalled_;
   absl::Notification stop_;
   std::atomic<int64_t> beats_{0};
   std::thread thread_;

@@ -15,6 +15,7 @@ std::string HeartbeatKey(absl::string_view member) {
   return absl::StrCat("job/heartbeat/", member);
 }
 std::string SpareKey(absl::string_view member) { return absl::StrCat("job/spare/", member); }
+std::string StalledKey(absl::string_view member) { return absl::StrCat("job/stalled/", member); }
 std::string SuspectPrefix(int64_t epoch) {
   return absl::StrCat(EpochPrefix(epoch), "job/suspect_rank/");
 }

@@ -13,6 +13,8 @@
 //   job/membership/<e>         Membership::ToJson() of epoch e (e >= 2; epoch 1 is implicit)
 //   job/heartbeat/<member>     a counter each live member increments every TRIDENT_HEARTBEAT_MS
 //   job/spare/<member>         set by a spare that is initialised and waiting in the pool
+//   job/stalled/<member>       why a live member stopped its heartbeat (its training thread
+//                              made no progress: Heartbeat's stall check)
 //   <EpochPrefix(e)>job/suspect_rank/<rank>   set by a rank whose transport saw an error from
 //                              that rank (the cause); the agent makes its member suspect
 //   job/done                   set by the agent when the job is over: idle spares exit
@@ -40,6 +42,7 @@ inline constexpr char kDoneKey[] = "job/done";
 std::string MembershipKey(int64_t epoch);
 std::string HeartbeatKey(absl::string_view member);
 std::string SpareKey(absl::string_view member);
+std::string StalledKey(absl::string_view member);
 // The prefix of epoch e's suspicion reports; the key of one.
 std::string SuspectPrefix(int64_t epoch);
 std::string SuspectKey(int64_t epoch, int rank);

@@ -11,6 +11,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/logging.h"
+#include "common/op_wait.h"
 #include "common/params.h"
 #include "common/status_macros.h"
 #include "health/heartbeat.h"
@@ -31,6 +32,23 @@ struct Runtime::State {
   bool aborted ABSL_GUARDED_BY(mu) = false;  // this epoch's comms were aborted
   absl::Notification stop;
   std::thread watcher;
+  // Unix ns of the training thread's last Progress(); 0: the hang check is paused.
+  std::atomic<int64_t> progress_ns{0};
+
+  // The heartbeat's stall check: the reason when the training thread is hung.
+  std::optional<std::string> Stalled() const {
+    const int64_t last = progress_ns.load(std::memory_order_relaxed);
+    if (last == 0 || options.hang_timeout <= absl::ZeroDuration() || AnyThreadInOpWait()) {
+      return std::nullopt;
+    }
+    const absl::Duration gap = absl::Now() - absl::FromUnixNanos(last);
+    if (gap < options.hang_timeout) return std::nullopt;
+    return absl::StrCat("the training thread made no progress for ",
+                        absl::FormatDuration(absl::Trunc(gap, absl::Milliseconds(1))),
+                        " (no Runtime::Progress call and no op waited on; "
+                        "TRIDENT_HANG_TIMEOUT_MS=",
+                        absl::ToInt64Milliseconds(options.hang_timeout), ")");
+  }
 
   void AbortLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (aborted) return;
@@ -86,7 +104,12 @@ Runtime::~Runtime() {
   state_->groups.clear();
 }
 
+void Runtime::Progress() {
+  state_->progress_ns.store(absl::ToUnixNanos(absl::Now()), std::memory_order_relaxed);
+}
+
 void Runtime::Finish() {
+  state_->progress_ns.store(0);
   if (!state_->stop.HasBeenNotified()) state_->stop.Notify();
   if (state_->watcher.joinable()) state_->watcher.join();
   state_->heartbeat.reset();
@@ -112,6 +135,9 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Init(RuntimeOptions options) {
     options.heartbeat = ParamMillis("TRIDENT_HEARTBEAT_MS");
   }
   if (options.timeout == absl::ZeroDuration()) options.timeout = ParamMillis("TRIDENT_TIMEOUT_MS");
+  if (options.hang_timeout == absl::ZeroDuration()) {
+    options.hang_timeout = ParamMillis("TRIDENT_HANG_TIMEOUT_MS");
+  }
   if (options.build_timeout == absl::ZeroDuration()) {
     options.build_timeout = ParamMillis("TRIDENT_BUILD_TIMEOUT_MS");
   }
@@ -127,11 +153,12 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Init(RuntimeOptions options) {
   }
   InitLogging(options.role == "spare" ? absl::StrCat("spare ", options.member)
                                       : absl::StrCat("rank ", options.rank));
-  if (options.heartbeat > absl::ZeroDuration()) {
-    state->heartbeat = std::make_unique<health::Heartbeat>(state->watch_store, options.member,
-                                                           options.heartbeat);
-  }
   state->options = options;
+  if (options.heartbeat > absl::ZeroDuration()) {
+    const State* st = state.get();
+    state->heartbeat = std::make_unique<health::Heartbeat>(
+        state->watch_store, options.member, options.heartbeat, [st] { return st->Stalled(); });
+  }
   std::unique_ptr<Runtime> rt(new Runtime(std::move(state)));
   rt->member_ = options.member;
   rt->world_size_ = options.world_size;
@@ -173,6 +200,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Init(RuntimeOptions options) {
 
 absl::Status Runtime::WaitForPromotion() {
   State& s = *state_;
+  s.progress_ns.store(0);  // waiting in the pool is not a hang
   const RuntimeOptions& options = s.options;
   int64_t failed_epoch = 0;  // an epoch whose world this spare could not build
   while (true) {
@@ -250,6 +278,7 @@ absl::Status Runtime::BuildWorld(int64_t epoch, absl::Time deadline) {
 absl::StatusOr<Recovery> Runtime::Recover(const absl::Status& cause, absl::Time deadline) {
   State& s = *state_;
   const absl::Time start = absl::Now();
+  s.progress_ns.store(0);  // until the trainer's next Progress()
   {
     absl::MutexLock lock(&s.mu);
     s.AbortLocked(cause.ok() ? absl::AbortedError("recovery") : cause);

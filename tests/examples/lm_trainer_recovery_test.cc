@@ -90,6 +90,20 @@ TEST(LmTrainerRecoveryTest, StoppedRankIsDeclaredDeadKilledAndReplaced) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(kDeadlineSeconds));
 }
 
+TEST(LmTrainerRecoveryTest, DeadlockedTrainingThreadIsDeclaredDeadThoughItsHeartbeatThreadLives) {
+  // w2's training thread blocks forever; its heartbeat thread would beat on, but the stall
+  // check stops it after TRIDENT_HANG_TIMEOUT_MS. w2's peers wait in ops meanwhile: they are
+  // not hung, and only w2 is replaced.
+  RunResult out = Train("hang", 1, "--inject-fault w2:12:HANG",
+                        "TRIDENT_HANG_TIMEOUT_MS=1000 TRIDENT_HEARTBEAT_TIMEOUT_MS=500");
+  ASSERT_EQ(out.exit_code, 0) << out.output;
+  EXPECT_THAT(out.output, HasSubstr("rank 2 declared dead: no heartbeat for"));
+  EXPECT_THAT(out.output, HasSubstr("it reported: the training thread made no progress for"));
+  EXPECT_THAT(out.output, HasSubstr("recovery epoch=2 dead_rank=2 cause=hang"));
+  EXPECT_THAT(out.output, HasSubstr("job finished after 1 recovery(ies)"));
+  ExpectReferenceLosses(out);
+}
+
 TEST(LmTrainerRecoveryTest, TwoFailuresWithTwoSpares) {
   RunResult out = Train("two", 2, "--inject-fault w1:8:KILL,w6:21:KILL");
   ASSERT_EQ(out.exit_code, 0) << out.output;

@@ -14,6 +14,7 @@
 #include "common/backoff.h"
 #include "common/check.h"
 #include "common/logging.h"
+#include "common/op_wait.h"
 #include "common/status_macros.h"
 
 namespace trident {
@@ -118,6 +119,7 @@ struct HostCommunicator::Op {
 class HostCommunicator::HostWork : public Work {
  public:
   absl::Status Wait(absl::Time deadline) override {
+    ScopedOpWait waiting;
     absl::MutexLock lock(&mu_);
     if (!mu_.AwaitWithDeadline(absl::Condition(&done_), deadline)) {
       return absl::DeadlineExceededError(

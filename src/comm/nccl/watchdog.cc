@@ -10,6 +10,7 @@
 #include "absl/time/clock.h"
 #include "common/check.h"
 #include "common/logging.h"
+#include "common/op_wait.h"
 #include "common/params.h"
 
 namespace trident::nccl {
@@ -74,6 +75,7 @@ absl::StatusOr<bool> GpuWork::Poll() {
 }
 
 absl::Status GpuWork::Wait(absl::Time deadline) {
+  ScopedOpWait waiting;
   absl::Duration pause = absl::Microseconds(2);
   while (true) {
     {

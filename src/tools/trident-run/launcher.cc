@@ -441,6 +441,15 @@ Launcher::Child* Launcher::FindMember(absl::string_view member) {
 std::optional<std::string> Launcher::ConfirmDead(const std::string& member) {
   Child* child = FindMember(member);
   if (child == nullptr || !child->running) return "the process is gone";
+  // A live process whose heartbeat stopped itself: its training thread is stuck.
+  if (Store* s = store(); s != nullptr && detector_.state(member) ==
+                                              health::FailureDetector::State::kSuspected) {
+    if (absl::StatusOr<std::string> why =
+            s->TryGet(health::StalledKey(member), DeadlineIn(kStoreCallTimeout));
+        why.ok()) {
+      return absl::StrCat("it reported: ", *why);
+    }
+  }
   std::string stat;
   if (!ReadFileToString(absl::StrCat("/proc/", child->pid, "/stat"), &stat)) {
     return "the process is gone";
