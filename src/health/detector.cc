@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace trident::health {
 
@@ -28,9 +29,11 @@ void FailureDetector::Observe(const std::string& member, int64_t counter, absl::
 }
 
 void FailureDetector::Suspect(const std::string& member, absl::string_view reason,
-                              absl::Time now) {
+                              absl::Time now, const std::string& observer) {
   auto it = members_.find(member);
-  if (it == members_.end() || it->second.state != State::kAlive) return;
+  if (it == members_.end() || it->second.state == State::kDead) return;
+  it->second.reports[observer] = now;
+  if (it->second.state != State::kAlive) return;
   it->second.state = State::kSuspected;
   it->second.suspected_at = now;
   it->second.reason = std::string(reason);
@@ -48,6 +51,25 @@ std::vector<FailureDetector::Verdict> FailureDetector::Check(absl::Time now,
       e.state = State::kSuspected;
       e.suspected_at = now;
       e.reason = absl::StrCat("no heartbeat for ", absl::FormatDuration(absl::Trunc(silent, absl::Milliseconds(1))));
+    }
+    // Reports of two observers within the window confirm each other, beats or not.
+    std::vector<std::string> observers;
+    for (auto r = e.reports.begin(); r != e.reports.end();) {
+      if (now - r->second > options_.confirm_window) {
+        r = e.reports.erase(r);
+      } else {
+        observers.push_back(r->first);
+        ++r;
+      }
+    }
+    if (observers.size() >= 2) {
+      if (e.state == State::kAlive) e.reason = "reported by peers";
+      e.state = State::kDead;
+      verdicts.push_back({member,
+                          absl::StrCat(e.reason, "; confirmed by a second observer (",
+                                       absl::StrJoin(observers, ", "), ")"),
+                          e.last_beat});
+      continue;
     }
     if (e.state != State::kSuspected) continue;
     std::optional<std::string> confirmed;

@@ -4,9 +4,10 @@
 // A member is alive while its heartbeat counter keeps changing. Silent for `timeout` (or
 // reported by a peer, e.g. after a transport error), it becomes suspected; a suspicion turns
 // into a verdict only when it is confirmed: by the caller's confirm function (the agent sees
-// that the process is stopped or gone), or by `confirm_window` more silence. A heartbeat that
-// arrives while suspected clears the suspicion, so a delayed but live member (a slow link, a
-// busy store) is never evicted. Times are the observer's: counters are compared, never the
+// that the process is stopped or gone), by `confirm_window` more silence, or by a second
+// observer (two different peers reported it within `confirm_window`: its process lives but
+// its links do not). A heartbeat that arrives while suspected clears the suspicion, so a
+// delayed but live member (a slow link, a busy store, one flaky peer) is never evicted. Times are the observer's: counters are compared, never the
 // members' clocks.
 //
 //   FailureDetector d({.timeout = absl::Seconds(1), .confirm_window = absl::Seconds(1)});
@@ -52,8 +53,10 @@ class FailureDetector {
   void Forget(const std::string& member);
   // The member's heartbeat counter as read at `now`; a new value is a sign of life.
   void Observe(const std::string& member, int64_t counter, absl::Time now);
-  // A peer reports `member` (e.g. a transport error talking to it): suspected at once.
-  void Suspect(const std::string& member, absl::string_view reason, absl::Time now);
+  // Peer `observer` reports `member` (e.g. a transport error talking to it): suspected at once;
+  // a report by a second observer within confirm_window is a verdict.
+  void Suspect(const std::string& member, absl::string_view reason, absl::Time now,
+               const std::string& observer = "");
 
   // Moves members along alive -> suspected -> dead at `now`; returns the new verdicts (each
   // member once). `confirm` may be null.
@@ -71,6 +74,7 @@ class FailureDetector {
     State state = State::kAlive;
     absl::Time suspected_at;
     std::string reason;  // why it is suspected
+    std::map<std::string, absl::Time> reports;  // observer -> time of its last report
   };
   Options options_;
   std::map<std::string, Entry> members_;

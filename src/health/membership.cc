@@ -19,8 +19,8 @@ std::string StalledKey(absl::string_view member) { return absl::StrCat("job/stal
 std::string SuspectPrefix(int64_t epoch) {
   return absl::StrCat(EpochPrefix(epoch), "job/suspect_rank/");
 }
-std::string SuspectKey(int64_t epoch, int rank) {
-  return absl::StrCat(SuspectPrefix(epoch), rank);
+std::string SuspectKey(int64_t epoch, int rank, int reporter) {
+  return absl::StrCat(SuspectPrefix(epoch), rank, "/", reporter);
 }
 std::string EpochPrefix(int64_t epoch) {
   return epoch <= 1 ? std::string() : absl::StrCat("epoch/", epoch, "/");

@@ -15,8 +15,9 @@
 //   job/spare/<member>         set by a spare that is initialised and waiting in the pool
 //   job/stalled/<member>       why a live member stopped its heartbeat (its training thread
 //                              made no progress: Heartbeat's stall check)
-//   <EpochPrefix(e)>job/suspect_rank/<rank>   set by a rank whose transport saw an error from
-//                              that rank (the cause); the agent makes its member suspect
+//   <EpochPrefix(e)>job/suspect_rank/<rank>/<reporter>   set by rank <reporter> whose
+//                              transport saw an error from <rank> (the cause); the agent makes
+//                              its member suspect, and a second reporter confirms it
 //   job/done                   set by the agent when the job is over: idle spares exit
 //   <EpochPrefix(e)>job/shrink_groups   set by rank 0 of a trainer that can go on with fewer
 //                              ranks (lm-trainer --elastic-dp): JSON [[rank, ...], ...], the
@@ -45,7 +46,7 @@ std::string SpareKey(absl::string_view member);
 std::string StalledKey(absl::string_view member);
 // The prefix of epoch e's suspicion reports; the key of one.
 std::string SuspectPrefix(int64_t epoch);
-std::string SuspectKey(int64_t epoch, int rank);
+std::string SuspectKey(int64_t epoch, int rank, int reporter);
 // "" for epoch 1 (so that programs that know nothing of epochs see the usual keys),
 // "epoch/<e>/" after.
 std::string EpochPrefix(int64_t epoch);

@@ -100,6 +100,35 @@ TEST_F(DetectorTest, PeerReportSuspectsAtOnceAndOnlyANewBeatClearsIt) {
   EXPECT_THAT(v[0].cause, HasSubstr("transport error from rank 2"));
 }
 
+TEST_F(DetectorTest, SecondObserverConfirmsThoughTheMemberStillBeats) {
+  d_.Watch("w3", At(0));
+  d_.Suspect("w3", "transport error: connection reset", At(100), "rank 1");
+  d_.Observe("w3", 1, At(150));  // its process lives: the suspicion is cleared
+  EXPECT_EQ(d_.state("w3"), State::kAlive);
+  EXPECT_TRUE(d_.Check(At(200), never_).empty());
+  d_.Suspect("w3", "transport error: connection reset", At(300), "rank 5");
+  d_.Observe("w3", 2, At(350));
+  auto v = d_.Check(At(400), never_);
+  ASSERT_EQ(v.size(), 1u);
+  EXPECT_EQ(v[0].member, "w3");
+  EXPECT_THAT(v[0].cause, HasSubstr("confirmed by a second observer (rank 1, rank 5)"));
+  EXPECT_EQ(d_.state("w3"), State::kDead);
+}
+
+TEST_F(DetectorTest, OneObserverRepeatingOrReportsTooFarApartAreNoVerdict) {
+  d_.Watch("w2", At(0));
+  d_.Suspect("w2", "transport error", At(100), "rank 0");
+  d_.Suspect("w2", "transport error", At(200), "rank 0");  // the same observer again
+  d_.Observe("w2", 1, At(250));
+  EXPECT_TRUE(d_.Check(At(300), never_).empty());
+  // A second observer, but the first report is older than the confirm window.
+  d_.Observe("w2", 2, At(1250));
+  d_.Suspect("w2", "transport error", At(1300), "rank 4");
+  d_.Observe("w2", 3, At(1350));
+  EXPECT_TRUE(d_.Check(At(1400), never_).empty());
+  EXPECT_EQ(d_.state("w2"), State::kAlive);
+}
+
 TEST_F(DetectorTest, NextCheckIsTheEarliestDeadline) {
   EXPECT_EQ(d_.NextCheck(), absl::InfiniteFuture());
   d_.Watch("a", At(0));

@@ -5,6 +5,10 @@
 //   store_probe meet            every rank sets meet/<rank>, then waits for all of them
 //   store_probe bad-token       connects with a wrong token; prints the status it gets and
 //                               exits 0 only if it is kPermissionDenied
+//   store_probe report-rank0    every rank beats (job/heartbeat/<member>, every 20 ms); ranks
+//                               other than 0 report rank 0 as a transport error would
+//                               (job/suspect_rank/0/<rank>) and wait for job/failed/0, which
+//                               they print; rank 0 beats until it is killed
 // Exits 1 (printing the status) when a store call fails, 2 on a usage error.
 #include <cstdio>
 #include <cstdlib>
@@ -72,6 +76,39 @@ int BadToken() {
   return status.code() == absl::StatusCode::kPermissionDenied ? 0 : 1;
 }
 
+int ReportRank0() {
+  const char* rank = std::getenv("TRIDENT_RANK");
+  const char* member = std::getenv("TRIDENT_MEMBER");
+  if (rank == nullptr || member == nullptr) return 2;
+  absl::StatusOr<std::unique_ptr<trident::Store>> store =
+      trident::ConnectStoreFromEnv(trident::DeadlineIn(kTimeout));
+  if (!store.ok()) return Fail(store.status());
+  const absl::Time give_up = trident::DeadlineIn(kTimeout);
+  bool reported = std::string(rank) == "0";
+  while (absl::Now() < give_up) {
+    absl::StatusOr<int64_t> beat = (*store)->Add(absl::StrCat("job/heartbeat/", member), 1,
+                                                 trident::DeadlineIn(kTimeout));
+    if (!beat.ok()) return Fail(beat.status());
+    if (!reported && *beat >= 3) {  // after a few beats: the agent watches this member
+      absl::Status status = (*store)->Set(absl::StrCat("job/suspect_rank/0/", rank),
+                                          "connection reset by peer", trident::DeadlineIn(kTimeout));
+      if (!status.ok()) return Fail(status);
+      reported = true;
+    }
+    if (std::string(rank) != "0") {
+      absl::StatusOr<std::string> failed =
+          (*store)->TryGet("job/failed/0", trident::DeadlineIn(kTimeout));
+      if (failed.ok()) {
+        std::printf("job/failed/0 = %s\n", failed->c_str());
+        return 0;
+      }
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  std::printf("gave up after %s\n", absl::FormatDuration(kTimeout).c_str());
+  return 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -79,6 +116,7 @@ int main(int argc, char** argv) {
   if (mode == "wait-failed" && argc == 3) return WaitFailed(argv[2]);
   if (mode == "meet" && argc == 2) return Meet();
   if (mode == "bad-token" && argc == 2) return BadToken();
-  std::fprintf(stderr, "usage: %s wait-failed K | meet | bad-token\n", argv[0]);
+  if (mode == "report-rank0" && argc == 2) return ReportRank0();
+  std::fprintf(stderr, "usage: %s wait-failed K | meet | bad-token | report-rank0\n", argv[0]);
   return 2;
 }

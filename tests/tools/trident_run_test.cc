@@ -451,6 +451,22 @@ TEST(TridentRunTest, FailureIsRecordedInAStoreGivenWithStore) {
   EXPECT_THAT(r.err, Not(HasSubstr("cannot record")));
 }
 
+TEST(TridentRunTest, TwoPeersReportingARankGetItDeclaredDeadThoughItBeats) {
+  // Rank 0's process lives and beats, but ranks 1 and 2 both report a transport error from
+  // it: a second observer confirms the suspicion, and rank 0 is killed.
+  RunResult r = RunLauncher({"--nproc", "3", "--", StoreProbePath(), "report-rank0"},
+                            {{"TRIDENT_KILL_GRACE_MS", "20000"}});
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+  const std::string verdict =
+      "rank 0 declared dead: a peer's transport error: connection reset by peer; confirmed by "
+      "a second observer (rank 1, rank 2); killed";
+  EXPECT_THAT(r.err, HasSubstr(absl::StrCat("trident-run: ", verdict, "\n"))) << r.err;
+  for (int rank : {1, 2}) {
+    EXPECT_THAT(r.out, HasSubstr(absl::StrCat("[rank ", rank, "] job/failed/0 = ", verdict)));
+  }
+  EXPECT_LT(r.elapsed, absl::Seconds(15));
+}
+
 TEST(TridentRunTest, HostedStoreRefusesAClientWithoutTheToken) {
   RunResult r = RunLauncher({"--nproc", "1", "--", StoreProbePath(), "bad-token"});
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;

@@ -418,8 +418,10 @@ absl::Status HostCommunicator::ExplainPeerFailure(const absl::Status& transport_
   // (the store is the epoch's, so the report belongs to this epoch). Best effort.
   if (const int peer = PeerOf(transport_error);
       peer >= 0 && !aborted_.load(std::memory_order_acquire)) {
-    (void)config_.store->Set(absl::StrCat(kSuspectRankPrefix, peer), transport_error.message(),
-                             DeadlineIn(absl::Milliseconds(500)));
+    // One key per (suspect, reporter): a second reporter confirms the first.
+    (void)config_.store->Set(
+        absl::StrCat(kSuspectRankPrefix, peer, "/", config_.ranks[config_.rank]),
+        transport_error.message(), DeadlineIn(absl::Milliseconds(500)));
   }
   // The transport often notices a dead peer (connection reset, CQ error) a moment before
   // trident-run has recorded why it died; wait briefly for the cause, which says more.

@@ -47,8 +47,9 @@ struct HostCommConfig {
 // cause, e.g. "rank 2 killed by signal 9 (SIGKILL)".
 std::string FailedRankKey(int transport_rank);
 inline constexpr char kFailedRankPrefix[] = "job/failed/";
-// Where a rank reports a peer (transport rank) whose transport error it saw; the agent's
-// failure detector makes that peer suspect (health/membership.h: SuspectKey).
+// Where a rank reports a peer (transport rank) whose transport error it saw, as
+// "<prefix><peer>/<reporter>"; the agent's failure detector makes that peer suspect, and a
+// second reporter confirms it (health/membership.h: SuspectKey).
 inline constexpr char kSuspectRankPrefix[] = "job/suspect_rank/";
 
 class HostCommunicator : public Communicator {

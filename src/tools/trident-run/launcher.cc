@@ -17,6 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/check.h"
 #include "common/logging.h"
 #include "common/params.h"
@@ -511,18 +512,22 @@ void Launcher::PollHealth() {
   if (absl::StatusOr<std::vector<std::string>> reports =
           s->ListPrefix(health::SuspectPrefix(membership_.epoch), deadline);
       reports.ok()) {
+    const size_t prefix = health::SuspectPrefix(membership_.epoch).size();
     for (const std::string& key : *reports) {
       if (!reported_.insert(key).second) continue;
-      int rank = -1;
-      if (!absl::SimpleAtoi(key.substr(key.rfind('/') + 1), &rank) || rank < 0 ||
-          rank >= static_cast<int>(membership_.ranks.size())) {
+      // "<rank>/<reporter>"
+      std::pair<std::string, std::string> who = absl::StrSplit(key.substr(prefix), '/');
+      int rank = -1, reporter = -1;
+      if (!absl::SimpleAtoi(who.first, &rank) || !absl::SimpleAtoi(who.second, &reporter) ||
+          rank < 0 || rank >= static_cast<int>(membership_.ranks.size())) {
         continue;
       }
       absl::StatusOr<std::string> why = s->TryGet(key, deadline);
       const std::string& member = membership_.ranks[rank];
-      spdlog::info("rank {} ({}) reported by a peer: {}", rank, member, why.ok() ? *why : key);
+      spdlog::info("rank {} ({}) reported by rank {}: {}", rank, member, reporter,
+                   why.ok() ? *why : key);
       detector_.Suspect(member, absl::StrCat("a peer's transport error: ", why.ok() ? *why : key),
-                        now);
+                        now, absl::StrCat("rank ", reporter));
     }
   }
   TryReplace();  // a failure may be waiting for a spare that just became ready
