@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <memory>
@@ -679,3 +680,23 @@ TEST(FabricProviderTest, BadOptions) {
 
 }  // namespace
 }  // namespace trident
+
+// Regions named after a pid that no longer runs are removed; a live process's stay.
+TEST(FabricShmCleanupTest, RemovesTheRegionsOfDeadProcessesOnly) {
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) _exit(0);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);  // reaped: its pid names no process now
+  const std::string dead = absl::StrCat("/dev/shm/", child, ":0:trident-test");
+  const std::string live = absl::StrCat("/dev/shm/", getpid(), ":0:trident-test");
+  for (const std::string& path : {dead, live}) {
+    FILE* f = std::fopen(path.c_str(), "w");
+    ASSERT_NE(f, nullptr) << path;
+    std::fclose(f);
+  }
+  EXPECT_GE(trident::RemoveShmRegionsOfDeadProcesses(), 1);
+  EXPECT_NE(access(dead.c_str(), F_OK), 0) << dead << " should be gone";
+  EXPECT_EQ(access(live.c_str(), F_OK), 0) << live << " belongs to a live process";
+  std::remove(live.c_str());
+}

@@ -108,6 +108,10 @@ int Launcher::Run() {
     return kExitNotFound;
   }
 
+  // Regions of an earlier job's ranks whose agent was killed with them.
+  if (const int stale = RemoveShmRegionsOfDeadProcesses(); stale > 0) {
+    spdlog::info("removed {} shm regions left in /dev/shm by dead processes", stale);
+  }
   job_id_ = !options_.job_id.empty() ? options_.job_id
                                      : EnvOr("TRIDENT_JOB_ID", absl::StrCat("job-", RandomHex(6)));
   if (absl::Status status = SetUpStore(); !status.ok()) {

@@ -32,6 +32,7 @@
 #include "transport/fabric/fabric_transport.h"
 
 #include <dirent.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <rdma/fabric.h>
@@ -57,6 +58,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
@@ -1130,6 +1132,30 @@ int RemoveShmRegionsOf(int pid) {
     }
   }
   closedir(dir);
+  return removed;
+}
+
+int RemoveShmRegionsOfDeadProcesses() {
+  DIR* dir = opendir("/dev/shm");
+  if (dir == nullptr) return 0;
+  std::vector<int> dead;
+  while (const dirent* entry = readdir(dir)) {
+    // Only libfabric's "<pid>:<n>..." names.
+    absl::string_view name(entry->d_name);
+    const size_t colon = name.find(':');
+    int pid = 0;
+    if (colon == absl::string_view::npos || !absl::SimpleAtoi(name.substr(0, colon), &pid) ||
+        pid <= 0) {
+      continue;
+    }
+    if (::kill(pid, 0) != 0 && errno == ESRCH &&
+        std::find(dead.begin(), dead.end(), pid) == dead.end()) {
+      dead.push_back(pid);
+    }
+  }
+  closedir(dir);
+  int removed = 0;
+  for (int pid : dead) removed += RemoveShmRegionsOf(pid);
   return removed;
 }
 

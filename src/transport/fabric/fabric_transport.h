@@ -91,6 +91,10 @@ absl::StatusOr<std::unique_ptr<Transport>> NewFabricTransport(const FabricOption
 // endpoint: a stale region of a dead process with the same pid makes fi_enable fail with
 // EBUSY). Returns how many were removed.
 int RemoveShmRegionsOf(int pid);
+// The same for every region whose pid names no live process (left by a job whose agent was
+// killed too: its children die by PDEATHSIG and no one is left to clean up). Returns how many
+// were removed.
+int RemoveShmRegionsOfDeadProcesses();
 
 // The distinct provider names that fi_getinfo offers on this machine, in its order (e.g.
 // "shm", "tcp;ofi_rxm", "tcp", ...). Used in error messages and by tools.
