@@ -144,6 +144,179 @@ void CloseFid(FidPtr<T>& object, absl::string_view what) {
   }
 }
 
+absl::Status ProviderError(const std::string& provider, int rc, absl::string_view wanted) {
+  std::vector<std::string> offered = ListFabricProviders();
+  std::string list = offered.empty() ? "(none)" : absl::StrJoin(offered, ", ");
+  bool known = std::find(offered.begin(), offered.end(), provider) != offered.end() ||
+               std::find(offered.begin(), offered.end(), CoreProvider(provider)) != offered.end();
+  if (!known) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "libfabric provider '", provider, "' is not available on this machine (fi_getinfo: ",
+        FiText(rc), "); fi_getinfo offers: ", list,
+        ". Set TRIDENT_FABRIC_PROVIDER to one of them (e.g. shm or tcp)"));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("libfabric provider '", provider, "' offers no endpoint that Trident can use (",
+                   wanted, "): fi_getinfo: ", FiText(rc), "; fi_getinfo offers: ", list,
+                   ". Set TRIDENT_FABRIC_PROVIDER to another provider"));
+}
+
+// What Describe() says and CheckFabricEndpoint compares.
+std::string EndpointKind(const std::string& provider, const std::string& iface) {
+  return iface.empty() ? provider : absl::StrCat(provider, " on ", iface);
+}
+
+}  // namespace
+
+// --- opening -------------------------------------------------------------------------------
+
+// The libfabric objects of an endpoint, until a FabricTransport takes them over.
+struct FabricEndpoint::Impl {
+  ~Impl() {
+    CloseFid(ep, "endpoint");
+    CloseFid(av, "address vector");
+    CloseFid(cq, "completion queue");
+    CloseFid(domain, "domain");
+    CloseFid(fabric, "fabric");
+  }
+
+  absl::Status Open(const std::string& requested, const std::string& requested_iface,
+                    size_t av_size_hint);
+
+  std::string provider;   // as requested, resolved: "shm", "tcp;ofi_rxm", ...
+  std::string iface;      // IP providers only
+  std::string prov_name;  // as fi_getinfo names it
+  std::string address;    // fi_getname: what peers insert into their address vectors
+  InfoPtr info;
+  FidPtr<fid_fabric> fabric;
+  FidPtr<fid_domain> domain;
+  FidPtr<fid_cq> cq;
+  FidPtr<fid_av> av;
+  FidPtr<fid_ep> ep;
+};
+
+absl::Status FabricEndpoint::Impl::Open(const std::string& requested,
+                                        const std::string& requested_iface, size_t av_size_hint) {
+  provider = ResolveProvider(requested);
+  const bool ip = IsIpProvider(provider);
+  if (ip) {
+    iface = requested_iface.empty() ? "lo" : requested_iface;
+    SetTcpIfaceOnce(iface);
+  }
+
+  InfoPtr hints(fi_allocinfo());
+  TRIDENT_CHECK(hints != nullptr) << "fi_allocinfo returned null";
+  hints->caps = FI_TAGGED | FI_DIRECTED_RECV;
+  hints->mode = FI_CONTEXT | FI_CONTEXT2;
+  hints->ep_attr->type = FI_EP_RDM;
+  hints->tx_attr->msg_order = FI_ORDER_SAS;
+  hints->rx_attr->msg_order = FI_ORDER_SAS;
+  hints->domain_attr->threading = FI_THREAD_DOMAIN;
+  hints->domain_attr->av_type = FI_AV_TABLE;
+  hints->domain_attr->resource_mgmt = FI_RM_ENABLED;
+  hints->domain_attr->mr_mode =
+      FI_MR_LOCAL | FI_MR_ENDPOINT | FI_MR_PROV_KEY | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED;
+  hints->fabric_attr->prov_name = strdup(provider.c_str());
+  const char* node = nullptr;
+  uint64_t flags = 0;
+  std::string wanted = "FI_EP_RDM, FI_TAGGED, FI_DIRECTED_RECV, FI_ORDER_SAS, FI_AV_TABLE";
+  if (ip) {
+    hints->domain_attr->name = strdup(iface.c_str());
+    absl::StrAppend(&wanted, ", domain ", iface);
+    if (iface == "lo") {
+      // Bind to loopback explicitly: no traffic may leave the machine.
+      node = "127.0.0.1";
+      flags = FI_SOURCE;
+      hints->addr_format = FI_SOCKADDR_IN;
+    }
+  }
+
+  fi_info* raw = nullptr;
+  int rc = fi_getinfo(kFiVersion, node, nullptr, flags, hints.get(), &raw);
+  if (rc != 0 || raw == nullptr) return ProviderError(provider, rc, wanted);
+  info.reset(raw);
+  prov_name = info->fabric_attr->prov_name ? info->fabric_attr->prov_name : provider;
+  if (info->ep_attr->max_msg_size == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("libfabric provider ", prov_name, " reports max_msg_size 0"));
+  }
+  const size_t cq_data_size = info->domain_attr->cq_data_size;
+  if (cq_data_size < 4) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "libfabric provider ", prov_name, " carries ", cq_data_size,
+        " bytes of remote CQ data; Trident needs at least 4. Set TRIDENT_FABRIC_PROVIDER to "
+        "another provider"));
+  }
+  spdlog::debug(
+      "fabric: opening an endpoint: provider {} fabric {} domain {} max_msg_size {} inject {} "
+      "mr_mode {:#x}",
+      prov_name, info->fabric_attr->name ? info->fabric_attr->name : "?",
+      info->domain_attr->name ? info->domain_attr->name : "?", info->ep_attr->max_msg_size,
+      info->tx_attr->inject_size, info->domain_attr->mr_mode);
+
+  fid_fabric* raw_fabric = nullptr;
+  rc = fi_fabric(info->fabric_attr, &raw_fabric, nullptr);
+  if (rc != 0) return FiStatus(absl::StatusCode::kUnavailable, "fi_fabric", rc);
+  fabric.reset(raw_fabric);
+
+  fid_domain* raw_domain = nullptr;
+  rc = fi_domain(fabric.get(), info.get(), &raw_domain, nullptr);
+  if (rc != 0) return FiStatus(absl::StatusCode::kUnavailable, "fi_domain", rc);
+  domain.reset(raw_domain);
+
+  fi_cq_attr cq_attr{};
+  cq_attr.format = FI_CQ_FORMAT_TAGGED;
+  cq_attr.wait_obj = FI_WAIT_NONE;
+  cq_attr.size = info->tx_attr->size + info->rx_attr->size;
+  fid_cq* raw_cq = nullptr;
+  rc = fi_cq_open(domain.get(), &cq_attr, &raw_cq, nullptr);
+  if (rc != 0) return FiStatus(absl::StatusCode::kUnavailable, "fi_cq_open", rc);
+  cq.reset(raw_cq);
+
+  // The count is a hint (fi_av(3)); 0 lets the provider choose.
+  fi_av_attr av_attr{};
+  av_attr.type = FI_AV_TABLE;
+  av_attr.count = av_size_hint;
+  fid_av* raw_av = nullptr;
+  rc = fi_av_open(domain.get(), &av_attr, &raw_av, nullptr);
+  if (rc != 0) return FiStatus(absl::StatusCode::kUnavailable, "fi_av_open", rc);
+  av.reset(raw_av);
+
+  fid_ep* raw_ep = nullptr;
+  rc = fi_endpoint(domain.get(), info.get(), &raw_ep, nullptr);
+  if (rc != 0) return FiStatus(absl::StatusCode::kUnavailable, "fi_endpoint", rc);
+  ep.reset(raw_ep);
+  rc = fi_ep_bind(ep.get(), &cq->fid, FI_TRANSMIT | FI_RECV);
+  if (rc != 0) return FiStatus(absl::StatusCode::kUnavailable, "fi_ep_bind(cq)", rc);
+  rc = fi_ep_bind(ep.get(), &av->fid, 0);
+  if (rc != 0) return FiStatus(absl::StatusCode::kUnavailable, "fi_ep_bind(av)", rc);
+  rc = fi_enable(ep.get());
+  if (rc != 0) return FiStatus(absl::StatusCode::kUnavailable, "fi_enable", rc);
+
+  size_t name_len = 0;
+  rc = fi_getname(&ep->fid, nullptr, &name_len);
+  if (rc != -FI_ETOOSMALL && rc != 0) {
+    return FiStatus(absl::StatusCode::kUnavailable, "fi_getname", rc);
+  }
+  address.assign(name_len, '\0');
+  rc = fi_getname(&ep->fid, address.data(), &name_len);
+  if (rc != 0) return FiStatus(absl::StatusCode::kUnavailable, "fi_getname", rc);
+  address.resize(name_len);
+  return absl::OkStatus();
+}
+
+FabricEndpoint::FabricEndpoint(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {
+  TRIDENT_CHECK(impl_ != nullptr) << "FabricEndpoint without an implementation";
+}
+
+FabricEndpoint::~FabricEndpoint() = default;
+
+std::string FabricEndpoint::Describe() const {
+  return EndpointKind(impl_->provider, impl_->iface);
+}
+
+namespace {
+
 struct Op;
 
 enum class PartState { kIdle, kQueued, kPosted };
@@ -238,7 +411,8 @@ class FabricTransport final : public Transport {
         cancel_timeout_(options.cancel_timeout) {}
   ~FabricTransport() override;
 
-  absl::Status Init(const FabricOptions& options);
+  // Takes over `endpoint`'s libfabric objects and joins the group.
+  absl::Status Init(const FabricOptions& options, FabricEndpoint::Impl& endpoint);
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
@@ -324,140 +498,34 @@ class FabricTransport final : public Transport {
   bool closing_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-// --- setup ---------------------------------------------------------------------------------
+// --- joining -------------------------------------------------------------------------------
 
-absl::Status ProviderError(const std::string& provider, int rc, absl::string_view wanted) {
-  std::vector<std::string> offered = ListFabricProviders();
-  std::string list = offered.empty() ? "(none)" : absl::StrJoin(offered, ", ");
-  bool known = std::find(offered.begin(), offered.end(), provider) != offered.end() ||
-               std::find(offered.begin(), offered.end(), CoreProvider(provider)) != offered.end();
-  if (!known) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "libfabric provider '", provider, "' is not available on this machine (fi_getinfo: ",
-        FiText(rc), "); fi_getinfo offers: ", list,
-        ". Set TRIDENT_FABRIC_PROVIDER to one of them (e.g. shm or tcp)"));
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("libfabric provider '", provider, "' offers no endpoint that Trident can use (",
-                   wanted, "): fi_getinfo: ", FiText(rc), "; fi_getinfo offers: ", list,
-                   ". Set TRIDENT_FABRIC_PROVIDER to another provider"));
-}
-
-absl::Status FabricTransport::Init(const FabricOptions& options) {
-  const std::string provider = ResolveProvider(options.provider);
-  const std::string iface = options.iface.empty() ? "lo" : options.iface;
-  const bool ip = IsIpProvider(provider);
-  if (ip) SetTcpIfaceOnce(iface);
-
-  InfoPtr hints(fi_allocinfo());
-  TRIDENT_CHECK(hints != nullptr) << "fi_allocinfo returned null";
-  hints->caps = FI_TAGGED | FI_DIRECTED_RECV;
-  hints->mode = FI_CONTEXT | FI_CONTEXT2;
-  hints->ep_attr->type = FI_EP_RDM;
-  hints->tx_attr->msg_order = FI_ORDER_SAS;
-  hints->rx_attr->msg_order = FI_ORDER_SAS;
-  hints->domain_attr->threading = FI_THREAD_DOMAIN;
-  hints->domain_attr->av_type = FI_AV_TABLE;
-  hints->domain_attr->resource_mgmt = FI_RM_ENABLED;
-  hints->domain_attr->mr_mode =
-      FI_MR_LOCAL | FI_MR_ENDPOINT | FI_MR_PROV_KEY | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED;
-  hints->fabric_attr->prov_name = strdup(provider.c_str());
-  const char* node = nullptr;
-  uint64_t flags = 0;
-  std::string wanted = "FI_EP_RDM, FI_TAGGED, FI_DIRECTED_RECV, FI_ORDER_SAS, FI_AV_TABLE";
-  if (ip) {
-    hints->domain_attr->name = strdup(iface.c_str());
-    absl::StrAppend(&wanted, ", domain ", iface);
-    if (iface == "lo") {
-      // Bind to loopback explicitly: no traffic may leave the machine.
-      node = "127.0.0.1";
-      flags = FI_SOURCE;
-      hints->addr_format = FI_SOCKADDR_IN;
-    }
-  }
-
-  fi_info* raw = nullptr;
-  int rc = fi_getinfo(kFiVersion, node, nullptr, flags, hints.get(), &raw);
-  if (rc != 0 || raw == nullptr) return ProviderError(provider, rc, wanted);
-  info_.reset(raw);
-  fi_info* info = info_.get();
-  prov_name_ = info->fabric_attr->prov_name ? info->fabric_attr->prov_name : provider;
-
-  const size_t max_msg_size = info->ep_attr->max_msg_size;
+absl::Status FabricTransport::Init(const FabricOptions& options, FabricEndpoint::Impl& endpoint) {
+  TRIDENT_CHECK(endpoint.ep != nullptr) << "fabric: joining with an endpoint already used";
+  info_ = std::move(endpoint.info);
+  const fi_info* info = info_.get();
+  prov_name_ = endpoint.prov_name;
+  const size_t max_msg_size = info->ep_attr->max_msg_size;  // not 0: checked at the open
   part_size_ = std::min(max_msg_size, kDefaultMaxPart);
   if (options.max_part_bytes > 0) part_size_ = std::min(max_msg_size, options.max_part_bytes);
-  if (part_size_ == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("libfabric provider ", prov_name_, " reports max_msg_size 0"));
-  }
   head_size_ = std::min(kHeadBytes, part_size_);
-  cq_data_size_ = info->domain_attr->cq_data_size;
-  if (cq_data_size_ < 4) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "libfabric provider ", prov_name_, " carries ", cq_data_size_,
-        " bytes of remote CQ data; Trident needs at least 4. Set TRIDENT_FABRIC_PROVIDER to "
-        "another provider"));
-  }
+  cq_data_size_ = info->domain_attr->cq_data_size;  // at least 4: checked at the open
   inject_size_ = info->tx_attr->inject_size;
   const uint64_t mr_mode = info->domain_attr->mr_mode;
   mr_local_ = (mr_mode & FI_MR_LOCAL) != 0 || options.force_mr_registration;
   mr_prov_key_ = (mr_mode & FI_MR_PROV_KEY) != 0;
   mr_endpoint_ = (mr_mode & FI_MR_ENDPOINT) != 0;
-  spdlog::debug(
-      "fabric: rank {}/{} provider {} fabric {} domain {} max_msg_size {} part {} head {} "
-      "inject {} mr_mode {:#x}{}",
-      rank_, size_, prov_name_, info->fabric_attr->name ? info->fabric_attr->name : "?",
-      info->domain_attr->name ? info->domain_attr->name : "?", max_msg_size, part_size_, head_size_,
-      inject_size_, mr_mode, mr_local_ ? " (registering buffers)" : "");
+  spdlog::debug("fabric: rank {}/{} joins over {}: part {} head {} inject {}{}", rank_, size_,
+                prov_name_, part_size_, head_size_, inject_size_,
+                mr_local_ ? " (registering buffers)" : "");
 
   absl::MutexLock lock(&mu_);
-  fid_fabric* fabric = nullptr;
-  rc = fi_fabric(info->fabric_attr, &fabric, nullptr);
-  if (rc != 0) return FiStatus(absl::StatusCode::kUnavailable, "fi_fabric", rc);
-  fabric_.reset(fabric);
-
-  fid_domain* domain = nullptr;
-  rc = fi_domain(fabric_.get(), info, &domain, nullptr);
-  if (rc != 0) return FiStatus(absl::StatusCode::kUnavailable, "fi_domain", rc);
-  domain_.reset(domain);
-
-  fi_cq_attr cq_attr{};
-  cq_attr.format = FI_CQ_FORMAT_TAGGED;
-  cq_attr.wait_obj = FI_WAIT_NONE;
-  cq_attr.size = info->tx_attr->size + info->rx_attr->size;
-  fid_cq* cq = nullptr;
-  rc = fi_cq_open(domain_.get(), &cq_attr, &cq, nullptr);
-  if (rc != 0) return FiStatus(absl::StatusCode::kUnavailable, "fi_cq_open", rc);
-  cq_.reset(cq);
-
-  fi_av_attr av_attr{};
-  av_attr.type = FI_AV_TABLE;
-  av_attr.count = static_cast<size_t>(size_);
-  fid_av* av = nullptr;
-  rc = fi_av_open(domain_.get(), &av_attr, &av, nullptr);
-  if (rc != 0) return FiStatus(absl::StatusCode::kUnavailable, "fi_av_open", rc);
-  av_.reset(av);
-
-  fid_ep* ep = nullptr;
-  rc = fi_endpoint(domain_.get(), info, &ep, nullptr);
-  if (rc != 0) return FiStatus(absl::StatusCode::kUnavailable, "fi_endpoint", rc);
-  ep_.reset(ep);
-  rc = fi_ep_bind(ep_.get(), &cq_->fid, FI_TRANSMIT | FI_RECV);
-  if (rc != 0) return FiStatus(absl::StatusCode::kUnavailable, "fi_ep_bind(cq)", rc);
-  rc = fi_ep_bind(ep_.get(), &av_->fid, 0);
-  if (rc != 0) return FiStatus(absl::StatusCode::kUnavailable, "fi_ep_bind(av)", rc);
-  rc = fi_enable(ep_.get());
-  if (rc != 0) return FiStatus(absl::StatusCode::kUnavailable, "fi_enable", rc);
-
-  size_t name_len = 0;
-  rc = fi_getname(&ep_->fid, nullptr, &name_len);
-  if (rc != -FI_ETOOSMALL && rc != 0) {
-    return FiStatus(absl::StatusCode::kUnavailable, "fi_getname", rc);
-  }
-  std::string name(name_len, '\0');
-  rc = fi_getname(&ep_->fid, name.data(), &name_len);
-  if (rc != 0) return FiStatus(absl::StatusCode::kUnavailable, "fi_getname", rc);
-  name.resize(name_len);
+  fabric_ = std::move(endpoint.fabric);
+  domain_ = std::move(endpoint.domain);
+  cq_ = std::move(endpoint.cq);
+  av_ = std::move(endpoint.av);
+  ep_ = std::move(endpoint.ep);
+  const std::string& name = endpoint.address;
 
   // Rendezvous: publish ours, read everyone's, insert in rank order so fi_addr i is rank i.
   RETURN_IF_ERROR(
@@ -481,8 +549,9 @@ absl::Status FabricTransport::Init(const FabricOptions& options) {
       return FiStatus(absl::StatusCode::kInvalidArgument,
                       absl::StrCat("fi_av_insert(address of rank ", r, ")"), inserted);
     }
-    // FI_AV_TABLE numbers addresses 0, 1, ... in insertion order, so fi_addr i is rank i;
-    // every op carries its peer's rank, so error messages need no reverse lookup.
+    // FI_AV_TABLE numbers addresses 0, 1, ... in insertion order (the AV starts empty), so
+    // fi_addr i is rank i; every op carries its peer's rank, so error messages need no
+    // reverse lookup.
     addrs_[r] = fi_addr;
   }
   return absl::OkStatus();
@@ -1159,19 +1228,44 @@ int RemoveShmRegionsOfDeadProcesses() {
   return removed;
 }
 
-absl::StatusOr<std::unique_ptr<Transport>> NewFabricTransport(const FabricOptions& options) {
+absl::StatusOr<std::unique_ptr<Transport>> NewFabricTransport(
+    const FabricOptions& options, std::unique_ptr<FabricEndpoint> endpoint) {
   if (options.size <= 0 || options.rank < 0 || options.rank >= options.size) {
     return absl::InvalidArgumentError(
         absl::StrCat("fabric: rank ", options.rank, " outside a group of size ", options.size));
   }
   if (options.store == nullptr) return absl::InvalidArgumentError("fabric: no store");
+  if (endpoint == nullptr) {
+    ASSIGN_OR_RETURN(endpoint, OpenFabricEndpoint(options.provider, options.iface,
+                                                  static_cast<size_t>(options.size)));
+  } else {
+    RETURN_IF_ERROR(CheckFabricEndpoint(*endpoint, options));
+  }
+  auto transport = std::make_unique<FabricTransport>(options);
+  RETURN_IF_ERROR(transport->Init(options, endpoint->impl()));
+  return std::unique_ptr<Transport>(std::move(transport));
+}
+
+absl::StatusOr<std::unique_ptr<FabricEndpoint>> OpenFabricEndpoint(const std::string& provider,
+                                                                   const std::string& iface,
+                                                                   size_t av_size_hint) {
   // Once per process, before its first endpoint: regions left by a dead process that had our
   // pid (ours have "<pid>:<n>" names, with n counting our endpoints).
   static const int stale = RemoveShmRegionsOf(getpid());
   if (stale > 0) spdlog::debug("fabric: removed {} stale shm regions of pid {}", stale, getpid());
-  auto transport = std::make_unique<FabricTransport>(options);
-  RETURN_IF_ERROR(transport->Init(options));
-  return std::unique_ptr<Transport>(std::move(transport));
+  auto impl = std::make_unique<FabricEndpoint::Impl>();
+  RETURN_IF_ERROR(impl->Open(provider, iface, av_size_hint));
+  return std::make_unique<FabricEndpoint>(std::move(impl));
+}
+
+absl::Status CheckFabricEndpoint(const FabricEndpoint& endpoint, const FabricOptions& options) {
+  const std::string provider = ResolveProvider(options.provider);
+  const std::string wanted = EndpointKind(
+      provider, IsIpProvider(provider) ? (options.iface.empty() ? "lo" : options.iface) : "");
+  const std::string have = endpoint.Describe();
+  if (have == wanted) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("fabric: the endpoint opened in advance serves ",
+                                                 have, ", not ", wanted));
 }
 
 }  // namespace trident

@@ -2,11 +2,14 @@
 // endpoint (FI_EP_RDM, tagged messages): shm within a node, tcp (the "tcp;ofi_rxm" stack) on
 // any network, efa on AWS.
 //
-// Setup: NewFabricTransport opens fabric, domain, one completion queue, an address vector
-// (FI_AV_TABLE) and the endpoint; publishes this rank's endpoint name in the store at
-// "fabric/addr/<rank>" and reads every rank's, so that fi_addr i is rank i. All ranks of the
-// group must call it with the same store (namespaced by the caller per group and epoch: the
-// keys are not deleted) and the same provider.
+// Setup has two halves. Opening (OpenFabricEndpoint) needs no group: fabric, domain, one
+// completion queue, an address vector (FI_AV_TABLE) and the enabled endpoint with its name.
+// Joining (NewFabricTransport) publishes that name in the store at "fabric/addr/<rank>", reads
+// every rank's and inserts them in rank order, so that fi_addr i is rank i. NewFabricTransport
+// opens the endpoint itself unless it is given one opened in advance (a hot spare's, so that
+// promotion costs only the join). All ranks of the group must join with the same store
+// (namespaced by the caller per group and epoch: the keys are not deleted) and the same
+// provider.
 //
 // Matching: messages travel as tagged sends with the caller's 64-bit tag, received with
 // directed receives (FI_DIRECTED_RECV) from the peer's address; FI_ORDER_SAS keeps the
@@ -43,6 +46,11 @@
 //   FabricOptions options{.rank = 1, .size = 4, .store = store.get(), .provider = "tcp",
 //                         .deadline = trident::DeadlineIn(absl::Seconds(30))};
 //   ASSIGN_OR_RETURN(std::unique_ptr<Transport> transport, NewFabricTransport(options));
+//
+//   // A spare, ahead of time:
+//   ASSIGN_OR_RETURN(std::unique_ptr<FabricEndpoint> endpoint, OpenFabricEndpoint("tcp", ""));
+//   // At promotion:
+//   ASSIGN_OR_RETURN(transport, NewFabricTransport(options, std::move(endpoint)));
 #ifndef TRIDENT_TRANSPORT_FABRIC_FABRIC_TRANSPORT_H_
 #define TRIDENT_TRANSPORT_FABRIC_FABRIC_TRANSPORT_H_
 
@@ -83,7 +91,40 @@ struct FabricOptions {
   absl::Duration cancel_timeout = absl::Seconds(1);
 };
 
-absl::StatusOr<std::unique_ptr<Transport>> NewFabricTransport(const FabricOptions& options);
+// A libfabric endpoint opened ahead of its group: everything of a FabricTransport that needs
+// neither rank, group size nor store. Owns its libfabric objects; used by one thread at a time.
+class FabricEndpoint {
+ public:
+  struct Impl;  // defined in fabric_transport.cc
+  explicit FabricEndpoint(std::unique_ptr<Impl> impl);
+  ~FabricEndpoint();
+  FabricEndpoint(const FabricEndpoint&) = delete;
+  FabricEndpoint& operator=(const FabricEndpoint&) = delete;
+
+  // The provider it serves, resolved, and for IP providers the interface: "tcp;ofi_rxm on lo".
+  std::string Describe() const;
+  Impl& impl() { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Opens an endpoint. `provider` and `iface` as in FabricOptions. `av_size_hint` is the expected
+// group size (0: the provider's default); the address vector is not limited to it (libfabric
+// 1.17: tcp grows it on demand; shm takes at most 256 peers whatever the hint).
+absl::StatusOr<std::unique_ptr<FabricEndpoint>> OpenFabricEndpoint(const std::string& provider,
+                                                                   const std::string& iface,
+                                                                   size_t av_size_hint = 0);
+
+// OK when `endpoint` can serve a transport with `options`: the same provider (after "tcp" means
+// "tcp;ofi_rxm") and, for IP providers, the same interface. Else kInvalidArgument saying both.
+absl::Status CheckFabricEndpoint(const FabricEndpoint& endpoint, const FabricOptions& options);
+
+// Joins the group of `options`, over `endpoint` when one is given (it must pass
+// CheckFabricEndpoint), else over an endpoint opened here. The endpoint is consumed, also when
+// this fails: its address may have been published and its address vector filled in part.
+absl::StatusOr<std::unique_ptr<Transport>> NewFabricTransport(
+    const FabricOptions& options, std::unique_ptr<FabricEndpoint> endpoint = nullptr);
 
 // libfabric's shm provider keeps each endpoint's region in /dev/shm under "<pid>:..." and
 // unlinks it only when the endpoint is closed: a process killed with SIGKILL leaves it behind.
