@@ -7,6 +7,8 @@
 // provider with a small max_msg_size or FI_MR_LOCAL (efa) makes the transport do.
 #include "transport/fabric/fabric_transport.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -19,6 +21,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -101,12 +104,17 @@ absl::Status Drive(const std::vector<Transport*>& transports,
 class FabricTransportTest : public ::testing::TestWithParam<Config> {
  protected:
   // Opens `n` ranks concurrently (setup blocks until every rank has published its address).
-  std::vector<std::unique_ptr<Transport>> Open(int n) {
+  // Rank r joins over endpoints[r] when there is one, else opens its own.
+  std::vector<std::unique_ptr<Transport>> Open(
+      int n, std::vector<std::unique_ptr<FabricEndpoint>> endpoints = {}) {
+    endpoints.resize(n);
     std::vector<absl::StatusOr<std::unique_ptr<Transport>>> results(n);
     std::vector<std::thread> threads;
     for (int r = 0; r < n; ++r) {
-      threads.emplace_back(
-          [&, r] { results[r] = NewFabricTransport(Options(GetParam(), r, n, store_.get())); });
+      threads.emplace_back([&, r] {
+        results[r] =
+            NewFabricTransport(Options(GetParam(), r, n, store_.get()), std::move(endpoints[r]));
+      });
     }
     for (std::thread& t : threads) t.join();
     std::vector<std::unique_ptr<Transport>> transports;
@@ -588,6 +596,71 @@ TEST_P(FabricTransportTest, SetupDeadlineNamesMissingRank) {
               StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("address of rank 1")));
 }
 
+// Endpoints opened before their group exists (as a hot spare's is) join it and carry traffic
+// between every pair of ranks. Ranks 2 and 3 open ahead, with address-vector hints of 0 (the
+// provider's default) and 1 (below the group size: a hint, not a limit); ranks 0 and 1 open
+// theirs while joining, as before.
+TEST_P(FabricTransportTest, PreopenedEndpointsJoinAndCarryTraffic) {
+  constexpr int kRanks = 4;
+  const std::string expected =
+      GetParam().provider == "tcp" ? "tcp;ofi_rxm on lo" : GetParam().provider;
+  std::vector<std::unique_ptr<FabricEndpoint>> endpoints(kRanks);
+  for (int r = 2; r < kRanks; ++r) {
+    auto endpoint = OpenFabricEndpoint(GetParam().provider, "", /*av_size_hint=*/r - 2);
+    ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+    EXPECT_EQ((*endpoint)->Describe(), expected);
+    endpoints[r] = *std::move(endpoint);
+  }
+  // Nothing is published before the join.
+  EXPECT_EQ(store_->TryGet("fabric/addr/2", absl::Now() + absl::Seconds(5)).status().code(),
+            absl::StatusCode::kNotFound);
+  auto ts = Open(kRanks, std::move(endpoints));
+  ASSERT_EQ(ts.size(), static_cast<size_t>(kRanks));
+  EXPECT_EQ(ts[3]->rank(), 3);
+  EXPECT_EQ(ts[3]->size(), kRanks);
+  if (GetParam().provider == "tcp") {
+    // The pre-opened endpoints listen on loopback only.
+    for (int r = 2; r < kRanks; ++r) {
+      auto addr = store_->Get(absl::StrCat("fabric/addr/", r), absl::Now() + absl::Seconds(5));
+      ASSERT_TRUE(addr.ok()) << addr.status();
+      ASSERT_GE(addr->size(), sizeof(sockaddr_in));
+      sockaddr_in sin;
+      std::memcpy(&sin, addr->data(), sizeof(sin));
+      EXPECT_EQ(sin.sin_family, AF_INET);
+      EXPECT_EQ(ntohl(sin.sin_addr.s_addr), INADDR_LOOPBACK) << "rank " << r;
+    }
+  }
+  for (size_t size : {size_t{0}, size_t{100}, 3 * kPart + 1, (size_t{1} << 20) + 3}) {
+    for (int src = 0; src < kRanks; ++src) {
+      for (int dst = 0; dst < kRanks; ++dst) {
+        SCOPED_TRACE(absl::StrCat("size ", size, " from rank ", src, " to rank ", dst));
+        std::vector<uint8_t> data = Pattern(size, static_cast<uint32_t>(src * 16 + dst));
+        std::vector<uint8_t> got(size, 0);
+        TransportRequest send, recv;
+        ASSERT_TRUE(ts[dst]->PostRecv(src, 12, got.data(), got.size(), &recv).ok());
+        ASSERT_TRUE(ts[src]->PostSend(dst, 12, data.data(), data.size(), &send).ok());
+        ASSERT_TRUE(Drive(Raw(ts), {&send, &recv}).ok());
+        ASSERT_TRUE(send.status.ok()) << send.status;
+        ASSERT_TRUE(recv.status.ok()) << recv.status;
+        EXPECT_EQ(recv.bytes, size);
+        ASSERT_TRUE(got == data);
+      }
+    }
+  }
+}
+
+// A pre-opened endpoint whose group never forms fails the join at the deadline like any
+// other; the endpoint is consumed and closed with the transport.
+TEST_P(FabricTransportTest, PreopenedEndpointJoinDeadlineNamesMissingRank) {
+  auto endpoint = OpenFabricEndpoint(GetParam().provider, "");
+  ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+  FabricOptions options = Options(GetParam(), 0, 2, store_.get());
+  options.deadline = absl::Now() + absl::Milliseconds(200);
+  auto transport = NewFabricTransport(options, *std::move(endpoint));
+  EXPECT_THAT(transport.status(),
+              StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("address of rank 1")));
+}
+
 // Two real processes: the child is rank 1 and echoes what rank 0 sends.
 TEST_P(FabricTransportTest, TwoProcesses) {
   char dir_template[] = "/tmp/trident-fabric-test-XXXXXX";
@@ -662,6 +735,57 @@ TEST(FabricProviderTest, ListsShmAndTcp) {
   std::vector<std::string> providers = ListFabricProviders();
   EXPECT_THAT(providers, ::testing::Contains("shm"));
   EXPECT_THAT(providers, ::testing::Contains("tcp;ofi_rxm"));
+}
+
+// A group takes a pre-opened endpoint only for its own provider (and interface, for tcp);
+// "tcp" means "tcp;ofi_rxm" and an empty interface means lo on both sides. A mismatch is
+// kInvalidArgument naming both, before anything is published.
+TEST(FabricProviderTest, PreopenedEndpointMustMatchTheGroup) {
+  std::unique_ptr<Store> store = NewMemoryStore();
+  FabricOptions options;
+  options.rank = 0;
+  options.size = 1;
+  options.store = store.get();
+  options.deadline = absl::Now() + absl::Seconds(30);
+
+  auto shm = OpenFabricEndpoint("shm", "");
+  ASSERT_TRUE(shm.ok()) << shm.status();
+  EXPECT_EQ((*shm)->Describe(), "shm");
+  options.provider = "tcp";
+  EXPECT_THAT(CheckFabricEndpoint(**shm, options),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("serves shm, not tcp;ofi_rxm on lo")));
+  EXPECT_THAT(NewFabricTransport(options, *std::move(shm)).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("serves shm, not tcp;ofi_rxm on lo")));
+  EXPECT_EQ(store->TryGet("fabric/addr/0", absl::Now() + absl::Seconds(5)).status().code(),
+            absl::StatusCode::kNotFound);
+
+  auto tcp = OpenFabricEndpoint("tcp", "");
+  ASSERT_TRUE(tcp.ok()) << tcp.status();
+  EXPECT_EQ((*tcp)->Describe(), "tcp;ofi_rxm on lo");
+  options.provider = "shm";
+  EXPECT_THAT(CheckFabricEndpoint(**tcp, options),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("serves tcp;ofi_rxm on lo, not shm")));
+  options.provider = "tcp";
+  options.iface = "nosuchif0";  // compared only: nothing is opened on it
+  EXPECT_THAT(CheckFabricEndpoint(**tcp, options),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("serves tcp;ofi_rxm on lo, not tcp;ofi_rxm on nosuchif0")));
+  options.provider = "tcp;ofi_rxm";
+  options.iface = "lo";
+  EXPECT_TRUE(CheckFabricEndpoint(**tcp, options).ok());
+  auto transport = NewFabricTransport(options, *std::move(tcp));
+  ASSERT_TRUE(transport.ok()) << transport.status();
+  EXPECT_EQ((*transport)->Describe(), "fabric(tcp;ofi_rxm)");
+}
+
+TEST(FabricProviderTest, OpenUnknownProviderListsAvailableOnes) {
+  auto endpoint = OpenFabricEndpoint("nosuchprov", "");
+  EXPECT_THAT(endpoint.status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("nosuchprov"), HasSubstr("shm"), HasSubstr("tcp"))));
 }
 
 TEST(FabricProviderTest, BadOptions) {
