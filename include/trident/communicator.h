@@ -117,6 +117,18 @@ class Communicator {
   virtual absl::Status AbortStatus() const = 0;
 };
 
+// A host-backend endpoint opened before its communicator exists (libfabric fabric, domain,
+// queues and an enabled endpoint), so that building the communicator only exchanges
+// addresses: a hot spare opens one while it waits. Opaque; shared handles to one endpoint,
+// which the first communicator built with it consumes. Thread-safe.
+class HostEndpoint;
+
+// Opens a HostEndpoint for `provider` (as HostCommOptions::provider); empty reads
+// TRIDENT_FABRIC_PROVIDER, and "shm" when that is empty too (with ranks on several hosts, set
+// it: CreateHostCommunicator would choose tcp there). IP providers bind to
+// TRIDENT_FABRIC_IFACE (default lo). Uses no store. An unknown provider is kInvalidArgument.
+absl::StatusOr<std::shared_ptr<HostEndpoint>> OpenHostEndpoint(std::string provider = "");
+
 struct HostCommOptions {
   // Rank and world size; -1 reads TRIDENT_RANK / TRIDENT_WORLD_SIZE.
   int rank = -1;
@@ -133,12 +145,17 @@ struct HostCommOptions {
   // keys, so that processes which built different numbers of worlds before (a promoted spare
   // and the survivors) still meet; the store should then be scoped to the epoch.
   int64_t epoch = 0;
+  // An endpoint opened in advance (a hot spare's); consumed by the first communicator built
+  // with it, also by a build that fails after taking it. One opened for another provider is
+  // kInvalidArgument (and not consumed); one already consumed is kFailedPrecondition.
+  std::shared_ptr<HostEndpoint> endpoint;
 };
 
 // Builds the world communicator of the host backend over libfabric. Every rank calls it; it
-// returns once all ranks have exchanged endpoint addresses (or fails at the timeout). It takes
-// CPU tensors and, in builds with CUDA, CUDA tensors (staged through pinned host memory; see
-// OpOptions::cuda_stream); a build without CUDA answers kInvalidArgument for CUDA tensors.
+// returns once all ranks have exchanged endpoint addresses (or fails at the timeout). It opens
+// an endpoint unless options.endpoint brings one. It takes CPU tensors and, in builds with
+// CUDA, CUDA tensors (staged through pinned host memory; see OpOptions::cuda_stream); a build
+// without CUDA answers kInvalidArgument for CUDA tensors.
 absl::StatusOr<std::unique_ptr<Communicator>> CreateHostCommunicator(HostCommOptions options);
 
 }  // namespace trident

@@ -1,10 +1,16 @@
-// CreateHostCommunicator: the world communicator of the host backend over libfabric.
+// CreateHostCommunicator: the world communicator of the host backend over libfabric; and
+// OpenHostEndpoint, its endpoint opened in advance.
 #include <unistd.h>
 
 #include <atomic>
+#include <memory>
+#include <string>
+#include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "comm/host/host_communicator.h"
 #include "common/logging.h"
 #include "common/params.h"
@@ -13,6 +19,32 @@
 #include "trident/communicator.h"
 
 namespace trident {
+
+// A FabricEndpoint until a communicator takes it.
+class HostEndpoint {
+ public:
+  explicit HostEndpoint(std::unique_ptr<FabricEndpoint> endpoint)
+      : description_(endpoint->Describe()), endpoint_(std::move(endpoint)) {}
+
+  // The endpoint, when it fits `options` and no communicator took it before.
+  absl::StatusOr<std::unique_ptr<FabricEndpoint>> Take(const FabricOptions& options) {
+    absl::MutexLock lock(&mu_);
+    if (endpoint_ == nullptr) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the HostEndpoint (", description_,
+                       ") was consumed by an earlier CreateHostCommunicator; open another with "
+                       "OpenHostEndpoint"));
+    }
+    RETURN_IF_ERROR(CheckFabricEndpoint(*endpoint_, options));
+    return std::move(endpoint_);
+  }
+
+ private:
+  const std::string description_;
+  absl::Mutex mu_;
+  std::unique_ptr<FabricEndpoint> endpoint_ ABSL_GUARDED_BY(mu_);
+};
+
 namespace {
 
 std::string Hostname() {
@@ -33,6 +65,16 @@ absl::StatusOr<bool> AllOnOneHost(Store& setup, int rank, int size, absl::Time d
 }
 
 }  // namespace
+
+absl::StatusOr<std::shared_ptr<HostEndpoint>> OpenHostEndpoint(std::string provider) {
+  if (provider.empty()) provider = ParamString("TRIDENT_FABRIC_PROVIDER");
+  if (provider.empty()) provider = "shm";
+  absl::StatusOr<std::unique_ptr<FabricEndpoint>> endpoint =
+      OpenFabricEndpoint(provider, ParamString("TRIDENT_FABRIC_IFACE"));
+  if (!endpoint.ok()) return Annotate(endpoint.status(), "OpenHostEndpoint");
+  spdlog::debug("opened a host endpoint in advance: {}", (*endpoint)->Describe());
+  return std::make_shared<HostEndpoint>(*std::move(endpoint));
+}
 
 absl::StatusOr<std::unique_ptr<Communicator>> CreateHostCommunicator(HostCommOptions options) {
   if (options.rank < 0) options.rank = static_cast<int>(ParamInt("TRIDENT_RANK"));
@@ -73,7 +115,14 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateHostCommunicator(HostCommOpt
   fabric.provider = provider;
   fabric.iface = ParamString("TRIDENT_FABRIC_IFACE");
   fabric.deadline = deadline;
-  absl::StatusOr<std::unique_ptr<Transport>> transport = NewFabricTransport(fabric);
+  std::unique_ptr<FabricEndpoint> endpoint;
+  if (options.endpoint != nullptr) {
+    absl::StatusOr<std::unique_ptr<FabricEndpoint>> taken = options.endpoint->Take(fabric);
+    if (!taken.ok()) return Annotate(taken.status(), "CreateHostCommunicator");
+    endpoint = *std::move(taken);
+  }
+  absl::StatusOr<std::unique_ptr<Transport>> transport =
+      NewFabricTransport(fabric, std::move(endpoint));
   if (!transport.ok()) return Annotate(transport.status(), "CreateHostCommunicator");
 
   // A job-wide unique context id keeps this communicator's tags and store keys apart.
