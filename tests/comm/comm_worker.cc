@@ -2,6 +2,7 @@
 // multiproc_test.cc). Each scenario prints "RESULT ..." lines that the test checks.
 //
 //   comm_worker allops            every op on a few dtypes and counts, results checked
+//   comm_worker preopened         the same over an endpoint opened before the communicator
 //   comm_worker kill RANK         RANK kills itself with SIGKILL inside an AllReduce
 //   comm_worker absent RANK       RANK never calls the AllReduce the others wait in
 #include <signal.h>
@@ -132,7 +133,16 @@ int Main(int argc, char** argv) {
   const std::string scenario = argc > 1 ? argv[1] : "allops";
   const int special = argc > 2 ? std::atoi(argv[2]) : -1;
   HostCommOptions options;
-  if (scenario != "allops") options.timeout = absl::Seconds(3);
+  const bool all_ops = scenario == "allops" || scenario == "preopened";
+  if (!all_ops) options.timeout = absl::Seconds(3);
+  if (scenario == "preopened") {
+    auto endpoint = OpenHostEndpoint();  // TRIDENT_FABRIC_PROVIDER, as the communicator's
+    if (!endpoint.ok()) {
+      std::printf("RESULT open failed: %s\n", endpoint.status().ToString().c_str());
+      return 1;
+    }
+    options.endpoint = *endpoint;
+  }
   auto comm = CreateHostCommunicator(options);
   if (!comm.ok()) {
     std::printf("RESULT create failed: %s\n", comm.status().ToString().c_str());
@@ -141,9 +151,9 @@ int Main(int argc, char** argv) {
   Communicator& c = **comm;
   const int r = c.rank();
 
-  if (scenario == "allops") {
+  if (all_ops) {
     int failures = AllOps(c);
-    std::printf("RESULT rank=%d allops failures=%d\n", r, failures);
+    std::printf("RESULT rank=%d %s failures=%d\n", r, scenario.c_str(), failures);
     return failures == 0 ? 0 : 1;
   }
   std::vector<float> data(1 << 18, 1.0f);

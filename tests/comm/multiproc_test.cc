@@ -62,6 +62,18 @@ TEST_P(MultiprocTest, EveryOpIsCorrectAcrossProcesses) {
   }
 }
 
+// Every rank opens its endpoint before building the communicator (OpenHostEndpoint), as a
+// hot spare does; the communicator over it passes every op.
+TEST_P(MultiprocTest, EveryOpIsCorrectOverPreopenedEndpoints) {
+  RunResult run = RunCommand(Launch(GetParam(), 3, "preopened"));
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  std::vector<std::string> results = Results(run.output);
+  ASSERT_EQ(results.size(), 3u) << run.output;
+  for (const std::string& line : results) {
+    EXPECT_THAT(line, HasSubstr("preopened failures=0"));
+  }
+}
+
 TEST_P(MultiprocTest, KilledRankAbortsTheOthersNamingItWithinTwiceTheDeadline) {
   // Deadline 3 s (comm_worker); trident-run gives the survivors 10 s to report and exit.
   RunResult run = RunCommand(Launch(GetParam(), 3, "kill 1", "TRIDENT_KILL_GRACE_MS=10000"));
