@@ -71,6 +71,8 @@ void ExpectReferenceLosses(const RunResult& out) {
 TEST(LmTrainerRecoveryTest, KilledRankIsReplacedAndLossesMatchARunWithoutFailure) {
   RunResult out = Train("kill", 1, "--inject-fault w3:17:KILL");
   ASSERT_EQ(out.exit_code, 0) << out.output;
+  // The spare waited initialised: its build at promotion only exchanged addresses.
+  EXPECT_THAT(out.output, HasSubstr("spare s0 ready (store connected, fabric endpoint open)"));
   EXPECT_THAT(out.output, HasSubstr("trident-run: epoch 2: spare s0 takes rank 3 (w3 killed by signal 9 (SIGKILL))"));
   EXPECT_THAT(out.output, HasSubstr("recovery epoch=2 dead_rank=3 cause=SIGKILL"));
   EXPECT_THAT(out.output, HasSubstr("done steps=30"));
