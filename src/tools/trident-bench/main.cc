@@ -7,6 +7,9 @@
 // bench.h for what each column means. Exit status: 0 when every op succeeded and every
 // checked element was right; 1 when an op failed (its status is printed) or an element was
 // wrong; 2 on bad usage.
+//
+// Subcommands that run as one process without trident-run: `trident-bench ckpt` (ckpt.h) and
+// `trident-bench recovery` (recovery.h).
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -25,6 +28,7 @@
 #include "common/logging.h"
 #include "common/params.h"
 #include "nlohmann/json.hpp"
+#include "recovery.h"
 #include "trident/communicator.h"
 #include "trident/nccl.h"
 
@@ -63,7 +67,9 @@ Measures one collective of a communicator (host or NCCL backend) over sizes from
   allreduce reducescatter allgather broadcast reduce alltoall sendrecv barrier
 (sendrecv: each rank sends to rank+1 and receives from rank-1, 2 ranks or more; barrier:
 one row, no data). `trident-bench ckpt --dir DIR` measures the checkpoint engine instead
-(one process, no trident-run; see `trident-bench ckpt --help`).
+(one process, no trident-run; see `trident-bench ckpt --help`), and `trident-bench recovery`
+failure detection and recovery of lm-trainer (one process that starts trident-run itself;
+see `trident-bench recovery --help`).
 
 Rank 0 prints one row per size:
   bytes     size of the full buffer: allreduce, broadcast, reduce: the buffer; allgather:
@@ -116,6 +122,9 @@ std::string FormatRow(const Row& row, absl::string_view dtype, absl::string_view
 
 int Main(int argc, char** argv) {
   if (argc >= 2 && std::string(argv[1]) == "ckpt") return RunCkptBench(argc - 1, argv + 1);
+  if (argc >= 2 && std::string(argv[1]) == "recovery") {
+    return RunRecoveryBench(argc - 1, argv + 1);
+  }
   std::vector<std::string> storage;
   std::vector<char*> args = cli::NormalizeArgs(argc, argv, storage);
   if (cli::WantsHelp(args)) {
