@@ -129,7 +129,7 @@ struct RecoveryConfig {
 const char* SignalName(int sig) { return sig == SIGSTOP ? "SIGSTOP" : "SIGKILL"; }
 const char* SignalFlag(int sig) { return sig == SIGSTOP ? "STOP" : "KILL"; }
 
-// The directory of this executable (/proc/self/exe), or "" if it cannot be read.
+// This executable's path (/proc/self/exe), or "" if it cannot be read.
 std::string SelfPath() {
   std::error_code ec;
   std::filesystem::path p = std::filesystem::read_symlink("/proc/self/exe", ec);
@@ -350,7 +350,7 @@ struct RunResult {
   int signal = 0;
   std::string member;
   int step = 0;
-  std::string outcome;  // "recovered", "failed: ...", "hung: ..."
+  std::string outcome;  // "recovered", "FAILED: ...", "HUNG: ..."
   bool recovered = false;
   bool hung = false;
   ChildExit exit;
@@ -374,6 +374,9 @@ std::string FormatRunLine(const RunResult& r, int runs) {
   }
   if (r.log.first_step) {
     absl::StrAppend(&line, " first_step_ms=", r.log.first_step->since_verdict_ms);
+  }
+  if (r.log.recovery_lines > 1) {
+    absl::StrAppend(&line, " (", r.log.recovery_lines, " recovery lines; the first is measured)");
   }
   if (r.log_kept && !r.recovered) absl::StrAppend(&line, "; log: ", r.log_path);
   return line;
