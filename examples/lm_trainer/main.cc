@@ -23,6 +23,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "comm/host/inproc.h"
+#include "common/check.h"
 #include "common/cli.h"
 #include "common/logging.h"
 #include "recovery.h"
@@ -191,6 +192,15 @@ std::string ShortCause(const std::string& cause) {
   return "unknown";
 }
 
+// The ranks of each dp replica of the layout (for Runtime::AllowShrink).
+std::vector<std::vector<int>> DpReplicas(const lm::TrainerConfig& c) {
+  auto mesh = trident::Mesh::Create(c.tp * c.pp * c.dp, {.tp = c.tp, .pp = c.pp, .dp = c.dp});
+  TRIDENT_CHECK(mesh.ok()) << mesh.status();  // the sizes were checked to be >= 1
+  std::vector<std::vector<int>> replicas(c.dp);
+  for (int r = 0; r < mesh->world_size(); ++r) replicas[mesh->CoordOf(r).dp].push_back(r);
+  return replicas;
+}
+
 [[noreturn]] void UsageError(absl::string_view message) {
   std::fprintf(stderr, "lm-trainer: %s\n(try --help)\n", std::string(message).c_str());
   std::exit(2);
@@ -268,6 +278,7 @@ int Main(int argc, char** argv) {
   } else {
     trident::RuntimeOptions options;
     options.timeout = config.timeout;
+    if (elastic) options.shrink_groups = DpReplicas(config);
     auto runtime = trident::Runtime::Init(options);
     if (absl::IsCancelled(runtime.status())) {  // a spare that was not needed
       std::fprintf(stderr, "lm-trainer: %s\n", std::string(runtime.status().message()).c_str());
@@ -345,12 +356,7 @@ int Main(int argc, char** argv) {
     rt->SetGroups(groups);
     if (!elastic) return absl::OkStatus();
     // --elastic-dp: the dp replicas may leave the world (one that holds a dead rank).
-    const lm::TrainerConfig& c = trainer_ptr->config();
-    auto mesh = trident::Mesh::Create(world().size(), {.tp = c.tp, .pp = c.pp, .dp = c.dp});
-    if (!mesh.ok()) return mesh.status();
-    std::vector<std::vector<int>> replicas(c.dp);
-    for (int r = 0; r < world().size(); ++r) replicas[mesh->CoordOf(r).dp].push_back(r);
-    return rt->AllowShrink(replicas);
+    return rt->AllowShrink(DpReplicas(trainer_ptr->config()));
   };
   // `rec`: the recovery that led here (null at a plain start).
   auto setup = [&](const trident::Recovery* rec,

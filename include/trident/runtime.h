@@ -60,6 +60,9 @@ struct RuntimeOptions {
   // A training thread silent this long after Progress() is hung; zero reads
   // TRIDENT_HANG_TIMEOUT_MS; negative: never.
   absl::Duration hang_timeout = absl::ZeroDuration();
+  // AllowShrink's groups for the launch (epoch 1), stored before the first world is built,
+  // so that a rank that dies during the setup can be dropped too. Empty: none.
+  std::vector<std::vector<int>> shrink_groups;
   // Deadline of one attempt to build an epoch's world (a rank that dies during the build
   // leaves the others waiting this long, then they move to the next epoch); zero reads
   // TRIDENT_BUILD_TIMEOUT_MS.

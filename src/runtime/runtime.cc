@@ -188,6 +188,11 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Init(RuntimeOptions options) {
                      health::ReadMembership(*s.store, options.world_size, deadline));
     rt->rank_ = m.RankOf(options.member);
     rt->world_size_ = static_cast<int>(m.ranks.size());
+    if (m.epoch == 1 && !options.shrink_groups.empty()) {
+      // Every worker writes the same groups: rank 0 may be the one that dies.
+      RETURN_IF_ERROR(s.store->Set(health::ShrinkGroupsKey(1),
+                                   health::ShrinkGroupsToJson(options.shrink_groups), deadline));
+    }
     if (rt->rank_ < 0) {
       return absl::FailedPreconditionError(absl::StrCat(
           "member ", options.member, " holds no rank in epoch ", m.epoch,

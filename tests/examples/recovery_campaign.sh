@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # A randomized failure campaign: RUNS runs of lm-trainer on 8 ranks (tp 2 x pp 2 x dp 2)
-# under `trident-run --spares 1`, each with one random member (a worker or the spare) killed
-# (SIGKILL) or stopped (SIGSTOP) at a random time. Every run must either finish with the
-# losses of a run without failure (relative 1e-4 at every step) or exit non-zero with a
-# "job failed:" line; a run still going after its deadline is a hang. Prints one line per
-# run and a summary; exits non-zero on any wrong loss, unclear failure or hang.
+# under `trident-run --spares 1` (every 4th run: no spare and --elastic-dp, so a failure
+# shrinks dp instead), each with one random member (a worker or the spare) killed (SIGKILL)
+# or stopped (SIGSTOP) at a random time within the length of a run without failure. Every
+# run must either finish with the losses of a run without failure (relative 1e-4 at every
+# step) or exit non-zero with a "job failed:" line; a run still going after its deadline is
+# a hang. Prints one line per run and a summary; exits non-zero on any wrong loss, unclear
+# failure or hang.
 #
 #   tests/examples/recovery_campaign.sh BUILD_DIR [RUNS=100] [SEED=$RANDOM]
 #
@@ -27,21 +29,31 @@ flags=(--tp 2 --pp 2 --dp 2 --steps 60 --context 8 --embed 8 --ffn 64 --batch 32
 
 losses() { grep -oE 'step=[0-9]+ loss=[0-9.]+' "$1" | sed -E 's/step=([0-9]+) loss=/\1 /'; }
 
+ref_start=$(date +%s%N)
 timeout "$deadline" "$bin/trident-run" --nproc 8 -- "$bin/lm-trainer" "${flags[@]}" \
   --ckpt-dir "$work/ref" >"$work/ref.log" 2>&1 || { echo "reference run failed"; cat "$work/ref.log"; exit 1; }
+ref_ms=$((($(date +%s%N) - ref_start) / 1000000))
 losses "$work/ref.log" >"$work/ref.losses"
 
-ok=0 clean_fail=0 bad=0
-echo "campaign: $runs runs, seed $seed"
+ok=0 clean_fail=0 bad=0 recovered=0
+echo "campaign: $runs runs, seed $seed; a run without failure takes ${ref_ms} ms"
 for ((i = 1; i <= runs; i++)); do
   log=$work/run$i.log
-  timeout "$deadline" "$bin/trident-run" --nproc 8 --spares 1 -- "$bin/lm-trainer" "${flags[@]}" \
-    --ckpt-dir "$work/ckpt$i" >"$log" 2>&1 &
-  run=$!
   members=(w0 w1 w2 w3 w4 w5 w6 w7 s0)
+  mode=(--spares 1)
+  extra=()
+  if ((i % 4 == 0)); then
+    mode=(--spares 0)
+    extra=(--elastic-dp)
+    members=(w0 w1 w2 w3 w4 w5 w6 w7)
+  fi
+  timeout "$deadline" "$bin/trident-run" --nproc 8 "${mode[@]}" -- "$bin/lm-trainer" "${flags[@]}" \
+    "${extra[@]}" --ckpt-dir "$work/ckpt$i" >"$log" 2>&1 &
+  run=$!
   member=${members[RANDOM % ${#members[@]}]}
   sig=$([[ $((RANDOM % 3)) == 0 ]] && echo STOP || echo KILL)
-  delay=$(printf "%d.%02d" $((RANDOM % 2)) $((RANDOM % 100)))
+  delay_ms=$(((RANDOM * 32768 + RANDOM) % (ref_ms > 0 ? ref_ms : 1000)))
+  delay=$(printf "%d.%03d" $((delay_ms / 1000)) $((delay_ms % 1000)))
   sleep "$delay"
   hit=no
   for p in $(pgrep -f "$bin/lm-trainer"); do
@@ -71,13 +83,14 @@ PY
     verdict="UNCLEAR FAILURE (exit $code)"
   fi
   recoveries=$(grep -c "recovery epoch=" "$log")
-  printf 'run %3d: %-4s %-3s after %ss (hit %s): exit %d, %d recovery(ies): %s\n' "$i" "$sig" \
-    "$member" "$delay" "$hit" "$code" "$recoveries" "$verdict"
+  printf 'run %3d: %-4s %-3s after %ss (hit %s%s): exit %d, %d recovery(ies): %s\n' "$i" "$sig" \
+    "$member" "$delay" "$hit" "${extra:+, elastic}" "$code" "$recoveries" "$verdict"
+  [[ $hit == yes && $code == 0 && $recoveries -gt 0 ]] && recovered=$((recovered + 1))
   case $verdict in
     ok) ok=$((ok + 1)) ;;
     failed*) clean_fail=$((clean_fail + 1)); cp "$log" "/tmp/campaign-run$i.log" ;;
     *) bad=$((bad + 1)); cp "$log" "/tmp/campaign-run$i.log"; echo "  log kept: /tmp/campaign-run$i.log" ;;
   esac
 done
-echo "campaign: $runs runs: $ok completed with the right losses, $clean_fail stopped with a clear error, $bad bad (wrong losses, unclear failures or hangs)"
+echo "campaign: $runs runs: $ok completed with the right losses ($recovered of them after a recovery), $clean_fail stopped with a clear error, $bad bad (wrong losses, unclear failures or hangs)"
 [[ $bad == 0 ]]
