@@ -134,6 +134,7 @@ int Launcher::Run() {
     return kExitJobFailed;
   }
   relay_.Start();
+  started_ = absl::Now();
   Watch(signal_fd);
   relay_.Finish(absl::Now() + kRelayDrain);
   // The store outlived every rank; now it can go.
@@ -290,7 +291,10 @@ void Launcher::OnChildExit(Child& child, int wait_status) {
       const bool all_done = std::all_of(children_.begin(), children_.end(), [](const Child& c) {
         return c.rank < 0 || c.finished;
       });
-      if (all_done) {
+      if (all_done && !pending_.empty() && phase_ == Phase::kRunning && !done_set_) {
+        // A dead rank was still waiting for its replacement: the job did not finish.
+        FailPending("the other ranks finished meanwhile");
+      } else if (all_done) {
         // Idle spares see job/done and exit 0; one that cannot (stopped, hung) is stopped
         // like any rank after the grace period, which does not fail the job.
         SetDone("finished");
@@ -379,10 +383,26 @@ void Launcher::TryReplace() {
     if (next.ok()) return EnterEpoch(*std::move(next));
     why_not = absl::StrCat(ready_spares_.size(), " spare(s) ready for ", pending_.size(),
                            " failure(s), and ", next.status().message());
+  } else if (absl::Now() - started_ < 2 * heartbeat_timeout_) {
+    // Right after the launch the ranks may not have named their shrink groups yet (a trainer
+    // with --elastic-dp does so as it connects): give them a moment (said only to jobs that
+    // use the runtime, i.e. beat).
+    const bool runtime_job = std::any_of(children_.begin(), children_.end(), [this](const Child& c) {
+      return detector_.watching(c.member);
+    });
+    if (!waiting_said_ && runtime_job) {
+      Message("no spare ready; waiting a moment for the ranks to say whether the job can shrink");
+      waiting_said_ = true;
+    }
+    return;
   } else {
     why_not = absl::StrCat(ready_spares_.size(), " spare(s) ready for ", pending_.size(),
                            " failure(s)");
   }
+  FailPending(why_not);
+}
+
+void Launcher::FailPending(const std::string& why_not) {
   const health::Failure& f = pending_.front();
   std::string failure = absl::StrCat("rank ", f.rank, " ", f.cause);
   if (options_.spares > 0 || absl::StrContains(why_not, "shrink")) {

@@ -88,6 +88,8 @@ class Launcher {
   // Gives the pending failures' ranks to ready spares under a new epoch; waits (a while) for
   // spares still starting; else fails the job.
   void TryReplace();
+  // Ends the job for the first pending failure: `why_not` says why no one replaced it.
+  void FailPending(const std::string& why_not);
   // Takes a newly published membership: ranks of every child, the spare pool, one message
   // per replaced (or, after a shrink, dropped) rank.
   void EnterEpoch(health::Membership next);
@@ -128,6 +130,7 @@ class Launcher {
   std::vector<health::Failure> pending_;    // dead ranks not yet replaced
   absl::flat_hash_set<std::string> reported_;  // suspicion reports already passed on
   absl::Time pending_since_ = absl::InfiniteFuture();
+  absl::Time started_ = absl::InfiniteFuture();  // when every child was spawned
   bool waiting_said_ = false;
   bool done_set_ = false;
   Phase phase_ = Phase::kRunning;
