@@ -227,7 +227,11 @@ void Launcher::Watch(int signal_fd) {
   while (true) {
     // SIGCHLD only says "some child changed"; asking every running child is exact.
     ReapExited();
-    if (!any_running()) return;
+    if (!any_running()) {
+      // Every rank is gone while a failure waited for a replacement: the job failed.
+      if (!pending_.empty() && !done_set_) FailPending("no rank is left");
+      return;
+    }
     Escalate();
     absl::Time wake = next_step_;
     if (phase_ == Phase::kRunning && !done_set_) {
@@ -383,7 +387,9 @@ void Launcher::TryReplace() {
     if (next.ok()) return EnterEpoch(*std::move(next));
     why_not = absl::StrCat(ready_spares_.size(), " spare(s) ready for ", pending_.size(),
                            " failure(s), and ", next.status().message());
-  } else if (absl::Now() - started_ < 2 * heartbeat_timeout_) {
+  } else if (absl::Now() - started_ < 2 * heartbeat_timeout_ &&
+             std::any_of(children_.begin(), children_.end(),
+                         [](const Child& c) { return c.running && c.rank >= 0; })) {
     // Right after the launch the ranks may not have named their shrink groups yet (a trainer
     // with --elastic-dp does so as it connects): give them a moment (said only to jobs that
     // use the runtime, i.e. beat).
