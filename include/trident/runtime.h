@@ -96,7 +96,8 @@ class Runtime {
   // Workers: connect, start the heartbeat, build the current epoch's world. Spares: connect,
   // start the heartbeat, announce themselves in the pool and block until promoted (then
   // return as the rank they replace, promoted() true) or until the job ends (kCancelled: the
-  // spare was not needed; exit 0).
+  // spare was not needed; exit 0). A worker whose group a shrink dropped before it started
+  // waits in the pool the same way.
   static absl::StatusOr<std::unique_ptr<Runtime>> Init(RuntimeOptions options = {});
   ~Runtime();
 

@@ -194,9 +194,23 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Init(RuntimeOptions options) {
                                    health::ShrinkGroupsToJson(options.shrink_groups), deadline));
     }
     if (rt->rank_ < 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "member ", options.member, " holds no rank in epoch ", m.epoch,
-          " (it was declared dead: ", m.DescribeFailures(), ")"));
+      const bool failed = std::any_of(m.failures.begin(), m.failures.end(),
+                                      [&](const health::Failure& f) {
+                                        return f.member == options.member;
+                                      });
+      if (failed) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "member ", options.member, " holds no rank in epoch ", m.epoch,
+            " (it was declared dead: ", m.DescribeFailures(), ")"));
+      }
+      // A shrink dropped this worker's group before it started: it waits in the pool.
+      spdlog::info("{} starts in epoch {} without a rank (a shrink); waiting as a spare",
+                   options.member, m.epoch);
+      s.OpenStandby();
+      RETURN_IF_ERROR(rt->WaitForPromotion());
+      rt->promotion_.rejoined = true;
+      s.watcher = std::thread([&s] { s.Watch(); });
+      return rt;
     }
     absl::Status built =
         rt->BuildWorld(m.epoch, std::min(deadline, absl::Now() + options.build_timeout));
