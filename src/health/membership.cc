@@ -31,6 +31,7 @@ std::string FailedKey(int64_t epoch, int rank) {
 std::string ShrinkGroupsKey(int64_t epoch) {
   return absl::StrCat(EpochPrefix(epoch), "job/shrink_groups");
 }
+std::string RebuildRequestKey(int64_t epoch) { return absl::StrCat("job/rebuild/", epoch); }
 std::string WorkerId(int index) { return absl::StrCat("w", index); }
 std::string SpareId(int index) { return absl::StrCat("s", index); }
 

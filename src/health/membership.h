@@ -18,6 +18,9 @@
 //   <EpochPrefix(e)>job/suspect_rank/<rank>/<reporter>   set by rank <reporter> whose
 //                              transport saw an error from <rank> (the cause); the agent makes
 //                              its member suspect, and a second reporter confirms it
+//   job/rebuild/<e>            set by a rank whose build of epoch e's world failed (the
+//                              cause) though no rank died: the agent publishes epoch e + 1
+//                              with the same ranks, so that every rank builds again together
 //   job/done                   set by the agent when the job is over: idle spares exit
 //   <EpochPrefix(e)>job/shrink_groups   set by rank 0 of a trainer that can go on with fewer
 //                              ranks (lm-trainer --elastic-dp): JSON [[rank, ...], ...], the
@@ -53,6 +56,7 @@ std::string EpochPrefix(int64_t epoch);
 // Where epoch e's communicators look for failed ranks.
 std::string FailedKey(int64_t epoch, int rank);
 std::string ShrinkGroupsKey(int64_t epoch);
+std::string RebuildRequestKey(int64_t epoch);
 
 std::string WorkerId(int index);  // "w3"
 std::string SpareId(int index);   // "s0"

@@ -306,7 +306,15 @@ absl::Status Runtime::BuildWorld(int64_t epoch, absl::Time deadline) {
     s.standby = nullptr;
   }
   absl::StatusOr<std::unique_ptr<Communicator>> world = CreateHostCommunicator(o);
-  if (!world.ok()) return world.status();
+  if (!world.ok()) {
+    // Ranks that enter a build at different times (one waited out an earlier, doomed build)
+    // miss each other: ask the agent for another epoch that all of them build together. If
+    // a rank died instead, its replacement brings the next epoch anyway.
+    (void)s.store->Set(health::RebuildRequestKey(epoch),
+                       absl::StrCat(member_, ": ", world.status().message()),
+                       absl::Now() + absl::Seconds(1));
+    return world.status();
+  }
   {
     absl::MutexLock lock(&s.mu);
     s.world = nullptr;

@@ -5,6 +5,8 @@
 //   store_probe meet            every rank sets meet/<rank>, then waits for all of them
 //   store_probe bad-token       connects with a wrong token; prints the status it gets and
 //                               exits 0 only if it is kPermissionDenied
+//   store_probe rebuild         rank 0 asks for a rebuild of epoch 1 (job/rebuild/1); every
+//                               rank waits for job/membership/2 and prints it
 //   store_probe report-rank0    every rank beats (job/heartbeat/<member>, every 20 ms); ranks
 //                               other than 0 report rank 0 as a transport error would
 //                               (job/suspect_rank/0/<rank>) and wait for job/failed/0, which
@@ -76,6 +78,23 @@ int BadToken() {
   return status.code() == absl::StatusCode::kPermissionDenied ? 0 : 1;
 }
 
+int Rebuild() {
+  const char* rank = std::getenv("TRIDENT_RANK");
+  if (rank == nullptr) return 2;
+  absl::StatusOr<std::unique_ptr<trident::Store>> store =
+      trident::ConnectStoreFromEnv(trident::DeadlineIn(kTimeout));
+  if (!store.ok()) return Fail(store.status());
+  if (std::string(rank) == "0") {
+    absl::Status status = (*store)->Set("job/rebuild/1", "w0: the build timed out",
+                                        trident::DeadlineIn(kTimeout));
+    if (!status.ok()) return Fail(status);
+  }
+  absl::StatusOr<std::string> m = (*store)->Get("job/membership/2", trident::DeadlineIn(kTimeout));
+  if (!m.ok()) return Fail(m.status());
+  std::printf("job/membership/2 = %s\n", m->c_str());
+  return 0;
+}
+
 int ReportRank0() {
   const char* rank = std::getenv("TRIDENT_RANK");
   const char* member = std::getenv("TRIDENT_MEMBER");
@@ -117,6 +136,8 @@ int main(int argc, char** argv) {
   if (mode == "meet" && argc == 2) return Meet();
   if (mode == "bad-token" && argc == 2) return BadToken();
   if (mode == "report-rank0" && argc == 2) return ReportRank0();
-  std::fprintf(stderr, "usage: %s wait-failed K | meet | bad-token | report-rank0\n", argv[0]);
+  if (mode == "rebuild" && argc == 2) return Rebuild();
+  std::fprintf(stderr, "usage: %s wait-failed K | meet | bad-token | report-rank0 | rebuild\n",
+               argv[0]);
   return 2;
 }

@@ -467,6 +467,18 @@ TEST(TridentRunTest, TwoPeersReportingARankGetItDeclaredDeadThoughItBeats) {
   EXPECT_LT(r.elapsed, absl::Seconds(15));
 }
 
+TEST(TridentRunTest, AFailedBuildGetsAnEpochWithTheSameRanks) {
+  // No rank died, but rank 0 could not build epoch 1's world: everyone builds epoch 2.
+  RunResult r = RunLauncher({"--nproc", "2", "--", StoreProbePath(), "rebuild"});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_THAT(r.err, HasSubstr("trident-run: epoch 2: the world of epoch 1 could not be built "
+                               "(w0: the build timed out); every rank builds it again"));
+  for (int rank : {0, 1}) {
+    EXPECT_THAT(r.out, HasSubstr(absl::StrCat("[rank ", rank, "] job/membership/2 = "
+                                              "{\"epoch\":2,\"failures\":[],\"ranks\":[\"w0\",\"w1\"]}")));
+  }
+}
+
 TEST(TridentRunTest, HostedStoreRefusesAClientWithoutTheToken) {
   RunResult r = RunLauncher({"--nproc", "1", "--", StoreProbePath(), "bad-token"});
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;

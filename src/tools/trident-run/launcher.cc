@@ -561,6 +561,22 @@ void Launcher::PollHealth() {
     }
   }
   TryReplace();  // a failure may be waiting for a spare that just became ready
+  // A rank could not build the current epoch's world though no rank died (they entered the
+  // build at different times): every rank builds again in the next epoch.
+  if (pending_.empty() && !done_set_ && rebuilds_ < kMaxRebuilds) {
+    if (absl::StatusOr<std::string> why =
+            s->TryGet(health::RebuildRequestKey(membership_.epoch), deadline);
+        why.ok()) {
+      absl::StatusOr<health::Membership> next =
+          health::PublishNextEpoch(*s, membership_, {}, ready_spares_, deadline);
+      if (next.ok()) {
+        ++rebuilds_;
+        Message(absl::StrCat("epoch ", next->epoch, ": the world of epoch ", membership_.epoch,
+                             " could not be built (", *why, "); every rank builds it again"));
+        EnterEpoch(*std::move(next));
+      }
+    }
+  }
   for (const health::FailureDetector::Verdict& v :
        detector_.Check(absl::Now(), [this](const std::string& m) { return ConfirmDead(m); })) {
     Child* child = FindMember(v.member);

@@ -45,6 +45,8 @@ inline constexpr absl::Duration kTermToKill = absl::Seconds(2);
 inline constexpr absl::Duration kRelayDrain = absl::Seconds(2);
 // How long a dead rank may wait for a spare that is still starting up.
 inline constexpr absl::Duration kSpareStartWait = absl::Seconds(30);
+// How many epochs a job may publish only to build its world again (no rank died).
+inline constexpr int kMaxRebuilds = 10;
 
 class Launcher {
  public:
@@ -131,6 +133,7 @@ class Launcher {
   absl::flat_hash_set<std::string> reported_;  // suspicion reports already passed on
   absl::Time pending_since_ = absl::InfiniteFuture();
   absl::Time started_ = absl::InfiniteFuture();  // when every child was spawned
+  int rebuilds_ = 0;  // epochs published for a failed build (kMaxRebuilds)
   bool waiting_said_ = false;
   bool done_set_ = false;
   Phase phase_ = Phase::kRunning;
