@@ -140,7 +140,9 @@ TEST(LmTrainerRecoveryTest, IdleSpareDiesThePoolShrinksAndTheJobGoesOn) {
       "grep -qx TRIDENT_MEMBER=s1 && kill -9 $p; done; wait $run; code=$?; cat ", log,
       "; exit $code"));
   ASSERT_EQ(out.exit_code, 0) << out.output;
-  EXPECT_THAT(out.output, HasSubstr("spare s1 killed by signal 9 (SIGKILL) while idle; 1 spare(s) ready"));
+  // s0 may or may not have announced itself yet (each spare opens its endpoint first).
+  EXPECT_THAT(out.output, ContainsRegex("spare s1 killed by signal 9 \\(SIGKILL\\) while idle; "
+                                        "[01] spare\\(s\\) ready"));
   EXPECT_THAT(out.output, HasSubstr("epoch 2: spare s0 takes rank 0"));
   ExpectReferenceLosses(out);
 }
