@@ -2,13 +2,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cmath>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "common/check.h"
-#include "common/status_macros.h"
+#include "trident/status_macros.h"
 #include "corpus.h"
 #include "trident/checkpoint.h"
 #include "trident/parallel/data_parallel.h"
@@ -110,7 +111,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(Communicator& world,
   if (!(c.lr > 0.0f)) return bad("--lr must be positive, not ", c.lr);
   if (c.val_samples < c.dp) return bad("--val-samples must be at least dp (", c.dp, ")");
   std::unique_ptr<Trainer> trainer(new Trainer(world, config));
-  RETURN_IF_ERROR(trainer->Init());
+  TRIDENT_RETURN_IF_ERROR(trainer->Init());
   return trainer;
 }
 
@@ -118,12 +119,12 @@ absl::Status Trainer::Init() {
   State& s = *state_;
   const TrainerConfig& c = config_;
   if (c.data_path.empty()) {
-    ASSIGN_OR_RETURN(s.corpus, Corpus::Create(Corpus::BuiltinText(), c.model.context));
+    TRIDENT_ASSIGN_OR_RETURN(s.corpus, Corpus::Create(Corpus::BuiltinText(), c.model.context));
   } else {
-    ASSIGN_OR_RETURN(s.corpus, Corpus::FromFile(c.data_path, c.model.context));
+    TRIDENT_ASSIGN_OR_RETURN(s.corpus, Corpus::FromFile(c.data_path, c.model.context));
   }
   config_.model.vocab = s.corpus.vocab_size();
-  ASSIGN_OR_RETURN(trident::Mesh mesh,
+  TRIDENT_ASSIGN_OR_RETURN(trident::Mesh mesh,
                    trident::Mesh::Create(world_->size(), {.tp = c.tp, .pp = c.pp, .dp = c.dp}));
   s.mesh = mesh;
   s.coord = mesh.CoordOf(world_->rank());
@@ -132,7 +133,7 @@ absl::Status Trainer::Init() {
   s.chunks_per_stage = interleaved ? c.virtual_stages : 1;
   s.spec = {.schedule = c.schedule, .stages = c.pp, .microbatches = c.microbatches,
             .virtual_stages = s.chunks_per_stage};
-  RETURN_IF_ERROR(trident::pipeline::ValidateSpec(s.spec));
+  TRIDENT_RETURN_IF_ERROR(trident::pipeline::ValidateSpec(s.spec));
 
   const int nvs = s.virtual_stages();
   const int layers_per_vs = c.model.layers / nvs;
@@ -154,10 +155,12 @@ absl::Status Trainer::BindGroups() {
   s.bucketer.reset();
   s.zero1.reset();
   s.groups.reset();
-  ASSIGN_OR_RETURN(trident::MeshGroups groups, trident::MeshGroups::Build(*world_, *s.mesh));
+  TRIDENT_ASSIGN_OR_RETURN(trident::MeshGroups groups, trident::MeshGroups::Build(*world_, *s.mesh));
   s.groups = std::move(groups);
-  TRIDENT_CHECK(s.groups->coord() == s.coord)
-      << "rank " << world_->rank() << " moved in the mesh; a rebuilt world keeps the ranks";
+  if (!(s.groups->coord() == s.coord)) {
+    return absl::InternalError(absl::StrCat("rank ", world_->rank(),
+                                            " moved in the mesh; a rebuilt world keeps the ranks"));
+  }
   for (auto& chunk : s.chunks) chunk->set_tp(&s.tp());
   s.stash.assign(c.microbatches, std::vector<Stash>(s.chunks_per_stage));
 
@@ -168,7 +171,7 @@ absl::Status Trainer::BindGroups() {
   }
   size_t adam_size = 0;
   if (c.zero1) {
-    ASSIGN_OR_RETURN(s.zero1,
+    TRIDENT_ASSIGN_OR_RETURN(s.zero1,
                      trident::Zero1Optimizer::Create(s.dp(), values, grads, {.timeout = c.timeout}));
     adam_size = s.zero1->shard_size();
   } else {
@@ -183,7 +186,7 @@ absl::Status Trainer::BindGroups() {
         order.push_back(Tensor::Of((*it)->grad.data(), static_cast<int64_t>((*it)->grad.size())));
       }
     }
-    ASSIGN_OR_RETURN(s.bucketer,
+    TRIDENT_ASSIGN_OR_RETURN(s.bucketer,
                      trident::GradBucketer::Create(
                          s.dp(), order, {.bucket_bytes = c.bucket_bytes, .op_timeout = c.timeout}));
     for (Param* p : s.params) adam_size += p->value.size();
@@ -282,7 +285,7 @@ absl::StatusOr<StepStats> Trainer::RunStep() {
   };
   auto weight_pass_done = [&](int chunk) -> absl::Status {
     if (++s.weight_passes[chunk] < c.microbatches || !s.bucketer) return absl::OkStatus();
-    for (int index : s.bucket_index[chunk]) RETURN_IF_ERROR(s.bucketer->MarkReady(index));
+    for (int index : s.bucket_index[chunk]) TRIDENT_RETURN_IF_ERROR(s.bucketer->MarkReady(index));
     return absl::OkStatus();
   };
   const bool split_backward = c.schedule == trident::pipeline::Schedule::kZeroBubbleH1;
@@ -324,14 +327,14 @@ absl::StatusOr<StepStats> Trainer::RunStep() {
                                           .pp_group = &s.pp(),
                                           .activation_shape = {mb_size, c.model.hidden()},
                                           .timeout = c.timeout};
-  RETURN_IF_ERROR(trident::pipeline::RunSchedule(exec, callbacks));
+  TRIDENT_RETURN_IF_ERROR(trident::pipeline::RunSchedule(exec, callbacks));
 
   const int64_t t = step;
   const float lr = c.lr;
   const absl::Time deadline =
       c.timeout > absl::ZeroDuration() ? absl::Now() + 2 * c.timeout : absl::InfiniteFuture();
   if (s.bucketer) {
-    RETURN_IF_ERROR(s.bucketer->Finish(deadline));
+    TRIDENT_RETURN_IF_ERROR(s.bucketer->Finish(deadline));
     const auto t0 = Clock::now();
     size_t offset = 0;
     for (Param* p : s.params) {
@@ -342,7 +345,7 @@ absl::StatusOr<StepStats> Trainer::RunStep() {
     compute_ns += NanosSince(t0);
   } else {
     const size_t shard_offset = s.zero1->shard_offset();
-    RETURN_IF_ERROR(s.zero1->Step(
+    TRIDENT_RETURN_IF_ERROR(s.zero1->Step(
         [&](float* p, const float* g, size_t n, size_t offset) {
           const auto t0 = Clock::now();
           const size_t i = offset - shard_offset;
@@ -356,7 +359,7 @@ absl::StatusOr<StepStats> Trainer::RunStep() {
   // gives every rank the global mean.
   double reduced = s.last_stage() && s.coord.tp == 0 ? loss_sum : 0.0;
   Tensor loss_t = Tensor::Of(&reduced, 1);
-  RETURN_IF_ERROR(world_->AllReduce(loss_t, loss_t, trident::ReduceOp::kSum,
+  TRIDENT_RETURN_IF_ERROR(world_->AllReduce(loss_t, loss_t, trident::ReduceOp::kSum,
                                    {.timeout = c.timeout})
                       ->Wait());
   StepStats st;
@@ -503,8 +506,8 @@ size_t Trainer::MomentOffset(const Param& p) const {
     if (q == &p) return offset;
     offset += q->value.size();
   }
-  TRIDENT_CHECK(false) << "parameter " << p.name << " is not this trainer's";
-  return 0;
+  std::fprintf(stderr, "lm-trainer: bug: parameter %s is not this trainer's\n", p.name.c_str());
+  std::abort();
 }
 
 absl::StatusOr<double> Trainer::Evaluate() {

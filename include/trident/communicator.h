@@ -26,6 +26,7 @@
 #define TRIDENT_COMMUNICATOR_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -129,6 +130,13 @@ class HostEndpoint;
 // TRIDENT_FABRIC_IFACE (default lo). Uses no store. An unknown provider is kInvalidArgument.
 absl::StatusOr<std::shared_ptr<HostEndpoint>> OpenHostEndpoint(std::string provider = "");
 
+// Called by a communicator when its transport reports an error from a peer (`peer`: that
+// peer's rank in the world communicator it was built or split from), on the communicator's
+// worker thread, before the op fails; the op fails with what it returns. It may block briefly
+// to learn more: the runtime's handler reports the suspicion and waits up to 1 s for the
+// launcher's record of that rank's death. The communicator itself reads no job state.
+using PeerErrorHandler = std::function<absl::Status(int peer, const absl::Status& error)>;
+
 struct HostCommOptions {
   // Rank and world size; -1 reads TRIDENT_RANK / TRIDENT_WORLD_SIZE.
   int rank = -1;
@@ -149,6 +157,9 @@ struct HostCommOptions {
   // with it, also by a build that fails after taking it. One opened for another provider is
   // kInvalidArgument (and not consumed); one already consumed is kFailedPrecondition.
   std::shared_ptr<HostEndpoint> endpoint;
+  // See PeerErrorHandler; inherited by communicators made with Split. Null: an op fails with
+  // the transport's error itself (kAborted naming the peer's rank).
+  PeerErrorHandler on_peer_error;
 };
 
 // Builds the world communicator of the host backend over libfabric. Every rank calls it; it

@@ -1,34 +1,36 @@
-// trident/runtime.h: what a trainer calls to live through failures (DESIGN.md, "Processes"
-// and "Recovery, step by step"). Under `trident-run --spares S`, every process calls
-// Runtime::Init: workers get the world communicator of epoch 1 at once; spares wait in the
-// pool, already started and connected, until the agent promotes one to replace a dead rank.
+// trident/runtime.h: the process's place in a fault-tolerant job (DESIGN.md, "Processes" and
+// "Recovery, step by step"). Most trainers need only Init and trident/resilient.h's loop,
+// which calls the rest:
 //
-//   ASSIGN_OR_RETURN(auto rt, trident::Runtime::Init({}));
-//   if (rt->promoted()) RestoreStateFromPeerOrCheckpoint();      // a spare took a dead rank
-//   rt->SetGroups({...});                  // sub-communicators to abort with the world
-//   while (step < steps) {
-//     rt->Progress();
-//     absl::Status s = TrainStep(rt->world());
-//     if (s.ok()) { ++step; continue; }
-//     ASSIGN_OR_RETURN(trident::Recovery r, rt->Recover(s));  // new epoch, new world
-//     RebuildGroupsAndRollBack(rt->world());
-//   }
-//   rt->Finish();
+//   ASSIGN_OR_RETURN(std::unique_ptr<trident::Runtime> rt, trident::Runtime::Init({}));
+//   MyTrainer trainer(...);                          // a trident::Trainable
+//   absl::Status s = trident::RunResilient(*rt, trainer, {.steps = 1000});
 //
-// While running, a watcher thread polls the store: the moment the agent records a failed rank
-// of the current epoch (or publishes a new epoch), the world and the registered groups are
-// aborted with kAborted naming the rank and the cause, so no rank waits out a deadline. A
-// heartbeat thread beats every TRIDENT_HEARTBEAT_MS; the agent declares a rank whose beats
-// stop dead (TRIDENT_HEARTBEAT_TIMEOUT_MS), kills it and treats it like a crash. A trainer
-// that calls Progress() every step also gets a rank whose training thread deadlocks
-// declared dead (TRIDENT_HANG_TIMEOUT_MS).
+// Under `trident-run [--spares S]`, every process calls Init: workers get the world
+// communicator of the current epoch; spares wait in the pool, already started and connected,
+// until the launcher promotes one to replace a dead rank. Without trident-run (no
+// TRIDENT_WORLD_SIZE and no store given) Init returns a runtime of one process whose world has
+// one rank, so the same trainer runs alone.
 //
-// Thread-safety: Init, Recover, SetGroups and Finish from the training thread; world() is
-// valid until the next Recover.
+// Who does what: the launcher decides (health's Coordinator: verdicts, epochs, promotions,
+// shrinks); the Runtime acts: its watcher thread polls the job's failure records
+// (health::FailureWatcher) and aborts the world and the registered groups the moment a rank of
+// the current epoch is recorded dead or a newer epoch appears; Recover waits for the next
+// epoch and builds its world through the communicator factory (host backend by default, NCCL
+// with NcclWorldFactory). A heartbeat thread beats every TRIDENT_HEARTBEAT_MS; Progress arms
+// the training thread's hang check (TRIDENT_HANG_TIMEOUT_MS).
+//
+// Ownership: the Runtime owns world(); communicators split from it belong to the caller,
+// who registers them with SetGroups so that they are aborted with the world, and destroys
+// them before the next Recover (whose world replaces this one).
+//
+// Thread-safety: Init, Recover, SetGroups, AllowShrink and Finish from the training thread;
+// Progress from any thread; world() is valid until the next Recover.
 #ifndef TRIDENT_RUNTIME_H_
 #define TRIDENT_RUNTIME_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -36,21 +38,48 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "trident/communicator.h"
+#include "trident/failure.h"
 #include "trident/store.h"
 
 namespace trident {
 
+// What a communicator factory gets to build one epoch's world.
+struct WorldSpec {
+  int rank = -1;
+  int world_size = 0;
+  int64_t epoch = 1;
+  // The job's store scoped to this epoch (its keys cannot meet another epoch's); its blocking
+  // calls give up when the job moves on, so a build never outlives its epoch.
+  std::shared_ptr<Store> store;
+  // Deadline of the build; default timeout of the world's ops.
+  absl::Time deadline;
+  absl::Duration op_timeout;
+  // For the communicator's options (HostCommOptions::on_peer_error): reports a peer's
+  // transport error to the launcher and names the cause when it is a recorded death.
+  PeerErrorHandler on_peer_error;
+};
+// Builds one epoch's world; called by Init and Recover on the training thread.
+using CommunicatorFactory =
+    std::function<absl::StatusOr<std::unique_ptr<Communicator>>(const WorldSpec& spec)>;
+// The NCCL backend as the world's factory (trident/nccl.h): `device` -1 picks
+// TRIDENT_LOCAL_RANK modulo the visible devices. A fresh init per epoch.
+CommunicatorFactory NcclWorldFactory(int device = -1);
+
 struct RuntimeOptions {
   // The job's store; nullptr connects to TRIDENT_STORE (with a second connection for the
-  // heartbeat).
+  // heartbeat and the watcher). Without one and without TRIDENT_WORLD_SIZE: one process.
   std::shared_ptr<Store> store;
   // Rank, world size, member id and role; empty / -1 read TRIDENT_RANK, TRIDENT_WORLD_SIZE,
-  // TRIDENT_MEMBER, TRIDENT_ROLE.
+  // TRIDENT_MEMBER, TRIDENT_ROLE (the one place that reads them).
   int rank = -1;
   int world_size = -1;
   std::string member;
   std::string role;
-  // libfabric provider and op timeout of the world communicators (see HostCommOptions).
+  // Builds each epoch's world; null: the host backend over libfabric (provider below), with
+  // the next epoch's endpoint opened in advance.
+  CommunicatorFactory factory;
+  // libfabric provider of the host backend (see HostCommOptions); op timeout of the world
+  // communicators (zero: TRIDENT_TIMEOUT_MS).
   std::string provider;
   absl::Duration timeout = absl::ZeroDuration();
   // Heartbeat period; zero reads TRIDENT_HEARTBEAT_MS; negative: no heartbeat (tests).
@@ -63,19 +92,9 @@ struct RuntimeOptions {
   // AllowShrink's groups for the launch (epoch 1), stored before the first world is built,
   // so that a rank that dies during the setup can be dropped too. Empty: none.
   std::vector<std::vector<int>> shrink_groups;
-  // Deadline of one attempt to build an epoch's world (a rank that dies during the build
-  // leaves the others waiting this long, then they move to the next epoch); zero reads
-  // TRIDENT_BUILD_TIMEOUT_MS.
+  // Deadline of one attempt to build an epoch's world; zero reads TRIDENT_BUILD_TIMEOUT_MS.
+  // A build also ends as soon as a rank of its epoch dies or a newer epoch appears.
   absl::Duration build_timeout = absl::ZeroDuration();
-};
-
-struct FailedRank {
-  int rank = -1;
-  std::string member;  // the process that held it: "w3", "s0"
-  std::string cause;   // "killed by signal 9 (SIGKILL)", "no heartbeat for 1s; stopped"
-  // The agent's clock, Unix ms: its last sign of life (exit or last heartbeat), the verdict.
-  int64_t last_seen_unix_ms = 0;
-  int64_t verdict_unix_ms = 0;
 };
 
 // What one Recover did.
@@ -97,74 +116,58 @@ class Runtime {
   // start the heartbeat, announce themselves in the pool and block until promoted (then
   // return as the rank they replace, promoted() true) or until the job ends (kCancelled: the
   // spare was not needed; exit 0). A worker whose group a shrink dropped before it started
-  // waits in the pool the same way.
+  // waits in the pool the same way. kInvalidArgument for a bad TRIDENT_ROLE or options.
   static absl::StatusOr<std::unique_ptr<Runtime>> Init(RuntimeOptions options = {});
-  ~Runtime();
+  virtual ~Runtime() = default;
 
-  Communicator& world() { return *world_; }
-  int rank() const { return rank_; }
-  int world_size() const { return world_size_; }
-  int64_t epoch() const { return epoch_; }
-  const std::string& member() const { return member_; }
+  virtual Communicator& world() = 0;
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  virtual int64_t epoch() const = 0;
+  virtual const std::string& member() const = 0;
+  // A job with a launcher (false for a process on its own: Recover cannot help it).
+  virtual bool in_job() const = 0;
   // This process started as a spare and holds a dead rank's slot: its state must be restored.
-  bool promoted() const { return promoted_; }
+  virtual bool promoted() const = 0;
   // When epoch() > 1 at the start (a promoted spare; a worker whose first world could not be
   // built because a rank died, or that started late): what was recovered before Init
   // returned. Such a process must take part in the trainer's restore, like the survivors.
-  const Recovery& promotion() const { return promotion_; }
+  virtual const Recovery& promotion() const = 0;
 
   // Communicators split from world() (mesh groups) that must be aborted with it. Replaces
   // the previous set; call SetGroups({}) before destroying them.
-  void SetGroups(std::vector<Communicator*> groups);
+  virtual void SetGroups(std::vector<Communicator*> groups) = 0;
 
   // Lets the job go on with fewer ranks when a rank dies and no spare is left: `groups` are
-  // sets of this epoch's ranks that may leave together (a trainer's dp replicas). The agent
-  // then drops every group that holds a dead rank; the others keep their order (so a mesh
-  // with the rank order as mixed-radix digits keeps its shape, with a smaller dp); the
+  // sets of this epoch's ranks that may leave together (a trainer's dp replicas). The
+  // launcher then drops every group that holds a dead rank; the others keep their order (a
+  // mesh with the rank order as mixed-radix digits keeps its shape, with a smaller dp); the
   // dropped groups' live members wait as spares (Recover blocks in them until a later
-  // failure promotes them: Recovery::rejoined). Call it again in every epoch (the ranks
-  // change); rank 0's call counts. Without it a death with no spare left ends the job.
-  absl::Status AllowShrink(const std::vector<std::vector<int>>& groups);
+  // failure promotes them: Recovery::rejoined). Call it again in every epoch; rank 0's call
+  // counts. Without it a death with no spare left ends the job.
+  virtual absl::Status AllowShrink(const std::vector<std::vector<int>>& groups) = 0;
 
   // After an op of the current epoch failed with `cause`: aborts the world and the groups,
-  // waits for the agent to publish the next epoch (one where every dead rank is held by a
+  // waits for the launcher to publish the next epoch (one where every dead rank is held by a
   // spare, or a shrink that dropped the dead ranks' groups), and builds that epoch's world,
-  // retrying at a later epoch if another rank dies meanwhile. A process whose group a
+  // moving on to a later epoch if another rank dies meanwhile. A process whose group a
   // shrink dropped waits in the spare pool here, past `deadline`, until it is promoted
   // (Recovery::rejoined) or the job ends (kCancelled: exit 0). Errors: kAborted when the
   // job is ending (no spare left; the message says why), kDeadlineExceeded when no new
   // epoch came by `deadline` (then `cause` was not a member's death: treat it as fatal),
-  // kFailedPrecondition when this process itself was declared dead.
-  absl::StatusOr<Recovery> Recover(const absl::Status& cause,
-                                   absl::Time deadline = absl::InfiniteFuture());
+  // kFailedPrecondition when this process itself was declared dead or is not in a job.
+  virtual absl::StatusOr<Recovery> Recover(const absl::Status& cause,
+                                           absl::Time deadline = absl::InfiniteFuture()) = 0;
 
   // The training thread is making progress (call it once per step). From the first call on,
   // a gap of TRIDENT_HANG_TIMEOUT_MS (default 5 min) until the next one, while no thread of
   // this process is waiting on an op, means the thread is stuck outside Trident (a
-  // deadlock): the heartbeat stops, saying why, and trident-run declares this rank dead and
-  // replaces it. Recover and Finish pause the check until the next call. Thread-safe.
-  void Progress();
+  // deadlock): the heartbeat stops, saying why, and trident-run replaces this rank. Recover
+  // and Finish pause the check until the next call. Thread-safe.
+  virtual void Progress() = 0;
 
   // This rank is done: stops the heartbeat and the watcher. The world stays usable.
-  void Finish();
-
-  struct State;  // internal
-
- private:
-  explicit Runtime(std::unique_ptr<State> state);
-  absl::Status BuildWorld(int64_t epoch, absl::Time deadline);
-  // The spare pool: waits until an epoch gives this member a rank and builds its world
-  // (promoted_, promotion_); kCancelled when the job ends first.
-  absl::Status WaitForPromotion();
-
-  std::unique_ptr<State> state_;
-  std::unique_ptr<Communicator> world_;
-  int rank_ = -1;
-  int world_size_ = 0;
-  int64_t epoch_ = 1;
-  std::string member_;
-  bool promoted_ = false;
-  Recovery promotion_;
+  virtual void Finish() = 0;
 };
 
 }  // namespace trident

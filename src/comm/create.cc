@@ -147,7 +147,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateHostCommunicator(HostCommOpt
   }
   config.context = static_cast<uint16_t>(context_id);
   config.name = options.name;
-  config.epoch = static_cast<int>(options.epoch);
+  config.epoch = options.epoch;
+  config.on_peer_error = std::move(options.on_peer_error);
   config.timeout = options.timeout;
   config.algo.small_bytes = static_cast<size_t>(ParamInt("TRIDENT_SMALL_MSG_BYTES"));
   config.algo.chunk_bytes = static_cast<size_t>(ParamInt("TRIDENT_CHUNK_BYTES"));

@@ -6,22 +6,11 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "trident/status_macros.h"
 
-#define TRIDENT_CONCAT_INNER_(a, b) a##b
-#define TRIDENT_CONCAT_(a, b) TRIDENT_CONCAT_INNER_(a, b)
-
-#define RETURN_IF_ERROR(expr)                   \
-  do {                                          \
-    absl::Status _trident_status = (expr);      \
-    if (!_trident_status.ok()) return _trident_status; \
-  } while (0)
-
-#define ASSIGN_OR_RETURN(lhs, expr) \
-  ASSIGN_OR_RETURN_IMPL_(TRIDENT_CONCAT_(_trident_statusor_, __LINE__), lhs, expr)
-#define ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \
-  auto tmp = (expr);                           \
-  if (!tmp.ok()) return tmp.status();          \
-  lhs = std::move(tmp).value()
+// The library's own spelling of trident/status_macros.h's macros.
+#define RETURN_IF_ERROR(expr) TRIDENT_RETURN_IF_ERROR(expr)
+#define ASSIGN_OR_RETURN(lhs, expr) TRIDENT_ASSIGN_OR_RETURN(lhs, expr)
 
 namespace trident {
 

@@ -68,19 +68,22 @@ std::vector<FailureDetector::Verdict> FailureDetector::Check(absl::Time now,
       verdicts.push_back({member,
                           absl::StrCat(e.reason, "; confirmed by a second observer (",
                                        absl::StrJoin(observers, ", "), ")"),
-                          e.last_beat});
+                          e.last_beat, FailureKind::kUnreachable, absl::StrJoin(observers, ", ")});
       continue;
     }
     if (e.state != State::kSuspected) continue;
-    std::optional<std::string> confirmed;
+    std::optional<Confirmation> confirmed;
     if (confirm) confirmed = confirm(member);
     if (!confirmed.has_value() && now - e.suspected_at >= options_.confirm_window) {
-      confirmed = absl::StrCat("still silent ", absl::FormatDuration(options_.confirm_window),
-                               " later");
+      confirmed = Confirmation{FailureKind::kSilent,
+                               absl::StrCat("still silent ",
+                                            absl::FormatDuration(options_.confirm_window),
+                                            " later")};
     }
     if (confirmed.has_value()) {
       e.state = State::kDead;
-      verdicts.push_back({member, absl::StrCat(e.reason, "; ", *confirmed), e.last_beat});
+      verdicts.push_back({member, absl::StrCat(e.reason, "; ", confirmed->reason), e.last_beat,
+                          confirmed->kind, "agent"});
     }
   }
   return verdicts;

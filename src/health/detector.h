@@ -28,6 +28,7 @@
 
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "trident/failure.h"
 
 namespace trident::health {
 
@@ -42,9 +43,16 @@ class FailureDetector {
     std::string member;
     std::string cause;  // "no heartbeat for 1.05s; process stopped (SIGSTOP?)"
     absl::Time last_beat;  // the last sign of life
+    FailureKind kind = FailureKind::kSilent;  // what confirmed it
+    std::string reporter;  // "agent", or the observers that confirmed each other
   };
-  // Returns a reason when the caller can confirm that `member` is dead or hung.
-  using ConfirmFn = std::function<std::optional<std::string>(const std::string& member)>;
+  // What the caller saw that confirms a suspicion (its process stopped, gone, or hung).
+  struct Confirmation {
+    FailureKind kind;
+    std::string reason;
+  };
+  // Returns a confirmation when the caller can tell that `member` is dead or hung.
+  using ConfirmFn = std::function<std::optional<Confirmation>(const std::string& member)>;
 
   explicit FailureDetector(Options options) : options_(options) {}
 

@@ -56,7 +56,11 @@ std::string Membership::ToJson() const {
                              {"member", f.member},
                              {"cause", f.cause},
                              {"last_seen_unix_ms", f.last_seen_unix_ms},
-                             {"verdict_unix_ms", f.verdict_unix_ms}});
+                             {"verdict_unix_ms", f.verdict_unix_ms},
+                             {"kind", std::string(FailureKindName(f.kind))},
+                             {"signal", f.signal},
+                             {"exit_status", f.exit_status},
+                             {"reporter", f.reporter}});
   }
   if (!retired.empty()) j["retired"] = retired;
   return j.dump();
@@ -72,10 +76,15 @@ absl::StatusOr<Membership> Membership::FromJson(absl::string_view json) {
     m.epoch = j.at("epoch").get<int64_t>();
     m.ranks = j.at("ranks").get<std::vector<std::string>>();
     for (const auto& f : j.value("failures", nlohmann::json::array())) {
-      m.failures.push_back({f.at("rank").get<int>(), f.at("member").get<std::string>(),
-                            f.at("cause").get<std::string>(),
-                            f.value("last_seen_unix_ms", int64_t{0}),
-                            f.value("verdict_unix_ms", int64_t{0})});
+      Failure failure{f.at("rank").get<int>(), f.at("member").get<std::string>(),
+                      f.at("cause").get<std::string>(),
+                      f.value("last_seen_unix_ms", int64_t{0}),
+                      f.value("verdict_unix_ms", int64_t{0})};
+      failure.kind = FailureKindFromName(f.value("kind", std::string("unknown")));
+      failure.signal = f.value("signal", 0);
+      failure.exit_status = f.value("exit_status", -1);
+      failure.reporter = f.value("reporter", std::string());
+      m.failures.push_back(std::move(failure));
     }
     m.retired = j.value("retired", std::vector<std::string>{});
     return m;

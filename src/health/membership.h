@@ -37,6 +37,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "trident/failure.h"
 #include "trident/store.h"
 
 namespace trident::health {
@@ -61,15 +62,9 @@ std::string RebuildRequestKey(int64_t epoch);
 std::string WorkerId(int index);  // "w3"
 std::string SpareId(int index);   // "s0"
 
-struct Failure {
-  int rank = -1;
-  std::string member;
-  std::string cause;  // "killed by signal 9 (SIGKILL)", "no heartbeat for 1.1s; stopped"
-  // When the agent last saw it alive (its exit, or its last heartbeat) and gave the verdict,
-  // in Unix milliseconds of the agent's clock.
-  int64_t last_seen_unix_ms = 0;
-  int64_t verdict_unix_ms = 0;
-};
+// A failed rank: its structured cause (kind, signal, exit status, reporter) and a sentence
+// for people; when the agent last saw it alive and gave the verdict (its clock, Unix ms).
+using Failure = FailedRank;
 
 struct Membership {
   int64_t epoch = 1;

@@ -3,7 +3,9 @@
 //
 //   comm_worker allops            every op on a few dtypes and counts, results checked
 //   comm_worker preopened         the same over an endpoint opened before the communicator
-//   comm_worker kill RANK         RANK kills itself with SIGKILL inside an AllReduce
+//   comm_worker kill RANK         RANK kills itself with SIGKILL inside an AllReduce; the world
+//                                 comes from trident::Runtime, which learns the cause from
+//                                 trident-run (a communicator reads no job state itself)
 //   comm_worker absent RANK       RANK never calls the AllReduce the others wait in
 #include <signal.h>
 
@@ -16,6 +18,7 @@
 #include "absl/time/clock.h"
 #include "comm_test_util.h"
 #include "trident/communicator.h"
+#include "trident/runtime.h"
 
 namespace trident {
 namespace {
@@ -143,12 +146,24 @@ int Main(int argc, char** argv) {
     }
     options.endpoint = *endpoint;
   }
-  auto comm = CreateHostCommunicator(options);
+  std::unique_ptr<Runtime> runtime;
+  absl::StatusOr<std::unique_ptr<Communicator>> comm;
+  if (scenario == "kill") {
+    auto rt = Runtime::Init({.timeout = options.timeout});
+    if (!rt.ok()) {
+      std::printf("RESULT runtime failed: %s\n", rt.status().ToString().c_str());
+      return 1;
+    }
+    runtime = *std::move(rt);
+    comm = std::unique_ptr<Communicator>();  // the runtime's world below
+  } else {
+    comm = CreateHostCommunicator(options);
+  }
   if (!comm.ok()) {
     std::printf("RESULT create failed: %s\n", comm.status().ToString().c_str());
     return 1;
   }
-  Communicator& c = **comm;
+  Communicator& c = runtime ? runtime->world() : **comm;
   const int r = c.rank();
 
   if (all_ops) {

@@ -11,3 +11,8 @@ cmake -S "$src" -B "$tmp/build" -G Ninja -DCMAKE_PREFIX_PATH="$tmp/prefix" > "$t
   || { cat "$tmp/configure.log"; exit 1; }
 cmake --build "$tmp/build" > "$tmp/build.log" || { cat "$tmp/build.log"; exit 1; }
 "$tmp/build/consumer"
+# The example trainer, as its own project against the installed package: public headers only.
+cmake -S "$src/../../examples" -B "$tmp/examples" -G Ninja -DCMAKE_PREFIX_PATH="$tmp/prefix" \
+  > "$tmp/examples-configure.log" || { cat "$tmp/examples-configure.log"; exit 1; }
+cmake --build "$tmp/examples" > "$tmp/examples-build.log" || { cat "$tmp/examples-build.log"; exit 1; }
+"$tmp/examples/lm-trainer" --steps 2 --eval-every 1 --layers 1 --ffn 32 --val-samples 64

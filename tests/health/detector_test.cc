@@ -20,7 +20,7 @@ class DetectorTest : public ::testing::Test {
   absl::Time At(int ms) { return t0_ + absl::Milliseconds(ms); }
   FailureDetector d_{{.timeout = absl::Milliseconds(1000),
                       .confirm_window = absl::Milliseconds(1000)}};
-  FailureDetector::ConfirmFn never_ = [](const std::string&) -> std::optional<std::string> {
+  FailureDetector::ConfirmFn never_ = [](const std::string&) -> std::optional<FailureDetector::Confirmation> {
     return std::nullopt;
   };
 };
@@ -45,8 +45,10 @@ TEST_F(DetectorTest, SilenceMakesASuspectAtTheTimeoutNotBefore) {
 
 TEST_F(DetectorTest, ConfirmationTurnsSuspicionIntoAVerdictAtOnce) {
   d_.Watch("w2", At(0));
-  auto stopped = [](const std::string& m) -> std::optional<std::string> {
-    if (m == "w2") return std::string("its process is stopped (SIGSTOP?)");
+  auto stopped = [](const std::string& m) -> std::optional<FailureDetector::Confirmation> {
+    if (m == "w2") {
+      return FailureDetector::Confirmation{FailureKind::kStopped, "its process is stopped (SIGSTOP?)"};
+    }
     return std::nullopt;
   };
   EXPECT_TRUE(d_.Check(At(999), stopped).empty());  // not suspected yet: confirm is not asked
@@ -55,6 +57,8 @@ TEST_F(DetectorTest, ConfirmationTurnsSuspicionIntoAVerdictAtOnce) {
   EXPECT_EQ(v[0].member, "w2");
   EXPECT_THAT(v[0].cause, HasSubstr("no heartbeat for 1s"));
   EXPECT_THAT(v[0].cause, HasSubstr("stopped"));
+  EXPECT_EQ(v[0].kind, FailureKind::kStopped);
+  EXPECT_EQ(v[0].reporter, "agent");
   EXPECT_EQ(d_.state("w2"), State::kDead);
   EXPECT_TRUE(d_.Check(At(3000), stopped).empty());  // a verdict is given once
 }
@@ -112,6 +116,8 @@ TEST_F(DetectorTest, SecondObserverConfirmsThoughTheMemberStillBeats) {
   ASSERT_EQ(v.size(), 1u);
   EXPECT_EQ(v[0].member, "w3");
   EXPECT_THAT(v[0].cause, HasSubstr("confirmed by a second observer (rank 1, rank 5)"));
+  EXPECT_EQ(v[0].kind, FailureKind::kUnreachable);
+  EXPECT_EQ(v[0].reporter, "rank 1, rank 5");
   EXPECT_EQ(d_.state("w3"), State::kDead);
 }
 

@@ -19,10 +19,6 @@
 
 namespace trident {
 
-std::string FailedRankKey(int transport_rank) {
-  return absl::StrCat(kFailedRankPrefix, transport_rank);
-}
-
 namespace {
 
 using OpKind = HostCommunicator::OpKind;
@@ -390,59 +386,21 @@ void HostCommunicator::PublishError(const absl::Status& status) {
 
 absl::Status HostCommunicator::Health() {
   if (aborted_.load(std::memory_order_acquire)) return AbortStatus();
-  const absl::Time deadline = DeadlineIn(absl::Milliseconds(500));
-  auto error = config_.store->TryGet(absl::StrCat("comm/", config_.context, "/error"), deadline);
+  auto error = config_.store->TryGet(absl::StrCat("comm/", config_.context, "/error"),
+                                     DeadlineIn(absl::Milliseconds(500)));
   if (error.ok()) return DecodeStatus(*error);
-  auto failed = config_.store->ListPrefix(kFailedRankPrefix, deadline);
-  if (!failed.ok()) return absl::OkStatus();  // the store is briefly unreachable; keep waiting
-  for (const std::string& key : *failed) {
-    int transport_rank = -1;
-    if (!absl::SimpleAtoi(absl::string_view(key).substr(strlen(kFailedRankPrefix)),
-                          &transport_rank)) {
-      continue;
-    }
-    auto it = std::find(config_.ranks.begin(), config_.ranks.end(), transport_rank);
-    if (it == config_.ranks.end()) continue;
-    auto cause = config_.store->TryGet(key, deadline);
-    const int group_rank = static_cast<int>(it - config_.ranks.begin());
-    return absl::AbortedError(absl::StrCat(
-        "rank ", group_rank, " of ", config_.name, " failed: ",
-        cause.ok() ? *cause : absl::StrCat("job rank ", transport_rank, " failed"),
-        " (reported by trident-run)"));
-  }
-  return absl::OkStatus();
+  return absl::OkStatus();  // no error, or the store is briefly unreachable: keep waiting
 }
 
 absl::Status HostCommunicator::ExplainPeerFailure(const absl::Status& transport_error) {
-  // A transport error that names its peer makes that peer suspect for the failure detector
-  // (the store is the epoch's, so the report belongs to this epoch). Best effort.
-  if (const int peer = PeerOf(transport_error);
-      peer >= 0 && !aborted_.load(std::memory_order_acquire)) {
-    // One key per (suspect, reporter): a second reporter confirms the first.
-    (void)config_.store->Set(
-        absl::StrCat(kSuspectRankPrefix, peer, "/", config_.ranks[config_.rank]),
-        transport_error.message(), DeadlineIn(absl::Milliseconds(500)));
-  }
-  // The transport often notices a dead peer (connection reset, CQ error) a moment before
-  // trident-run has recorded why it died; wait briefly for the cause, which says more.
-  // An abort of this communicator (Abort: its caller, e.g. the runtime, knows the cause) is
-  // explained already.
-  if (transport_error.code() != absl::StatusCode::kAborted ||
-      absl::StrContains(transport_error.message(), "reported by trident-run") ||
-      aborted_.load(std::memory_order_acquire)) {
+  // An abort of this communicator is explained already (its caller knows the cause); other
+  // errors than a peer's (a bad call, a timeout) need no owner.
+  const int peer = PeerOf(transport_error);
+  if (peer < 0 || transport_error.code() != absl::StatusCode::kAborted ||
+      aborted_.load(std::memory_order_acquire) || !config_.on_peer_error) {
     return transport_error;
   }
-  const absl::Time give_up = DeadlineIn(absl::Seconds(1));
-  do {
-    absl::Status cause = Health();
-    if (!cause.ok() && cause.code() == absl::StatusCode::kAborted &&
-        !absl::StrContains(cause.message(), transport_error.message())) {
-      return absl::AbortedError(
-          absl::StrCat(cause.message(), "; the transport saw: ", transport_error.message()));
-    }
-    absl::SleepFor(absl::Milliseconds(20));
-  } while (absl::Now() < give_up);
-  return transport_error;
+  return config_.on_peer_error(peer, transport_error);
 }
 
 absl::Status HostCommunicator::DiagnoseTimeout(const Op& op) {
@@ -614,7 +572,7 @@ absl::Status HostCommunicator::CheckFingerprint(Op& op, Channel& ch) {
   Fingerprint& mine = op.mine;
   Fingerprint& theirs = op.theirs;
   mine.seq = op.seq;
-  mine.epoch = config_.epoch;
+  mine.epoch = static_cast<int32_t>(config_.epoch);  // the wire carries 32 bits
   mine.rank = r;
   mine.kind = static_cast<uint8_t>(op.kind);
   mine.dtype = static_cast<uint8_t>(op.in.dtype());

@@ -3,10 +3,12 @@
 // point-to-point ops are posted and completed in order while later ops proceed (so that a
 // Send followed by a Recv cannot deadlock against the peer's Send).
 //
-// Failure handling: the first message of every collective is a fingerprint sent to the right
-// neighbour; a mismatch is published in the store so every rank fails with the same
-// kInvalidArgument. While an op is stalled, the worker polls the store for ranks that
-// trident-run recorded as failed (job/failed/<rank>) and for errors published by other ranks.
+// Failure handling (mechanism only: no job keys): the first message of every collective is a
+// fingerprint sent to the right neighbour; a mismatch is published under this communicator's
+// own store key (comm/<context>/error) so every rank fails with the same kInvalidArgument,
+// and a stalled op polls that key. A transport error from a peer goes to the owner's
+// on_peer_error handler (the runtime reports it and learns the cause), and the owner aborts
+// the communicator (Abort) when the job says a member died.
 //
 // CUDA tensors (builds with CUDA): the inputs are copied into pinned host buffers on the op's
 // stream when it is issued, the algorithm runs on those, and the outputs are copied back before
@@ -33,24 +35,17 @@ namespace trident {
 
 struct HostCommConfig {
   std::shared_ptr<Transport> transport;
-  std::shared_ptr<Store> store;  // the job's store (keys job/..., comm/<context>/...)
+  std::shared_ptr<Store> store;  // where ranks meet (keys comm/<context>/...)
   std::vector<int> ranks;        // group rank -> transport rank
   int rank = 0;                  // this process's group rank
   uint16_t context = 0;          // unique per communicator in the job; part of every tag
-  int epoch = 0;
+  int64_t epoch = 0;
   std::string name = "world";
   absl::Duration timeout = absl::Minutes(5);
   AlgoParams algo{64 << 10, 1 << 20};
+  // HostCommOptions::on_peer_error (peer numbered as a transport rank); shared by splits.
+  PeerErrorHandler on_peer_error;
 };
-
-// The store key where trident-run records a failed rank (transport rank), and its value the
-// cause, e.g. "rank 2 killed by signal 9 (SIGKILL)".
-std::string FailedRankKey(int transport_rank);
-inline constexpr char kFailedRankPrefix[] = "job/failed/";
-// Where a rank reports a peer (transport rank) whose transport error it saw, as
-// "<prefix><peer>/<reporter>"; the agent's failure detector makes that peer suspect, and a
-// second reporter confirms it (health/membership.h: SuspectKey).
-inline constexpr char kSuspectRankPrefix[] = "job/suspect_rank/";
 
 class HostCommunicator : public Communicator {
  public:

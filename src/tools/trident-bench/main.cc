@@ -23,7 +23,7 @@
 #include "absl/time/time.h"
 #include "bench.h"
 #include "ckpt.h"
-#include "common/cli.h"
+#include "trident/cli.h"
 #include "common/cuda.h"
 #include "common/logging.h"
 #include "common/params.h"

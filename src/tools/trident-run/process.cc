@@ -112,11 +112,6 @@ absl::StatusOr<std::string> ResolveProgram(const std::string& name, absl::string
   return absl::NotFoundError(absl::StrCat(name, ": command not found in PATH"));
 }
 
-std::string SignalName(int sig) {
-  const char* abbrev = sigabbrev_np(sig);
-  return abbrev != nullptr ? absl::StrCat("SIG", abbrev) : absl::StrCat("signal ", sig);
-}
-
 std::string DescribeWaitStatus(int wait_status) {
   if (WIFSIGNALED(wait_status)) {
     const int sig = WTERMSIG(wait_status);

@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "trident/failure.h"  // SignalName
 
 namespace trident::run {
 
@@ -42,9 +43,6 @@ absl::StatusOr<std::string> ResolveProgram(const std::string& name, absl::string
 std::string DescribeExit(int rank, int wait_status);
 // The same without the rank: "exited with status 3", "killed by signal 9 (SIGKILL)".
 std::string DescribeWaitStatus(int wait_status);
-
-// "SIGKILL" for 9; "signal 64" for a number without a name.
-std::string SignalName(int sig);
 
 // `environ` as a list, minus every variable named in `drop`, plus `set` ("NAME=value") at
 // the end.

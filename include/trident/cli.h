@@ -1,8 +1,9 @@
-// Command-line helpers shared by the tools and examples that parse flags with Abseil: the
-// dashed spelling of flag names ("--min-bytes" for the flag min_bytes) and --help lines.
-// Header-only: only programs that link absl::flags include it.
-#ifndef TRIDENT_COMMON_CLI_H_
-#define TRIDENT_COMMON_CLI_H_
+// trident/cli.h: command-line helpers for programs that parse flags with Abseil (Trident's
+// tools and examples; yours too): the dashed spelling of flag names ("--min-bytes" for the
+// flag min_bytes) and --help lines. Header-only: only programs that link absl::flags include
+// it, and the trident library does not.
+#ifndef TRIDENT_CLI_H_
+#define TRIDENT_CLI_H_
 
 #include <algorithm>
 #include <cstdio>
@@ -62,4 +63,4 @@ void PrintFlag(const absl::Flag<T>& flag, int width = 12) {
 
 }  // namespace trident::cli
 
-#endif  // TRIDENT_COMMON_CLI_H_
+#endif  // TRIDENT_CLI_H_

@@ -1,0 +1,44 @@
+// lm-trainer's command line: its flags, --help, and the checks of their values.
+#ifndef TRIDENT_EXAMPLES_LM_TRAINER_OPTIONS_H_
+#define TRIDENT_EXAMPLES_LM_TRAINER_OPTIONS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "trainer.h"
+
+namespace lm {
+
+// --inject-fault: raise a signal in one member at a chosen point (tests).
+struct Fault {
+  std::string member;
+  int64_t step = -1;  // -1: right after the next recovery built its world
+  int signal = 0;     // 0 with hang: the training thread blocks forever
+  bool hang = false;
+};
+
+struct Options {
+  TrainerConfig config;
+  int steps = 0;
+  int eval_every = 0;
+  int threads = 0;  // OpenBLAS threads; 0: the cores divided by the ranks
+  bool elastic_dp = false;
+  std::string ckpt_dir;
+  int ckpt_every = 0;
+  int keep = 3;
+  bool resume = false;
+  bool peer_replicas = true;
+  absl::Duration recover_timeout;
+  std::vector<Fault> faults;
+};
+
+// Parses argv. Prints --help and exits 0, or prints a usage error and exits 2.
+Options ParseOptions(int argc, char** argv);
+// Prints a usage error and exits 2.
+[[noreturn]] void UsageError(const std::string& message);
+
+}  // namespace lm
+
+#endif  // TRIDENT_EXAMPLES_LM_TRAINER_OPTIONS_H_
