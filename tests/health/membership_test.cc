@@ -20,11 +20,19 @@ TEST(MembershipTest, InitialAndJsonRoundTrip) {
   EXPECT_EQ(m.RankOf("s0"), -1);
   m.epoch = 4;
   m.failures.push_back({1, "w1", "killed by signal 9 (SIGKILL)"});
+  m.failures.back().kind = FailureKind::kSignaled;
+  m.failures.back().signal = 9;
+  m.failures.back().reporter = "agent";
   auto back = Membership::FromJson(m.ToJson());
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->epoch, 4);
   EXPECT_EQ(back->ranks, m.ranks);
   ASSERT_EQ(back->failures.size(), 1u);
+  // The structured cause survives the store: nobody parses the sentence.
+  EXPECT_EQ(back->failures[0].kind, FailureKind::kSignaled);
+  EXPECT_EQ(back->failures[0].signal, 9);
+  EXPECT_EQ(back->failures[0].reporter, "agent");
+  EXPECT_EQ(back->failures[0].ShortCause(), "SIGKILL");
   EXPECT_EQ(back->DescribeFailures(), "rank 1 (w1) killed by signal 9 (SIGKILL)");
 }
 
@@ -40,7 +48,7 @@ TEST(MembershipTest, KeysAreScopedByEpoch) {
   EXPECT_EQ(EpochPrefix(1), "");
 }
 
-TEST(CoordinatorTest, PublishesNextEpochWithSparesInOrder) {
+TEST(PublishEpochTest, PublishesNextEpochWithSparesInOrder) {
   auto store = NewMemoryStore();
   auto m1 = ReadMembership(*store, 4, Soon());
   ASSERT_TRUE(m1.ok());
@@ -58,7 +66,7 @@ TEST(CoordinatorTest, PublishesNextEpochWithSparesInOrder) {
   EXPECT_EQ(*store->Get(kEpochKey, Soon()), "2");
 }
 
-TEST(CoordinatorTest, LosingCoordinatorAdoptsTheWinnersEpoch) {
+TEST(PublishEpochTest, LosingCoordinatorAdoptsTheWinnersEpoch) {
   auto store = NewMemoryStore();
   Membership m1 = Membership::Initial(2);
   std::vector<std::string> agent_a = {"s0"}, agent_b = {"s1"};
@@ -70,7 +78,7 @@ TEST(CoordinatorTest, LosingCoordinatorAdoptsTheWinnersEpoch) {
   EXPECT_THAT(agent_b, ElementsAre("s1"));  // b's spare was not used
 }
 
-TEST(CoordinatorTest, TooFewSparesIsResourceExhaustedAndPublishesNothing) {
+TEST(PublishEpochTest, TooFewSparesIsResourceExhaustedAndPublishesNothing) {
   auto store = NewMemoryStore();
   std::vector<std::string> spares;
   auto r = PublishNextEpoch(*store, Membership::Initial(2),
