@@ -82,8 +82,11 @@ int Main(int argc, char** argv) {
   loop.recover_timeout = o.recover_timeout;
   loop.before_step = [&](int64_t next) { MaybeFault(o.faults, rt.member(), next); };
   loop.after_rebuild = [&] { MaybeFault(o.faults, rt.member(), -1); };
-  loop.on_resume = [&](int64_t step, const std::string& dir) {
-    trainer.Say(absl::StrFormat("resumed step=%d from=%s", step, dir));
+  loop.on_resume = [&](int64_t step, const std::vector<std::string>& skipped) {
+    for (const std::string& s : skipped) {
+      trainer.Say(absl::StrFormat("checkpoint_skipped %s", s));
+    }
+    if (step > 0) trainer.Say(absl::StrFormat("resumed step=%d from=%s", step, o.ckpt_dir));
   };
   loop.on_step = [&](int64_t step, int64_t since_verdict_ms) {
     if (since_verdict_ms <= 0) return;

@@ -130,7 +130,9 @@ struct LoopOptions {
   // Observers, called on the training thread of every rank.
   std::function<void(const RecoveryReport&)> on_recovery;
   std::function<void(const SaveEvent&)> on_save;
-  std::function<void(int64_t step, const std::string& dir)> on_resume;
+  // At the start with `resume`: the step resumed from (0: none yet), and the newer
+  // checkpoints skipped because they could not be loaded, and why.
+  std::function<void(int64_t step, const std::vector<std::string>& skipped)> on_resume;
   // After each completed step; `since_verdict_ms` > 0 on the first step after a recovery
   // (from the last verdict to now).
   std::function<void(int64_t step, int64_t since_verdict_ms)> on_step;

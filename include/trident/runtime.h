@@ -168,6 +168,12 @@ class Runtime {
 
   // This rank is done: stops the heartbeat and the watcher. The world stays usable.
   virtual void Finish() = 0;
+
+  // Aborts the world and the registered groups with `why` (not OK), as the watcher does when
+  // a peer dies: for a rank that gives up on its own, so that its ops in flight (a checkpoint
+  // commit on another thread) and its peers' fail at once instead of at their deadlines.
+  // Callable from any thread.
+  virtual void AbortWorld(const absl::Status& why) = 0;
 };
 
 }  // namespace trident

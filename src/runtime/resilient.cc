@@ -2,6 +2,8 @@
 #include "trident/resilient.h"
 
 #include <memory>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -27,6 +29,7 @@ class Loop {
   absl::Status Run() {
     // A process that starts in a later epoch (a promoted spare, or a worker whose setup met a
     // failure) joins the survivors' restore.
+    if (rt_.epoch() > 1) unreported_ = rt_.promotion().failed;
     absl::Status started = rt_.epoch() > 1 ? Setup(&rt_.promotion(), nullptr)
                                            : Setup(nullptr, nullptr);
     if (!started.ok()) RETURN_IF_ERROR(Recover(started));
@@ -77,7 +80,7 @@ class Loop {
       for (const std::string& skipped : r.skipped) {
         spdlog::warn("resume: skipped checkpoint {}", skipped);
       }
-      if (r.step > 0 && o_.on_resume) o_.on_resume(r.step, o_.ckpt_dir);
+      if (o_.on_resume) o_.on_resume(r.step, r.skipped);
       return absl::OkStatus();
     }
     // Every rank back to the newest committed step that loads; one report per dead rank.
@@ -86,7 +89,8 @@ class Loop {
                                                std::move(held), /*reset_if_none=*/true));
     fresh_ = false;
     const int64_t now_ms = absl::ToUnixMillis(absl::Now());
-    for (const FailedRank& f : rec->failed) {
+    // Every rank replaced since the last restore, also in recoveries that failed half-way.
+    for (const FailedRank& f : std::exchange(unreported_, {})) {
       RecoveryReport report;
       report.epoch = rec->epoch;
       report.failed = f;
@@ -123,6 +127,7 @@ class Loop {
       const int old_size = rt_.world_size();
       absl::StatusOr<Recovery> rec = rt_.Recover(cause, absl::Now() + o_.recover_timeout);
       if (!rec.ok()) return rec.status();
+      unreported_.insert(unreported_.end(), rec->failed.begin(), rec->failed.end());
       if (o_.after_rebuild) o_.after_rebuild();
       rt_.SetGroups({});
       engine_.reset();  // the old epoch's: its communicator is aborted
@@ -201,6 +206,7 @@ class Loop {
   int in_a_row_ = 0;            // recoveries since the last completed step
   int64_t last_verdict_ms_ = 0;  // of the last recovery, until its first completed step
   int64_t reported_save_ = 0;
+  std::vector<FailedRank> unreported_;  // replaced ranks not yet in a RecoveryReport
 };
 
 }  // namespace

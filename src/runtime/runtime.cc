@@ -58,6 +58,7 @@ class StandaloneRuntime final : public Runtime {
   }
   void Progress() override {}
   void Finish() override {}
+  void AbortWorld(const absl::Status& why) override { world_->Abort(why); }
 
  private:
   std::unique_ptr<Communicator> world_;
@@ -93,6 +94,10 @@ class JobRuntime final : public Runtime {
   absl::StatusOr<Recovery> Recover(const absl::Status& cause, absl::Time deadline) override;
   void Progress() override {
     progress_ns_.store(absl::ToUnixNanos(absl::Now()), std::memory_order_relaxed);
+  }
+  void AbortWorld(const absl::Status& why) override {
+    absl::MutexLock lock(&mu_);
+    AbortLocked(why);
   }
   void Finish() override {
     progress_ns_.store(0);
