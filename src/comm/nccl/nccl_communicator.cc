@@ -13,7 +13,6 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-#include "comm/host/host_communicator.h"  // kFailedRankPrefix: where trident-run reports deaths
 #include "comm/nccl/nccl_status.h"
 #include "comm/op_checks.h"
 #include "common/check.h"
@@ -99,7 +98,8 @@ absl::Status NcclHandle::AwaitReady(ncclComm_t comm, absl::string_view call, abs
                                     const std::function<bool()>& abandon) {
   absl::Duration pause = absl::Microseconds(1);
   // A call can stay in progress for long (connections are made on first use); a member that
-  // died meanwhile would keep it there until the deadline, so look at the store now and then.
+  // aborted meanwhile would keep it there until the deadline, so look at the communicator's
+  // store keys now and then.
   absl::Time next_health = absl::Now() + absl::Milliseconds(100);
   while (true) {
     ncclResult_t state = ncclSuccess;
@@ -118,7 +118,7 @@ absl::Status NcclHandle::AwaitReady(ncclComm_t comm, absl::string_view call, abs
     }
     if (now >= next_health) {
       next_health = now + absl::Milliseconds(100);
-      RETURN_IF_ERROR(PeerHealth());
+      RETURN_IF_ERROR(PeerAborted());
     }
     Pause(pause);
   }
@@ -176,24 +176,33 @@ absl::Status NcclHandle::AsyncError() {
   return status;
 }
 
-absl::Status NcclHandle::PeerHealth() {
+std::string NcclHandle::AbortedPrefix() const {
+  return absl::StrCat("comm/", group_.context, "/aborted/");
+}
+
+absl::Status NcclHandle::PeerAborted() {
   const absl::Time deadline = absl::Now() + absl::Milliseconds(500);
-  auto failed = group_.store->ListPrefix(kFailedRankPrefix, deadline);
-  if (!failed.ok()) return absl::OkStatus();  // the store is briefly unreachable; keep going
-  for (const std::string& key : *failed) {
-    int job_rank = -1;
-    if (!absl::SimpleAtoi(absl::string_view(key).substr(strlen(kFailedRankPrefix)), &job_rank)) {
+  auto aborted = group_.store->ListPrefix(AbortedPrefix(), deadline);
+  if (!aborted.ok()) return absl::OkStatus();  // the store is briefly unreachable; keep going
+  for (const std::string& key : *aborted) {
+    int rank = -1;
+    if (!absl::SimpleAtoi(absl::string_view(key).substr(AbortedPrefix().size()), &rank) ||
+        rank == group_.rank || rank < 0 || rank >= group_.size) {
       continue;
     }
-    auto it = std::find(group_.job_ranks.begin(), group_.job_ranks.end(), job_rank);
-    if (it == group_.job_ranks.end()) continue;
     auto cause = group_.store->TryGet(key, deadline);
     return absl::AbortedError(absl::StrCat(
-        "rank ", it - group_.job_ranks.begin(), " of ", group_.name, " (epoch ", group_.epoch,
-        ") failed: ", cause.ok() ? *cause : absl::StrCat("job rank ", job_rank, " failed"),
-        " (reported by trident-run)"));
+        "rank ", rank, " (job rank ", group_.job_ranks[rank], ") of ", group_.name, " (epoch ",
+        group_.epoch, ") aborted the communicator: ",
+        cause.ok() ? *cause : std::string("(its reason could not be read)")));
   }
   return absl::OkStatus();
+}
+
+void NcclHandle::PublishAbort(const absl::Status& why) {
+  absl::Status s = group_.store->Set(absl::StrCat(AbortedPrefix(), group_.rank), why.ToString(),
+                                     absl::Now() + absl::Milliseconds(500));
+  if (!s.ok()) spdlog::warn("{}: could not tell the other ranks it aborted: {}", Describe(), s);
 }
 
 absl::Status NcclHandle::DiagnoseTimeout(const GpuWork& op) {
@@ -328,6 +337,33 @@ absl::Status NcclCommunicator::CheckTensor(absl::string_view op, absl::string_vi
   return CheckTensorShape(op, which, t);
 }
 
+cudaStream_t NcclCommunicator::StreamOf(const OpOptions& options) const {
+  return options.cuda_stream != nullptr ? static_cast<cudaStream_t>(options.cuda_stream)
+                                        : static_cast<cudaStream_t>(stream_->get());
+}
+
+std::shared_ptr<Work> NcclCommunicator::Fail(const std::string& name, absl::Status s) {
+  if (watched_->aborted()) return GpuWork::Failed(name, watched_->abort_status());
+  s = Annotate(s, name);
+  if (cuda::IsContextLost(s)) {
+    // No rebuild in this process can succeed; the watchdog's handler ends it.
+    watched_->Abort(absl::AbortedError(s.message()));
+    watchdog_->ReportDeviceLost(std::string(s.message()));
+    return GpuWork::Failed(name, watched_->abort_status());
+  }
+  if (s.code() == absl::StatusCode::kInvalidArgument) {
+    // Our checks passed, yet NCCL refused the call: on a non-blocking communicator NCCL keeps
+    // that error (every later call would fail), so "nothing happened, still usable" does not
+    // hold. Abort, saying why.
+    s = absl::AbortedError(absl::StrCat(
+        s.message(), "; NCCL keeps this error on a non-blocking communicator, so ", Describe(),
+        " is aborted: rebuild it"));
+  }
+  // Anything but a refused argument leaves NCCL in an unknown state.
+  watched_->Abort(s);
+  return GpuWork::Failed(name, watched_->abort_status());
+}
+
 std::shared_ptr<Work> NcclCommunicator::Issue(
     std::string name, int64_t seq, const OpOptions& options,
     const std::function<ncclResult_t(ncclComm_t, cudaStream_t)>& launch) {
@@ -339,28 +375,27 @@ std::shared_ptr<Work> NcclCommunicator::Issue(
   const absl::Duration timeout =
       options.timeout == absl::ZeroDuration() ? group().timeout : options.timeout;
   const absl::Time deadline = absl::Now() + timeout;
-  cudaStream_t stream = options.cuda_stream != nullptr
-                            ? static_cast<cudaStream_t>(options.cuda_stream)
-                            : static_cast<cudaStream_t>(stream_->get());
+  cudaStream_t stream = StreamOf(options);
+  // An op captured into a CUDA graph runs when the graph is launched, not now: it gets no
+  // event and no deadline (querying an event recorded under capture is an error, and its
+  // deadline would pass while the graph waits to be launched).
+  absl::StatusOr<bool> capturing = cuda::IsCapturing(stream);
+  if (!capturing.ok()) return Fail(name, capturing.status());
   std::shared_ptr<cuda::Event> event;
   WatchedComm* watched = watched_.get();
   absl::Status s = handle_->Run(
       name, deadline, [watched] { return watched->aborted(); },
       [&](ncclComm_t comm) { return launch(comm, stream); },
       [&]() -> absl::Status {
+        if (*capturing) return absl::OkStatus();
         ASSIGN_OR_RETURN(std::unique_ptr<cuda::Event> e, cuda::Event::Record(stream, group().device));
         event = std::move(e);
         return absl::OkStatus();
       });
-  if (!s.ok()) {
-    if (watched_->aborted()) return GpuWork::Failed(name, watched_->abort_status());
-    s = Annotate(s, name);
-    // An invalid argument changed nothing; anything else leaves NCCL in an unknown state.
-    if (s.code() != absl::StatusCode::kInvalidArgument) {
-      watched_->Abort(s);
-      s = watched_->abort_status();
-    }
-    return GpuWork::Failed(name, s);
+  if (!s.ok()) return Fail(name, s);
+  if (*capturing) {
+    return GpuWork::Done(absl::StrCat(name, " (captured into a CUDA graph: its errors and "
+                                            "hangs show on the graph's launches)"));
   }
   auto work = std::make_shared<GpuWork>(name, seq, deadline, timeout,
                                         [event]() { return event->Done(); });
@@ -466,18 +501,37 @@ std::shared_ptr<Work> NcclCommunicator::AllToAll(const Tensor& in, const Tensor&
   const int64_t block = in.numel() / size();
   const size_t block_bytes = static_cast<size_t>(block) * DTypeSize(in.dtype());
   const int n = size();
-  return Issue(OpName("AllToAll", seq, in.numel(), in.dtype()), seq, options,
-               [&](ncclComm_t c, cudaStream_t st) -> ncclResult_t {
+  const std::string name = OpName("AllToAll", seq, in.numel(), in.dtype());
+  // NCCL's all-to-all may overwrite a block of `out` before it has sent the same block of
+  // `in`: when they overlap, send from a copy made on the op's stream, freed after the op.
+  const void* send = in.data();
+  void* scratch = nullptr;
+  const cudaStream_t stream = StreamOf(options);
+  const char* in_begin = static_cast<const char*>(in.data());
+  const char* out_begin = static_cast<const char*>(out.data());
+  if (in_begin < out_begin + out.nbytes() && out_begin < in_begin + in.nbytes() &&
+      !watched_->aborted()) {
+    absl::StatusOr<void*> copy = cuda::AllocAsync(in.nbytes(), stream);
+    if (!copy.ok()) return Fail(name, copy.status());
+    scratch = *copy;
+    if (absl::Status s = cuda::CopyAsync(scratch, in.data(), in.nbytes(), stream); !s.ok()) {
+      (void)cuda::FreeAsync(scratch, stream);
+      return Fail(name, s);
+    }
+    send = scratch;
+  }
+  std::shared_ptr<Work> work =
+      Issue(name, seq, options, [&](ncclComm_t c, cudaStream_t st) -> ncclResult_t {
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 3)
                  (void)block_bytes;
                  (void)n;
-                 return ncclAlltoAll(in.data(), out.data(), block, ToNccl(in.dtype()), c, st);
+                 return ncclAlltoAll(send, out.data(), block, ToNccl(in.dtype()), c, st);
 #else
                  // Before ncclAlltoAll: one group of n sends and n receives.
                  ncclResult_t r = ncclGroupStart();
                  if (r != ncclSuccess) return r;
                  for (int p = 0; p < n && r == ncclSuccess; ++p) {
-                   r = ncclSend(static_cast<const char*>(in.data()) + p * block_bytes, block,
+                   r = ncclSend(static_cast<const char*>(send) + p * block_bytes, block,
                                 ToNccl(in.dtype()), p, c, st);
                    if (r == ncclSuccess) {
                      r = ncclRecv(static_cast<char*>(out.data()) + p * block_bytes, block,
@@ -488,6 +542,14 @@ std::shared_ptr<Work> NcclCommunicator::AllToAll(const Tensor& in, const Tensor&
                  return r != ncclSuccess ? r : end;
 #endif
                });
+  if (scratch != nullptr) {
+    // Stream-ordered: given back after the all-to-all has read it (or at once if it was
+    // never queued). A failure here only leaks the copy until the stream's pool is trimmed.
+    if (absl::Status s = cuda::FreeAsync(scratch, stream); !s.ok()) {
+      spdlog::warn("{}: {}", name, s);
+    }
+  }
+  return work;
 }
 
 std::shared_ptr<Work> NcclCommunicator::Barrier(const OpOptions& options) {
@@ -553,33 +615,56 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Split(int color,
   const absl::Time deadline = absl::Now() + parent.timeout;
   const int split_id = splits_++;
   Store& store = *parent.store;
-  // Membership through the store: the child needs the job ranks of its members (to name a
-  // failed one) and a context id; NCCL orders the child's ranks by (key, parent rank) too.
+  // Membership through the store: the child needs the job ranks of its members (to name
+  // them in errors) and a context id; NCCL orders the child's ranks by (key, parent rank) too.
+  // Each rank writes its record, parent rank 0 gathers them into one table, every rank reads
+  // that: O(n) store operations, not one read of every record by every rank.
   const std::string prefix = absl::StrCat("comm/", parent.context, "/split/", split_id, "/");
   RETURN_IF_ERROR(store.Set(absl::StrCat(prefix, "member/", parent.rank),
                             absl::StrCat(color, ",", key), deadline));
+  if (parent.rank == 0) {
+    std::vector<std::string> records;
+    for (int r = 0; r < parent.size; ++r) {
+      ASSIGN_OR_RETURN(std::string v, store.Get(absl::StrCat(prefix, "member/", r), deadline));
+      records.push_back(std::move(v));
+    }
+    RETURN_IF_ERROR(store.Set(absl::StrCat(prefix, "table"), absl::StrJoin(records, ";"),
+                              deadline));
+  }
+  ASSIGN_OR_RETURN(std::string table, store.Get(absl::StrCat(prefix, "table"), deadline));
+  std::vector<absl::string_view> records = absl::StrSplit(table, ';');
+  TRIDENT_CHECK(static_cast<int>(records.size()) == parent.size) << "bad split table " << table;
   std::vector<std::pair<int64_t, int>> members;  // (key, parent rank) of my color
   for (int r = 0; r < parent.size; ++r) {
-    ASSIGN_OR_RETURN(std::string v, store.Get(absl::StrCat(prefix, "member/", r), deadline));
-    std::pair<absl::string_view, absl::string_view> ck = absl::StrSplit(v, ',');
+    std::pair<absl::string_view, absl::string_view> ck = absl::StrSplit(records[r], ',');
     int c = 0;
     int64_t k = 0;
     TRIDENT_CHECK(absl::SimpleAtoi(ck.first, &c) && absl::SimpleAtoi(ck.second, &k))
-        << "bad split record " << v;
+        << "bad split record " << records[r];
     if (color >= 0 && c == color) members.emplace_back(k, r);
   }
   std::stable_sort(members.begin(), members.end());
 
-  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-  config.blocking = 0;
-  const std::string child_name = absl::StrCat(parent.name, "/", color);
-  config.commName = child_name.c_str();
-  ncclComm_t child = nullptr;
+  // NCCL's split job writes the child's handle when it finishes, which can be after a failed
+  // Split has returned; it also keeps the config it was given. So the slot, the config and
+  // the name live on the heap, and are let go only once NCCL is known to be done with them.
+  struct SplitSlot {
+    ncclComm_t child = nullptr;
+    std::string name;
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  };
+  auto slot = std::make_unique<SplitSlot>();
+  slot->name = absl::StrCat(parent.name, "/", color);
+  slot->config.blocking = 0;
+  slot->config.commName = slot->name.c_str();
+  const std::string child_name = slot->name;
   WatchedComm* watched = watched_.get();
+  SplitSlot* raw = slot.get();
   absl::Status s = handle_->Run(
       "ncclCommSplit", deadline, [watched] { return watched->aborted(); },
       [&](ncclComm_t c) {
-        return ncclCommSplit(c, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &child, &config);
+        return ncclCommSplit(c, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &raw->child,
+                             &raw->config);
       });
   // A communicator nobody owns yet is aborted through the watchdog too (bounded).
   NcclGroup orphan;
@@ -589,11 +674,20 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Split(int color,
   orphan.store = parent.store;
   if (!s.ok()) {
     s = Annotate(s, absl::StrCat("Split(", color, ", ", key, ") of ", Describe()));
-    AbortBounded(child, orphan, s);
-    // A split that failed part-way leaves the parent in an unknown state.
+    // A split that failed part-way leaves the parent in an unknown state: abort it (which
+    // stops the split job where NCCL can), then the child if the job got to make one.
     Abort(s);
+    watched_->AwaitBackendAborted();
+    ncclComm_t child = __atomic_load_n(&raw->child, __ATOMIC_ACQUIRE);
+    if (child != nullptr) {
+      AbortBounded(child, orphan, s);
+    } else {
+      // NCCL may still write the slot: leaked on purpose (some bytes), never left dangling.
+      (void)slot.release();
+    }
     return AbortStatus();
   }
+  ncclComm_t child = raw->child;
   if (color < 0) {
     AbortBounded(child, orphan, absl::CancelledError("no color"));  // NCCL gives none
     return std::unique_ptr<Communicator>();
@@ -656,9 +750,11 @@ absl::StatusOr<std::unique_ptr<Communicator>> FinishNcclInit(ncclComm_t comm, Nc
   auto watched = std::make_shared<WatchedComm>(handle);
   std::shared_ptr<Watchdog> watchdog = Watchdog::Shared();
   watchdog->Register(watched);
-  // Wait for NCCL's init, checking the store for members that died meanwhile (their init
-  // would never finish).
+  // Wait for NCCL's init, checking the communicator's store keys for members whose init
+  // failed meanwhile (this one would never finish). A member that died is the runtime's to
+  // notice; the deadline bounds the wait.
   absl::Status status;
+  bool peer_cause = false;
   absl::Time next_health = absl::InfinitePast();
   absl::Duration pause = absl::Microseconds(20);
   while (true) {
@@ -677,8 +773,9 @@ absl::StatusOr<std::unique_ptr<Communicator>> FinishNcclInit(ncclComm_t comm, Nc
     }
     if (now >= next_health) {
       next_health = now + absl::Milliseconds(100);
-      if (absl::Status peers = handle->PeerHealth(); !peers.ok()) {
+      if (absl::Status peers = handle->PeerAborted(); !peers.ok()) {
         status = Annotate(peers, absl::StrCat("NCCL init of ", handle->Describe()));
+        peer_cause = true;
         break;
       }
     }
@@ -694,6 +791,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> FinishNcclInit(ncclComm_t comm, Nc
         << "NCCL made rank " << nccl_rank << "/" << nccl_size << " of " << handle->Describe();
   }
   if (!status.ok()) {
+    // The other members wait for this init too: tell them (unless they told us).
+    if (!peer_cause) handle->PublishAbort(status);
     watched->Abort(status);
     watched->AwaitBackendAborted();
     return status;
