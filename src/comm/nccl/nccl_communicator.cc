@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <tuple>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -562,45 +563,71 @@ std::shared_ptr<Work> NcclCommunicator::Barrier(const OpOptions& options) {
                });
 }
 
-std::shared_ptr<Work> NcclCommunicator::Send(const Tensor& tensor, int peer, int tag,
-                                             const OpOptions& options) {
-  if (absl::Status s = CheckTensor("Send", "tensor", tensor); !s.ok()) {
-    return GpuWork::Failed("Send", s);
-  }
+absl::Status NcclCommunicator::CheckP2P(absl::string_view op, const Tensor& tensor, int peer,
+                                        int tag) const {
+  RETURN_IF_ERROR(CheckTensor(op, "tensor", tensor));
   if (peer < 0 || peer >= size() || peer == rank()) {
-    return GpuWork::Failed("Send", absl::InvalidArgumentError(absl::StrCat(
-                                       "Send: peer ", peer, " is not another rank of ", Describe())));
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": peer ", peer, " is not another rank of ", Describe()));
   }
   if (tag < 0 || tag >= (1 << 24)) {
-    return GpuWork::Failed("Send", absl::InvalidArgumentError(
-                                       absl::StrCat("Send: tag ", tag, " is outside [0, 2^24)")));
+    return absl::InvalidArgumentError(absl::StrCat(op, ": tag ", tag, " is outside [0, 2^24)"));
   }
-  // NCCL matches point-to-point calls in issue order per peer; the tag is not sent. Bytes,
-  // so that only the byte size must match, as on the host backend.
-  std::string name = absl::StrCat("Send of ", tensor.nbytes(), " bytes to rank ", peer, " (tag ",
-                                  tag, ") on ", group().name);
-  return Issue(std::move(name), -1, options, [&](ncclComm_t c, cudaStream_t st) {
-    return ncclSend(tensor.data(), tensor.nbytes(), ncclUint8, peer, c, st);
-  });
+  return absl::OkStatus();
+}
+
+std::shared_ptr<Work> NcclCommunicator::Send(const Tensor& tensor, int peer, int tag,
+                                             const OpOptions& options) {
+  return SendRecv({P2POp{P2POp::Kind::kSend, tensor, peer, tag}}, options);
 }
 
 std::shared_ptr<Work> NcclCommunicator::Recv(const Tensor& tensor, int peer, int tag,
                                              const OpOptions& options) {
-  if (absl::Status s = CheckTensor("Recv", "tensor", tensor); !s.ok()) {
-    return GpuWork::Failed("Recv", s);
+  return SendRecv({P2POp{P2POp::Kind::kRecv, tensor, peer, tag}}, options);
+}
+
+std::shared_ptr<Work> NcclCommunicator::SendRecv(const std::vector<P2POp>& ops,
+                                                 const OpOptions& options) {
+  for (const P2POp& op : ops) {
+    const char* kind = op.kind == P2POp::Kind::kSend ? "Send" : "Recv";
+    if (absl::Status s = CheckP2P(kind, op.tensor, op.peer, op.tag); !s.ok()) {
+      return GpuWork::Failed(ops.size() == 1 ? kind : "SendRecv", s);
+    }
   }
-  if (peer < 0 || peer >= size() || peer == rank()) {
-    return GpuWork::Failed("Recv", absl::InvalidArgumentError(absl::StrCat(
-                                       "Recv: peer ", peer, " is not another rank of ", Describe())));
+  // NCCL matches point-to-point calls in issue order per peer and direction; the tag is not
+  // sent. In (peer, kind, tag) order, both sides of an exchange issue the same tags in the
+  // same order. Bytes, so that only the byte size must match, as on the host backend.
+  std::vector<P2POp> sorted = ops;
+  std::stable_sort(sorted.begin(), sorted.end(), [](const P2POp& a, const P2POp& b) {
+    return std::tie(a.peer, a.kind, a.tag) < std::tie(b.peer, b.kind, b.tag);
+  });
+  std::string name;
+  if (sorted.size() == 1) {
+    const P2POp& op = sorted[0];
+    name = absl::StrCat(op.kind == P2POp::Kind::kSend ? "Send of " : "Recv of ",
+                        op.tensor.nbytes(), op.kind == P2POp::Kind::kSend ? " bytes to rank "
+                                                                          : " bytes from rank ",
+                        op.peer, " (tag ", op.tag, ") on ", group().name);
+  } else {
+    int64_t bytes = 0;
+    for (const P2POp& op : sorted) bytes += op.tensor.nbytes();
+    name = absl::StrCat("SendRecv of ", sorted.size(), " transfers (", bytes, " bytes) on ",
+                        group().name);
   }
-  if (tag < 0 || tag >= (1 << 24)) {
-    return GpuWork::Failed("Recv", absl::InvalidArgumentError(
-                                       absl::StrCat("Recv: tag ", tag, " is outside [0, 2^24)")));
-  }
-  std::string name = absl::StrCat("Recv of ", tensor.nbytes(), " bytes from rank ", peer,
-                                  " (tag ", tag, ") on ", group().name);
   return Issue(std::move(name), -1, options, [&](ncclComm_t c, cudaStream_t st) {
-    return ncclRecv(tensor.data(), tensor.nbytes(), ncclUint8, peer, c, st);
+    // One group: no send waits for its peer's receive to be posted (lazy connections).
+    ncclResult_t r = sorted.size() > 1 ? ncclGroupStart() : ncclSuccess;
+    for (size_t i = 0; i < sorted.size() && r == ncclSuccess; ++i) {
+      const P2POp& op = sorted[i];
+      r = op.kind == P2POp::Kind::kSend
+              ? ncclSend(op.tensor.data(), op.tensor.nbytes(), ncclUint8, op.peer, c, st)
+              : ncclRecv(op.tensor.data(), op.tensor.nbytes(), ncclUint8, op.peer, c, st);
+    }
+    if (sorted.size() > 1) {
+      ncclResult_t end = ncclGroupEnd();
+      if (r == ncclSuccess) r = end;
+    }
+    return r;
   });
 }
 

@@ -122,6 +122,9 @@ class NcclCommunicator : public Communicator {
                              const OpOptions& options) override;
   std::shared_ptr<Work> Recv(const Tensor& tensor, int peer, int tag,
                              const OpOptions& options) override;
+  // One ncclGroupStart/End, in (peer, kind, tag) order (communicator.h).
+  std::shared_ptr<Work> SendRecv(const std::vector<P2POp>& ops,
+                                 const OpOptions& options) override;
   absl::StatusOr<std::unique_ptr<Communicator>> Split(int color, int key) override;
   void Abort(absl::Status status) override;
   absl::Status AbortStatus() const override;
@@ -131,6 +134,7 @@ class NcclCommunicator : public Communicator {
                    std::shared_ptr<Watchdog> watchdog);
   const NcclGroup& group() const { return handle_->group(); }
   absl::Status CheckTensor(absl::string_view op, absl::string_view which, const Tensor& t) const;
+  absl::Status CheckP2P(absl::string_view op, const Tensor& tensor, int peer, int tag) const;
   // Issues one op: `name` for messages, `seq` (-1 for point-to-point), `launch` the NCCL call
   // on the resolved stream.
   std::shared_ptr<Work> Issue(std::string name, int64_t seq, const OpOptions& options,
