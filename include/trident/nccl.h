@@ -11,7 +11,8 @@
 //    polls that event and never blocks past the deadline.
 //  - Send/Recv: NCCL has no tags; a Send meets the peer's Recv in issue order, and a Send
 //    blocks its stream until the peer's Recv runs. Two ranks that each send and then receive
-//    on one stream deadlock: let one of them receive first, or use separate streams.
+//    on one stream deadlock: put the exchange in one SendRecv batch (one NCCL group, in
+//    (peer, kind, tag) order), or let one of them receive first.
 //  - AllToAll may be in place (in and out the same or overlapping): it then sends from a
 //    copy made on the op's stream.
 //  - A watchdog per process polls each communicator: an asynchronous NCCL error, an op past
@@ -83,8 +84,9 @@ bool NcclBuilt();
 
 // Builds a communicator of the NCCL backend. Every rank calls it with the same name, epoch and
 // world size; it returns once NCCL's init has finished on this rank, or fails at the timeout
-// (kDeadlineExceeded), when a member is reported failed (kAborted), without a CUDA device or
-// NCCL in this build (kFailedPrecondition), or on bad options (kInvalidArgument).
+// (kDeadlineExceeded), when another member's init failed and it said so (kAborted), without a
+// CUDA device or NCCL in this build (kFailedPrecondition), or on bad options
+// (kInvalidArgument).
 absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(NcclCommOptions options);
 
 }  // namespace trident

@@ -187,7 +187,7 @@ done
 libpath=""
 if [[ -n $nccl_dir ]]; then
   libpath=$nccl_dir
-  say "   NCCL: $nccl_dir/libnccl.so.2$(nm -D --defined-only "$nccl_dir/libnccl.so.2" 2>/dev/null | grep -q ncclAlltoAll || echo ' (no ncclAlltoAll: AllToAll uses grouped send/recv)')"
+  say "   NCCL: $nccl_dir/libnccl.so.2$(nm -D --defined-only "$nccl_dir/libnccl.so.2" 2>/dev/null | grep -q ncclAlltoAll || echo ' (no ncclAlltoAll: AllToAll uses grouped send/recv there)')"
 else
   say "   NCCL: not found on this machine (set NCCL_LIB_DIR); every program links it"
 fi

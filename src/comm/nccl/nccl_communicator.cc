@@ -58,9 +58,18 @@ ncclRedOp_t ToNccl(ReduceOp op) {
   __builtin_unreachable();
 }
 
+// ncclGetVersion of the library loaded (not the headers'); 0 if it does not say.
+int LoadedNcclVersion() {
+  static const int version = [] {
+    int v = 0;
+    return ncclGetVersion(&v) == ncclSuccess ? v : 0;
+  }();
+  return version;
+}
+
 std::string NcclVersion() {
-  int v = 0;
-  if (ncclGetVersion(&v) != ncclSuccess) return "nccl ?";
+  const int v = LoadedNcclVersion();
+  if (v == 0) return "nccl ?";
   // Since 2.9 the code is major*10000 + minor*100 + patch.
   return absl::StrCat("nccl ", v / 10000, ".", (v % 10000) / 100, ".", v % 100);
 }
@@ -524,10 +533,12 @@ std::shared_ptr<Work> NcclCommunicator::AllToAll(const Tensor& in, const Tensor&
   std::shared_ptr<Work> work =
       Issue(name, seq, options, [&](ncclComm_t c, cudaStream_t st) -> ncclResult_t {
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 3)
-                 (void)block_bytes;
-                 (void)n;
-                 return ncclAlltoAll(send, out.data(), block, ToNccl(in.dtype()), c, st);
-#else
+                 // The NCCL loaded at run time may be older than the headers (a device
+                 // image's own): ncclAlltoAll is bound lazily, only called when it exists.
+                 if (LoadedNcclVersion() >= NCCL_VERSION(2, 28, 3)) {
+                   return ncclAlltoAll(send, out.data(), block, ToNccl(in.dtype()), c, st);
+                 }
+#endif
                  // Before ncclAlltoAll: one group of n sends and n receives.
                  ncclResult_t r = ncclGroupStart();
                  if (r != ncclSuccess) return r;
@@ -541,7 +552,6 @@ std::shared_ptr<Work> NcclCommunicator::AllToAll(const Tensor& in, const Tensor&
                  }
                  ncclResult_t end = ncclGroupEnd();
                  return r != ncclSuccess ? r : end;
-#endif
                });
   if (scratch != nullptr) {
     // Stream-ordered: given back after the all-to-all has read it (or at once if it was

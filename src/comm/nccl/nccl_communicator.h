@@ -163,7 +163,8 @@ void AbortBounded(ncclComm_t comm, NcclGroup group, const absl::Status& why);
 
 // Builds the communicator after NCCL's init: shared by CreateNcclCommunicator and Split.
 // `comm` has been created non-blocking and may still be initialising; this waits for it
-// (bounded by the group's timeout, failing early when a member is reported failed).
+// (bounded by the group's timeout, failing early when another member's init failed and it
+// published that under the communicator's keys).
 absl::StatusOr<std::unique_ptr<Communicator>> FinishNcclInit(ncclComm_t comm, NcclGroup group,
                                                              absl::Time deadline);
 
