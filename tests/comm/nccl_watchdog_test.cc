@@ -339,6 +339,22 @@ TEST_F(WatchdogTest, AbortFromOutsideCompletesPendingWorkOnlyAfterTheBackendIsAb
   EXPECT_EQ(backend_->aborts.load(), 1);  // the backend is aborted once only
 }
 
+// An op queued while the abort is starting (its issue raced the abort) may run until
+// ncclCommAbort returns: it completes then, with the abort status, like the pending ones.
+TEST_F(WatchdogTest, OpQueuedDuringTheBackendAbortCompletesAfterIt) {
+  backend_->block_abort = true;
+  comm_->Abort(absl::AbortedError("epoch 1 started"));
+  backend_->abort_entered.WaitForNotification();
+  auto late = std::make_unique<FakeOp>("AllReduce #5", 5, clock_.Now() + absl::Seconds(5),
+                                       absl::Seconds(5));
+  EXPECT_THAT(comm_->Track(late->work), StatusIs(absl::StatusCode::kAborted, HasSubstr("epoch 1")));
+  late->done = true;
+  EXPECT_FALSE(late->work->IsCompleted());
+  backend_->release_abort.Notify();
+  comm_->AwaitBackendAborted();
+  EXPECT_THAT(late->work->status(), StatusIs(absl::StatusCode::kAborted, HasSubstr("epoch 1")));
+}
+
 TEST_F(WatchdogTest, AbortThatHangsIsReportedOnceAfterItsBound) {
   backend_->block_abort = true;
   auto op = Issue("AllReduce #0", absl::Seconds(60));

@@ -374,6 +374,13 @@ std::shared_ptr<Work> NcclCommunicator::Fail(const std::string& name, absl::Stat
   return GpuWork::Failed(name, watched_->abort_status());
 }
 
+std::shared_ptr<Work> NcclCommunicator::FailBeforeNccl(const std::string& name,
+                                                       const absl::Status& s) {
+  // NCCL saw nothing: the communicator stays usable, unless the CUDA context is lost.
+  if (cuda::IsContextLost(s)) return Fail(name, s);
+  return GpuWork::Failed(name, Annotate(s, name));
+}
+
 std::shared_ptr<Work> NcclCommunicator::Issue(
     std::string name, int64_t seq, const OpOptions& options,
     const std::function<ncclResult_t(ncclComm_t, cudaStream_t)>& launch) {
@@ -390,7 +397,7 @@ std::shared_ptr<Work> NcclCommunicator::Issue(
   // event and no deadline (querying an event recorded under capture is an error, and its
   // deadline would pass while the graph waits to be launched).
   absl::StatusOr<bool> capturing = cuda::IsCapturing(stream);
-  if (!capturing.ok()) return Fail(name, capturing.status());
+  if (!capturing.ok()) return FailBeforeNccl(name, capturing.status());
   std::shared_ptr<cuda::Event> event;
   WatchedComm* watched = watched_.get();
   absl::Status s = handle_->Run(
@@ -522,11 +529,11 @@ std::shared_ptr<Work> NcclCommunicator::AllToAll(const Tensor& in, const Tensor&
   if (in_begin < out_begin + out.nbytes() && out_begin < in_begin + in.nbytes() &&
       !watched_->aborted()) {
     absl::StatusOr<void*> copy = cuda::AllocAsync(in.nbytes(), stream);
-    if (!copy.ok()) return Fail(name, copy.status());
+    if (!copy.ok()) return FailBeforeNccl(name, copy.status());
     scratch = *copy;
     if (absl::Status s = cuda::CopyAsync(scratch, in.data(), in.nbytes(), stream); !s.ok()) {
       (void)cuda::FreeAsync(scratch, stream);
-      return Fail(name, s);
+      return FailBeforeNccl(name, s);
     }
     send = scratch;
   }

@@ -142,6 +142,9 @@ class NcclCommunicator : public Communicator {
   // The failed Work of op `name` that could not be queued because of `s`; aborts the
   // communicator (NCCL's state is unknown), or ends the process when the CUDA context is lost.
   std::shared_ptr<Work> Fail(const std::string& name, absl::Status s);
+  // The failed Work of op `name` when a CUDA call before NCCL's failed (`s`): the
+  // communicator stays usable, unless the CUDA context is lost.
+  std::shared_ptr<Work> FailBeforeNccl(const std::string& name, const absl::Status& s);
   cudaStream_t StreamOf(const OpOptions& options) const;
   std::string OpName(absl::string_view kind, int64_t seq, int64_t count, DType dtype) const;
   int64_t NextSeq();

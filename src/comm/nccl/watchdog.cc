@@ -151,6 +151,13 @@ absl::Status WatchedComm::Track(const std::shared_ptr<GpuWork>& op) {
       pending_.push_back(op);
       return absl::OkStatus();
     }
+    if (!ops_taken_) {
+      // Queued while an abort was starting: its kernel may run until the backend abort has
+      // returned, so it completes then, with the others.
+      op->MarkAborting();
+      pending_.push_back(op);
+      return abort_status_;
+    }
     refused = absl::FailedPreconditionError(
         absl::StrCat(op->name(), " issued on ", backend_->Describe(), " after it was aborted (",
                      abort_status_.message(), "); rebuild it"));
@@ -198,7 +205,8 @@ void WatchedComm::RunBackendAbort(Clock* clock) {
   std::vector<std::shared_ptr<GpuWork>> ops;
   {
     absl::MutexLock lock(&mu_);
-    ops.swap(pending_);  // Track adds none any more: the communicator is aborted
+    ops.swap(pending_);
+    ops_taken_ = true;  // Track completes later ops at once
   }
   for (const auto& op : ops) op->Complete(why);
   absl::MutexLock lock(&mu_);

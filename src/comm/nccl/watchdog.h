@@ -131,8 +131,9 @@ class WatchedComm : public std::enable_shared_from_this<WatchedComm> {
 
   WatchdogBackend& backend() const { return *backend_; }
 
-  // Adds an issued op. When the communicator is already aborted, completes `op` with
-  // kFailedPrecondition and returns that status.
+  // Adds an issued op. When the communicator is already aborted, `op` fails and this returns
+  // the status: the abort status, once the backend abort has returned (it may run until
+  // then), or at once kFailedPrecondition when the backend abort is over.
   absl::Status Track(const std::shared_ptr<GpuWork>& op);
   // Aborts the communicator with `status` (not OK): later ops are refused at once, and the
   // watchdog runs the backend abort on a thread of its own; pending ops complete with
@@ -166,6 +167,7 @@ class WatchedComm : public std::enable_shared_from_this<WatchedComm> {
   std::vector<std::shared_ptr<GpuWork>> pending_ ABSL_GUARDED_BY(mu_);
   absl::Status abort_status_ ABSL_GUARDED_BY(mu_);
   bool publish_abort_ ABSL_GUARDED_BY(mu_) = false;
+  bool ops_taken_ ABSL_GUARDED_BY(mu_) = false;  // the abort thread took pending_
   BackendAbort backend_abort_ ABSL_GUARDED_BY(mu_) = BackendAbort::kNone;
   absl::Time abort_started_ ABSL_GUARDED_BY(mu_);
   bool hang_reported_ ABSL_GUARDED_BY(mu_) = false;
