@@ -133,7 +133,8 @@ class Communicator {
 
   // Fails every pending op with `status` (which must not be OK) and every later op with
   // kFailedPrecondition. Callable from any thread; returns promptly. Idempotent: the first
-  // status wins.
+  // status wins. On the NCCL backend the pending ops complete once ncclCommAbort has
+  // returned (bounded), so that the GPU no longer writes their buffers (trident/nccl.h).
   virtual void Abort(absl::Status status) = 0;
   // The abort status, or OK while the communicator is usable.
   virtual absl::Status AbortStatus() const = 0;

@@ -195,7 +195,7 @@ class Watchdog {
 
   // The process's watchdog, configured from TRIDENT_NCCL_WATCHDOG_POLL_MS and
   // TRIDENT_NCCL_ABORT_TIMEOUT_MS. It lives as long as the process, so that no communicator
-  // can outlive it (its threads wait idle when nothing is registered).
+  // can outlive it (with nothing registered, its threads wake every poll and do nothing).
   static std::shared_ptr<Watchdog> Shared();
 
   explicit Watchdog(Options options);
