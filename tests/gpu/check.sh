@@ -213,6 +213,12 @@ else
   say "   no GPU: $no_gpu_reason"
 fi
 say ""
+# A GPU the programs cannot use (a driver older than the CUDA runtime needs, NCCL missing) is
+# a failure, not a machine without a GPU.
+if [[ $have_gpu -eq 0 ]] && { ls /dev/nvidia[0-9]* >/dev/null 2>&1 || nvidia-smi -L >/dev/null 2>&1; }; then
+  failed=$((failed + 1))
+  row FAIL "GPU usable by the bundle" 0 "this machine has a GPU ($(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)) but: $no_gpu_reason"
+fi
 
 # --- 2. the GPU-aware unit tests: prove the bundle runs here -----------------------------
 for t in gpu_errors_test nccl_watchdog_test; do
