@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, builds, and runs every test (ctest labels
-# unit, multiproc, install, and gpu, which skip without a CUDA device: tests/gpu/run.sh is the
-# GPU machine's command). Works from a fresh clone on Debian 12, as root.
+# unit, multiproc, install, and gpu, which skip without a CUDA device: tests/gpu/prepare.sh
+# here, then tests/gpu/check.sh on the GPU machine, is the device check). Works from a fresh clone on Debian 12, as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh

@@ -29,6 +29,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -49,6 +50,15 @@ class Work {
   virtual bool IsCompleted() const = 0;
   // The op's status; kUnavailable ("still running") until it completes.
   virtual absl::Status status() const = 0;
+};
+
+// One transfer of a point-to-point batch (Communicator::SendRecv).
+struct P2POp {
+  enum class Kind { kSend, kRecv };
+  Kind kind = Kind::kSend;
+  Tensor tensor;
+  int peer = 0;
+  int tag = 0;
 };
 
 struct OpOptions {
@@ -105,6 +115,18 @@ class Communicator {
   virtual std::shared_ptr<Work> Recv(const Tensor& tensor, int peer, int tag,
                                      const OpOptions& options = {}) = 0;
 
+  // Issues `ops` as one batch and returns one Work, complete when every op of the batch is
+  // (its status: the first failure, in batch order). For exchanges in which ranks both send
+  // and receive, such as pipeline stages trading activations and gradients: on the NCCL
+  // backend the batch is one ncclGroupStart/ncclGroupEnd, so no send waits for the peer to
+  // post its receive first; and as NCCL carries no tags, the batch is issued in (peer, tag)
+  // order, so that equal-size messages land in the buffers of their tags when both sides'
+  // batches hold the same tags for each other. Each op is checked as Send and Recv check it.
+  // The default issues the ops one by one (the host backend's Send does not wait for the
+  // peer's Recv).
+  virtual std::shared_ptr<Work> SendRecv(const std::vector<P2POp>& ops,
+                                         const OpOptions& options = {});
+
   // Makes a sub-communicator of the ranks that pass the same color, ordered by (key, rank).
   // A collective over this communicator: every rank must call it. A negative color takes no
   // part and gets nullptr.
@@ -112,7 +134,8 @@ class Communicator {
 
   // Fails every pending op with `status` (which must not be OK) and every later op with
   // kFailedPrecondition. Callable from any thread; returns promptly. Idempotent: the first
-  // status wins.
+  // status wins. On the NCCL backend the pending ops complete once ncclCommAbort has
+  // returned (bounded), so that the GPU no longer writes their buffers (trident/nccl.h).
   virtual void Abort(absl::Status status) = 0;
   // The abort status, or OK while the communicator is usable.
   virtual absl::Status AbortStatus() const = 0;

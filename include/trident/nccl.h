@@ -11,12 +11,26 @@
 //    polls that event and never blocks past the deadline.
 //  - Send/Recv: NCCL has no tags; a Send meets the peer's Recv in issue order, and a Send
 //    blocks its stream until the peer's Recv runs. Two ranks that each send and then receive
-//    on one stream deadlock: let one of them receive first, or use separate streams.
-//  - A watchdog thread per process polls each communicator: an asynchronous NCCL error, an op
-//    past its deadline, or a member reported failed in the store (by trident-run) aborts the
-//    communicator (ncclCommAbort) and fails its ops with kAborted / kDeadlineExceeded naming
-//    the cause. If ncclCommAbort itself does not return within TRIDENT_NCCL_ABORT_TIMEOUT_MS
-//    the process logs it and exits with status 70 rather than hang the job.
+//    on one stream deadlock: put the exchange in one SendRecv batch (one NCCL group, in
+//    (peer, kind, tag) order), or let one of them receive first.
+//  - AllToAll may be in place (in and out the same or overlapping): it then sends from a
+//    copy made on the op's stream.
+//  - A watchdog per process polls each communicator: an asynchronous NCCL error, an op past
+//    its deadline, an error on an op's CUDA event, or another member that aborted the
+//    communicator (the communicator's own store keys) aborts it (ncclCommAbort) and fails its
+//    ops with kAborted / kDeadlineExceeded naming the cause. The backend never reads the
+//    job's failure records: a member that dies reaches it through Abort, which the runtime
+//    calls.
+//  - Abort(status) returns at once and refuses later ops; pending ops fail with `status` once
+//    ncclCommAbort has returned, so that the GPU no longer writes their buffers when the
+//    caller sees the failure. Aborts of several communicators run in parallel. If
+//    ncclCommAbort does not return within TRIDENT_NCCL_ABORT_TIMEOUT_MS the process logs it
+//    and exits with status 70 rather than hang the job.
+//  - A sticky CUDA error (the process's CUDA context is lost) cannot be recovered by a
+//    rebuild: the process logs it and exits with status 71, and the launcher reports the
+//    rank as failed.
+//  - An op queued on a stream that is being captured into a CUDA graph returns a Work that
+//    is already complete; it runs at the graph's launches, with no deadline or watchdog.
 //  - Communicators are created non-blocking (ncclConfig_t::blocking = 0), so that init, split
 //    and every op are bounded by their deadline and abortable from any thread.
 //  - Rebuild for a new epoch: every member (survivors and promoted spares) calls
@@ -70,8 +84,9 @@ bool NcclBuilt();
 
 // Builds a communicator of the NCCL backend. Every rank calls it with the same name, epoch and
 // world size; it returns once NCCL's init has finished on this rank, or fails at the timeout
-// (kDeadlineExceeded), when a member is reported failed (kAborted), without a CUDA device or
-// NCCL in this build (kFailedPrecondition), or on bad options (kInvalidArgument).
+// (kDeadlineExceeded), when another member's init failed and it said so (kAborted), without a
+// CUDA device or NCCL in this build (kFailedPrecondition), or on bad options
+// (kInvalidArgument).
 absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(NcclCommOptions options);
 
 }  // namespace trident

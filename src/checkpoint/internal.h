@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -116,10 +117,25 @@ class ParallelCopier {
 // Resolves `step` (kLatestStep allowed) and reads its manifest.
 absl::StatusOr<CheckpointManifest> ReadManifestAt(FileSystem& fs, const std::string& dir,
                                                   int64_t* step);
-// Where the bytes of a request are assembled: the caller's memory, or for a CUDA tensor a host
-// buffer that FinishDestination then copies to the device.
-absl::StatusOr<char*> HostDestination(const TensorRequest& request, HostMemory* bounce);
-absl::Status FinishDestination(const TensorRequest& request, const HostMemory& bounce);
+// Where the bytes of each request of a load are assembled: the caller's memory, or for a CUDA
+// tensor a page-locked block (pooled) that Queue copies to the device with cudaMemcpyAsync on
+// a stream per device, so that the copy overlaps the next tensor's reads; Finish waits for
+// every copy once. A block goes back to the pool fenced by its copy's event.
+class DeviceUploads {
+ public:
+  DeviceUploads();
+  ~DeviceUploads();
+  // Where to assemble `request`'s bytes.
+  absl::StatusOr<char*> Destination(const TensorRequest& request);
+  // After the bytes of the request last given to Destination are in place.
+  absl::Status Queue(const TensorRequest& request);
+  // Waits for every queued copy; bounded (kDeadlineExceeded naming the device).
+  absl::Status Finish();
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
 // Where a request lies in the global tensor, after checking it against what is stored.
 absl::StatusOr<Box> RequestBox(const TensorRequest& request, DType dtype,
                                const Tensor::Shape& global_shape, absl::string_view where);

@@ -5,6 +5,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "checkpoint/file_system.h"
 #include "checkpoint/format.h"
 #include "checkpoint/internal.h"
@@ -110,19 +111,65 @@ absl::StatusOr<Box> RequestBox(const TensorRequest& request, DType dtype,
   return box;
 }
 
-absl::StatusOr<char*> HostDestination(const TensorRequest& request, HostMemory* bounce) {
-  if (request.tensor.device().is_cpu()) return static_cast<char*>(request.tensor.data());
-  *bounce = AllocateHostMemory(std::max<size_t>(request.tensor.nbytes(), 1));
-  return bounce->get();
+// A copy to a device is done well within this unless the device is hung.
+constexpr absl::Duration kDeviceCopyTimeout = absl::Minutes(5);
+
+struct DeviceUploads::State {
+  std::shared_ptr<cuda::PinnedPool> pool = cuda::PinnedPool::Create();
+  cuda::PinnedPool::Block block;  // the current request's, when it is a CUDA tensor
+  std::map<int, std::unique_ptr<cuda::OwnedStream>> streams;  // by device
+  std::map<int, std::shared_ptr<cuda::Event>> last;           // the last copy, by device
+};
+
+DeviceUploads::DeviceUploads() : state_(std::make_unique<State>()) {}
+
+DeviceUploads::~DeviceUploads() {
+  // A load that failed part-way: wait for what was queued (its blocks go back fenced anyway).
+  if (!state_->last.empty()) (void)Finish();
 }
 
-absl::Status FinishDestination(const TensorRequest& request, const HostMemory& bounce) {
+absl::StatusOr<char*> DeviceUploads::Destination(const TensorRequest& request) {
+  if (request.tensor.device().is_cpu()) return static_cast<char*>(request.tensor.data());
+  ASSIGN_OR_RETURN(state_->block, cuda::PinnedPool::Acquire(
+                                      state_->pool, std::max<size_t>(request.tensor.nbytes(), 1)));
+  return static_cast<char*>(state_->block.data());
+}
+
+absl::Status DeviceUploads::Queue(const TensorRequest& request) {
   if (request.tensor.device().is_cpu()) return absl::OkStatus();
-  cuda::DeviceGuard guard(request.tensor.device().index);
-  RETURN_IF_ERROR(guard.status());
-  return Annotate(cuda::CopyToDevice(request.tensor.data(), bounce.get(), request.tensor.nbytes()),
-                  absl::StrCat("loading tensor ", request.name, " into cuda:",
-                               request.tensor.device().index));
+  const int device = request.tensor.device().index;
+  const std::string what = absl::StrCat("loading tensor ", request.name, " into cuda:", device);
+  std::unique_ptr<cuda::OwnedStream>& stream = state_->streams[device];
+  if (stream == nullptr) {
+    // Synchronising with the legacy default stream, as the blocking copy it replaces did.
+    auto made = cuda::OwnedStream::Create(device, /*non_blocking=*/false);
+    if (!made.ok()) return Annotate(made.status(), what);
+    stream = std::move(*made);
+  }
+  cuda::DeviceGuard guard(device);
+  RETURN_IF_ERROR(Annotate(guard.status(), what));
+  RETURN_IF_ERROR(Annotate(cuda::CopyAsync(request.tensor.data(), state_->block.data(),
+                                           request.tensor.nbytes(), stream->get()),
+                           what));
+  auto event = cuda::Event::Record(stream->get(), device);
+  if (!event.ok()) return Annotate(event.status(), what);
+  std::shared_ptr<cuda::Event> fence = std::move(*event);
+  state_->block.set_fence(fence);
+  state_->block = cuda::PinnedPool::Block();  // back to the pool, not reused before the copy
+  state_->last[device] = std::move(fence);
+  return absl::OkStatus();
+}
+
+absl::Status DeviceUploads::Finish() {
+  const absl::Time deadline = absl::Now() + kDeviceCopyTimeout;
+  absl::Status status;
+  for (auto& [device, event] : state_->last) {
+    absl::Status s = cuda::WaitEvent(*event, deadline,
+                                     absl::StrCat("loading a checkpoint into cuda:", device));
+    if (status.ok()) status = s;
+  }
+  state_->last.clear();
+  return status;
 }
 
 absl::StatusOr<CheckpointManifest> ReadManifestAt(FileSystem& fs, const std::string& dir,
@@ -217,6 +264,7 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const std::string& dir, int64_t step,
   ckpt::FileCache files(*fs, step_dir);
   HostMemory scratch;
   size_t scratch_bytes = 0;
+  ckpt::DeviceUploads uploads;  // CUDA destinations
   for (const TensorRequest& request : requests) {
     auto it = m.tensors.find(request.name);
     if (it == m.tensors.end()) {
@@ -226,8 +274,7 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const std::string& dir, int64_t step,
     const TensorInfo& t = it->second;
     ASSIGN_OR_RETURN(Box want, ckpt::RequestBox(request, t.dtype, t.global_shape, where));
     const size_t elem = DTypeSize(t.dtype);
-    HostMemory bounce;  // CUDA destinations: filled here, then copied to the device
-    ASSIGN_OR_RETURN(char* dst, ckpt::HostDestination(request, &bounce));
+    ASSIGN_OR_RETURN(char* dst, uploads.Destination(request));
     int64_t filled = 0;
     for (const ShardInfo& shard : t.shards) {
       const Box have{shard.offset, shard.shape};
@@ -257,8 +304,9 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const std::string& dir, int64_t step,
           ckpt::ShapeString(want.offset), " shape ", ckpt::ShapeString(want.shape), " of tensor ",
           request.name));
     }
-    RETURN_IF_ERROR(ckpt::FinishDestination(request, bounce));
+    RETURN_IF_ERROR(uploads.Queue(request));
   }
+  RETURN_IF_ERROR(uploads.Finish());
   return result;
 }
 

@@ -32,6 +32,7 @@ absl::Status PeerReplica::Restore(absl::Span<const TensorRequest> requests) cons
   const std::string where = absl::StrCat("the replica of rank ", impl_->owner_rank, " (step ",
                                          impl_->step, ")");
   std::vector<std::vector<bool>> verified(impl_->tensors.size());
+  ckpt::DeviceUploads uploads;  // CUDA destinations
   for (const TensorRequest& request : requests) {
     auto it = std::find_if(impl_->tensors.begin(), impl_->tensors.end(),
                            [&](const ReplicaTensor& t) { return t.name == request.name; });
@@ -40,8 +41,7 @@ absl::Status PeerReplica::Restore(absl::Span<const TensorRequest> requests) cons
     }
     const ReplicaTensor& t = *it;
     ASSIGN_OR_RETURN(ckpt::Box want, ckpt::RequestBox(request, t.dtype, t.global_shape, where));
-    HostMemory bounce;  // CUDA destinations: filled here, then copied to the device
-    ASSIGN_OR_RETURN(char* dst, ckpt::HostDestination(request, &bounce));
+    ASSIGN_OR_RETURN(char* dst, uploads.Destination(request));
     std::vector<bool>& ok = verified[it - impl_->tensors.begin()];
     ok.resize(t.pieces.size(), false);
     int64_t filled = 0;
@@ -68,9 +68,9 @@ absl::Status PeerReplica::Restore(absl::Span<const TensorRequest> requests) cons
           where, " holds only part of the requested slice of tensor ", t.name, " (offset ",
           ckpt::ShapeString(want.offset), " shape ", ckpt::ShapeString(want.shape), ")"));
     }
-    RETURN_IF_ERROR(ckpt::FinishDestination(request, bounce));
+    RETURN_IF_ERROR(uploads.Queue(request));
   }
-  return absl::OkStatus();
+  return uploads.Finish();
 }
 
 namespace ckpt {

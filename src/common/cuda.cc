@@ -3,6 +3,7 @@
 #include <bit>
 #include <mutex>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/check.h"
@@ -96,6 +97,9 @@ bool IsSticky(int e) {
   }
 }
 
+// The payload that marks a status as a sticky CUDA error; its value is the cudaError_t.
+constexpr absl::string_view kContextLostPayload = "trident.dev/cuda-context-lost";
+
 [[maybe_unused]] absl::Status NotBuilt(absl::string_view call) {
   return absl::FailedPreconditionError(absl::StrCat(
       call, ": this build of trident has no CUDA support (built with TRIDENT_WITH_CUDA=OFF or "
@@ -169,7 +173,13 @@ absl::Status ErrorToStatus(int e, absl::string_view call) {
                     " (a sticky error: this process's CUDA context is lost; the process must be "
                     "replaced)");
   }
-  return absl::Status(CodeFor(e), text);
+  absl::Status status(CodeFor(e), text);
+  if (IsSticky(e)) status.SetPayload(kContextLostPayload, absl::Cord(absl::StrCat(e)));
+  return status;
+}
+
+bool IsContextLost(const absl::Status& status) {
+  return status.GetPayload(kContextLostPayload).has_value();
 }
 
 absl::Status CheckCudaTensor(const Tensor& t, absl::string_view op, absl::string_view which) {
@@ -300,6 +310,39 @@ absl::Status CopyAsync(void* dst, const void* src, size_t bytes, Stream stream) 
                absl::StrCat("cudaMemcpyAsync(", bytes, " bytes)"));
 #else
   return NotBuilt("cudaMemcpyAsync");
+#endif
+}
+
+absl::StatusOr<bool> IsCapturing(Stream stream) {
+#if TRIDENT_HAVE_CUDA
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  absl::Status st = Check(cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &capture),
+                          "cudaStreamIsCapturing");
+  if (!st.ok()) return st;
+  return capture != cudaStreamCaptureStatusNone;
+#else
+  return NotBuilt("cudaStreamIsCapturing");
+#endif
+}
+
+absl::StatusOr<void*> AllocAsync(size_t bytes, Stream stream) {
+#if TRIDENT_HAVE_CUDA
+  void* p = nullptr;
+  absl::Status st = Check(
+      cudaMallocAsync(&p, std::max<size_t>(bytes, 1), static_cast<cudaStream_t>(stream)),
+      absl::StrCat("cudaMallocAsync(", bytes, " bytes)"));
+  if (!st.ok()) return st;
+  return p;
+#else
+  return NotBuilt("cudaMallocAsync");
+#endif
+}
+
+absl::Status FreeAsync(void* p, Stream stream) {
+#if TRIDENT_HAVE_CUDA
+  return Check(cudaFreeAsync(p, static_cast<cudaStream_t>(stream)), "cudaFreeAsync");
+#else
+  return NotBuilt("cudaFreeAsync");
 #endif
 }
 

@@ -42,10 +42,15 @@ std::string NoDeviceReason();
 //   not ready                                                 kUnavailable
 //   sticky device errors (illegal address, launch failure,
 //   uncorrectable ECC, ...): the CUDA context is lost        kInternal, saying the process
-//                                                             must be replaced
+//                                                             must be replaced (IsContextLost)
 //   anything else                                             kInternal
 // The message keeps the call, the numeric code, its name and its text.
 absl::Status ErrorToStatus(int cuda_error, absl::string_view call);
+
+// True when `status` came from a sticky CUDA error (ErrorToStatus marks it with a payload):
+// this process's CUDA context is lost, so no rebuild in it can succeed; the process must be
+// replaced. Decided from the payload, never from the message.
+bool IsContextLost(const absl::Status& status);
 
 // kInvalidArgument when `t` is a CUDA tensor that this build or machine cannot serve: a
 // build without CUDA, or a device index that does not exist. OK for CPU tensors.
@@ -106,6 +111,16 @@ absl::Status WaitEvent(const Event& event, absl::Time deadline, absl::string_vie
 
 // cudaMemcpyAsync(kind = default, so any of host, pinned host, device) on `stream`.
 absl::Status CopyAsync(void* dst, const void* src, size_t bytes, Stream stream);
+
+// cudaStreamIsCapturing: true while `stream` is being captured into a CUDA graph (work queued
+// on it then runs only when the graph is launched).
+absl::StatusOr<bool> IsCapturing(Stream stream);
+
+// Device memory ordered on `stream` (cudaMallocAsync / cudaFreeAsync): usable by work queued
+// on `stream` after the allocation, and given back once the work queued before the free has
+// run. For per-op scratch that must not outlive the op; works under graph capture.
+absl::StatusOr<void*> AllocAsync(size_t bytes, Stream stream);
+absl::Status FreeAsync(void* p, Stream stream);
 
 // Page-locked host memory (cudaMallocHost) for staging copies, cached and reused: pinning
 // is slow and cudaFreeHost synchronises the device, so blocks go back to the pool, which

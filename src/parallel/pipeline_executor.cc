@@ -34,17 +34,25 @@ class StageRunner {
 
   absl::Status Run(const std::vector<Instruction>& list) {
     absl::Status status;
-    for (const Instruction& in : list) {
-      status = Execute(in);
+    for (size_t i = 0; i < list.size();) {
+      // Consecutive sends and receives go out as one batch.
+      size_t end = i + 1;
+      if (IsTransfer(list[i].kind)) {
+        while (end < list.size() && IsTransfer(list[end].kind)) ++end;
+        status = Exchange(list, i, end);
+      } else {
+        status = Execute(list[i]);
+      }
       if (!status.ok()) {
-        status = Annotate(status, in);
+        status = Annotate(status, list[i]);
         break;
       }
+      i = end;
       Reap();
     }
-    // Every send must finish before its buffer goes away, on success and on error alike (the
-    // op is bound by its own deadline).
-    for (auto& [buf, work, in] : pending_) {
+    // Every batch must finish before its buffers go away, on success and on error alike (the
+    // ops are bound by their own deadline).
+    for (auto& [bufs, work, in] : pending_) {
       absl::Status s = work->Wait();
       if (status.ok() && !s.ok()) status = Annotate(s, in);
     }
@@ -136,38 +144,74 @@ class StageRunner {
         if (!cb_.backward_weight) return absl::InvalidArgumentError("no backward_weight callback");
         return cb_.backward_weight(in.microbatch, in.chunk);
       case Kind::kSendActivation:
-      case Kind::kSendGrad: {
-        const bool grad = in.kind == Kind::kSendGrad;
-        std::unique_ptr<Buffer> buf;
-        RETURN_IF_ERROR(Take(grad ? grad_out_ : act_out_, key, grad ? "gradient" : "activation",
-                             &buf));
-        auto work = o_.pp_group->Send(buf->tensor, in.peer_stage,
-                                      MakeTag(grad, in.microbatch, in.chunk, v_), Op());
-        if (work->IsCompleted()) {
-          RETURN_IF_ERROR(work->status());
-        } else {
-          pending_.push_back({std::move(buf), std::move(work), in});
-        }
-        return absl::OkStatus();
-      }
+      case Kind::kSendGrad:
       case Kind::kRecvActivation:
-      case Kind::kRecvGrad: {
-        const bool grad = in.kind == Kind::kRecvGrad;
-        // The sender's virtual stage and its chunk there.
-        const int sender_vs = grad ? vs + 1 : vs - 1;
-        const int sender_chunk = sender_vs / p_;
-        auto buf = NewBuffer();
-        auto work = o_.pp_group->Recv(buf->tensor, in.peer_stage,
-                                      MakeTag(grad, in.microbatch, sender_chunk, v_), Op());
-        RETURN_IF_ERROR(work->Wait(Deadline()));
-        (grad ? grad_in_ : act_in_)[key] = std::move(buf);
-        return absl::OkStatus();
-      }
+      case Kind::kRecvGrad:
+        return absl::InternalError("sends and receives run through Exchange");
     }
     return absl::InternalError("unknown instruction kind");
   }
 
-  // Drops sends that have completed, keeping errors.
+  static bool IsTransfer(Kind kind) {
+    return kind == Kind::kSendActivation || kind == Kind::kSendGrad ||
+           kind == Kind::kRecvActivation || kind == Kind::kRecvGrad;
+  }
+
+  // The transfers list[begin, end) as one Communicator::SendRecv batch: on NCCL one group, so
+  // that neighbouring stages that both send and receive never wait for each other to post
+  // first (a send holds its stream until the peer's receive runs). A batch with receives is
+  // waited for before the compute that consumes them; one of sends only is left pending,
+  // keeping its buffers, as a single send was.
+  absl::Status Exchange(const std::vector<Instruction>& list, size_t begin, size_t end) {
+    std::vector<P2POp> ops;
+    Pending batch;
+    batch.in = list[begin];
+    std::vector<std::pair<std::map<Key, std::unique_ptr<Buffer>>*, Key>> landing;
+    for (size_t i = begin; i < end; ++i) {
+      const Instruction& in = list[i];
+      const Key key{in.microbatch, in.chunk};
+      const bool grad = in.kind == Kind::kSendGrad || in.kind == Kind::kRecvGrad;
+      if (in.kind == Kind::kSendActivation || in.kind == Kind::kSendGrad) {
+        std::unique_ptr<Buffer> buf;
+        RETURN_IF_ERROR(Take(grad ? grad_out_ : act_out_, key, grad ? "gradient" : "activation",
+                             &buf));
+        ops.push_back({P2POp::Kind::kSend, buf->tensor, in.peer_stage,
+                       MakeTag(grad, in.microbatch, in.chunk, v_)});
+        batch.bufs.push_back(std::move(buf));
+      } else {
+        // The sender's virtual stage and its chunk there.
+        const int vs = VirtualStage(o_.stage, in.chunk, p_);
+        const int sender_chunk = (grad ? vs + 1 : vs - 1) / p_;
+        auto buf = NewBuffer();
+        ops.push_back({P2POp::Kind::kRecv, buf->tensor, in.peer_stage,
+                       MakeTag(grad, in.microbatch, sender_chunk, v_)});
+        landing.emplace_back(grad ? &grad_in_ : &act_in_, key);
+        batch.bufs.push_back(std::move(buf));
+      }
+    }
+    batch.work = o_.pp_group->SendRecv(ops, Op());
+    if (landing.empty()) {
+      if (batch.work->IsCompleted()) return batch.work->status();
+      pending_.push_back(std::move(batch));
+      return absl::OkStatus();
+    }
+    absl::Status s = batch.work->Wait(Deadline());
+    if (!s.ok()) {
+      // Still running only if our deadline came first: Run waits for it before the buffers go.
+      if (!batch.work->IsCompleted()) pending_.push_back(std::move(batch));
+      return s;
+    }
+    // bufs[i] is ops[i]'s: the receives' land in their maps, the sends' go with `batch`.
+    size_t r = 0;
+    for (size_t i = 0; i < ops.size(); ++i) {
+      if (ops[i].kind != P2POp::Kind::kRecv) continue;
+      auto& [map, key] = landing[r++];
+      (*map)[key] = std::move(batch.bufs[i]);
+    }
+    return absl::OkStatus();
+  }
+
+  // Drops batches that have completed, keeping errors.
   void Reap() {
     for (auto it = pending_.begin(); it != pending_.end();) {
       if (it->work->IsCompleted() && it->work->status().ok()) {
@@ -178,8 +222,9 @@ class StageRunner {
     }
   }
 
-  struct PendingSend {
-    std::unique_ptr<Buffer> buf;
+  // A batch in flight and the buffers it uses.
+  struct Pending {
+    std::vector<std::unique_ptr<Buffer>> bufs;
     std::shared_ptr<Work> work;
     Instruction in;
   };
@@ -192,7 +237,7 @@ class StageRunner {
   std::map<Key, std::unique_ptr<Buffer>> act_out_;   // forward outputs awaiting their send
   std::map<Key, std::unique_ptr<Buffer>> grad_in_;   // received (or local) output gradients
   std::map<Key, std::unique_ptr<Buffer>> grad_out_;  // input gradients awaiting their send
-  std::vector<PendingSend> pending_;
+  std::vector<Pending> pending_;
 };
 
 }  // namespace

@@ -78,6 +78,11 @@ TEST(CudaStatusTest, CodesFollowWhatTheCallerDoesNext) {
               StatusIs(absl::StatusCode::kInternal,
                        AllOf(HasSubstr("CUDA error 700"), HasSubstr("sticky"),
                              HasSubstr("must be replaced"))));
+  // The watchdog decides from a payload, not from the text: only sticky errors carry it.
+  EXPECT_TRUE(cuda::IsContextLost(cuda::ErrorToStatus(700, "cudaEventQuery")));
+  EXPECT_TRUE(cuda::IsContextLost(cuda::ErrorToStatus(719, "cudaEventQuery")));
+  EXPECT_FALSE(cuda::IsContextLost(cuda::ErrorToStatus(2, "cudaMalloc")));
+  EXPECT_FALSE(cuda::IsContextLost(absl::InternalError("sticky error: the process must be replaced")));
   if (cuda::Built()) {
     EXPECT_THAT(cuda::ErrorToStatus(2, "cudaMalloc"),
                 StatusIs(absl::StatusCode::kResourceExhausted,

@@ -1,6 +1,8 @@
 // The NCCL backend's watchdog, with a fake clock and a fake backend (no GPU, no NCCL): op
-// completion, deadlines, asynchronous errors, peers reported failed, user aborts, and an
-// abort that hangs (the process would exit; here the hook records it).
+// completion, deadlines, asynchronous errors, a peer that aborted the communicator, aborts
+// from outside (ops complete only after the backend abort), parallel aborts, an abort that
+// hangs while the watch thread is stuck too, and a lost CUDA context (the process would exit;
+// here the hooks record it).
 #include "comm/nccl/watchdog.h"
 
 #include <atomic>
@@ -8,6 +10,7 @@
 
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "common/cuda.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -40,16 +43,22 @@ class FakeClock : public Clock {
 
 class FakeBackend : public WatchdogBackend {
  public:
-  std::string Describe() const override { return "fake[rank 0/2]"; }
+  explicit FakeBackend(std::string name = "fake[rank 0/2]") : name_(std::move(name)) {}
+  std::string Describe() const override { return name_; }
   absl::Status AsyncError() override {
+    if (block_async) release_async.WaitForNotification();
     absl::MutexLock lock(&mu_);
     ++async_polls;
     return async_error;
   }
-  absl::Status PeerHealth() override {
+  absl::Status PeerAborted() override {
     absl::MutexLock lock(&mu_);
     ++peer_polls;
-    return peer_health;
+    return peer_aborted;
+  }
+  void PublishAbort(const absl::Status& why) override {
+    absl::MutexLock lock(&mu_);
+    published.push_back(why);
   }
   absl::Status DiagnoseTimeout(const GpuWork& op) override {
     return absl::DeadlineExceededError(
@@ -61,29 +70,39 @@ class FakeBackend : public WatchdogBackend {
       absl::MutexLock lock(&mu_);
       abort_reason = why;
     }
+    abort_entered.Notify();
     if (block_abort) release_abort.WaitForNotification();
   }
 
+  const std::string name_;
   absl::Mutex mu_;
   absl::Status async_error ABSL_GUARDED_BY(mu_);
-  absl::Status peer_health ABSL_GUARDED_BY(mu_);
+  absl::Status peer_aborted ABSL_GUARDED_BY(mu_);
   absl::Status abort_reason ABSL_GUARDED_BY(mu_);
+  std::vector<absl::Status> published ABSL_GUARDED_BY(mu_);
   int async_polls ABSL_GUARDED_BY(mu_) = 0;
   int peer_polls ABSL_GUARDED_BY(mu_) = 0;
   std::atomic<int> aborts{0};
   bool block_abort = false;
+  absl::Notification abort_entered;
   absl::Notification release_abort;
+  bool block_async = false;
+  absl::Notification release_async;
 };
 
 // An op whose "CUDA event" the test fires.
 struct FakeOp {
   std::atomic<bool> done{false};
   std::atomic<bool> broken{false};
+  std::atomic<bool> context_lost{false};
   std::shared_ptr<GpuWork> work;
 
   FakeOp(std::string name, int64_t seq, absl::Time deadline, absl::Duration timeout) {
     work = std::make_shared<GpuWork>(std::move(name), seq, deadline, timeout,
                                      [this]() -> absl::StatusOr<bool> {
+                                       if (context_lost.load()) {
+                                         return cuda::ErrorToStatus(700, "cudaEventQuery");
+                                       }
                                        if (broken.load()) {
                                          return absl::InternalError(
                                              "cudaEventQuery: CUDA error 700 "
@@ -102,10 +121,14 @@ class WatchdogTest : public ::testing::Test {
     options.poll = absl::Milliseconds(10);
     options.peer_poll = absl::Milliseconds(100);
     options.abort_timeout = absl::Seconds(10);
-    options.run_thread = false;  // the test drives Tick()
+    options.run_threads = false;  // the test drives Tick() and CheckAborts()
     options.on_abort_hang = [this](const std::string& message) {
       absl::MutexLock lock(&mu_);
       hangs_.push_back(message);
+    };
+    options.on_device_lost = [this](const std::string& message) {
+      absl::MutexLock lock(&mu_);
+      device_lost_.push_back(message);
     };
     watchdog_ = std::make_unique<Watchdog>(std::move(options));
     backend_ = std::make_shared<FakeBackend>();
@@ -114,8 +137,6 @@ class WatchdogTest : public ::testing::Test {
   }
   ~WatchdogTest() override {
     if (!backend_->release_abort.HasBeenNotified()) backend_->release_abort.Notify();
-    // Run any requested abort before the watchdog goes.
-    watchdog_->Tick();
     comm_->AwaitBackendAborted();
     comm_.reset();
     watchdog_.reset();
@@ -131,6 +152,14 @@ class WatchdogTest : public ::testing::Test {
     absl::MutexLock lock(&mu_);
     return hangs_;
   }
+  std::vector<std::string> device_lost() {
+    absl::MutexLock lock(&mu_);
+    return device_lost_;
+  }
+  std::vector<absl::Status> published() {
+    absl::MutexLock lock(&backend_->mu_);
+    return backend_->published;
+  }
 
   FakeClock clock_;
   std::shared_ptr<FakeBackend> backend_;
@@ -138,6 +167,7 @@ class WatchdogTest : public ::testing::Test {
   std::unique_ptr<Watchdog> watchdog_;
   absl::Mutex mu_;
   std::vector<std::string> hangs_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> device_lost_ ABSL_GUARDED_BY(mu_);
 };
 
 TEST_F(WatchdogTest, OpCompletesWhenItsEventFires) {
@@ -162,16 +192,18 @@ TEST_F(WatchdogTest, OpPastItsDeadlineAbortsWithDeadlineExceeded) {
   EXPECT_TRUE(comm_->abort_status().ok());
 
   clock_.Advance(absl::Milliseconds(200));
-  watchdog_->Tick();
+  watchdog_->Tick();  // aborts; the backend abort runs on a thread of its own
+  comm_->AwaitBackendAborted();
+  EXPECT_EQ(backend_->aborts.load(), 1);
   EXPECT_THAT(first->work->Wait(absl::InfinitePast()),
               StatusIs(absl::StatusCode::kDeadlineExceeded,
                        AllOf(HasSubstr("AllReduce #0"), HasSubstr("had not queued it: 1"))));
   // Every pending op fails with the same status; the communicator is aborted.
   EXPECT_THAT(second->work->Wait(absl::InfinitePast()),
               StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("AllReduce #0")));
-  watchdog_->Tick();  // starts the backend abort
-  comm_->AwaitBackendAborted();
-  EXPECT_EQ(backend_->aborts.load(), 1);
+  // A cause this rank found itself is published for the other members.
+  ASSERT_EQ(published().size(), 1u);
+  EXPECT_THAT(published()[0], StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("AllReduce #0")));
 
   // Later ops are refused: rebuild first.
   auto later = std::make_unique<FakeOp>("AllGather #2", 2, clock_.Now() + absl::Seconds(5),
@@ -201,12 +233,11 @@ TEST_F(WatchdogTest, AsynchronousNcclErrorAborts) {
         "was a network error)");
   }
   watchdog_->Tick();
+  comm_->AwaitBackendAborted();
   EXPECT_THAT(op->work->Wait(absl::InfinitePast()),
               StatusIs(absl::StatusCode::kAborted,
                        AllOf(HasSubstr("asynchronous error"), HasSubstr("ncclRemoteError"),
                              HasSubstr("fake[rank 0/2]"))));
-  watchdog_->Tick();
-  comm_->AwaitBackendAborted();
   EXPECT_EQ(backend_->aborts.load(), 1);
   absl::MutexLock lock(&backend_->mu_);
   EXPECT_THAT(std::string(backend_->abort_reason.message()), HasSubstr("ncclRemoteError"));
@@ -224,24 +255,28 @@ TEST_F(WatchdogTest, AsyncErrorsArePolledEvenWithoutPendingOps) {
               StatusIs(absl::StatusCode::kAborted, HasSubstr("ncclSystemError")));
 }
 
-TEST_F(WatchdogTest, PeerReportedFailedAbortsAndIsPolledAtItsOwnRate) {
+// Another member that aborted the communicator for its own reason (its store keys under the
+// communicator's context) aborts this one too, polled at its own rate; not published again.
+TEST_F(WatchdogTest, PeerThatAbortedTheCommunicatorAbortsItHereAtItsOwnRate) {
   auto op = Issue("AllReduce #0", absl::Seconds(60));
   watchdog_->Tick();
   watchdog_->Tick();  // same instant: the store is not asked again
   {
     absl::MutexLock lock(&backend_->mu_);
     EXPECT_EQ(backend_->peer_polls, 1);
-    backend_->peer_health = absl::AbortedError(
-        "rank 1 of world (epoch 0) failed: rank 1 killed by signal 9 (SIGKILL) (reported by "
-        "trident-run)");
+    backend_->peer_aborted = absl::AbortedError(
+        "rank 1 of world (epoch 0) aborted the communicator: AllReduce #0 timed out");
   }
   clock_.Advance(absl::Milliseconds(50));
   watchdog_->Tick();
   EXPECT_FALSE(op->work->IsCompleted());
   clock_.Advance(absl::Milliseconds(60));
   watchdog_->Tick();
+  comm_->AwaitBackendAborted();
   EXPECT_THAT(op->work->Wait(absl::InfinitePast()),
-              StatusIs(absl::StatusCode::kAborted, AllOf(HasSubstr("rank 1"), HasSubstr("SIGKILL"))));
+              StatusIs(absl::StatusCode::kAborted,
+                       AllOf(HasSubstr("rank 1"), HasSubstr("aborted the communicator"))));
+  EXPECT_TRUE(published().empty());
 }
 
 TEST_F(WatchdogTest, StoreIsNotPolledWithoutPendingOps) {
@@ -256,43 +291,119 @@ TEST_F(WatchdogTest, GpuErrorOnTheEventAborts) {
   auto op = Issue("ReduceScatter #3", absl::Seconds(60), 3);
   op->broken = true;
   watchdog_->Tick();
+  comm_->AwaitBackendAborted();
   EXPECT_THAT(op->work->Wait(absl::InfinitePast()),
               StatusIs(absl::StatusCode::kAborted,
                        AllOf(HasSubstr("ReduceScatter #3"), HasSubstr("cudaErrorIllegalAddress"))));
+  EXPECT_TRUE(device_lost().empty());  // not marked as sticky: a rebuild may help
 }
 
-TEST_F(WatchdogTest, UserAbortFailsPendingOpsAtOnceAndTheFirstStatusWins) {
-  auto op = Issue("AllReduce #0", absl::Seconds(60));
-  EXPECT_TRUE(comm_->Abort(absl::AbortedError("epoch 1 started: member m7 is dead")));
-  EXPECT_FALSE(comm_->Abort(absl::CancelledError("second")));
-  // Before any watchdog pass: the op already failed with the first status.
-  EXPECT_THAT(op->work->Wait(absl::InfinitePast()),
-              StatusIs(absl::StatusCode::kAborted, HasSubstr("member m7")));
-  EXPECT_THAT(comm_->abort_status(), StatusIs(absl::StatusCode::kAborted, HasSubstr("m7")));
+// A sticky CUDA error: no rebuild in this process can succeed, so the process is to exit
+// (kDeviceLostExitCode) and the launcher reports it like a rank that died.
+TEST_F(WatchdogTest, StickyCudaErrorEndsTheProcessInsteadOfAskingForARebuild) {
+  auto op = Issue("ReduceScatter #3", absl::Seconds(60), 3);
+  op->context_lost = true;
   watchdog_->Tick();
+  ASSERT_EQ(device_lost().size(), 1u);
+  EXPECT_THAT(device_lost()[0], AllOf(HasSubstr("ReduceScatter #3"), HasSubstr("CUDA error 700"),
+                                      HasSubstr("context is lost"),
+                                      HasSubstr("replaces this rank")));
   comm_->AwaitBackendAborted();
+  EXPECT_THAT(op->work->status(), StatusIs(absl::StatusCode::kAborted, HasSubstr("CUDA error 700")));
+}
+
+// The runtime aborts a communicator when the launcher records a failure (the only way a
+// peer's death reaches it). The pending op fails with that status, but only once the backend
+// abort has returned: until then its kernel may still write the op's buffers, and an event
+// that fires meanwhile (the abort stops the kernel) does not make it succeed.
+TEST_F(WatchdogTest, AbortFromOutsideCompletesPendingWorkOnlyAfterTheBackendIsAborted) {
+  backend_->block_abort = true;
+  auto op = Issue("AllReduce #0", absl::Seconds(60));
+  EXPECT_TRUE(comm_->Abort(absl::AbortedError(
+      "epoch 1 started: rank 1 killed by signal 9 (SIGKILL) (reported by trident-run)")));
+  EXPECT_FALSE(comm_->Abort(absl::CancelledError("second")));
+  // Later ops are refused at once, with the first status.
+  EXPECT_THAT(comm_->abort_status(), StatusIs(absl::StatusCode::kAborted, HasSubstr("SIGKILL")));
+  backend_->abort_entered.WaitForNotification();  // ncclCommAbort is running
+  op->done = true;                                  // the stopped kernel fires the event
+  EXPECT_FALSE(op->work->IsCompleted());
+  EXPECT_THAT(op->work->Wait(absl::InfinitePast()),
+              StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("caller's deadline")));
+  backend_->release_abort.Notify();  // ncclCommAbort returns
+  comm_->AwaitBackendAborted();
+  EXPECT_THAT(op->work->Wait(absl::InfinitePast()),
+              StatusIs(absl::StatusCode::kAborted, AllOf(HasSubstr("rank 1"), HasSubstr("SIGKILL"))));
   EXPECT_EQ(backend_->aborts.load(), 1);
-  // The backend is aborted once only.
+  EXPECT_TRUE(published().empty());  // the runtime's cause: every member is told by it
   watchdog_->Tick();
-  EXPECT_EQ(backend_->aborts.load(), 1);
+  EXPECT_EQ(backend_->aborts.load(), 1);  // the backend is aborted once only
+}
+
+// An op queued while the abort is starting (its issue raced the abort) may run until
+// ncclCommAbort returns: it completes then, with the abort status, like the pending ones.
+TEST_F(WatchdogTest, OpQueuedDuringTheBackendAbortCompletesAfterIt) {
+  backend_->block_abort = true;
+  comm_->Abort(absl::AbortedError("epoch 1 started"));
+  backend_->abort_entered.WaitForNotification();
+  auto late = std::make_unique<FakeOp>("AllReduce #5", 5, clock_.Now() + absl::Seconds(5),
+                                       absl::Seconds(5));
+  EXPECT_THAT(comm_->Track(late->work), StatusIs(absl::StatusCode::kAborted, HasSubstr("epoch 1")));
+  late->done = true;
+  EXPECT_FALSE(late->work->IsCompleted());
+  backend_->release_abort.Notify();
+  comm_->AwaitBackendAborted();
+  EXPECT_THAT(late->work->status(), StatusIs(absl::StatusCode::kAborted, HasSubstr("epoch 1")));
 }
 
 TEST_F(WatchdogTest, AbortThatHangsIsReportedOnceAfterItsBound) {
   backend_->block_abort = true;
   auto op = Issue("AllReduce #0", absl::Seconds(60));
   comm_->Abort(absl::AbortedError("peer died"));
-  watchdog_->Tick();  // hands the abort to the abort thread, which now hangs
+  backend_->abort_entered.WaitForNotification();  // the abort thread now hangs
   clock_.Advance(absl::Seconds(9));
-  watchdog_->Tick();
+  watchdog_->CheckAborts();
   EXPECT_TRUE(hangs().empty());
   clock_.Advance(absl::Seconds(2));
-  watchdog_->Tick();
-  watchdog_->Tick();
+  watchdog_->CheckAborts();
+  watchdog_->CheckAborts();
   ASSERT_EQ(hangs().size(), 1u);
   EXPECT_THAT(hangs()[0], AllOf(HasSubstr("fake[rank 0/2]"), HasSubstr("has not returned"),
                                 HasSubstr("peer died"), HasSubstr("exiting")));
+  EXPECT_FALSE(op->work->IsCompleted());
   backend_->release_abort.Notify();
   comm_->AwaitBackendAborted();
+  EXPECT_THAT(op->work->status(), StatusIs(absl::StatusCode::kAborted, HasSubstr("peer died")));
+}
+
+// ncclCommAbort of one communicator can wait until another communicator's kernel, ahead of
+// it on the device, is stopped by that one's abort. Aborts run in parallel, so that this
+// completes (one abort thread serving a FIFO would wait forever, then exit the process).
+TEST_F(WatchdogTest, AbortsOfSeveralCommunicatorsRunInParallel) {
+  class WaitsForOther : public FakeBackend {
+   public:
+    WaitsForOther(FakeBackend* other) : FakeBackend("tp[rank 0/2]"), other_(other) {}
+    void AbortBackend(const absl::Status& why) override {
+      waited = other_->abort_entered.WaitForNotificationWithTimeout(absl::Seconds(30));
+      FakeBackend::AbortBackend(why);
+    }
+    FakeBackend* other_;
+    std::atomic<bool> waited{false};
+  };
+  auto first_backend = std::make_shared<WaitsForOther>(backend_.get());
+  auto first = std::make_shared<WatchedComm>(first_backend);
+  watchdog_->Register(first);
+  auto op = std::make_unique<FakeOp>("AllReduce #7 on tp", 7, clock_.Now() + absl::Seconds(60),
+                                     absl::Seconds(60));
+  ASSERT_TRUE(first->Track(op->work).ok());
+  first->Abort(absl::AbortedError("epoch 2 started"));  // first in line, blocked on the other
+  comm_->Abort(absl::AbortedError("epoch 2 started"));
+  first->AwaitBackendAborted();
+  comm_->AwaitBackendAborted();
+  EXPECT_TRUE(first_backend->waited.load());
+  EXPECT_EQ(first_backend->aborts.load(), 1);
+  EXPECT_EQ(backend_->aborts.load(), 1);
+  EXPECT_THAT(op->work->status(), StatusIs(absl::StatusCode::kAborted, HasSubstr("epoch 2")));
+  EXPECT_TRUE(hangs().empty());
 }
 
 TEST(GpuWorkTest, WaitNeverBlocksPastTheCallersDeadline) {
@@ -337,6 +448,15 @@ TEST(GpuWorkTest, CompletionFromAnotherThreadWakesTheWaiterAndTheFirstWins) {
   aborter.join();
 }
 
+TEST(GpuWorkTest, AnAbortingOpIgnoresItsEvent) {
+  GpuWork work("AllReduce #0", 0, absl::InfiniteFuture(), absl::Minutes(5),
+               []() -> absl::StatusOr<bool> { return true; });
+  work.MarkAborting();
+  EXPECT_FALSE(work.IsCompleted());
+  EXPECT_TRUE(work.Complete(absl::AbortedError("aborted")));
+  EXPECT_THAT(work.status(), StatusIs(absl::StatusCode::kAborted, HasSubstr("aborted")));
+}
+
 // The watch thread itself, on the real clock: an op that never completes fails at its
 // deadline without anyone calling Tick.
 TEST(WatchdogThreadTest, ExpiredOpFailsOnTheRealClock) {
@@ -354,6 +474,47 @@ TEST(WatchdogThreadTest, ExpiredOpFailsOnTheRealClock) {
   EXPECT_THAT(op->Wait(start + absl::Seconds(10)),
               StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("AllReduce #0")));
   EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+  comm->AwaitBackendAborted();
+  EXPECT_EQ(backend->aborts.load(), 1);
+}
+
+// The abort bound lives on the monitor thread, which makes no CUDA or store call: it fires
+// while the watch thread is stuck in a CUDA call behind the hung teardown.
+TEST(WatchdogThreadTest, HungAbortIsReportedWhileTheWatchThreadIsStuck) {
+  absl::Notification reported;
+  std::string message;
+  Watchdog::Options options;
+  options.poll = absl::Milliseconds(2);
+  options.abort_timeout = absl::Milliseconds(50);
+  options.on_abort_hang = [&](const std::string& m) {
+    message = m;
+    reported.Notify();
+  };
+  Watchdog watchdog(std::move(options));
+  auto hung = std::make_shared<FakeBackend>("world[rank 0/2]");
+  hung->block_abort = true;
+  auto stuck = std::make_shared<FakeBackend>("tp[rank 0/2]");
+  stuck->block_async = true;  // ncclCommGetAsyncError blocks behind the teardown
+  auto hung_comm = std::make_shared<WatchedComm>(hung);
+  auto stuck_comm = std::make_shared<WatchedComm>(stuck);
+  watchdog.Register(hung_comm);
+  watchdog.Register(stuck_comm);
+  hung_comm->Abort(absl::AbortedError("rank 1 died"));
+  EXPECT_TRUE(reported.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_THAT(message, AllOf(HasSubstr("world[rank 0/2]"), HasSubstr("has not returned")));
+  stuck->release_async.Notify();
+  hung->release_abort.Notify();
+  hung_comm->AwaitBackendAborted();
+}
+
+// The process's watchdog outlives every communicator: registering through a temporary
+// handle (Watchdog::Shared()->Register) leaves a working watchdog behind.
+TEST(WatchdogThreadTest, SharedWatchdogOutlivesATemporaryHandle) {
+  auto backend = std::make_shared<FakeBackend>();
+  auto comm = std::make_shared<WatchedComm>(backend);
+  Watchdog::Shared()->Register(comm);
+  EXPECT_EQ(Watchdog::Shared().get(), Watchdog::Shared().get());
+  comm->Abort(absl::AbortedError("init failed"));
   comm->AwaitBackendAborted();
   EXPECT_EQ(backend->aborts.load(), 1);
 }

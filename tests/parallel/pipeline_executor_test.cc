@@ -1,7 +1,8 @@
 // The pipeline executor against a single-process sequential run of a toy model: p*v
 // scalar-affine virtual stages y = a_j x + b_j on vectors of 4 floats, loss sum(y_last). All
 // values are small dyadic numbers, so every sum is exact whatever the order and results must
-// match bit for bit. Plus: a failing callback stops the step everywhere without hanging.
+// match bit for bit. Plus: a failing callback stops the step everywhere without hanging, and
+// neighbouring sends and receives go out as one SendRecv batch.
 #include "trident/parallel/pipeline_executor.h"
 
 #include <array>
@@ -175,6 +176,89 @@ INSTANTIATE_TEST_SUITE_P(
       }
       return absl::StrCat(name, "_p", info.param.p);
     });
+
+// Forwards everything to a communicator and records the SendRecv batches it is given.
+class BatchRecorder : public Communicator {
+ public:
+  explicit BatchRecorder(Communicator& inner) : c_(inner) {}
+  int rank() const override { return c_.rank(); }
+  int size() const override { return c_.size(); }
+  std::string Describe() const override { return c_.Describe(); }
+  std::shared_ptr<Work> AllReduce(const Tensor& i, const Tensor& o, ReduceOp op,
+                                  const OpOptions& x) override { return c_.AllReduce(i, o, op, x); }
+  std::shared_ptr<Work> ReduceScatter(const Tensor& i, const Tensor& o, ReduceOp op,
+                                      const OpOptions& x) override {
+    return c_.ReduceScatter(i, o, op, x);
+  }
+  std::shared_ptr<Work> AllGather(const Tensor& i, const Tensor& o, const OpOptions& x) override {
+    return c_.AllGather(i, o, x);
+  }
+  std::shared_ptr<Work> Broadcast(const Tensor& t, int root, const OpOptions& x) override {
+    return c_.Broadcast(t, root, x);
+  }
+  std::shared_ptr<Work> Reduce(const Tensor& i, const Tensor& o, ReduceOp op, int root,
+                               const OpOptions& x) override { return c_.Reduce(i, o, op, root, x); }
+  std::shared_ptr<Work> AllToAll(const Tensor& i, const Tensor& o, const OpOptions& x) override {
+    return c_.AllToAll(i, o, x);
+  }
+  std::shared_ptr<Work> Barrier(const OpOptions& x) override { return c_.Barrier(x); }
+  std::shared_ptr<Work> Send(const Tensor& t, int peer, int tag, const OpOptions& x) override {
+    ++single_ops;
+    return c_.Send(t, peer, tag, x);
+  }
+  std::shared_ptr<Work> Recv(const Tensor& t, int peer, int tag, const OpOptions& x) override {
+    ++single_ops;
+    return c_.Recv(t, peer, tag, x);
+  }
+  std::shared_ptr<Work> SendRecv(const std::vector<P2POp>& ops, const OpOptions& x) override {
+    bool sends = false, recvs = false;
+    for (const P2POp& op : ops) (op.kind == P2POp::Kind::kSend ? sends : recvs) = true;
+    if (sends && recvs) ++mixed_batches;
+    ++batches;
+    return c_.SendRecv(ops, x);
+  }
+  absl::StatusOr<std::unique_ptr<Communicator>> Split(int color, int key) override {
+    return c_.Split(color, key);
+  }
+  void Abort(absl::Status s) override { c_.Abort(std::move(s)); }
+  absl::Status AbortStatus() const override { return c_.AbortStatus(); }
+
+  int batches = 0, mixed_batches = 0, single_ops = 0;
+
+ private:
+  Communicator& c_;
+};
+
+// Every transfer goes through SendRecv, and in 1F1B's steady state a stage's activation send
+// and gradient receive share one batch (one NCCL group: neither neighbour waits for the other
+// to post first), with the results still exact.
+TEST(PipelineExecutorTest, NeighbouringTransfersShareOneBatch) {
+  const ScheduleSpec spec{.schedule = Schedule::kOneFOneB, .stages = 2,
+                          .microbatches = kMicrobatches};
+  Model model(2, 1, kMicrobatches, false);
+  std::vector<absl::Status> statuses(2);
+  std::vector<int> mixed(2), batches(2), singles(2);
+  auto comms = NewInprocCommunicators({.size = 2, .store = nullptr, .timeout = absl::Seconds(20)});
+  testing::RunRanks(comms, [&](int rank, Communicator& comm) {
+    BatchRecorder recorder(comm);
+    ExecutorOptions opts{.spec = spec, .stage = rank, .pp_group = &recorder,
+                         .activation_shape = {4}, .timeout = absl::Seconds(20)};
+    statuses[rank] = RunSchedule(opts, model.Callbacks(rank));
+    mixed[rank] = recorder.mixed_batches;
+    batches[rank] = recorder.batches;
+    singles[rank] = recorder.single_ops;
+  });
+  const Result want = Sequential(2, kMicrobatches);
+  for (int s = 0; s < 2; ++s) {
+    ASSERT_TRUE(statuses[s].ok()) << "stage " << s << ": " << statuses[s];
+    EXPECT_EQ(singles[s], 0) << "stage " << s;
+    EXPECT_GT(batches[s], 0) << "stage " << s;
+    EXPECT_GT(mixed[s], 0) << "stage " << s;
+  }
+  for (int mb = 0; mb < kMicrobatches; ++mb) {
+    EXPECT_EQ(model.r.outputs[mb], want.outputs[mb]) << "output of micro-batch " << mb;
+  }
+}
 
 TEST(PipelineExecutorTest, FailingCallbackStopsEveryStage) {
   constexpr int kStages = 4;

@@ -2,9 +2,11 @@
 // (pipeline.h's Generate()) for one training step: calls the model's compute callbacks and
 // issues the Send/Recv between neighbouring stages on the pipeline group.
 //
-//  - Sends are asynchronous: each keeps its buffer alive until its Work completes; all are
-//    waited on before RunSchedule returns. Receives block before the compute that consumes
-//    them.
+//  - Consecutive sends and receives of the schedule go out as one Communicator::SendRecv
+//    batch (on NCCL one group, so that neighbouring stages that both send and receive never
+//    wait for each other). A batch of sends only is asynchronous: it keeps its buffers alive
+//    until its Work completes, and all are waited on before RunSchedule returns. A batch with
+//    receives blocks before the compute that consumes them.
 //  - Tags encode (kind: activation or gradient, micro-batch, sender's chunk), so messages can
 //    never be mixed up however they are matched.
 //  - With one stage (p == 1) chunks pass activations and gradients locally (interleaved only).

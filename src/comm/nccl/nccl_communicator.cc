@@ -7,13 +7,13 @@
 
 #include <algorithm>
 #include <cstring>
+#include <tuple>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-namespace trident { constexpr char kFailedRankPrefix[] = "job/failed/"; }  // TEMP until helper-16 merges
 #include "comm/nccl/nccl_status.h"
 #include "comm/op_checks.h"
 #include "common/check.h"
@@ -58,9 +58,18 @@ ncclRedOp_t ToNccl(ReduceOp op) {
   __builtin_unreachable();
 }
 
+// ncclGetVersion of the library loaded (not the headers'); 0 if it does not say.
+int LoadedNcclVersion() {
+  static const int version = [] {
+    int v = 0;
+    return ncclGetVersion(&v) == ncclSuccess ? v : 0;
+  }();
+  return version;
+}
+
 std::string NcclVersion() {
-  int v = 0;
-  if (ncclGetVersion(&v) != ncclSuccess) return "nccl ?";
+  const int v = LoadedNcclVersion();
+  if (v == 0) return "nccl ?";
   // Since 2.9 the code is major*10000 + minor*100 + patch.
   return absl::StrCat("nccl ", v / 10000, ".", (v % 10000) / 100, ".", v % 100);
 }
@@ -99,7 +108,8 @@ absl::Status NcclHandle::AwaitReady(ncclComm_t comm, absl::string_view call, abs
                                     const std::function<bool()>& abandon) {
   absl::Duration pause = absl::Microseconds(1);
   // A call can stay in progress for long (connections are made on first use); a member that
-  // died meanwhile would keep it there until the deadline, so look at the store now and then.
+  // aborted meanwhile would keep it there until the deadline, so look at the communicator's
+  // store keys now and then.
   absl::Time next_health = absl::Now() + absl::Milliseconds(100);
   while (true) {
     ncclResult_t state = ncclSuccess;
@@ -118,7 +128,7 @@ absl::Status NcclHandle::AwaitReady(ncclComm_t comm, absl::string_view call, abs
     }
     if (now >= next_health) {
       next_health = now + absl::Milliseconds(100);
-      RETURN_IF_ERROR(PeerHealth());
+      RETURN_IF_ERROR(PeerAborted());
     }
     Pause(pause);
   }
@@ -176,24 +186,33 @@ absl::Status NcclHandle::AsyncError() {
   return status;
 }
 
-absl::Status NcclHandle::PeerHealth() {
+std::string NcclHandle::AbortedPrefix() const {
+  return absl::StrCat("comm/", group_.context, "/aborted/");
+}
+
+absl::Status NcclHandle::PeerAborted() {
   const absl::Time deadline = absl::Now() + absl::Milliseconds(500);
-  auto failed = group_.store->ListPrefix(kFailedRankPrefix, deadline);
-  if (!failed.ok()) return absl::OkStatus();  // the store is briefly unreachable; keep going
-  for (const std::string& key : *failed) {
-    int job_rank = -1;
-    if (!absl::SimpleAtoi(absl::string_view(key).substr(strlen(kFailedRankPrefix)), &job_rank)) {
+  auto aborted = group_.store->ListPrefix(AbortedPrefix(), deadline);
+  if (!aborted.ok()) return absl::OkStatus();  // the store is briefly unreachable; keep going
+  for (const std::string& key : *aborted) {
+    int rank = -1;
+    if (!absl::SimpleAtoi(absl::string_view(key).substr(AbortedPrefix().size()), &rank) ||
+        rank == group_.rank || rank < 0 || rank >= group_.size) {
       continue;
     }
-    auto it = std::find(group_.job_ranks.begin(), group_.job_ranks.end(), job_rank);
-    if (it == group_.job_ranks.end()) continue;
     auto cause = group_.store->TryGet(key, deadline);
     return absl::AbortedError(absl::StrCat(
-        "rank ", it - group_.job_ranks.begin(), " of ", group_.name, " (epoch ", group_.epoch,
-        ") failed: ", cause.ok() ? *cause : absl::StrCat("job rank ", job_rank, " failed"),
-        " (reported by trident-run)"));
+        "rank ", rank, " (job rank ", group_.job_ranks[rank], ") of ", group_.name, " (epoch ",
+        group_.epoch, ") aborted the communicator: ",
+        cause.ok() ? *cause : std::string("(its reason could not be read)")));
   }
   return absl::OkStatus();
+}
+
+void NcclHandle::PublishAbort(const absl::Status& why) {
+  absl::Status s = group_.store->Set(absl::StrCat(AbortedPrefix(), group_.rank), why.ToString(),
+                                     absl::Now() + absl::Milliseconds(500));
+  if (!s.ok()) spdlog::warn("{}: could not tell the other ranks it aborted: {}", Describe(), s);
 }
 
 absl::Status NcclHandle::DiagnoseTimeout(const GpuWork& op) {
@@ -328,6 +347,40 @@ absl::Status NcclCommunicator::CheckTensor(absl::string_view op, absl::string_vi
   return CheckTensorShape(op, which, t);
 }
 
+cudaStream_t NcclCommunicator::StreamOf(const OpOptions& options) const {
+  return options.cuda_stream != nullptr ? static_cast<cudaStream_t>(options.cuda_stream)
+                                        : static_cast<cudaStream_t>(stream_->get());
+}
+
+std::shared_ptr<Work> NcclCommunicator::Fail(const std::string& name, absl::Status s) {
+  if (watched_->aborted()) return GpuWork::Failed(name, watched_->abort_status());
+  s = Annotate(s, name);
+  if (cuda::IsContextLost(s)) {
+    // No rebuild in this process can succeed; the watchdog's handler ends it.
+    watched_->Abort(absl::AbortedError(s.message()));
+    watchdog_->ReportDeviceLost(std::string(s.message()));
+    return GpuWork::Failed(name, watched_->abort_status());
+  }
+  if (s.code() == absl::StatusCode::kInvalidArgument) {
+    // Our checks passed, yet NCCL refused the call: on a non-blocking communicator NCCL keeps
+    // that error (every later call would fail), so "nothing happened, still usable" does not
+    // hold. Abort, saying why.
+    s = absl::AbortedError(absl::StrCat(
+        s.message(), "; NCCL keeps this error on a non-blocking communicator, so ", Describe(),
+        " is aborted: rebuild it"));
+  }
+  // Anything but a refused argument leaves NCCL in an unknown state.
+  watched_->Abort(s);
+  return GpuWork::Failed(name, watched_->abort_status());
+}
+
+std::shared_ptr<Work> NcclCommunicator::FailBeforeNccl(const std::string& name,
+                                                       const absl::Status& s) {
+  // NCCL saw nothing: the communicator stays usable, unless the CUDA context is lost.
+  if (cuda::IsContextLost(s)) return Fail(name, s);
+  return GpuWork::Failed(name, Annotate(s, name));
+}
+
 std::shared_ptr<Work> NcclCommunicator::Issue(
     std::string name, int64_t seq, const OpOptions& options,
     const std::function<ncclResult_t(ncclComm_t, cudaStream_t)>& launch) {
@@ -339,28 +392,27 @@ std::shared_ptr<Work> NcclCommunicator::Issue(
   const absl::Duration timeout =
       options.timeout == absl::ZeroDuration() ? group().timeout : options.timeout;
   const absl::Time deadline = absl::Now() + timeout;
-  cudaStream_t stream = options.cuda_stream != nullptr
-                            ? static_cast<cudaStream_t>(options.cuda_stream)
-                            : static_cast<cudaStream_t>(stream_->get());
+  cudaStream_t stream = StreamOf(options);
+  // An op captured into a CUDA graph runs when the graph is launched, not now: it gets no
+  // event and no deadline (querying an event recorded under capture is an error, and its
+  // deadline would pass while the graph waits to be launched).
+  absl::StatusOr<bool> capturing = cuda::IsCapturing(stream);
+  if (!capturing.ok()) return FailBeforeNccl(name, capturing.status());
   std::shared_ptr<cuda::Event> event;
   WatchedComm* watched = watched_.get();
   absl::Status s = handle_->Run(
       name, deadline, [watched] { return watched->aborted(); },
       [&](ncclComm_t comm) { return launch(comm, stream); },
       [&]() -> absl::Status {
+        if (*capturing) return absl::OkStatus();
         ASSIGN_OR_RETURN(std::unique_ptr<cuda::Event> e, cuda::Event::Record(stream, group().device));
         event = std::move(e);
         return absl::OkStatus();
       });
-  if (!s.ok()) {
-    if (watched_->aborted()) return GpuWork::Failed(name, watched_->abort_status());
-    s = Annotate(s, name);
-    // An invalid argument changed nothing; anything else leaves NCCL in an unknown state.
-    if (s.code() != absl::StatusCode::kInvalidArgument) {
-      watched_->Abort(s);
-      s = watched_->abort_status();
-    }
-    return GpuWork::Failed(name, s);
+  if (!s.ok()) return Fail(name, s);
+  if (*capturing) {
+    return GpuWork::Done(absl::StrCat(name, " (captured into a CUDA graph: its errors and "
+                                            "hangs show on the graph's launches)"));
   }
   auto work = std::make_shared<GpuWork>(name, seq, deadline, timeout,
                                         [event]() { return event->Done(); });
@@ -466,18 +518,39 @@ std::shared_ptr<Work> NcclCommunicator::AllToAll(const Tensor& in, const Tensor&
   const int64_t block = in.numel() / size();
   const size_t block_bytes = static_cast<size_t>(block) * DTypeSize(in.dtype());
   const int n = size();
-  return Issue(OpName("AllToAll", seq, in.numel(), in.dtype()), seq, options,
-               [&](ncclComm_t c, cudaStream_t st) -> ncclResult_t {
+  const std::string name = OpName("AllToAll", seq, in.numel(), in.dtype());
+  // NCCL's all-to-all may overwrite a block of `out` before it has sent the same block of
+  // `in`: when they overlap, send from a copy made on the op's stream, freed after the op.
+  const void* send = in.data();
+  void* scratch = nullptr;
+  const cudaStream_t stream = StreamOf(options);
+  const char* in_begin = static_cast<const char*>(in.data());
+  const char* out_begin = static_cast<const char*>(out.data());
+  if (in_begin < out_begin + out.nbytes() && out_begin < in_begin + in.nbytes() &&
+      !watched_->aborted()) {
+    absl::StatusOr<void*> copy = cuda::AllocAsync(in.nbytes(), stream);
+    if (!copy.ok()) return FailBeforeNccl(name, copy.status());
+    scratch = *copy;
+    if (absl::Status s = cuda::CopyAsync(scratch, in.data(), in.nbytes(), stream); !s.ok()) {
+      (void)cuda::FreeAsync(scratch, stream);
+      return FailBeforeNccl(name, s);
+    }
+    send = scratch;
+  }
+  std::shared_ptr<Work> work =
+      Issue(name, seq, options, [&](ncclComm_t c, cudaStream_t st) -> ncclResult_t {
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 3)
-                 (void)block_bytes;
-                 (void)n;
-                 return ncclAlltoAll(in.data(), out.data(), block, ToNccl(in.dtype()), c, st);
-#else
+                 // The NCCL loaded at run time may be older than the headers (a device
+                 // image's own): ncclAlltoAll is bound lazily, only called when it exists.
+                 if (LoadedNcclVersion() >= NCCL_VERSION(2, 28, 3)) {
+                   return ncclAlltoAll(send, out.data(), block, ToNccl(in.dtype()), c, st);
+                 }
+#endif
                  // Before ncclAlltoAll: one group of n sends and n receives.
                  ncclResult_t r = ncclGroupStart();
                  if (r != ncclSuccess) return r;
                  for (int p = 0; p < n && r == ncclSuccess; ++p) {
-                   r = ncclSend(static_cast<const char*>(in.data()) + p * block_bytes, block,
+                   r = ncclSend(static_cast<const char*>(send) + p * block_bytes, block,
                                 ToNccl(in.dtype()), p, c, st);
                    if (r == ncclSuccess) {
                      r = ncclRecv(static_cast<char*>(out.data()) + p * block_bytes, block,
@@ -486,8 +559,15 @@ std::shared_ptr<Work> NcclCommunicator::AllToAll(const Tensor& in, const Tensor&
                  }
                  ncclResult_t end = ncclGroupEnd();
                  return r != ncclSuccess ? r : end;
-#endif
                });
+  if (scratch != nullptr) {
+    // Stream-ordered: given back after the all-to-all has read it (or at once if it was
+    // never queued). A failure here only leaks the copy until the stream's pool is trimmed.
+    if (absl::Status s = cuda::FreeAsync(scratch, stream); !s.ok()) {
+      spdlog::warn("{}: {}", name, s);
+    }
+  }
+  return work;
 }
 
 std::shared_ptr<Work> NcclCommunicator::Barrier(const OpOptions& options) {
@@ -500,45 +580,71 @@ std::shared_ptr<Work> NcclCommunicator::Barrier(const OpOptions& options) {
                });
 }
 
-std::shared_ptr<Work> NcclCommunicator::Send(const Tensor& tensor, int peer, int tag,
-                                             const OpOptions& options) {
-  if (absl::Status s = CheckTensor("Send", "tensor", tensor); !s.ok()) {
-    return GpuWork::Failed("Send", s);
-  }
+absl::Status NcclCommunicator::CheckP2P(absl::string_view op, const Tensor& tensor, int peer,
+                                        int tag) const {
+  RETURN_IF_ERROR(CheckTensor(op, "tensor", tensor));
   if (peer < 0 || peer >= size() || peer == rank()) {
-    return GpuWork::Failed("Send", absl::InvalidArgumentError(absl::StrCat(
-                                       "Send: peer ", peer, " is not another rank of ", Describe())));
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": peer ", peer, " is not another rank of ", Describe()));
   }
   if (tag < 0 || tag >= (1 << 24)) {
-    return GpuWork::Failed("Send", absl::InvalidArgumentError(
-                                       absl::StrCat("Send: tag ", tag, " is outside [0, 2^24)")));
+    return absl::InvalidArgumentError(absl::StrCat(op, ": tag ", tag, " is outside [0, 2^24)"));
   }
-  // NCCL matches point-to-point calls in issue order per peer; the tag is not sent. Bytes,
-  // so that only the byte size must match, as on the host backend.
-  std::string name = absl::StrCat("Send of ", tensor.nbytes(), " bytes to rank ", peer, " (tag ",
-                                  tag, ") on ", group().name);
-  return Issue(std::move(name), -1, options, [&](ncclComm_t c, cudaStream_t st) {
-    return ncclSend(tensor.data(), tensor.nbytes(), ncclUint8, peer, c, st);
-  });
+  return absl::OkStatus();
+}
+
+std::shared_ptr<Work> NcclCommunicator::Send(const Tensor& tensor, int peer, int tag,
+                                             const OpOptions& options) {
+  return SendRecv({P2POp{P2POp::Kind::kSend, tensor, peer, tag}}, options);
 }
 
 std::shared_ptr<Work> NcclCommunicator::Recv(const Tensor& tensor, int peer, int tag,
                                              const OpOptions& options) {
-  if (absl::Status s = CheckTensor("Recv", "tensor", tensor); !s.ok()) {
-    return GpuWork::Failed("Recv", s);
+  return SendRecv({P2POp{P2POp::Kind::kRecv, tensor, peer, tag}}, options);
+}
+
+std::shared_ptr<Work> NcclCommunicator::SendRecv(const std::vector<P2POp>& ops,
+                                                 const OpOptions& options) {
+  for (const P2POp& op : ops) {
+    const char* kind = op.kind == P2POp::Kind::kSend ? "Send" : "Recv";
+    if (absl::Status s = CheckP2P(kind, op.tensor, op.peer, op.tag); !s.ok()) {
+      return GpuWork::Failed(ops.size() == 1 ? kind : "SendRecv", s);
+    }
   }
-  if (peer < 0 || peer >= size() || peer == rank()) {
-    return GpuWork::Failed("Recv", absl::InvalidArgumentError(absl::StrCat(
-                                       "Recv: peer ", peer, " is not another rank of ", Describe())));
+  // NCCL matches point-to-point calls in issue order per peer and direction; the tag is not
+  // sent. In (peer, kind, tag) order, both sides of an exchange issue the same tags in the
+  // same order. Bytes, so that only the byte size must match, as on the host backend.
+  std::vector<P2POp> sorted = ops;
+  std::stable_sort(sorted.begin(), sorted.end(), [](const P2POp& a, const P2POp& b) {
+    return std::tie(a.peer, a.kind, a.tag) < std::tie(b.peer, b.kind, b.tag);
+  });
+  std::string name;
+  if (sorted.size() == 1) {
+    const P2POp& op = sorted[0];
+    name = absl::StrCat(op.kind == P2POp::Kind::kSend ? "Send of " : "Recv of ",
+                        op.tensor.nbytes(), op.kind == P2POp::Kind::kSend ? " bytes to rank "
+                                                                          : " bytes from rank ",
+                        op.peer, " (tag ", op.tag, ") on ", group().name);
+  } else {
+    int64_t bytes = 0;
+    for (const P2POp& op : sorted) bytes += op.tensor.nbytes();
+    name = absl::StrCat("SendRecv of ", sorted.size(), " transfers (", bytes, " bytes) on ",
+                        group().name);
   }
-  if (tag < 0 || tag >= (1 << 24)) {
-    return GpuWork::Failed("Recv", absl::InvalidArgumentError(
-                                       absl::StrCat("Recv: tag ", tag, " is outside [0, 2^24)")));
-  }
-  std::string name = absl::StrCat("Recv of ", tensor.nbytes(), " bytes from rank ", peer,
-                                  " (tag ", tag, ") on ", group().name);
   return Issue(std::move(name), -1, options, [&](ncclComm_t c, cudaStream_t st) {
-    return ncclRecv(tensor.data(), tensor.nbytes(), ncclUint8, peer, c, st);
+    // One group: no send waits for its peer's receive to be posted (lazy connections).
+    ncclResult_t r = sorted.size() > 1 ? ncclGroupStart() : ncclSuccess;
+    for (size_t i = 0; i < sorted.size() && r == ncclSuccess; ++i) {
+      const P2POp& op = sorted[i];
+      r = op.kind == P2POp::Kind::kSend
+              ? ncclSend(op.tensor.data(), op.tensor.nbytes(), ncclUint8, op.peer, c, st)
+              : ncclRecv(op.tensor.data(), op.tensor.nbytes(), ncclUint8, op.peer, c, st);
+    }
+    if (sorted.size() > 1) {
+      ncclResult_t end = ncclGroupEnd();
+      if (r == ncclSuccess) r = end;
+    }
+    return r;
   });
 }
 
@@ -553,33 +659,56 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Split(int color,
   const absl::Time deadline = absl::Now() + parent.timeout;
   const int split_id = splits_++;
   Store& store = *parent.store;
-  // Membership through the store: the child needs the job ranks of its members (to name a
-  // failed one) and a context id; NCCL orders the child's ranks by (key, parent rank) too.
+  // Membership through the store: the child needs the job ranks of its members (to name
+  // them in errors) and a context id; NCCL orders the child's ranks by (key, parent rank) too.
+  // Each rank writes its record, parent rank 0 gathers them into one table, every rank reads
+  // that: O(n) store operations, not one read of every record by every rank.
   const std::string prefix = absl::StrCat("comm/", parent.context, "/split/", split_id, "/");
   RETURN_IF_ERROR(store.Set(absl::StrCat(prefix, "member/", parent.rank),
                             absl::StrCat(color, ",", key), deadline));
+  if (parent.rank == 0) {
+    std::vector<std::string> records;
+    for (int r = 0; r < parent.size; ++r) {
+      ASSIGN_OR_RETURN(std::string v, store.Get(absl::StrCat(prefix, "member/", r), deadline));
+      records.push_back(std::move(v));
+    }
+    RETURN_IF_ERROR(store.Set(absl::StrCat(prefix, "table"), absl::StrJoin(records, ";"),
+                              deadline));
+  }
+  ASSIGN_OR_RETURN(std::string table, store.Get(absl::StrCat(prefix, "table"), deadline));
+  std::vector<absl::string_view> records = absl::StrSplit(table, ';');
+  TRIDENT_CHECK(static_cast<int>(records.size()) == parent.size) << "bad split table " << table;
   std::vector<std::pair<int64_t, int>> members;  // (key, parent rank) of my color
   for (int r = 0; r < parent.size; ++r) {
-    ASSIGN_OR_RETURN(std::string v, store.Get(absl::StrCat(prefix, "member/", r), deadline));
-    std::pair<absl::string_view, absl::string_view> ck = absl::StrSplit(v, ',');
+    std::pair<absl::string_view, absl::string_view> ck = absl::StrSplit(records[r], ',');
     int c = 0;
     int64_t k = 0;
     TRIDENT_CHECK(absl::SimpleAtoi(ck.first, &c) && absl::SimpleAtoi(ck.second, &k))
-        << "bad split record " << v;
+        << "bad split record " << records[r];
     if (color >= 0 && c == color) members.emplace_back(k, r);
   }
   std::stable_sort(members.begin(), members.end());
 
-  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-  config.blocking = 0;
-  const std::string child_name = absl::StrCat(parent.name, "/", color);
-  config.commName = child_name.c_str();
-  ncclComm_t child = nullptr;
+  // NCCL's split job writes the child's handle when it finishes, which can be after a failed
+  // Split has returned; it also keeps the config it was given. So the slot, the config and
+  // the name live on the heap, and are let go only once NCCL is known to be done with them.
+  struct SplitSlot {
+    ncclComm_t child = nullptr;
+    std::string name;
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  };
+  auto slot = std::make_unique<SplitSlot>();
+  slot->name = absl::StrCat(parent.name, "/", color);
+  slot->config.blocking = 0;
+  slot->config.commName = slot->name.c_str();
+  const std::string child_name = slot->name;
   WatchedComm* watched = watched_.get();
+  SplitSlot* raw = slot.get();
   absl::Status s = handle_->Run(
       "ncclCommSplit", deadline, [watched] { return watched->aborted(); },
       [&](ncclComm_t c) {
-        return ncclCommSplit(c, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &child, &config);
+        return ncclCommSplit(c, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &raw->child,
+                             &raw->config);
       });
   // A communicator nobody owns yet is aborted through the watchdog too (bounded).
   NcclGroup orphan;
@@ -589,11 +718,20 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Split(int color,
   orphan.store = parent.store;
   if (!s.ok()) {
     s = Annotate(s, absl::StrCat("Split(", color, ", ", key, ") of ", Describe()));
-    AbortBounded(child, orphan, s);
-    // A split that failed part-way leaves the parent in an unknown state.
+    // A split that failed part-way leaves the parent in an unknown state: abort it (which
+    // stops the split job where NCCL can), then the child if the job got to make one.
     Abort(s);
+    watched_->AwaitBackendAborted();
+    ncclComm_t child = __atomic_load_n(&raw->child, __ATOMIC_ACQUIRE);
+    if (child != nullptr) {
+      AbortBounded(child, orphan, s);
+    } else {
+      // NCCL may still write the slot: leaked on purpose (some bytes), never left dangling.
+      (void)slot.release();
+    }
     return AbortStatus();
   }
+  ncclComm_t child = raw->child;
   if (color < 0) {
     AbortBounded(child, orphan, absl::CancelledError("no color"));  // NCCL gives none
     return std::unique_ptr<Communicator>();
@@ -656,9 +794,11 @@ absl::StatusOr<std::unique_ptr<Communicator>> FinishNcclInit(ncclComm_t comm, Nc
   auto watched = std::make_shared<WatchedComm>(handle);
   std::shared_ptr<Watchdog> watchdog = Watchdog::Shared();
   watchdog->Register(watched);
-  // Wait for NCCL's init, checking the store for members that died meanwhile (their init
-  // would never finish).
+  // Wait for NCCL's init, checking the communicator's store keys for members whose init
+  // failed meanwhile (this one would never finish). A member that died is the runtime's to
+  // notice; the deadline bounds the wait.
   absl::Status status;
+  bool peer_cause = false;
   absl::Time next_health = absl::InfinitePast();
   absl::Duration pause = absl::Microseconds(20);
   while (true) {
@@ -677,8 +817,9 @@ absl::StatusOr<std::unique_ptr<Communicator>> FinishNcclInit(ncclComm_t comm, Nc
     }
     if (now >= next_health) {
       next_health = now + absl::Milliseconds(100);
-      if (absl::Status peers = handle->PeerHealth(); !peers.ok()) {
+      if (absl::Status peers = handle->PeerAborted(); !peers.ok()) {
         status = Annotate(peers, absl::StrCat("NCCL init of ", handle->Describe()));
+        peer_cause = true;
         break;
       }
     }
@@ -694,6 +835,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> FinishNcclInit(ncclComm_t comm, Nc
         << "NCCL made rank " << nccl_rank << "/" << nccl_size << " of " << handle->Describe();
   }
   if (!status.ok()) {
+    // The other members wait for this init too: tell them (unless they told us).
+    if (!peer_cause) handle->PublishAbort(status);
     watched->Abort(status);
     watched->AwaitBackendAborted();
     return status;

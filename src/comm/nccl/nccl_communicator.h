@@ -3,8 +3,10 @@
 //
 // Structure:
 //  - NcclHandle owns the ncclComm_t and is the watchdog's WatchdogBackend: it answers async-
-//    error polls, checks the store for failed peers, diagnoses timeouts, and runs
-//    ncclCommAbort. Its mutex serialises every NCCL call on the communicator (NCCL
+//    error polls, tells and asks the other members about aborts through the communicator's
+//    own store keys (comm/<context>/aborted/<rank>), diagnoses timeouts, and runs
+//    ncclCommAbort. It never reads the job's failure records: a peer's death reaches it only
+//    through Communicator::Abort, called by the runtime. Its mutex serialises every NCCL call on the communicator (NCCL
 //    communicators are not thread-safe); no call under it blocks, as the communicator is
 //    non-blocking and every ncclInProgress is polled with a deadline and an abort check.
 //  - NcclCommunicator validates and issues ops on the caller's stream, records an event after
@@ -41,7 +43,7 @@ struct NcclGroup {
   int size = 1;
   int device = 0;
   int context = 0;                 // unique in the job; names this communicator's store keys
-  std::vector<int> job_ranks;      // group rank -> job rank (failure reports)
+  std::vector<int> job_ranks;      // group rank -> job rank (named in errors)
   absl::Duration timeout = absl::Minutes(5);
   std::shared_ptr<Store> store;
 };
@@ -53,7 +55,8 @@ class NcclHandle : public WatchdogBackend {
 
   std::string Describe() const override;
   absl::Status AsyncError() override;
-  absl::Status PeerHealth() override;
+  absl::Status PeerAborted() override;
+  void PublishAbort(const absl::Status& why) override;
   absl::Status DiagnoseTimeout(const GpuWork& op) override;
   void AbortBackend(const absl::Status& why) override;
 
@@ -79,6 +82,8 @@ class NcclHandle : public WatchdogBackend {
   absl::Status Finalize(absl::Time deadline);
 
   absl::Mutex& mu() ABSL_LOCK_RETURNED(mu_) { return mu_; }
+  // Where the members publish that they aborted this communicator, by group rank.
+  std::string AbortedPrefix() const;
   ncclComm_t comm() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return comm_; }
 
  private:
@@ -117,6 +122,9 @@ class NcclCommunicator : public Communicator {
                              const OpOptions& options) override;
   std::shared_ptr<Work> Recv(const Tensor& tensor, int peer, int tag,
                              const OpOptions& options) override;
+  // One ncclGroupStart/End, in (peer, kind, tag) order (communicator.h).
+  std::shared_ptr<Work> SendRecv(const std::vector<P2POp>& ops,
+                                 const OpOptions& options) override;
   absl::StatusOr<std::unique_ptr<Communicator>> Split(int color, int key) override;
   void Abort(absl::Status status) override;
   absl::Status AbortStatus() const override;
@@ -126,10 +134,18 @@ class NcclCommunicator : public Communicator {
                    std::shared_ptr<Watchdog> watchdog);
   const NcclGroup& group() const { return handle_->group(); }
   absl::Status CheckTensor(absl::string_view op, absl::string_view which, const Tensor& t) const;
+  absl::Status CheckP2P(absl::string_view op, const Tensor& tensor, int peer, int tag) const;
   // Issues one op: `name` for messages, `seq` (-1 for point-to-point), `launch` the NCCL call
   // on the resolved stream.
   std::shared_ptr<Work> Issue(std::string name, int64_t seq, const OpOptions& options,
                               const std::function<ncclResult_t(ncclComm_t, cudaStream_t)>& launch);
+  // The failed Work of op `name` that could not be queued because of `s`; aborts the
+  // communicator (NCCL's state is unknown), or ends the process when the CUDA context is lost.
+  std::shared_ptr<Work> Fail(const std::string& name, absl::Status s);
+  // The failed Work of op `name` when a CUDA call before NCCL's failed (`s`): the
+  // communicator stays usable, unless the CUDA context is lost.
+  std::shared_ptr<Work> FailBeforeNccl(const std::string& name, const absl::Status& s);
+  cudaStream_t StreamOf(const OpOptions& options) const;
   std::string OpName(absl::string_view kind, int64_t seq, int64_t count, DType dtype) const;
   int64_t NextSeq();
 
@@ -150,7 +166,8 @@ void AbortBounded(ncclComm_t comm, NcclGroup group, const absl::Status& why);
 
 // Builds the communicator after NCCL's init: shared by CreateNcclCommunicator and Split.
 // `comm` has been created non-blocking and may still be initialising; this waits for it
-// (bounded by the group's timeout, failing early when a member is reported failed).
+// (bounded by the group's timeout, failing early when another member's init failed and it
+// published that under the communicator's keys).
 absl::StatusOr<std::unique_ptr<Communicator>> FinishNcclInit(ncclComm_t comm, NcclGroup group,
                                                              absl::Time deadline);
 

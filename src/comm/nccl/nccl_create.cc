@@ -80,17 +80,21 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(NcclCommOpt
   ncclUniqueId id;
   std::string id_hex;
   if (rank == 0) {
-    RETURN_IF_ERROR(nccl::NcclCheck(ncclGetUniqueId(&id), "ncclGetUniqueId"));
-    id_hex = absl::BytesToHexString(absl::string_view(id.internal, sizeof(id.internal)));
+    // Claim the name first: ncclGetUniqueId starts a bootstrap listener thread that only a
+    // communicator init ends, so it must not run for a build that is refused.
+    const std::string claim = absl::StrCat("rank 0 of ", size);
     ASSIGN_OR_RETURN(std::string previous,
-                     store->CompareSet(absl::StrCat(prefix, "unique_id"), "", id_hex, deadline));
-    if (previous != id_hex) {
+                     store->CompareSet(absl::StrCat(prefix, "claimed"), "", claim, deadline));
+    if (previous != claim) {
       return absl::FailedPreconditionError(absl::StrCat(
           what, ": a communicator with this name was already built in this epoch; use a new "
                 "name or epoch"));
     }
     ASSIGN_OR_RETURN(int64_t next, store->Add("comm/next_context", 1, deadline));
     RETURN_IF_ERROR(store->Set(absl::StrCat(prefix, "context"), absl::StrCat(next), deadline));
+    RETURN_IF_ERROR(nccl::NcclCheck(ncclGetUniqueId(&id), "ncclGetUniqueId"));
+    id_hex = absl::BytesToHexString(absl::string_view(id.internal, sizeof(id.internal)));
+    RETURN_IF_ERROR(store->Set(absl::StrCat(prefix, "unique_id"), id_hex, deadline));
   } else {
     absl::StatusOr<std::string> got = store->Get(absl::StrCat(prefix, "unique_id"), deadline);
     if (!got.ok()) return Annotate(got.status(), absl::StrCat(what, ": waiting for rank 0"));

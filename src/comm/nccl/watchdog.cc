@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/check.h"
+#include "common/cuda.h"
 #include "common/logging.h"
 #include "common/op_wait.h"
 #include "common/params.h"
@@ -22,12 +23,16 @@ class RealClock : public Clock {
   absl::Time Now() override { return absl::Now(); }
 };
 
-[[noreturn]] void ExitOnAbortHang(const std::string& message) {
-  spdlog::critical("{}", message);
-  spdlog::default_logger()->flush();
-  std::fprintf(stderr, "trident: %s\n", message.c_str());
-  std::fflush(stderr);
-  _exit(kAbortHangExitCode);
+// The default of on_abort_hang and on_device_lost: the reason on the log and stderr, then an
+// exit that runs no destructor (they could block on the very thing that failed).
+std::function<void(const std::string&)> LogAndExit(int exit_code) {
+  return [exit_code](const std::string& message) {
+    spdlog::critical("{}", message);
+    spdlog::default_logger()->flush();
+    std::fprintf(stderr, "trident: %s\n", message.c_str());
+    std::fflush(stderr);
+    _exit(exit_code);
+  };
 }
 
 }  // namespace
@@ -55,6 +60,10 @@ std::shared_ptr<GpuWork> GpuWork::Failed(std::string name, absl::Status status) 
   return work;
 }
 
+std::shared_ptr<GpuWork> GpuWork::Done(std::string name) {
+  return Failed(std::move(name), absl::OkStatus());
+}
+
 bool GpuWork::Complete(absl::Status status) {
   absl::MutexLock lock(&mu_);
   if (done_) return false;
@@ -63,14 +72,29 @@ bool GpuWork::Complete(absl::Status status) {
   return true;
 }
 
+void GpuWork::MarkAborting() {
+  absl::MutexLock lock(&mu_);
+  aborting_ = true;
+}
+
 absl::StatusOr<bool> GpuWork::Poll() {
   {
     absl::MutexLock lock(&mu_);
     if (done_) return true;
+    if (aborting_) return false;
   }
   absl::StatusOr<bool> finished = probe_();
   if (!finished.ok()) return finished.status();
-  if (*finished) Complete(absl::OkStatus());
+  if (*finished) {
+    absl::MutexLock lock(&mu_);
+    // An abort that came while the probe ran decides: the event may have fired because the
+    // abort stopped the kernel.
+    if (aborting_) return done_;
+    if (!done_) {
+      done_ = true;
+      status_ = absl::OkStatus();
+    }
+  }
   return *finished;
 }
 
@@ -127,6 +151,13 @@ absl::Status WatchedComm::Track(const std::shared_ptr<GpuWork>& op) {
       pending_.push_back(op);
       return absl::OkStatus();
     }
+    if (!ops_taken_) {
+      // Queued while an abort was starting: its kernel may run until the backend abort has
+      // returned, so it completes then, with the others.
+      op->MarkAborting();
+      pending_.push_back(op);
+      return abort_status_;
+    }
     refused = absl::FailedPreconditionError(
         absl::StrCat(op->name(), " issued on ", backend_->Describe(), " after it was aborted (",
                      abort_status_.message(), "); rebuild it"));
@@ -135,22 +166,51 @@ absl::Status WatchedComm::Track(const std::shared_ptr<GpuWork>& op) {
   return refused;
 }
 
-bool WatchedComm::Abort(absl::Status status) {
+bool WatchedComm::Abort(absl::Status status) { return AbortWith(std::move(status), false); }
+
+bool WatchedComm::AbortWith(absl::Status status, bool publish) {
   TRIDENT_CHECK(!status.ok()) << "Abort needs a non-OK status";
-  std::vector<std::shared_ptr<GpuWork>> ops;
   Watchdog* watchdog = nullptr;
   {
     absl::MutexLock lock(&mu_);
     if (!abort_status_.ok()) return false;
+    TRIDENT_CHECK(watchdog_ != nullptr)
+        << backend_->Describe() << ": aborted before it was registered with a watchdog";
     abort_status_ = status;
-    ops.swap(pending_);
+    publish_abort_ = publish;
     backend_abort_ = BackendAbort::kRequested;
+    // The kernels of pending ops may still write their buffers: the ops complete after the
+    // backend abort, and their events (which the abort fires too) no longer count.
+    for (const auto& op : pending_) op->MarkAborting();
     watchdog = watchdog_;
   }
   spdlog::warn("{}: aborting: {}", backend_->Describe(), status);
-  for (auto& op : ops) op->Complete(status);
-  if (watchdog != nullptr) watchdog->Wake();
+  watchdog->StartAbort(shared_from_this());
   return true;
+}
+
+void WatchedComm::RunBackendAbort(Clock* clock) {
+  absl::Status why;
+  bool publish = false;
+  {
+    absl::MutexLock lock(&mu_);
+    TRIDENT_CHECK(backend_abort_ == BackendAbort::kRequested);
+    backend_abort_ = BackendAbort::kRunning;
+    abort_started_ = clock->Now();
+    why = abort_status_;
+    publish = publish_abort_;
+  }
+  if (publish) backend_->PublishAbort(why);
+  backend_->AbortBackend(why);
+  std::vector<std::shared_ptr<GpuWork>> ops;
+  {
+    absl::MutexLock lock(&mu_);
+    ops.swap(pending_);
+    ops_taken_ = true;  // Track completes later ops at once
+  }
+  for (const auto& op : ops) op->Complete(why);
+  absl::MutexLock lock(&mu_);
+  backend_abort_ = BackendAbort::kDone;  // AwaitBackendAborted: the ops are complete too
 }
 
 absl::Status WatchedComm::abort_status() const {
@@ -194,10 +254,12 @@ void WatchedComm::Check(absl::Time now, absl::Duration peer_poll) {
     ops = pending_;
   }
   if (absl::Status s = backend_->AsyncError(); !s.ok()) {
-    Abort(absl::Status(
-        s.code() == absl::StatusCode::kInvalidArgument ? absl::StatusCode::kAborted : s.code(),
-        absl::StrCat(backend_->Describe(), ": NCCL reported an asynchronous error: ",
-                     s.message())));
+    AbortWith(absl::Status(s.code() == absl::StatusCode::kInvalidArgument
+                               ? absl::StatusCode::kAborted
+                               : s.code(),
+                           absl::StrCat(backend_->Describe(),
+                                        ": NCCL reported an asynchronous error: ", s.message())),
+              true);
     return;
   }
   // In issue order: the first op past its deadline is the one to name.
@@ -205,9 +267,18 @@ void WatchedComm::Check(absl::Time now, absl::Duration peer_poll) {
   for (const auto& op : ops) {
     absl::StatusOr<bool> finished = op->Poll();
     if (!finished.ok()) {
-      Abort(absl::AbortedError(absl::StrCat(op->name(), " on ", backend_->Describe(),
-                                            ": the GPU reported an error: ",
-                                            finished.status().message())));
+      const absl::Status& error = finished.status();
+      const std::string message = absl::StrCat(op->name(), " on ", backend_->Describe(),
+                                               ": the GPU reported an error: ", error.message());
+      AbortWith(absl::AbortedError(message), true);
+      if (cuda::IsContextLost(error)) {
+        Watchdog* watchdog = nullptr;
+        {
+          absl::MutexLock lock(&mu_);
+          watchdog = watchdog_;
+        }
+        watchdog->ReportDeviceLost(message);
+      }
       return;
     }
     if (*finished) {
@@ -220,7 +291,7 @@ void WatchedComm::Check(absl::Time now, absl::Duration peer_poll) {
         timeout = absl::DeadlineExceededError(absl::StrCat(
             op->name(), " timed out after ", absl::FormatDuration(op->timeout())));
       }
-      Abort(timeout);
+      AbortWith(timeout, true);
       return;
     }
   }
@@ -241,38 +312,37 @@ void WatchedComm::Check(absl::Time now, absl::Duration peer_poll) {
     }
   }
   if (check_peers) {
-    if (absl::Status s = backend_->PeerHealth(); !s.ok()) Abort(s);
+    // A peer's abort is its cause, not ours: not published again.
+    if (absl::Status s = backend_->PeerAborted(); !s.ok()) AbortWith(s, false);
   }
 }
 
 // --- Watchdog ----------------------------------------------------------------------------
 
 std::shared_ptr<Watchdog> Watchdog::Shared() {
-  static absl::Mutex mu(absl::kConstInit);
-  static std::weak_ptr<Watchdog>* current = new std::weak_ptr<Watchdog>();
-  absl::MutexLock lock(&mu);
-  std::shared_ptr<Watchdog> w = current->lock();
-  if (w == nullptr) {
+  // Never destroyed: a communicator that the process leaks, or one destroyed by a static
+  // destructor, still finds it.
+  static std::shared_ptr<Watchdog>* const shared = [] {
     Options options;
     options.poll = ParamMillis("TRIDENT_NCCL_WATCHDOG_POLL_MS");
     options.abort_timeout = ParamMillis("TRIDENT_NCCL_ABORT_TIMEOUT_MS");
-    w = std::make_shared<Watchdog>(std::move(options));
-    *current = w;
-  }
-  return w;
+    return new std::shared_ptr<Watchdog>(std::make_shared<Watchdog>(std::move(options)));
+  }();
+  return *shared;
 }
 
 Watchdog::Watchdog(Options options) : options_(std::move(options)) {
-  if (!options_.on_abort_hang) options_.on_abort_hang = ExitOnAbortHang;
+  if (!options_.on_abort_hang) options_.on_abort_hang = LogAndExit(kAbortHangExitCode);
+  if (!options_.on_device_lost) options_.on_device_lost = LogAndExit(kDeviceLostExitCode);
   TRIDENT_CHECK(options_.clock != nullptr);
-  abort_thread_ = std::thread([this] {
-    pthread_setname_np(pthread_self(), "trident-abort");
-    AbortLoop();
-  });
-  if (options_.run_thread) {
+  if (options_.run_threads) {
     watch_thread_ = std::thread([this] {
       pthread_setname_np(pthread_self(), "trident-wdog");
       WatchLoop();
+    });
+    monitor_thread_ = std::thread([this] {
+      pthread_setname_np(pthread_self(), "trident-wdmon");
+      MonitorLoop();
     });
   }
 }
@@ -280,12 +350,28 @@ Watchdog::Watchdog(Options options) : options_(std::move(options)) {
 Watchdog::~Watchdog() {
   {
     absl::MutexLock lock(&mu_);
-    stopping_ = true;
+    stop_watch_ = true;
   }
-  // The watch thread keeps running until the abort thread is done, so that a hung abort is
-  // still reported (and the process exits) rather than hanging here.
-  abort_thread_.join();
   if (watch_thread_.joinable()) watch_thread_.join();
+  // Every abort thread returns (the monitor, still running, bounds them) before the monitor
+  // stops.
+  while (true) {
+    std::list<AbortThread> running;
+    {
+      absl::MutexLock lock(&mu_);
+      if (aborts_.empty()) break;
+      running.splice(running.end(), aborts_);
+    }
+    for (AbortThread& a : running) a.thread.join();
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    stop_monitor_ = true;
+    for (const auto& w : comms_) {
+      TRIDENT_CHECK(w.expired()) << "a communicator outlived the watchdog that watches it";
+    }
+  }
+  if (monitor_thread_.joinable()) monitor_thread_.join();
 }
 
 void Watchdog::Register(const std::shared_ptr<WatchedComm>& comm) {
@@ -297,94 +383,94 @@ void Watchdog::Register(const std::shared_ptr<WatchedComm>& comm) {
   comms_.push_back(comm);
 }
 
-void Watchdog::Wake() {
+std::vector<std::shared_ptr<WatchedComm>> Watchdog::Live() {
+  std::vector<std::shared_ptr<WatchedComm>> live;
   absl::MutexLock lock(&mu_);
-  woken_ = true;
+  auto end = std::remove_if(comms_.begin(), comms_.end(),
+                            [](const std::weak_ptr<WatchedComm>& w) { return w.expired(); });
+  comms_.erase(end, comms_.end());
+  for (const auto& w : comms_) {
+    if (auto c = w.lock()) live.push_back(std::move(c));
+  }
+  return live;
 }
 
 void Watchdog::Tick() {
-  std::vector<std::shared_ptr<WatchedComm>> live;
-  {
-    absl::MutexLock lock(&mu_);
-    auto end = std::remove_if(comms_.begin(), comms_.end(),
-                              [](const std::weak_ptr<WatchedComm>& w) { return w.expired(); });
-    comms_.erase(end, comms_.end());
-    for (const auto& w : comms_) {
-      if (auto c = w.lock()) live.push_back(std::move(c));
-    }
-  }
+  const std::vector<std::shared_ptr<WatchedComm>> live = Live();
   const absl::Time now = options_.clock->Now();
   for (const auto& comm : live) comm->Check(now, options_.peer_poll);
+}
 
-  // Backend aborts: start the requested ones; report the ones that run too long.
-  std::vector<std::shared_ptr<WatchedComm>> to_start;
-  for (const auto& comm : live) {
-    absl::Duration hung = absl::ZeroDuration();
+void Watchdog::StartAbort(std::shared_ptr<WatchedComm> comm) {
+  absl::MutexLock lock(&mu_);
+  aborts_.emplace_back();
+  AbortThread* slot = &aborts_.back();
+  slot->thread = std::thread([this, slot, comm = std::move(comm)]() mutable {
+    pthread_setname_np(pthread_self(), "trident-abort");
+    comm->RunBackendAbort(options_.clock);
+    comm.reset();
+    absl::MutexLock lock(&mu_);
+    slot->done = true;
+  });
+}
+
+void Watchdog::CheckAborts() {
+  std::list<AbortThread> finished;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto it = aborts_.begin(); it != aborts_.end();) {
+      auto next = std::next(it);
+      if (it->done) finished.splice(finished.end(), aborts_, it);
+      it = next;
+    }
+  }
+  for (AbortThread& a : finished) a.thread.join();
+
+  const absl::Time now = options_.clock->Now();
+  for (const auto& comm : Live()) {
+    absl::Duration running = absl::ZeroDuration();
     {
       absl::MutexLock lock(&comm->mu_);
-      if (comm->backend_abort_ == WatchedComm::BackendAbort::kRequested) {
-        comm->backend_abort_ = WatchedComm::BackendAbort::kRunning;
-        comm->abort_started_ = now;
-        to_start.push_back(comm);
-      } else if (comm->backend_abort_ == WatchedComm::BackendAbort::kRunning &&
-                 now - comm->abort_started_ > options_.abort_timeout && !comm->hang_reported_) {
-        comm->hang_reported_ = true;
-        hung = now - comm->abort_started_;
+      if (comm->backend_abort_ != WatchedComm::BackendAbort::kRunning || comm->hang_reported_ ||
+          now - comm->abort_started_ <= options_.abort_timeout) {
+        continue;
       }
+      comm->hang_reported_ = true;
+      running = now - comm->abort_started_;
     }
-    if (hung > absl::ZeroDuration()) ReportHang(*comm, hung);
-  }
-  if (!to_start.empty()) {
-    absl::MutexLock lock(&mu_);
-    for (auto& c : to_start) abort_queue_.push_back(std::move(c));
+    options_.on_abort_hang(absl::StrCat(
+        comm->backend().Describe(), ": the NCCL abort has not returned after ",
+        absl::FormatDuration(running), " (limit ", absl::FormatDuration(options_.abort_timeout),
+        ", TRIDENT_NCCL_ABORT_TIMEOUT_MS; it was aborted because: ",
+        comm->abort_status().message(), "); exiting so that the job does not hang"));
   }
 }
 
-void Watchdog::ReportHang(WatchedComm& comm, absl::Duration running) {
-  options_.on_abort_hang(absl::StrCat(
-      comm.backend().Describe(), ": the NCCL abort has not returned after ",
-      absl::FormatDuration(running), " (limit ", absl::FormatDuration(options_.abort_timeout),
-      ", TRIDENT_NCCL_ABORT_TIMEOUT_MS; it was aborted because: ", comm.abort_status().message(),
-      "); exiting so that the job does not hang"));
+void Watchdog::ReportDeviceLost(const std::string& message) {
+  options_.on_device_lost(absl::StrCat(
+      message, "; this process's CUDA context is lost and no rebuild can recover it: exiting "
+               "so that the job replaces this rank"));
 }
 
 void Watchdog::WatchLoop() {
   while (true) {
     {
       absl::MutexLock lock(&mu_);
-      mu_.AwaitWithTimeout(absl::Condition(&woken_), options_.poll);
-      woken_ = false;
-      if (stopping_ && abort_thread_done_) return;
+      mu_.AwaitWithTimeout(absl::Condition(&stop_watch_), options_.poll);
+      if (stop_watch_) return;
     }
     Tick();
   }
 }
 
-void Watchdog::AbortLoop() {
+void Watchdog::MonitorLoop() {
   while (true) {
-    std::shared_ptr<WatchedComm> comm;
     {
       absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(
-          +[](Watchdog* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mu_) {
-            return !self->abort_queue_.empty() || self->stopping_;
-          },
-          this));
-      if (abort_queue_.empty()) {
-        abort_thread_done_ = true;
-        return;
-      }
-      comm = std::move(abort_queue_.front());
-      abort_queue_.pop_front();
-      aborting_ = true;
+      mu_.AwaitWithTimeout(absl::Condition(&stop_monitor_), options_.poll);
+      if (stop_monitor_) return;
     }
-    comm->backend().AbortBackend(comm->abort_status());
-    {
-      absl::MutexLock lock(&comm->mu_);
-      comm->backend_abort_ = WatchedComm::BackendAbort::kDone;
-    }
-    absl::MutexLock lock(&mu_);
-    aborting_ = false;
+    CheckAborts();
   }
 }
 
