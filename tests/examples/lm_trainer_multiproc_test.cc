@@ -103,6 +103,40 @@ TEST(LmTrainerMultiprocTest, ResumeIsExactAtTheSameLayoutAndWithinTheBoundAtAnot
   RunCommand(absl::StrCat("rm -rf ", dir));
 }
 
+// --resume when the newest checkpoint is corrupt: the runtime goes back to the newest one
+// that loads, says which it skipped and why, and the losses are those of an unbroken run.
+TEST(LmTrainerMultiprocTest, ResumeSkipsACorruptNewestCheckpoint) {
+  const std::string model =
+      "--context 8 --embed 8 --ffn 64 --batch 32 --microbatches 4 --val-samples 64 "
+      "--eval-every 5 --seed 3 --timeout 60s --ckpt-every 5 --keep 0";
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/lm_corrupt_", getpid());
+  auto run4 = [&](const std::string& flags) {
+    return RunCommand(absl::StrCat(Bin("trident-run"), " --nproc 4 -- ", Bin("lm-trainer"),
+                                   " --tp 2 --dp 2 ", model, " --ckpt-dir ", dir, " ", flags));
+  };
+  const RunResult straight = RunCommand(absl::StrCat(Bin("trident-run"), " --nproc 4 -- ",
+                                                     Bin("lm-trainer"), " --tp 2 --dp 2 ",
+                                                     model, " --ckpt-dir ", dir, "-s --steps 20"));
+  ASSERT_EQ(straight.exit_code, 0) << straight.output;
+  const RunResult first = run4("--steps 15");
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  // Overwrite the last bytes of one shard of step 15: its checksum no longer matches.
+  const RunResult corrupt = RunCommand(absl::StrCat(
+      "f=$(ls ", dir, "/step-000000015/shard-*.safetensors | head -1); ",
+      "printf 'XXXXXXXX' | dd of=$f bs=1 seek=$(( $(stat -c %s $f) - 8 )) conv=notrunc 2>&1"));
+  ASSERT_EQ(corrupt.exit_code, 0) << corrupt.output;
+  const RunResult again = run4("--steps 20 --resume");
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_THAT(again.output, HasSubstr("checkpoint_skipped step 15: rank "));
+  EXPECT_THAT(again.output, HasSubstr("DATA_LOSS"));
+  EXPECT_THAT(again.output, HasSubstr("resumed step=10"));
+  const auto want = Losses(straight.output);
+  const auto got = Losses(again.output);
+  ASSERT_EQ(got.size(), 10u) << again.output;  // steps 11..20
+  for (const auto& [step, loss] : got) EXPECT_EQ(loss, want.at(step)) << "step " << step;
+  RunCommand(absl::StrCat("rm -rf ", dir, " ", dir, "-s"));
+}
+
 TEST(LmTrainerMultiprocTest, LayoutThatDoesNotFitTheWorldIsAUsageError) {
   const RunResult out = RunCommand(absl::StrCat(Bin("trident-run"), " --nproc 2 -- ", Bin("lm-trainer"),
                                       " --tp 2 --pp 2 ", kModel));

@@ -117,6 +117,37 @@ TEST(LmTrainerRecoveryTest, TwoFailuresWithTwoSpares) {
   ExpectReferenceLosses(out);
 }
 
+// Two faults with two spares, in every order and mix of kill and stop, at the same step (a
+// few ms apart) and about a second apart: two recoveries, the losses of an unbroken run.
+struct TwoFaults {
+  const char* name;
+  const char* faults;
+  const char* first_cause;
+  const char* second_cause;
+};
+class LmTwoFaultsTest : public ::testing::TestWithParam<TwoFaults> {};
+
+TEST_P(LmTwoFaultsTest, BothRecoverWithTheLossesOfAnUnbrokenRun) {
+  const TwoFaults& f = GetParam();
+  RunResult out = Train(absl::StrCat("two_", f.name), 2, absl::StrCat("--inject-fault ", f.faults),
+                        "TRIDENT_HEARTBEAT_TIMEOUT_MS=500");
+  ASSERT_EQ(out.exit_code, 0) << out.output;
+  EXPECT_THAT(out.output, ContainsRegex(absl::StrCat("dead_rank=1 cause=", f.first_cause)));
+  EXPECT_THAT(out.output, ContainsRegex(absl::StrCat("dead_rank=6 cause=", f.second_cause)));
+  EXPECT_THAT(out.output, HasSubstr("job finished after 2 recovery(ies)"));
+  ExpectReferenceLosses(out);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Orders, LmTwoFaultsTest,
+    ::testing::Values(TwoFaults{"KillKillTogether", "w1:12:KILL,w6:12:KILL", "SIGKILL", "SIGKILL"},
+                      TwoFaults{"KillStopTogether", "w1:12:KILL,w6:12:STOP", "SIGKILL", "SIGSTOP"},
+                      TwoFaults{"StopKillTogether", "w1:12:STOP,w6:12:KILL", "SIGSTOP", "SIGKILL"},
+                      TwoFaults{"StopStopTogether", "w1:12:STOP,w6:12:STOP", "SIGSTOP", "SIGSTOP"},
+                      TwoFaults{"KillThenStopApart", "w1:8:KILL,w6:21:STOP", "SIGKILL", "SIGSTOP"},
+                      TwoFaults{"StopThenKillApart", "w1:8:STOP,w6:21:KILL", "SIGSTOP", "SIGKILL"}),
+    [](const ::testing::TestParamInfo<TwoFaults>& info) { return std::string(info.param.name); });
+
 TEST(LmTrainerRecoveryTest, KillDuringARecovery) {
   // w4 dies while the ranks rebuild after w2's death: the recovery moves on to epoch 3.
   RunResult out = Train("during", 2, "--inject-fault w2:14:KILL,w4:recovery:KILL");
