@@ -34,6 +34,7 @@
 #include "trident/communicator.h"
 #include "trident/failure.h"
 #include "trident/runtime.h"
+#include "trident/status_macros.h"  // for Trainable implementations
 
 namespace trident {
 
@@ -56,15 +57,16 @@ class Trainable {
   // smaller dp). Collective over `world`.
   virtual absl::Status Bind(Communicator& world, const BindInfo& info) = 0;
   // The communicators Bind made, to be aborted with the world when a rank dies. Valid until
-  // the next Bind.
-  virtual std::vector<Communicator*> Groups() = 0;
+  // the next Bind. Default: none.
+  virtual std::vector<Communicator*> Groups() { return {}; }
   // Runs step step() + 1. Collective. Any error fails the step; the loop decides whether a
   // recovery can cure it.
   virtual absl::Status Step() = 0;
   // Completed steps.
   virtual int64_t step() const = 0;
   // A step failed after it may have changed the state, so the state is not step()'s.
-  virtual bool dirty() const = 0;
+  // Default false: for a Step that changes the state only after its last collective.
+  virtual bool dirty() const { return false; }
 
   // The state to checkpoint (tensors valid until the next Step).
   virtual CheckpointState SaveState() = 0;

@@ -16,3 +16,22 @@ cmake -S "$src/../../examples" -B "$tmp/examples" -G Ninja -DCMAKE_PREFIX_PATH="
   > "$tmp/examples-configure.log" || { cat "$tmp/examples-configure.log"; exit 1; }
 cmake --build "$tmp/examples" > "$tmp/examples-build.log" || { cat "$tmp/examples-build.log"; exit 1; }
 "$tmp/examples/lm-trainer" --steps 2 --eval-every 1 --layers 1 --ffn 32 --val-samples 64
+# The README's resilient-loop example compiles and links against the installed package as
+# written (its Gradient() is the reader's model: a stub here).
+readme="$src/../../README.md"
+{ echo '#include <vector>'
+  echo 'static std::vector<float> Gradient(long, int) { return std::vector<float>(16, 1.0f); }'
+  awk '/^```cpp$/ {n++; on = (n == 2); next} /^```$/ {on = 0} on' "$readme"; } > "$tmp/readme_sgd.cc"
+mkdir -p "$tmp/readme"
+cat > "$tmp/readme/CMakeLists.txt" <<CMAKE
+cmake_minimum_required(VERSION 3.25)
+project(readme_sgd LANGUAGES CXX)
+set(CMAKE_CXX_STANDARD 20)
+find_package(trident CONFIG REQUIRED)
+add_executable(readme_sgd $tmp/readme_sgd.cc)
+target_link_libraries(readme_sgd PRIVATE trident::trident)
+CMAKE
+cmake -S "$tmp/readme" -B "$tmp/readme/build" -G Ninja -DCMAKE_PREFIX_PATH="$tmp/prefix" \
+  > "$tmp/readme-configure.log" || { cat "$tmp/readme-configure.log"; exit 1; }
+cmake --build "$tmp/readme/build" > "$tmp/readme-build.log" || { cat "$tmp/readme-build.log"; exit 1; }
+echo "install test: the example trainer and the README's example build against the package"
