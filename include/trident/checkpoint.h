@@ -174,28 +174,20 @@ struct TensorRequest {
 };
 
 // A copy of one rank's last committed snapshot (every tensor, metadata), held in memory.
+// Made by the engine (HeldReplica) and FetchPeerReplica only.
 class PeerReplica {
  public:
-  struct Impl;
-  explicit PeerReplica(std::unique_ptr<Impl> impl);
-  ~PeerReplica();
+  virtual ~PeerReplica() = default;
 
-  int owner_rank() const;  // the rank whose state this is, in the engine's communicator
-  int64_t step() const;
-  int64_t epoch() const;
-  const std::string& metadata() const;
-  std::vector<std::string> TensorNames() const;
-  size_t bytes() const;
+  virtual int owner_rank() const = 0;  // whose state this is, in the engine's communicator
+  virtual int64_t step() const = 0;
+  virtual int64_t epoch() const = 0;
+  virtual const std::string& metadata() const = 0;
+  virtual std::vector<std::string> TensorNames() const = 0;
+  virtual size_t bytes() const = 0;
   // Copies the requested slices into the caller's tensors, verifying checksums (kDataLoss
   // naming the tensor on a mismatch); same rules as LoadCheckpoint.
-  absl::Status Restore(absl::Span<const TensorRequest> requests) const;
-
-  // Internals (src/checkpoint/internal.h).
-  const Impl& impl() const { return *impl_; }
-  Impl& mutable_impl() { return *impl_; }
-
- private:
-  std::unique_ptr<Impl> impl_;
+  virtual absl::Status Restore(absl::Span<const TensorRequest> requests) const = 0;
 };
 
 class CheckpointEngine {

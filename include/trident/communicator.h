@@ -17,6 +17,14 @@
 //      kFailedPrecondition the communicator was aborted before this op was issued
 //    After kAborted or kDeadlineExceeded the communicator is aborted: rebuild it.
 //  - A Communicator is thread-safe: ops may be issued and Abort called from any thread.
+//  - Ownership, one rule everywhere: a factory (CreateHostCommunicator, Split,
+//    CreateNcclCommunicator) returns a std::unique_ptr, and the caller owns the communicator.
+//    A function or object that takes a Communicator& or Communicator* borrows it: the caller
+//    keeps it alive while the callee uses it (MeshGroups::Build's world only during the call;
+//    a GradBucketer's or Zero1Optimizer's dp group for the object's lifetime; RunSchedule's
+//    groups during the call). Only what keeps using a communicator on threads of its own
+//    after the call returns takes a std::shared_ptr and shares ownership
+//    (CheckpointOptions::comm).
 //
 //   auto comm = trident::CreateHostCommunicator({}).value();   // from TRIDENT_* variables
 //   std::vector<float> grads(n);

@@ -47,6 +47,7 @@
 #ifndef TRIDENT_NCCL_H_
 #define TRIDENT_NCCL_H_
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -72,7 +73,7 @@ struct NcclCommOptions {
   // job; building it twice is kFailedPrecondition.
   std::string name = "world";
   // The membership epoch this communicator belongs to.
-  int epoch = 0;
+  int64_t epoch = 0;
   // The job rank (as trident-run numbers processes, TRIDENT_RANK) of each rank of this
   // communicator, to name the member behind a failure that trident-run reports. Empty: rank
   // r is job rank r.

@@ -63,9 +63,6 @@ class Store {
                                                               absl::Time deadline) = 0;
 };
 
-// Checks a key and value against the limits above; shared by every implementation.
-absl::Status ValidateKey(absl::string_view key);
-absl::Status ValidateValue(absl::string_view value);
 
 std::unique_ptr<Store> NewMemoryStore();
 // A store in a directory that every rank can see; created if missing.

@@ -260,7 +260,7 @@ class Engine : public CheckpointEngine {
   std::shared_ptr<Job> pending_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::shared_ptr<SaveHandle> last_ ABSL_GUARDED_BY(mu_);
-  std::shared_ptr<PeerReplica> held_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<HeldPeerReplica> held_ ABSL_GUARDED_BY(mu_);
   std::thread persist_;
 };
 
@@ -890,7 +890,7 @@ absl::Status Engine::ExchangeReplicas(Job& job, const std::vector<ckpt::RankRepo
   const bool recv = reports[source_].sends_replica;
   ckpt::OutgoingReplica outgoing;
   if (send) {
-    PeerReplica::Impl index;
+    ReplicaData index;
     index.owner_rank = rank_;
     index.step = job.step;
     index.epoch = options_.epoch;
@@ -927,7 +927,7 @@ absl::Status Engine::ExchangeReplicas(Job& job, const std::vector<ckpt::RankRepo
                                          std::move(reuse), reuse_bytes, op_options_);
   if (!received.ok()) return received.status();
   if (*received != nullptr) {
-    auto replica = std::make_shared<PeerReplica>(std::move(received).value());
+    auto replica = std::make_shared<HeldPeerReplica>(std::move(received).value());
     absl::MutexLock lock(&mu_);
     held_ = std::move(replica);
   }

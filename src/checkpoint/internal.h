@@ -37,7 +37,8 @@ struct ReplicaTensor {
   std::vector<ReplicaPiece> pieces;
 };
 
-struct PeerReplica::Impl {
+// A replica's contents: its index and its bytes.
+struct ReplicaData {
   int owner_rank = -1;
   int64_t step = 0;
   int64_t epoch = 0;
@@ -45,6 +46,25 @@ struct PeerReplica::Impl {
   std::vector<ReplicaTensor> tensors;
   HostMemory data;
   size_t bytes = 0;
+};
+
+// The one PeerReplica there is.
+class HeldPeerReplica final : public PeerReplica {
+ public:
+  explicit HeldPeerReplica(std::unique_ptr<ReplicaData> impl) : impl_(std::move(impl)) {}
+  int owner_rank() const override { return impl_->owner_rank; }
+  int64_t step() const override { return impl_->step; }
+  int64_t epoch() const override { return impl_->epoch; }
+  const std::string& metadata() const override { return impl_->metadata; }
+  std::vector<std::string> TensorNames() const override;
+  size_t bytes() const override { return impl_->bytes; }
+  absl::Status Restore(absl::Span<const TensorRequest> requests) const override;
+
+  const ReplicaData& impl() const { return *impl_; }
+  ReplicaData& mutable_impl() { return *impl_; }
+
+ private:
+  std::unique_ptr<ReplicaData> impl_;
 };
 
 namespace ckpt {
@@ -62,7 +82,7 @@ void MaybeCrashAt(absl::string_view stage);
 // (when `outgoing` is set) and receives one (when `receive` is set) in three phases, each
 // posting both directions before waiting: a receive is never posted late because of a send
 // that waits for it, so two ranks can exchange with each other, or in a ring.
-std::string ReplicaIndexJson(const PeerReplica::Impl& replica);
+std::string ReplicaIndexJson(const ReplicaData& replica);
 struct OutgoingReplica {
   int dest = -1;
   std::string index_json;
@@ -71,7 +91,7 @@ struct OutgoingReplica {
 };
 // Returns the received replica (nullptr when `receive` is false). `reuse` is memory that the
 // received bytes may go to when it is large enough (reuse_bytes).
-absl::StatusOr<std::unique_ptr<PeerReplica::Impl>> ExchangeReplicas(
+absl::StatusOr<std::unique_ptr<ReplicaData>> ExchangeReplicas(
     Communicator& comm, const OutgoingReplica* outgoing, bool receive, int src, HostMemory reuse,
     size_t reuse_bytes, const OpOptions& options);
 

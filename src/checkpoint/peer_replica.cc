@@ -13,22 +13,13 @@ namespace trident {
 
 using json = nlohmann::json;
 
-PeerReplica::PeerReplica(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-PeerReplica::~PeerReplica() = default;
-
-int PeerReplica::owner_rank() const { return impl_->owner_rank; }
-int64_t PeerReplica::step() const { return impl_->step; }
-int64_t PeerReplica::epoch() const { return impl_->epoch; }
-const std::string& PeerReplica::metadata() const { return impl_->metadata; }
-size_t PeerReplica::bytes() const { return impl_->bytes; }
-
-std::vector<std::string> PeerReplica::TensorNames() const {
+std::vector<std::string> HeldPeerReplica::TensorNames() const {
   std::vector<std::string> names;
   for (const ReplicaTensor& t : impl_->tensors) names.push_back(t.name);
   return names;
 }
 
-absl::Status PeerReplica::Restore(absl::Span<const TensorRequest> requests) const {
+absl::Status HeldPeerReplica::Restore(absl::Span<const TensorRequest> requests) const {
   const std::string where = absl::StrCat("the replica of rank ", impl_->owner_rank, " (step ",
                                          impl_->step, ")");
   std::vector<std::vector<bool>> verified(impl_->tensors.size());
@@ -103,7 +94,7 @@ absl::Status WaitAll(std::vector<std::shared_ptr<Work>>& works, absl::string_vie
 
 }  // namespace
 
-std::string ReplicaIndexJson(const PeerReplica::Impl& r) {
+std::string ReplicaIndexJson(const ReplicaData& r) {
   json tensors = json::array();
   for (const ReplicaTensor& t : r.tensors) {
     json pieces = json::array();
@@ -127,7 +118,7 @@ std::string ReplicaIndexJson(const PeerReplica::Impl& r) {
 
 namespace {
 
-absl::Status ParseReplicaIndex(absl::string_view text, PeerReplica::Impl* r) {
+absl::Status ParseReplicaIndex(absl::string_view text, ReplicaData* r) {
   json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::DataLossError("the replica index is not JSON");
   try {
@@ -169,7 +160,7 @@ absl::Status ParseReplicaIndex(absl::string_view text, PeerReplica::Impl* r) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<PeerReplica::Impl>> ExchangeReplicas(
+absl::StatusOr<std::unique_ptr<ReplicaData>> ExchangeReplicas(
     Communicator& comm, const OutgoingReplica* outgoing, bool receive, int src, HostMemory reuse,
     size_t reuse_bytes, const OpOptions& options) {
   const std::string what =
@@ -198,9 +189,9 @@ absl::StatusOr<std::unique_ptr<PeerReplica::Impl>> ExchangeReplicas(
   }
   if (receive) works.push_back(comm.Recv(Bytes(index.data(), index.size()), src, kTagIndex, options));
   RETURN_IF_ERROR(WaitAll(works, what));
-  std::unique_ptr<PeerReplica::Impl> replica;
+  std::unique_ptr<ReplicaData> replica;
   if (receive) {
-    replica = std::make_unique<PeerReplica::Impl>();
+    replica = std::make_unique<ReplicaData>();
     RETURN_IF_ERROR(Annotate(ParseReplicaIndex(index, replica.get()), what));
     if (reuse && reuse_bytes >= replica->bytes) {
       replica->data = std::move(reuse);
@@ -235,7 +226,12 @@ absl::Status SendPeerReplica(Communicator& comm, int dest, const PeerReplica& re
     return absl::InvalidArgumentError(absl::StrCat("SendPeerReplica: bad destination rank ", dest,
                                                    " in ", comm.Describe()));
   }
-  const PeerReplica::Impl& r = replica.impl();
+  const auto* held = dynamic_cast<const HeldPeerReplica*>(&replica);
+  if (held == nullptr) {
+    return absl::InvalidArgumentError(
+        "SendPeerReplica: the replica was not made by a CheckpointEngine or FetchPeerReplica");
+  }
+  const ReplicaData& r = held->impl();
   ckpt::OutgoingReplica out{dest, ckpt::ReplicaIndexJson(r), r.data.get(), r.bytes};
   return ckpt::ExchangeReplicas(comm, &out, /*receive=*/false, -1, nullptr, 0, options).status();
 }
@@ -246,10 +242,10 @@ absl::StatusOr<std::shared_ptr<PeerReplica>> FetchPeerReplica(Communicator& comm
     return absl::InvalidArgumentError(absl::StrCat("FetchPeerReplica: bad holder rank ", holder,
                                                    " in ", comm.Describe()));
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<PeerReplica::Impl> impl,
+  ASSIGN_OR_RETURN(std::unique_ptr<ReplicaData> impl,
                    ckpt::ExchangeReplicas(comm, nullptr, /*receive=*/true, holder, nullptr, 0,
                                           options));
-  return std::make_shared<PeerReplica>(std::move(impl));
+  return std::make_shared<HeldPeerReplica>(std::move(impl));
 }
 
 int ReplicaHolderOf(int rank, absl::Span<const std::string> host_of_rank) {

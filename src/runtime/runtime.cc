@@ -533,7 +533,7 @@ CommunicatorFactory NcclWorldFactory(int device) {
     o.timeout = std::min(spec.op_timeout,
                          std::max(spec.deadline - absl::Now(), absl::Milliseconds(1)));
     o.name = "world";
-    o.epoch = static_cast<int>(spec.epoch);
+    o.epoch = spec.epoch;
     return CreateNcclCommunicator(std::move(o));
   };
 }

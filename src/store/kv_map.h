@@ -56,4 +56,10 @@ absl::Status ValidatePrefix(absl::string_view prefix);
 
 }  // namespace trident::store_internal
 
+namespace trident {
+// Checks a key and value against Store's limits; shared by every implementation.
+absl::Status ValidateKey(absl::string_view key);
+absl::Status ValidateValue(absl::string_view value);
+}  // namespace trident
+
 #endif  // TRIDENT_STORE_KV_MAP_H_

@@ -1,3 +1,4 @@
+#include "store/kv_map.h"
 #include "absl/strings/str_cat.h"
 #include "trident/store.h"
 

@@ -137,7 +137,7 @@ TEST(PeerReplicaTest, HeldAfterCommitAndServedToARankThatLostItsProcess) {
   ExpectRestores(*fetched, 6, lost);
 
   // A corrupted replica is caught, naming the tensor.
-  PeerReplica::Impl& impl = fetched->mutable_impl();
+  ReplicaData& impl = static_cast<HeldPeerReplica&>(*fetched).mutable_impl();
   impl.data.get()[impl.tensors[0].pieces[0].data_offset + 3] ^= 1;
   std::vector<float> w(12);
   TensorRequest req{"w", Tensor(w.data(), DType::kF32, {2, 6}), {2, 0}, {}};

@@ -9,8 +9,15 @@
 #include "trident/checkpoint.h"
 #include "trident/communicator.h"
 #include "trident/store.h"
+#include "trident/version.h"
 
 int main() {
+  // The headers and the library are the same release.
+  if (trident::VersionCode() != TRIDENT_VERSION_CODE) {
+    std::fprintf(stderr, "consumer: headers %d, library %s\n", TRIDENT_VERSION_CODE,
+                 trident::Version());
+    return 1;
+  }
   std::shared_ptr<trident::Store> store = trident::NewMemoryStore();
   trident::HostCommOptions options;
   options.rank = 0;
@@ -70,7 +77,8 @@ int main() {
   }
   engine->reset();
   std::system(("rm -rf " + dir).c_str());
-  std::printf("consumer ok: %s, checkpoint step %lld\n", (*comm)->Describe().c_str(),
+  std::printf("consumer ok (Trident %s): %s, checkpoint step %lld\n", trident::Version(),
+              (*comm)->Describe().c_str(),
               static_cast<long long>(loaded->step));
   return 0;
 }

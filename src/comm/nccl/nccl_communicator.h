@@ -38,7 +38,7 @@ absl::Status NcclCheck(ncclResult_t result, absl::string_view call, ncclComm_t c
 
 struct NcclGroup {
   std::string name = "world";
-  int epoch = 0;
+  int64_t epoch = 0;
   int rank = 0;
   int size = 1;
   int device = 0;
