@@ -533,4 +533,25 @@ TEST(TridentRunTest, PrintParams) {
   EXPECT_THAT(r.out, HasSubstr("TRIDENT_TIMEOUT_MS="));
 }
 
+// Defect 6 of issue 17: the job token was printed in clear text.
+TEST(TridentRunTest, PrintParamsHidesTheJobToken) {
+  RunResult r = RunLauncher({"--print-params"}, {{"TRIDENT_JOB_TOKEN", "sekrit-77"}});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_THAT(r.out, HasSubstr("TRIDENT_JOB_TOKEN=<hidden>  (env)"));
+  EXPECT_THAT(r.out + r.err, Not(HasSubstr("sekrit-77")));
+}
+
+// Defect 5: a bad setting ended trident-run in a CHECK with a backtrace; now it is a usage
+// error (exit 2) naming the variable, its value and what is allowed, before any rank starts.
+TEST(TridentRunTest, BadSettingIsAUsageError) {
+  RunResult r = RunLauncher({"--nproc", "1", "--", "true"}, {{"TRIDENT_KILL_GRACE_MS", "xyz"}});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("trident-run: TRIDENT_KILL_GRACE_MS='xyz' is not valid: expected "
+                               "a whole number of milliseconds >= 0"));
+  EXPECT_THAT(r.err, Not(HasSubstr("CHECK")));
+  r = RunLauncher({"--print-params"}, {{"TRIDENT_TIMEOUT_MS", "-5"}});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.out, HasSubstr("TRIDENT_TIMEOUT_MS=-5  (env)  INVALID"));
+}
+
 }  // namespace

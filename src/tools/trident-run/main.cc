@@ -47,15 +47,26 @@ int main(int argc, char** argv) {
                  std::string(options.status().message()).c_str());
     return trident::run::kExitUsage;
   }
+  // A bad TRIDENT_* setting is a usage error, reported before anything starts (every rank
+  // would inherit it).
+  const absl::Status params = trident::CheckParams();
   switch (options->action) {
     case LaunchOptions::Action::kHelp:
       std::fputs(trident::run::UsageText().c_str(), stdout);
       return trident::run::kExitOk;
     case LaunchOptions::Action::kPrintParams:
       std::fputs(trident::DescribeParams().c_str(), stdout);
+      if (!params.ok()) {
+        std::fprintf(stderr, "trident-run: %s\n", std::string(params.message()).c_str());
+        return trident::run::kExitUsage;
+      }
       return trident::run::kExitOk;
     case LaunchOptions::Action::kRun:
       break;
+  }
+  if (!params.ok()) {
+    std::fprintf(stderr, "trident-run: %s\n", std::string(params.message()).c_str());
+    return trident::run::kExitUsage;
   }
   trident::run::OutputWriter out(STDOUT_FILENO, STDERR_FILENO);
   trident::run::Launcher launcher(*std::move(options), &out);
