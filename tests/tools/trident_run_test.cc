@@ -208,17 +208,18 @@ TEST(TridentRunTest, SetsRankEnvironment) {
   RunResult r = RunLauncher(ShArgs(4,
                            "echo \"env $TRIDENT_RANK $TRIDENT_WORLD_SIZE $TRIDENT_LOCAL_RANK "
                            "$TRIDENT_STORE $TRIDENT_JOB_TOKEN $TRIDENT_JOB_ID "
-                           "$FI_TCP_IFACE $FI_SOCKETS_IFACE\""),
+                           "$FI_TCP_IFACE $FI_SOCKETS_IFACE $IPATH_NO_BACKTRACE\""),
                     // Inherited values of the rank variables must be replaced, and the FI_*
                     // defaults apply only where the variable is unset.
                     {{"TRIDENT_RANK", "99"},
                      {"TRIDENT_STORE", "tcp://example.com:1"},
                      {"TRIDENT_JOB_ID", std::nullopt},
                      {"FI_TCP_IFACE", std::nullopt},
-                     {"FI_SOCKETS_IFACE", "eth7"}});
+                     {"FI_SOCKETS_IFACE", "eth7"},
+                     {"IPATH_NO_BACKTRACE", std::nullopt}});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const std::regex line_re(
-      R"(\[rank (\d+)\] env (\d+) (\d+) (\d+) (tcp://127\.0\.0\.1:(\d+)) ([0-9a-f]{64}) (\S+) lo eth7)");
+      R"(\[rank (\d+)\] env (\d+) (\d+) (\d+) (tcp://127\.0\.0\.1:(\d+)) ([0-9a-f]{64}) (\S+) lo eth7 1)");
   std::set<int> ranks;
   std::set<std::string> stores, tokens, job_ids;
   for (const std::string& line : Lines(r.out)) {

@@ -10,6 +10,7 @@
 
 #include "common/logging.h"
 #include "common/params.h"
+#include "transport/fabric/fabric_transport.h"
 #include "tools/trident-run/launcher.h"
 #include "tools/trident-run/options.h"
 #include "tools/trident-run/output_relay.h"
@@ -35,6 +36,11 @@ void EnsureStandardDescriptors() {
 int main(int argc, char** argv) {
   using trident::run::LaunchOptions;
   EnsureStandardDescriptors();
+  // libinfinipath (loaded with libfabric) takes over SIGSEGV, SIGABRT, SIGTERM, ... at load
+  // and writes .btr files where a process crashes: not in the ranks (they inherit this
+  // environment; a value the user set wins), and not here.
+  setenv("IPATH_NO_BACKTRACE", "1", /*overwrite=*/0);
+  trident::QuietUnusedProviders();
   trident::InitLogging("launcher");
   // trident-run's stderr carries the ranks' stderr and its own one-line reports; library
   // chatter at info (the store server starting and stopping) would only be noise there.
