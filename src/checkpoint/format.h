@@ -27,9 +27,10 @@ inline constexpr char kLatestName[] = "latest";
 // Shard data starts at a multiple of this in the file.
 inline constexpr size_t kDataAlignment = 4096;
 // Limits on what a reader accepts from a file, so that a crafted one cannot make it allocate
-// without bound: a manifest's size, a safetensors header's size (the limit of the safetensors
-// reference implementation), a tensor's dimensions, a saving world's ranks.
+// without bound: the size of a manifest, of `latest`, of a safetensors header (the limit of
+// the safetensors reference implementation); a tensor's dimensions, a saving world's ranks.
 inline constexpr uint64_t kMaxManifestBytes = uint64_t{1} << 30;
+inline constexpr uint64_t kMaxLatestBytes = 4096;
 inline constexpr uint64_t kMaxSafetensorsHeaderBytes = uint64_t{100} << 20;
 inline constexpr size_t kMaxDims = 64;
 inline constexpr int kMaxWorldSize = 1 << 20;

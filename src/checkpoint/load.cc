@@ -192,7 +192,7 @@ absl::Status FinishDestination(const TensorRequest& request, const HostMemory& b
 
 absl::Status CheckLatestPointer(FileSystem& fs, const std::string& dir) {
   const std::string path = JoinPath(dir, kLatestName);
-  auto text = ReadFileToString(fs, path);
+  auto text = ReadFileToString(fs, path, kMaxLatestBytes);
   if (absl::IsNotFound(text.status())) return absl::OkStatus();
   RETURN_IF_ERROR(text.status());
   const std::string name(absl::StripAsciiWhitespace(*text));
@@ -223,22 +223,14 @@ absl::StatusOr<CheckpointManifest> ReadManifestAt(FileSystem& fs, const std::str
     return absl::NotFoundError(absl::StrCat("no checkpoint of step ", *step, " in ", dir));
   }
   const std::string path = JoinPath(step_dir, kManifestName);
-  auto file = fs.OpenForRead(path);
-  if (!file.ok()) {
-    if (absl::IsNotFound(file.status())) {
+  auto text = ReadFileToString(fs, path, kMaxManifestBytes);
+  if (!text.ok()) {
+    if (absl::IsNotFound(text.status())) {
       return absl::DataLossError(absl::StrCat(path, " is missing"));
     }
-    return file.status();
+    return text.status();
   }
-  ASSIGN_OR_RETURN(uint64_t size, (*file)->Size());
-  if (size > kMaxManifestBytes) {
-    return absl::DataLossError(absl::StrCat(path, " has ", size, " bytes, over the limit of ",
-                                            kMaxManifestBytes));
-  }
-  std::string text(size, '\0');
-  ASSIGN_OR_RETURN(size_t got, (*file)->Read(0, text.data(), text.size()));
-  text.resize(got);
-  ASSIGN_OR_RETURN(CheckpointManifest m, ParseManifest(text, path));
+  ASSIGN_OR_RETURN(CheckpointManifest m, ParseManifest(*text, path));
   if (m.step != *step) {
     return absl::DataLossError(absl::StrCat(path, ": field step is ", m.step, " in the directory of step ", *step));
   }
@@ -255,7 +247,8 @@ absl::StatusOr<std::vector<CheckpointInfo>> ListCheckpoints(const std::string& d
   std::shared_ptr<FileSystem> fs = ckpt::FsOf(options);
   ASSIGN_OR_RETURN(std::vector<std::string> names, fs->ListDir(dir));
   std::string latest;
-  auto text = ReadFileToString(*fs, JoinPath(dir, ckpt::kLatestName));
+  // A `latest` that is not a step name (or too large to be one) names nothing.
+  auto text = ReadFileToString(*fs, JoinPath(dir, ckpt::kLatestName), ckpt::kMaxLatestBytes);
   if (text.ok()) latest = std::string(absl::StripAsciiWhitespace(*text));
   std::vector<CheckpointInfo> out;
   for (const std::string& name : names) {
