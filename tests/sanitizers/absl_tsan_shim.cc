@@ -13,6 +13,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <type_traits>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -40,10 +41,63 @@ struct Outer {
 
 #define REAL(type, name) static const auto real = Real<type>(name)
 
-// A lock taken inside a call (after it returns): TSan sees an acquire.
-void Locked(void* mu, unsigned flags) {
+// Runs `call`, a lock of `mu` (which may wait, evaluating a condition inside Abseil: TSan
+// ignores what happens between pre and post), and tells TSan it acquired mu.
+template <typename Call>
+auto AsLock(void* mu, unsigned flags, Call call) {
+  Outer o;
+  if (!o.outer) return call();
   __tsan_mutex_pre_lock(mu, flags);
-  __tsan_mutex_post_lock(mu, flags, 0);
+  if constexpr (std::is_void_v<decltype(call())>) {
+    call();
+    __tsan_mutex_post_lock(mu, flags, 0);
+  } else {
+    auto result = call();
+    __tsan_mutex_post_lock(mu, flags, 0);
+    return result;
+  }
+}
+
+// A try-lock: acquired only when `call` returns true.
+template <typename Call>
+bool AsTryLock(void* mu, unsigned flags, Call call) {
+  Outer o;
+  if (!o.outer) return call();
+  __tsan_mutex_pre_lock(mu, flags);
+  const bool locked = call();
+  __tsan_mutex_post_lock(mu, locked ? flags : flags | __tsan_mutex_try_lock_failed, 0);
+  return locked;
+}
+
+// Runs `call`, an unlock of `mu` (Abseil may evaluate waiters' conditions in it: ignored).
+template <typename Call>
+void AsUnlock(void* mu, unsigned flags, Call call) {
+  Outer o;
+  if (!o.outer) return call();
+  __tsan_mutex_pre_unlock(mu, flags);
+  call();
+  __tsan_mutex_post_unlock(mu, flags);
+}
+
+// Runs `call`, which unlocks `mu`, waits, and locks it again (Await, CondVar::Wait).
+template <typename Call>
+auto AsUnlockWaitLock(void* mu, Call call) {
+  Outer o;
+  if (!o.outer) return call();
+  __tsan_mutex_pre_unlock(mu, 0);
+  auto relock = [mu] {
+    __tsan_mutex_post_unlock(mu, 0);
+    __tsan_mutex_pre_lock(mu, 0);
+    __tsan_mutex_post_lock(mu, 0, 0);
+  };
+  if constexpr (std::is_void_v<decltype(call())>) {
+    call();
+    relock();
+  } else {
+    auto result = call();
+    relock();
+    return result;
+  }
 }
 
 }  // namespace
@@ -53,141 +107,75 @@ ABSL_NAMESPACE_BEGIN
 
 void Mutex::Lock() {
   REAL(void (*)(Mutex*), "_ZN4absl7debian35Mutex4LockEv");
-  Outer o;
-  if (!o.outer) return real(this);
-  __tsan_mutex_pre_lock(this, 0);
-  real(this);
-  __tsan_mutex_post_lock(this, 0, 0);
+  AsLock(this, 0, [&] { real(this); });
 }
 void Mutex::ReaderLock() {
   REAL(void (*)(Mutex*), "_ZN4absl7debian35Mutex10ReaderLockEv");
-  Outer o;
-  if (!o.outer) return real(this);
-  __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
-  real(this);
-  __tsan_mutex_post_lock(this, __tsan_mutex_read_lock, 0);
+  AsLock(this, __tsan_mutex_read_lock, [&] { real(this); });
 }
 bool Mutex::TryLock() {
   REAL(bool (*)(Mutex*), "_ZN4absl7debian35Mutex7TryLockEv");
-  Outer o;
-  if (!o.outer) return real(this);
-  __tsan_mutex_pre_lock(this, __tsan_mutex_try_lock);
-  const bool locked = real(this);
-  __tsan_mutex_post_lock(this, locked ? __tsan_mutex_try_lock : __tsan_mutex_try_lock_failed, 0);
-  return locked;
+  return AsTryLock(this, __tsan_mutex_try_lock, [&] { return real(this); });
 }
 bool Mutex::ReaderTryLock() {
   REAL(bool (*)(Mutex*), "_ZN4absl7debian35Mutex13ReaderTryLockEv");
-  Outer o;
-  if (!o.outer) return real(this);
-  __tsan_mutex_pre_lock(this, __tsan_mutex_try_read_lock);
-  const bool locked = real(this);
-  __tsan_mutex_post_lock(
-      this, locked ? __tsan_mutex_try_read_lock : __tsan_mutex_try_read_lock_failed, 0);
-  return locked;
+  return AsTryLock(this, __tsan_mutex_try_read_lock, [&] { return real(this); });
 }
 void Mutex::Unlock() {
   REAL(void (*)(Mutex*), "_ZN4absl7debian35Mutex6UnlockEv");
-  Outer o;
-  if (!o.outer) return real(this);
-  __tsan_mutex_pre_unlock(this, 0);
-  real(this);  // may evaluate waiters' conditions: ignored by TSan until post_unlock
-  __tsan_mutex_post_unlock(this, 0);
+  AsUnlock(this, 0, [&] { real(this); });
 }
 void Mutex::ReaderUnlock() {
   REAL(void (*)(Mutex*), "_ZN4absl7debian35Mutex12ReaderUnlockEv");
-  Outer o;
-  if (!o.outer) return real(this);
-  __tsan_mutex_pre_unlock(this, __tsan_mutex_read_lock);
-  real(this);
-  __tsan_mutex_post_unlock(this, __tsan_mutex_read_lock);
+  AsUnlock(this, __tsan_mutex_read_lock, [&] { real(this); });
 }
-
-// LockWhen*: a lock that may wait, evaluating the condition inside (ignored).
-#define TRIDENT_LOCK_WHEN(ret, call, flags)  \
-  Outer o;                                   \
-  if (!o.outer) return call;                 \
-  __tsan_mutex_pre_lock(this, flags);        \
-  ret result = call;                         \
-  __tsan_mutex_post_lock(this, flags, 0);    \
-  return result
-
 void Mutex::LockWhen(const Condition& cond) {
   REAL(void (*)(Mutex*, const Condition&), "_ZN4absl7debian35Mutex8LockWhenERKNS0_9ConditionE");
-  Outer o;
-  if (!o.outer) return real(this, cond);
-  __tsan_mutex_pre_lock(this, 0);
-  real(this, cond);
-  __tsan_mutex_post_lock(this, 0, 0);
+  AsLock(this, 0, [&] { real(this, cond); });
 }
 void Mutex::ReaderLockWhen(const Condition& cond) {
   REAL(void (*)(Mutex*, const Condition&),
        "_ZN4absl7debian35Mutex14ReaderLockWhenERKNS0_9ConditionE");
-  Outer o;
-  if (!o.outer) return real(this, cond);
-  __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
-  real(this, cond);
-  __tsan_mutex_post_lock(this, __tsan_mutex_read_lock, 0);
+  AsLock(this, __tsan_mutex_read_lock, [&] { real(this, cond); });
 }
 bool Mutex::LockWhenWithTimeout(const Condition& cond, Duration timeout) {
   REAL(bool (*)(Mutex*, const Condition&, Duration),
        "_ZN4absl7debian35Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  TRIDENT_LOCK_WHEN(bool, real(this, cond, timeout), 0);  // held either way
+  return AsLock(this, 0, [&] { return real(this, cond, timeout); });  // held either way
 }
 bool Mutex::LockWhenWithDeadline(const Condition& cond, Time deadline) {
   REAL(bool (*)(Mutex*, const Condition&, Time),
        "_ZN4absl7debian35Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
-  TRIDENT_LOCK_WHEN(bool, real(this, cond, deadline), 0);
+  return AsLock(this, 0, [&] { return real(this, cond, deadline); });
 }
-
-// Await* and CondVar::Wait*: an unlock, a wait, and a lock again, as TSan sees them.
-#define TRIDENT_UNLOCK_WAIT_LOCK(mu, ret, call) \
-  Outer o;                                      \
-  if (!o.outer) return call;                    \
-  __tsan_mutex_pre_unlock(mu, 0);               \
-  ret result = call;                            \
-  __tsan_mutex_post_unlock(mu, 0);              \
-  Locked(mu, 0);                                \
-  return result
-
 void Mutex::Await(const Condition& cond) {
   REAL(void (*)(Mutex*, const Condition&), "_ZN4absl7debian35Mutex5AwaitERKNS0_9ConditionE");
-  Outer o;
-  if (!o.outer) return real(this, cond);
-  __tsan_mutex_pre_unlock(this, 0);
-  real(this, cond);
-  __tsan_mutex_post_unlock(this, 0);
-  Locked(this, 0);
+  AsUnlockWaitLock(this, [&] { real(this, cond); });
 }
 bool Mutex::AwaitWithTimeout(const Condition& cond, Duration timeout) {
   REAL(bool (*)(Mutex*, const Condition&, Duration),
        "_ZN4absl7debian35Mutex16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  TRIDENT_UNLOCK_WAIT_LOCK(this, bool, real(this, cond, timeout));
+  return AsUnlockWaitLock(this, [&] { return real(this, cond, timeout); });
 }
 bool Mutex::AwaitWithDeadline(const Condition& cond, Time deadline) {
   REAL(bool (*)(Mutex*, const Condition&, Time),
        "_ZN4absl7debian35Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE");
-  TRIDENT_UNLOCK_WAIT_LOCK(this, bool, real(this, cond, deadline));
+  return AsUnlockWaitLock(this, [&] { return real(this, cond, deadline); });
 }
 
 void CondVar::Wait(Mutex* mu) {
   REAL(void (*)(CondVar*, Mutex*), "_ZN4absl7debian37CondVar4WaitEPNS0_5MutexE");
-  Outer o;
-  if (!o.outer) return real(this, mu);
-  __tsan_mutex_pre_unlock(mu, 0);
-  real(this, mu);
-  __tsan_mutex_post_unlock(mu, 0);
-  Locked(mu, 0);
+  AsUnlockWaitLock(mu, [&] { real(this, mu); });
 }
 bool CondVar::WaitWithTimeout(Mutex* mu, Duration timeout) {
   REAL(bool (*)(CondVar*, Mutex*, Duration),
        "_ZN4absl7debian37CondVar15WaitWithTimeoutEPNS0_5MutexENS0_8DurationE");
-  TRIDENT_UNLOCK_WAIT_LOCK(mu, bool, real(this, mu, timeout));
+  return AsUnlockWaitLock(mu, [&] { return real(this, mu, timeout); });
 }
 bool CondVar::WaitWithDeadline(Mutex* mu, Time deadline) {
   REAL(bool (*)(CondVar*, Mutex*, Time),
        "_ZN4absl7debian37CondVar16WaitWithDeadlineEPNS0_5MutexENS0_4TimeE");
-  TRIDENT_UNLOCK_WAIT_LOCK(mu, bool, real(this, mu, deadline));
+  return AsUnlockWaitLock(mu, [&] { return real(this, mu, deadline); });
 }
 
 // Notification: Notify happens before every wait that returns notified.
