@@ -21,7 +21,8 @@ case "$lane" in
   asan)
     build=build-asan
     cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-      -DTRIDENT_SANITIZE=address,undefined -DTRIDENT_BUILD_TESTS=ON "${launcher[@]}"
+      -DTRIDENT_SANITIZE=address,undefined -DTRIDENT_BUILD_TESTS=ON \
+      -DTRIDENT_TEST_TIMEOUT_SCALE=4 "${launcher[@]}"
     cmake --build "$build" -j "$jobs"
     # allocator_may_return_null: sizes that come from files must come back as errors
     # (TryAllocateHostMemory); ASan would otherwise report them itself.
@@ -35,6 +36,7 @@ case "$lane" in
     build=build-tsan
     cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       -DTRIDENT_SANITIZE=thread -DTRIDENT_BUILD_TESTS=ON -DTRIDENT_BUILD_EXAMPLES=OFF \
+      -DTRIDENT_TEST_TIMEOUT_SCALE=4 \
       "${launcher[@]}"
     # Only what the lane runs: the tests of these layers and the programs they start.
     dirs=(tests/store tests/comm tests/health tests/checkpoint)
