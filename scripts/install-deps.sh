@@ -12,6 +12,7 @@ packages=(
   fio  # trident-bench ckpt: the disk's sequential write bandwidth
   libopenblas-dev  # lm-trainer's matrix products
   python3
+  clang libfuzzer-14-dev  # tests/fuzz: the fuzzers (libFuzzer), which scripts/test.sh runs
 )
 
 missing=()

@@ -1021,6 +1021,7 @@ absl::Status CreateDirs(FileSystem& fs, const std::string& dir) {
 
 absl::StatusOr<std::unique_ptr<CheckpointEngine>> CheckpointEngine::Create(
     CheckpointOptions options) {
+  RETURN_IF_ERROR(Annotate(CheckParams(), "CheckpointEngine::Create"));
   if (options.dir.empty()) return absl::InvalidArgumentError("CheckpointOptions.dir is empty");
   if (options.comm == nullptr) {
     return absl::InvalidArgumentError(

@@ -212,6 +212,20 @@ absl::StatusOr<std::string> ReadFileToString(FileSystem& fs, const std::string& 
   return out;
 }
 
+absl::StatusOr<std::string> ReadFileToString(FileSystem& fs, const std::string& path,
+                                             uint64_t max_bytes) {
+  ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> file, fs.OpenForRead(path));
+  ASSIGN_OR_RETURN(uint64_t size, file->Size());
+  if (size > max_bytes) {
+    return absl::DataLossError(
+        absl::StrCat(path, " has ", size, " bytes, over the limit of ", max_bytes));
+  }
+  std::string out(size, '\0');
+  ASSIGN_OR_RETURN(size_t n, file->Read(0, out.data(), out.size()));
+  out.resize(n);
+  return out;
+}
+
 absl::Status WriteFileAndSync(FileSystem& fs, const std::string& path, absl::string_view data) {
   ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> file, fs.NewWritableFile(path, false));
   RETURN_IF_ERROR(file->Write(0, data.data(), data.size()));

@@ -72,6 +72,10 @@ std::shared_ptr<FileSystem> PosixFileSystem();
 
 // Helpers over any FileSystem.
 absl::StatusOr<std::string> ReadFileToString(FileSystem& fs, const std::string& path);
+// The same for a file that may hold anything (a checkpoint's): kDataLoss naming the file when
+// it is larger than max_bytes, so that its size never sizes an allocation.
+absl::StatusOr<std::string> ReadFileToString(FileSystem& fs, const std::string& path,
+                                             uint64_t max_bytes);
 // Writes a small file and fsyncs it (buffered).
 absl::Status WriteFileAndSync(FileSystem& fs, const std::string& path, absl::string_view data);
 std::string JoinPath(absl::string_view a, absl::string_view b);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
@@ -19,6 +20,68 @@
 namespace trident::ckpt {
 
 using json = nlohmann::json;
+
+namespace {
+
+// A field of a file read from disk that is out of range or of the wrong type. Thrown only
+// inside this file, by the readers below, and caught by the parser that called them.
+struct FieldError {
+  std::string message;
+};
+
+[[noreturn]] void BadField(absl::string_view field, absl::string_view why) {
+  throw FieldError{absl::StrCat("field ", field, " ", why)};
+}
+
+// An integer field that fits T (no silent narrowing or wrap-around of what a file says).
+template <typename T>
+T IntField(const json& j, absl::string_view field) {
+  if (!j.is_number_integer()) BadField(field, "is not an integer");
+  __int128 v = j.is_number_unsigned() ? static_cast<__int128>(j.get<uint64_t>())
+                                      : static_cast<__int128>(j.get<int64_t>());
+  if (v < static_cast<__int128>(std::numeric_limits<T>::min()) ||
+      v > static_cast<__int128>(std::numeric_limits<T>::max())) {
+    BadField(field, absl::StrCat("is out of range: ", j.dump()));
+  }
+  return static_cast<T>(v);
+}
+
+template <typename T>
+T Member(const json& j, const char* field) {
+  if (!j.is_object() || !j.contains(field)) BadField(field, "is missing");
+  return IntField<T>(j.at(field), field);
+}
+
+std::string StringMember(const json& j, const char* field) {
+  if (!j.is_object() || !j.contains(field)) BadField(field, "is missing");
+  if (!j.at(field).is_string()) BadField(field, "is not a string");
+  return j.at(field).get<std::string>();
+}
+
+// A shape: an array of at most kMaxDims non-negative dimensions.
+Tensor::Shape ShapeMember(const json& j, const char* field) {
+  if (!j.is_object() || !j.contains(field)) BadField(field, "is missing");
+  const json& a = j.at(field);
+  if (!a.is_array()) BadField(field, "is not an array");
+  if (a.size() > kMaxDims) BadField(field, absl::StrCat("has ", a.size(), " dimensions"));
+  Tensor::Shape out;
+  for (const json& d : a) {
+    out.push_back(IntField<int64_t>(d, field));
+    if (out.back() < 0) BadField(field, absl::StrCat("has a negative dimension ", out.back()));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::optional<uint64_t> CheckedBytes(const Tensor::Shape& shape, DType dtype) {
+  uint64_t v = DTypeSize(dtype);
+  for (int64_t d : shape) {
+    if (d < 0 || __builtin_mul_overflow(v, static_cast<uint64_t>(d), &v)) return std::nullopt;
+  }
+  if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return std::nullopt;
+  return v;
+}
 
 uint32_t Crc32c(const void* data, size_t n, uint32_t crc) {
   // ISA-L's crc32_iscsi neither inverts its seed nor its result; the standard CRC32C does both.
@@ -210,13 +273,25 @@ std::string BuildSafetensorsPrefix(const std::vector<SafetensorsEntry>& entries,
   return out;
 }
 
+uint64_t SafetensorsHeaderSize(absl::string_view prefix) {
+  uint64_t n = 0;
+  for (size_t i = 0; i < 8 && i < prefix.size(); ++i) {
+    n |= static_cast<uint64_t>(static_cast<unsigned char>(prefix[i])) << (8 * i);
+  }
+  return n;
+}
+
 absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view bytes,
                                                          absl::string_view where) {
   if (bytes.size() < 8) {
     return absl::DataLossError(absl::StrCat(where, ": shorter than a safetensors header"));
   }
-  uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
+  const uint64_t n = SafetensorsHeaderSize(bytes);
+  if (n > kMaxSafetensorsHeaderBytes) {
+    return absl::DataLossError(absl::StrCat(where, ": safetensors header size ", n,
+                                            " is over the limit of ",
+                                            kMaxSafetensorsHeaderBytes, " bytes"));
+  }
   if (n > bytes.size() - 8) {
     return absl::DataLossError(absl::StrCat(where, ": safetensors header of ", n,
                                             " bytes runs past the ", bytes.size(),
@@ -224,30 +299,50 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view bytes
   }
   SafetensorsHeader out;
   out.data_start = 8 + n;
-  json header = json::parse(bytes.substr(8, n).begin(), bytes.substr(8, n).end(), nullptr,
-                            /*allow_exceptions=*/false);
+  const absl::string_view text = bytes.substr(8, n);
+  json header = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (header.is_discarded() || !header.is_object()) {
     return absl::DataLossError(absl::StrCat(where, ": safetensors header is not a JSON object"));
   }
+  std::string entry = "__metadata__";
   try {
     for (auto it = header.begin(); it != header.end(); ++it) {
+      entry = it.key();
       if (it.key() == "__metadata__") {
+        if (!it.value().is_object()) BadField("__metadata__", "is not an object");
         for (auto m = it.value().begin(); m != it.value().end(); ++m) {
+          if (!m.value().is_string()) BadField(m.key(), "of __metadata__ is not a string");
           out.metadata[m.key()] = m.value().get<std::string>();
         }
         continue;
       }
       SafetensorsEntry e;
       e.name = it.key();
-      auto dtype = ParseSafetensorsDType(it.value().at("dtype").get<std::string>());
-      if (!dtype.ok()) return absl::DataLossError(absl::StrCat(where, ": ", dtype.status().message()));
+      auto dtype = ParseSafetensorsDType(StringMember(it.value(), "dtype"));
+      if (!dtype.ok()) BadField("dtype", dtype.status().message());
       e.dtype = *dtype;
-      for (const json& d : it.value().at("shape")) e.shape.push_back(d.get<int64_t>());
+      e.shape = ShapeMember(it.value(), "shape");
+      if (!it.value().contains("data_offsets")) BadField("data_offsets", "is missing");
       const json& off = it.value().at("data_offsets");
-      e.begin = off.at(0).get<uint64_t>();
-      e.end = off.at(1).get<uint64_t>();
+      if (!off.is_array() || off.size() != 2) BadField("data_offsets", "is not [begin, end]");
+      e.begin = IntField<uint64_t>(off.at(0), "data_offsets");
+      e.end = IntField<uint64_t>(off.at(1), "data_offsets");
+      if (e.end < e.begin) {
+        BadField("data_offsets", absl::StrCat("[", e.begin, ", ", e.end, "] ends before it begins"));
+      }
+      const std::optional<uint64_t> bytes_of_shape = CheckedBytes(e.shape, e.dtype);
+      if (!bytes_of_shape || *bytes_of_shape != e.end - e.begin) {
+        BadField("data_offsets", absl::StrCat("[", e.begin, ", ", e.end, "] hold ", e.end - e.begin,
+                                              " bytes; shape ", ShapeString(e.shape), " of ",
+                                              SafetensorsDType(e.dtype), " needs ",
+                                              bytes_of_shape ? absl::StrCat(*bytes_of_shape)
+                                                             : std::string("more than 2^63")));
+      }
       out.entries.push_back(std::move(e));
     }
+  } catch (const FieldError& ex) {
+    return absl::DataLossError(
+        absl::StrCat(where, ": safetensors header, tensor ", entry, ": ", ex.message));
   } catch (const json::exception& ex) {
     return absl::DataLossError(absl::StrCat(where, ": bad safetensors header: ", ex.what()));
   }
@@ -271,14 +366,14 @@ json ShardJson(const ShardInfo& s) {
 
 ShardInfo ShardFrom(const json& j) {
   ShardInfo s;
-  s.file = j.at("file").get<std::string>();
-  s.rank = j.at("rank").get<int>();
-  s.byte_offset = j.at("byte_offset").get<uint64_t>();
-  s.byte_length = j.at("byte_length").get<uint64_t>();
-  for (const json& d : j.at("offset")) s.offset.push_back(d.get<int64_t>());
-  for (const json& d : j.at("shape")) s.shape.push_back(d.get<int64_t>());
-  s.crc32c = j.at("crc32c").get<uint32_t>();
-  s.replica_count = j.at("replica").get<int>();
+  s.file = StringMember(j, "file");
+  s.rank = Member<int>(j, "rank");
+  s.byte_offset = Member<uint64_t>(j, "byte_offset");
+  s.byte_length = Member<uint64_t>(j, "byte_length");
+  s.offset = ShapeMember(j, "offset");
+  s.shape = ShapeMember(j, "shape");
+  s.crc32c = Member<uint32_t>(j, "crc32c");
+  s.replica_count = Member<int>(j, "replica");
   return s;
 }
 
@@ -294,18 +389,31 @@ json TensorsJson(const std::map<std::string, TensorInfo>& tensors) {
   return out;
 }
 
-absl::StatusOr<std::map<std::string, TensorInfo>> TensorsFrom(const json& j) {
+// Throws FieldError (naming the tensor and shard) or json::exception.
+std::map<std::string, TensorInfo> TensorsFrom(const json& j) {
+  if (!j.is_object()) BadField("tensors", "is not an object");
   std::map<std::string, TensorInfo> out;
   for (auto it = j.begin(); it != j.end(); ++it) {
-    TensorInfo t;
-    auto dtype = ParseDType(it.value().at("dtype").get<std::string>());
-    if (!dtype.ok()) {
-      return absl::DataLossError(absl::StrCat("tensor ", it.key(), ": ", dtype.status().message()));
+    try {
+      TensorInfo t;
+      auto dtype = ParseDType(StringMember(it.value(), "dtype"));
+      if (!dtype.ok()) BadField("dtype", dtype.status().message());
+      t.dtype = *dtype;
+      t.global_shape = ShapeMember(it.value(), "global_shape");
+      if (!it.value().contains("shards") || !it.value().at("shards").is_array()) {
+        BadField("shards", "is not an array");
+      }
+      for (const json& s : it.value().at("shards")) {
+        try {
+          t.shards.push_back(ShardFrom(s));
+        } catch (const FieldError& e) {
+          throw FieldError{absl::StrCat("shard ", t.shards.size(), ": ", e.message)};
+        }
+      }
+      out[it.key()] = std::move(t);
+    } catch (const FieldError& e) {
+      throw FieldError{absl::StrCat("tensor ", it.key(), ": ", e.message)};
     }
-    t.dtype = *dtype;
-    for (const json& d : it.value().at("global_shape")) t.global_shape.push_back(d.get<int64_t>());
-    for (const json& s : it.value().at("shards")) t.shards.push_back(ShardFrom(s));
-    out[it.key()] = std::move(t);
   }
   return out;
 }
@@ -341,44 +449,181 @@ absl::StatusOr<CheckpointManifest> ParseManifest(absl::string_view text, absl::s
   }
   CheckpointManifest m;
   try {
-    if (!j.contains("format") || j.at("format").get<std::string>() != kFormatName) {
+    if (!j.contains("format") || !j.at("format").is_string() ||
+        j.at("format").get<std::string>() != kFormatName) {
       return absl::DataLossError(absl::StrCat(where, " is not a ", kFormatName, " manifest"));
     }
-    m.version = j.at("version").get<int>();
+    m.version = Member<int>(j, "version");
     if (m.version != kFormatVersion) {
       return absl::FailedPreconditionError(
           absl::StrCat(where, " has format version ", m.version, "; this build reads version ",
                        kFormatVersion));
     }
-    m.step = j.at("step").get<int64_t>();
-    m.epoch = j.at("epoch").get<int64_t>();
-    m.world_size = j.at("world_size").get<int>();
-    m.layout = j.at("layout").get<std::string>();
-    m.created_unix_ms = j.at("created_unix_ms").get<int64_t>();
-    for (const json& f : j.at("files")) {
-      m.files.push_back({f.at("name").get<std::string>(), f.at("rank").get<int>(),
-                         f.at("bytes").get<uint64_t>()});
+    m.step = Member<int64_t>(j, "step");
+    m.epoch = Member<int64_t>(j, "epoch");
+    m.world_size = Member<int>(j, "world_size");
+    if (m.world_size < 1 || m.world_size > kMaxWorldSize) {
+      BadField("world_size", absl::StrCat(m.world_size, " is not in [1, ", kMaxWorldSize, "]"));
     }
-    m.metadata.resize(std::max(0, m.world_size));
+    m.layout = StringMember(j, "layout");
+    m.created_unix_ms = Member<int64_t>(j, "created_unix_ms");
+    if (!j.contains("files") || !j.at("files").is_array()) BadField("files", "is not an array");
+    for (const json& f : j.at("files")) {
+      m.files.push_back({StringMember(f, "name"), Member<int>(f, "rank"),
+                         Member<uint64_t>(f, "bytes")});
+    }
+    m.metadata.resize(m.world_size);
+    if (!j.contains("ranks") || !j.at("ranks").is_array()) BadField("ranks", "is not an array");
     for (const json& r : j.at("ranks")) {
-      const int rank = r.at("rank").get<int>();
+      const int rank = Member<int>(r, "rank");
       if (rank < 0 || rank >= m.world_size) {
         return absl::DataLossError(absl::StrCat(where, ": rank ", rank, " out of range"));
       }
-      if (!absl::Base64Unescape(r.at("metadata").get<std::string>(), &m.metadata[rank])) {
+      if (!absl::Base64Unescape(StringMember(r, "metadata"), &m.metadata[rank])) {
         return absl::DataLossError(absl::StrCat(where, ": metadata of rank ", rank,
                                                 " is not base64"));
       }
     }
-    auto tensors = TensorsFrom(j.at("tensors"));
-    if (!tensors.ok()) {
-      return absl::DataLossError(absl::StrCat(where, ": ", tensors.status().message()));
-    }
-    m.tensors = std::move(tensors).value();
+    if (!j.contains("tensors")) BadField("tensors", "is missing");
+    m.tensors = TensorsFrom(j.at("tensors"));
+  } catch (const FieldError& ex) {
+    return absl::DataLossError(absl::StrCat(where, ": ", ex.message));
   } catch (const json::exception& ex) {
     return absl::DataLossError(absl::StrCat(where, " is malformed: ", ex.what()));
   }
   return m;
+}
+
+absl::Status CheckFileName(absl::string_view name) {
+  if (name.empty() || name == "." || name == ".." || name.size() > 255) {
+    return absl::InvalidArgumentError(absl::StrCat("'", absl::CHexEscape(name),
+                                                   "' is not a file name"));
+  }
+  for (char c : name) {
+    if (c == '/' || c == '\0') {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "'", absl::CHexEscape(name), "' is not a plain file name in the step directory"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateManifest(const CheckpointManifest& m, absl::string_view where) {
+  auto bad = [&](auto&&... parts) {
+    return absl::DataLossError(absl::StrCat(where, ": ", parts...));
+  };
+  if (m.step < 0) return bad("field step is negative (", m.step, ")");
+  if (m.world_size < 1 || m.world_size > kMaxWorldSize) {
+    return bad("field world_size ", m.world_size, " is not in [1, ", kMaxWorldSize, "]");
+  }
+  if (m.metadata.size() != static_cast<size_t>(m.world_size)) {
+    return bad("metadata for ", m.metadata.size(), " ranks; world_size is ", m.world_size);
+  }
+  std::map<std::string, const FileInfo*> files;
+  for (const FileInfo& f : m.files) {
+    absl::Status name = CheckFileName(f.name);
+    if (!name.ok()) return bad("files: ", name.message());
+    if (f.rank < 0 || f.rank >= m.world_size) {
+      return bad("file ", f.name, ": field rank ", f.rank, " is not a rank of the ",
+                 m.world_size, " that saved");
+    }
+    if (!files.emplace(f.name, &f).second) return bad("file ", f.name, " is listed twice");
+  }
+  for (const auto& [name, t] : m.tensors) {
+    if (name.empty()) return bad("a tensor has an empty name");
+    if (!CheckedBytes(t.global_shape, t.dtype)) {
+      return bad("tensor ", name, ": field global_shape ", ShapeString(t.global_shape),
+                 " is too large");
+    }
+    for (size_t i = 0; i < t.shards.size(); ++i) {
+      const ShardInfo& s = t.shards[i];
+      const std::string shard = absl::StrCat("tensor ", name, ", shard ", i, " (rank ", s.rank, ")");
+      auto file = files.find(s.file);
+      if (file == files.end()) {
+        absl::Status fname = CheckFileName(s.file);
+        if (!fname.ok()) return bad(shard, ": field file: ", fname.message());
+        return bad(shard, ": field file names ", s.file, ", which the manifest does not list");
+      }
+      if (s.rank < 0 || s.rank >= m.world_size) {
+        return bad(shard, ": field rank is not a rank of the ", m.world_size, " that saved");
+      }
+      if (s.replica_count < 1 || s.replica_count > m.world_size) {
+        return bad(shard, ": field replica ", s.replica_count, " is not in [1, ", m.world_size,
+                   "]");
+      }
+      if (s.offset.size() != t.global_shape.size() || s.shape.size() != t.global_shape.size()) {
+        return bad(shard, ": fields offset ", ShapeString(s.offset), " and shape ",
+                   ShapeString(s.shape), " do not have the ", t.global_shape.size(),
+                   " dimensions of global_shape");
+      }
+      for (size_t d = 0; d < s.shape.size(); ++d) {
+        // Both are non-negative (the parser checks), so the subtraction cannot overflow.
+        if (s.offset[d] < 0 || s.shape[d] < 0 || s.offset[d] > t.global_shape[d] ||
+            s.shape[d] > t.global_shape[d] - s.offset[d]) {
+          return bad(shard, ": the piece at offset ", ShapeString(s.offset), " of shape ",
+                     ShapeString(s.shape), " is outside the global shape ",
+                     ShapeString(t.global_shape));
+        }
+      }
+      const uint64_t bytes = *CheckedBytes(s.shape, t.dtype);  // inside the global shape
+      if (s.byte_length != bytes) {
+        return bad(shard, ": field byte_length is ", s.byte_length, "; shape ",
+                   ShapeString(s.shape), " of ", DTypeName(t.dtype), " is ", bytes, " bytes");
+      }
+      const uint64_t file_bytes = file->second->bytes;
+      if (s.byte_length > file_bytes || s.byte_offset > file_bytes - s.byte_length) {
+        return bad(shard, ": fields byte_offset ", s.byte_offset, " and byte_length ",
+                   s.byte_length, " run past the ", file_bytes, " bytes of ", s.file);
+      }
+    }
+  }
+  absl::Status coverage = CheckCoverage(m);
+  if (!coverage.ok()) return bad(coverage.message());
+  return absl::OkStatus();
+}
+
+absl::Status ValidateShardHeader(const SafetensorsHeader& header, uint64_t file_size,
+                                 absl::Span<const StoredShard> shards, absl::string_view path) {
+  auto bad = [&](auto&&... parts) {
+    return absl::DataLossError(absl::StrCat(path, ": ", parts...));
+  };
+  if (header.data_start % kDataAlignment != 0) {
+    return bad("data starts at ", header.data_start, ", not a multiple of ", kDataAlignment);
+  }
+  if (header.data_start > file_size) {
+    return bad("the safetensors header runs past the end of the file (", header.data_start,
+               " of ", file_size, " bytes)");
+  }
+  std::map<absl::string_view, const SafetensorsEntry*> entries;
+  for (const SafetensorsEntry& e : header.entries) {
+    if (e.end > file_size - header.data_start) {
+      return bad("safetensors header, tensor ", e.name, ": field data_offsets [", e.begin, ", ",
+                 e.end, "] runs past the ", file_size - header.data_start, " bytes of data");
+    }
+    entries[e.name] = &e;
+  }
+  for (const StoredShard& s : shards) {
+    auto it = entries.find(s.tensor);
+    if (it == entries.end()) {
+      return bad("the safetensors header has no tensor ", s.tensor, ", which the manifest says is here");
+    }
+    const SafetensorsEntry& e = *it->second;
+    const std::string prefix = absl::StrCat("tensor ", s.tensor, ": the safetensors header says ");
+    if (e.dtype != s.dtype) {
+      return bad(prefix, "dtype ", SafetensorsDType(e.dtype), ", the manifest ", DTypeName(s.dtype));
+    }
+    if (e.shape != s.shard->shape) {
+      return bad(prefix, "shape ", ShapeString(e.shape), ", the manifest ",
+                 ShapeString(s.shard->shape));
+    }
+    if (header.data_start + e.begin != s.shard->byte_offset ||
+        e.end - e.begin != s.shard->byte_length) {
+      return bad(prefix, "bytes [", header.data_start + e.begin, ", ", header.data_start + e.end,
+                 "), the manifest byte_offset ", s.shard->byte_offset, " byte_length ",
+                 s.shard->byte_length);
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CheckCoverage(const CheckpointManifest& manifest) {
@@ -454,9 +699,9 @@ absl::StatusOr<RankReport> ParseRankReport(absl::string_view text) {
       return absl::InternalError("a rank's commit report has bad metadata");
     }
     r.sends_replica = j.at("sends_replica").get<bool>();
-    auto tensors = TensorsFrom(j.at("tensors"));
-    if (!tensors.ok()) return tensors.status();
-    r.tensors = std::move(tensors).value();
+    r.tensors = TensorsFrom(j.at("tensors"));
+  } catch (const FieldError& ex) {
+    return absl::InternalError(absl::StrCat("a rank's commit report is malformed: ", ex.message));
   } catch (const json::exception& ex) {
     return absl::InternalError(absl::StrCat("a rank's commit report is malformed: ", ex.what()));
   }

@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "trident/checkpoint.h"
 #include "trident/tensor.h"
 
@@ -25,6 +26,14 @@ inline constexpr char kManifestName[] = "manifest.json";
 inline constexpr char kLatestName[] = "latest";
 // Shard data starts at a multiple of this in the file.
 inline constexpr size_t kDataAlignment = 4096;
+// Limits on what a reader accepts from a file, so that a crafted one cannot make it allocate
+// without bound: the size of a manifest, of `latest`, of a safetensors header (the limit of
+// the safetensors reference implementation); a tensor's dimensions, a saving world's ranks.
+inline constexpr uint64_t kMaxManifestBytes = uint64_t{1} << 30;
+inline constexpr uint64_t kMaxLatestBytes = 4096;
+inline constexpr uint64_t kMaxSafetensorsHeaderBytes = uint64_t{100} << 20;
+inline constexpr size_t kMaxDims = 64;
+inline constexpr int kMaxWorldSize = 1 << 20;
 
 // CRC32C (Castagnoli, as iSCSI and ext4 use it) through ISA-L. Chainable:
 // Crc32c(b, m, Crc32c(a, n)) is the CRC of a followed by b.
@@ -66,6 +75,10 @@ void CopyBox(const char* src, const Box& src_box, char* dst, const Box& dst_box,
 
 // --- safetensors ---------------------------------------------------------------------------
 
+// The bytes of a tensor of `shape` and `dtype`; nullopt when a dimension is negative or the
+// product is over 2^63 - 1.
+std::optional<uint64_t> CheckedBytes(const Tensor::Shape& shape, DType dtype);
+
 absl::string_view SafetensorsDType(DType dtype);  // "F32", "BF16", ...
 absl::StatusOr<DType> ParseSafetensorsDType(absl::string_view name);
 
@@ -85,16 +98,42 @@ struct SafetensorsHeader {
   std::vector<SafetensorsEntry> entries;
   std::map<std::string, std::string> metadata;
 };
-// Parses a shard file's prefix (at least its first 8 + header-size bytes). `where` names the
-// file in errors (kDataLoss).
+// The header size that the first 8 bytes of a shard file declare.
+uint64_t SafetensorsHeaderSize(absl::string_view prefix);
+// Parses a shard file's prefix (at least its first 8 + header-size bytes) and checks each entry
+// on its own: a known dtype, non-negative dimensions, data_offsets [begin, end] with end >=
+// begin holding exactly shape x dtype bytes. `where` names the file in errors (kDataLoss).
 absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view bytes,
                                                          absl::string_view where);
+// A manifest's shard that lives in a given file, with its tensor's name and dtype.
+struct StoredShard {
+  absl::string_view tensor;
+  DType dtype = DType::kF32;
+  const ShardInfo* shard = nullptr;
+};
+// Checks a parsed header against the file's size (aligned data start, every entry's bytes
+// inside the file) and against the manifest's shards stored in the file (each has an entry of
+// the same dtype and shape at the same bytes). kDataLoss naming `path`, the tensor and field.
+absl::Status ValidateShardHeader(const SafetensorsHeader& header, uint64_t file_size,
+                                 absl::Span<const StoredShard> shards, absl::string_view path);
 
 // --- manifest ------------------------------------------------------------------------------
 
 std::string ManifestToJson(const CheckpointManifest& manifest);
-// kDataLoss for text that is not a manifest; kFailedPrecondition for another version.
+// kDataLoss for text that is not a manifest (naming `where` and the field: a missing field,
+// one of the wrong type, an integer out of its type's range, a negative dimension);
+// kFailedPrecondition for another version.
 absl::StatusOr<CheckpointManifest> ParseManifest(absl::string_view text, absl::string_view where);
+// A file name a manifest may use: a plain name inside the step directory (not empty, ".",
+// "..", nor containing '/' or NUL). kInvalidArgument otherwise.
+absl::Status CheckFileName(absl::string_view name);
+// Every field of a parsed manifest against the others, before any shard is opened: file names
+// confined to the step directory, ranks in the saving world, each shard's offset and shape
+// inside its tensor's global shape, byte_length equal to shape x dtype, [byte_offset,
+// byte_offset + byte_length) inside the file's listed size, and the shards tiling each tensor
+// exactly. kDataLoss naming `where` (the manifest's path), the tensor and the field. Loading
+// and verifying both call it (through the reader in load.cc), so they accept the same files.
+absl::Status ValidateManifest(const CheckpointManifest& m, absl::string_view where);
 // Checks that every tensor's shards tile its global shape exactly (no gap, no overlap) and
 // lie inside it. kInvalidArgument naming the tensor.
 absl::Status CheckCoverage(const CheckpointManifest& manifest);

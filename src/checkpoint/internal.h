@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -15,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "checkpoint/file_system.h"
 #include "checkpoint/format.h"
 #include "common/host_memory.h"
 #include "trident/checkpoint.h"
@@ -134,7 +136,8 @@ class ParallelCopier {
   std::vector<std::thread> workers_;
 };
 
-// Resolves `step` (kLatestStep allowed) and reads its manifest.
+// Resolves `step` (kLatestStep allowed), reads its manifest (at most kMaxManifestBytes) and
+// validates it (ValidateManifest).
 absl::StatusOr<CheckpointManifest> ReadManifestAt(FileSystem& fs, const std::string& dir,
                                                   int64_t* step);
 // Where the bytes of each request of a load are assembled: the caller's memory, or for a CUDA
@@ -156,6 +159,48 @@ class DeviceUploads {
   struct State;
   std::unique_ptr<State> state_;
 };
+// OK when `latest` is absent or names a committed step; kDataLoss naming `latest` and what it
+// names otherwise (loading then falls back to the newest committed step; verify reports it).
+absl::Status CheckLatestPointer(FileSystem& fs, const std::string& dir);
+
+// A checkpoint read from storage that may hold anything (docs/security.md): the manifest is
+// validated as a whole when it is opened, and each shard file's size and safetensors header
+// against the manifest when the file is first used, before any of its data is read. The
+// loader and VerifyCheckpoint both read through it. Not thread-safe.
+class CheckpointReader {
+ public:
+  static absl::StatusOr<std::unique_ptr<CheckpointReader>> Open(FileSystem& fs,
+                                                                const std::string& dir,
+                                                                int64_t step);
+  ~CheckpointReader();
+
+  int64_t step() const { return step_; }
+  const CheckpointManifest& manifest() const { return manifest_; }
+  // The shards stored in a listed file, by byte offset.
+  const std::vector<StoredShard>& ShardsIn(const std::string& file) { return by_file_[file].shards; }
+  std::string PathOf(const std::string& file) const { return JoinPath(step_dir_, file); }
+  // A listed file, opened and checked (kDataLoss naming it, and `tensor` when it is missing).
+  absl::StatusOr<ReadableFile*> File(const std::string& name, absl::string_view tensor);
+
+ private:
+  struct OpenFile {
+    const FileInfo* info = nullptr;
+    std::vector<StoredShard> shards;
+    std::unique_ptr<ReadableFile> file;  // once checked
+  };
+  CheckpointReader(FileSystem& fs, std::string step_dir, int64_t step,
+                   CheckpointManifest manifest);
+
+  FileSystem& fs_;
+  const std::string step_dir_;
+  const int64_t step_;
+  const CheckpointManifest manifest_;
+  std::map<std::string, OpenFile> by_file_;
+};
+// Where the bytes of a request are assembled: the caller's memory, or for a CUDA tensor a host
+// buffer that FinishDestination then copies to the device.
+absl::StatusOr<char*> HostDestination(const TensorRequest& request, HostMemory* bounce);
+absl::Status FinishDestination(const TensorRequest& request, const HostMemory& bounce);
 // Where a request lies in the global tensor, after checking it against what is stored.
 absl::StatusOr<Box> RequestBox(const TensorRequest& request, DType dtype,
                                const Tensor::Shape& global_shape, absl::string_view where);

@@ -3,12 +3,14 @@
 #include <map>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "checkpoint/file_system.h"
 #include "checkpoint/format.h"
 #include "checkpoint/internal.h"
+#include "common/check.h"
 #include "common/cuda.h"
 #include "common/host_memory.h"
 #include "common/status_macros.h"
@@ -51,35 +53,98 @@ absl::Status ReadShard(ReadableFile& file, const std::string& path, const std::s
   return absl::OkStatus();
 }
 
-class FileCache {
- public:
-  FileCache(FileSystem& fs, std::string step_dir) : fs_(fs), step_dir_(std::move(step_dir)) {}
-
-  absl::StatusOr<ReadableFile*> Get(const std::string& name, const std::string& tensor) {
-    auto it = files_.find(name);
-    if (it != files_.end()) return it->second.get();
-    const std::string path = PathOf(name);
-    auto file = fs_.OpenForRead(path);
-    if (!file.ok()) {
-      if (absl::IsNotFound(file.status())) {
-        return absl::DataLossError(absl::StrCat("shard file ", path, " is missing (tensor ",
-                                                tensor, " is stored in it)"));
-      }
-      return Annotate(file.status(), absl::StrCat("reading tensor ", tensor));
-    }
-    ReadableFile* raw = file->get();
-    files_[name] = std::move(file).value();
-    return raw;
-  }
-  std::string PathOf(const std::string& name) const { return JoinPath(step_dir_, name); }
-
- private:
-  FileSystem& fs_;
-  std::string step_dir_;
-  std::map<std::string, std::unique_ptr<ReadableFile>> files_;
-};
+// Bytes of a buffer for one stored shard. The manifest was validated, so byte_length is
+// within the shard file's size; the allocation can still fail (kResourceExhausted).
+absl::Status EnsureBuffer(HostMemory* buffer, size_t* buffer_bytes, uint64_t bytes,
+                          const std::string& tensor) {
+  if (*buffer_bytes >= bytes) return absl::OkStatus();
+  buffer->reset();
+  *buffer_bytes = 0;
+  auto memory = TryAllocateHostMemory(static_cast<size_t>(bytes));
+  if (!memory.ok()) return Annotate(memory.status(), absl::StrCat("reading tensor ", tensor));
+  *buffer = std::move(memory).value();
+  *buffer_bytes = static_cast<size_t>(bytes);
+  return absl::OkStatus();
+}
 
 }  // namespace
+
+absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(FileSystem& fs,
+                                                                         const std::string& dir,
+                                                                         int64_t step) {
+  ASSIGN_OR_RETURN(CheckpointManifest m, ReadManifestAt(fs, dir, &step));
+  return std::unique_ptr<CheckpointReader>(
+      new CheckpointReader(fs, JoinPath(dir, StepDirName(step)), step, std::move(m)));
+}
+
+CheckpointReader::CheckpointReader(FileSystem& fs, std::string step_dir, int64_t step,
+                                   CheckpointManifest manifest)
+    : fs_(fs), step_dir_(std::move(step_dir)), step_(step), manifest_(std::move(manifest)) {
+  for (const FileInfo& f : manifest_.files) by_file_[f.name].info = &f;
+  for (const auto& [name, t] : manifest_.tensors) {
+    for (const ShardInfo& s : t.shards) by_file_[s.file].shards.push_back({name, t.dtype, &s});
+  }
+  for (auto& [name, file] : by_file_) {
+    std::sort(file.shards.begin(), file.shards.end(), [](const StoredShard& a, const StoredShard& b) {
+      return a.shard->byte_offset < b.shard->byte_offset;
+    });
+  }
+}
+
+CheckpointReader::~CheckpointReader() = default;
+
+absl::StatusOr<ReadableFile*> CheckpointReader::File(const std::string& name,
+                                                     absl::string_view tensor) {
+  auto it = by_file_.find(name);
+  // ValidateManifest: every shard names a listed file.
+  TRIDENT_CHECK(it != by_file_.end() && it->second.info != nullptr) << "unlisted file " << name;
+  OpenFile& entry = it->second;
+  if (entry.file) return entry.file.get();
+  const std::string path = PathOf(name);
+  auto file = fs_.OpenForRead(path);
+  if (!file.ok()) {
+    if (absl::IsNotFound(file.status())) {
+      return absl::DataLossError(absl::StrCat("shard file ", path, " is missing (tensor ",
+                                              tensor, " is stored in it)"));
+    }
+    return Annotate(file.status(), absl::StrCat("reading tensor ", tensor));
+  }
+  ReadableFile& f = **file;
+  ASSIGN_OR_RETURN(uint64_t size, f.Size());
+  const uint64_t listed = entry.info->bytes;
+  if (size != listed) {
+    if (size > listed) {
+      return absl::DataLossError(
+          absl::StrCat(path, " has ", size, " bytes; the manifest says ", listed));
+    }
+    for (const StoredShard& s : entry.shards) {
+      if (s.shard->byte_offset + s.shard->byte_length > size) {
+        return absl::DataLossError(absl::StrCat(
+            path, " is truncated: tensor ", s.tensor, " needs bytes [", s.shard->byte_offset,
+            ", ", s.shard->byte_offset + s.shard->byte_length, ") but the file has ", size,
+            " bytes (the manifest says ", listed, ")"));
+      }
+    }
+    return absl::DataLossError(absl::StrCat(path, " is truncated: ", size,
+                                            " bytes, the manifest says ", listed));
+  }
+  // The header: its size first, then exactly that many bytes (never more than the file).
+  std::string prefix(std::min<uint64_t>(size, 8), '\0');
+  ASSIGN_OR_RETURN(size_t got, f.Read(0, prefix.data(), prefix.size()));
+  prefix.resize(got);
+  if (got == 8) {
+    const uint64_t n = SafetensorsHeaderSize(prefix);
+    if (n <= kMaxSafetensorsHeaderBytes && n <= size - 8) {
+      prefix.resize(8 + n);
+      ASSIGN_OR_RETURN(got, f.Read(0, prefix.data(), prefix.size()));
+      prefix.resize(got);
+    }
+  }
+  ASSIGN_OR_RETURN(SafetensorsHeader header, ParseSafetensorsHeader(prefix, path));
+  RETURN_IF_ERROR(ValidateShardHeader(header, size, entry.shards, path));
+  entry.file = std::move(file).value();
+  return entry.file.get();
+}
 
 absl::StatusOr<Box> RequestBox(const TensorRequest& request, DType dtype,
                                const Tensor::Shape& global_shape, absl::string_view where) {
@@ -172,6 +237,24 @@ absl::Status DeviceUploads::Finish() {
   return status;
 }
 
+absl::Status CheckLatestPointer(FileSystem& fs, const std::string& dir) {
+  const std::string path = JoinPath(dir, kLatestName);
+  auto text = ReadFileToString(fs, path, kMaxLatestBytes);
+  if (absl::IsNotFound(text.status())) return absl::OkStatus();
+  RETURN_IF_ERROR(text.status());
+  const std::string name(absl::StripAsciiWhitespace(*text));
+  if (!ParseStepDirName(name)) {
+    return absl::DataLossError(
+        absl::StrCat(path, " does not name a step directory: '", absl::CHexEscape(name.substr(0, 64)), "'"));
+  }
+  const std::string manifest = JoinPath(JoinPath(dir, name), kManifestName);
+  if (!fs.FileExists(manifest)) {
+    return absl::DataLossError(absl::StrCat(path, " names ", name, ", which has no ",
+                                            kManifestName, " (not a committed checkpoint)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<CheckpointManifest> ReadManifestAt(FileSystem& fs, const std::string& dir,
                                                   int64_t* step) {
   if (*step == kLatestStep) {
@@ -179,12 +262,15 @@ absl::StatusOr<CheckpointManifest> ReadManifestAt(FileSystem& fs, const std::str
     options.file_system = std::shared_ptr<FileSystem>(std::shared_ptr<FileSystem>(), &fs);  // borrowed
     ASSIGN_OR_RETURN(*step, LatestCheckpointStep(dir, options));
   }
+  if (*step < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint step ", *step, " is negative"));
+  }
   const std::string step_dir = JoinPath(dir, StepDirName(*step));
   if (!fs.IsDirectory(step_dir)) {
     return absl::NotFoundError(absl::StrCat("no checkpoint of step ", *step, " in ", dir));
   }
   const std::string path = JoinPath(step_dir, kManifestName);
-  auto text = ReadFileToString(fs, path);
+  auto text = ReadFileToString(fs, path, kMaxManifestBytes);
   if (!text.ok()) {
     if (absl::IsNotFound(text.status())) {
       return absl::DataLossError(absl::StrCat(path, " is missing"));
@@ -193,8 +279,9 @@ absl::StatusOr<CheckpointManifest> ReadManifestAt(FileSystem& fs, const std::str
   }
   ASSIGN_OR_RETURN(CheckpointManifest m, ParseManifest(*text, path));
   if (m.step != *step) {
-    return absl::DataLossError(absl::StrCat(path, " is for step ", m.step));
+    return absl::DataLossError(absl::StrCat(path, ": field step is ", m.step, " in the directory of step ", *step));
   }
+  RETURN_IF_ERROR(ValidateManifest(m, path));
   return m;
 }
 
@@ -207,7 +294,8 @@ absl::StatusOr<std::vector<CheckpointInfo>> ListCheckpoints(const std::string& d
   std::shared_ptr<FileSystem> fs = ckpt::FsOf(options);
   ASSIGN_OR_RETURN(std::vector<std::string> names, fs->ListDir(dir));
   std::string latest;
-  auto text = ReadFileToString(*fs, JoinPath(dir, ckpt::kLatestName));
+  // A `latest` that is not a step name (or too large to be one) names nothing.
+  auto text = ReadFileToString(*fs, JoinPath(dir, ckpt::kLatestName), ckpt::kMaxLatestBytes);
   if (text.ok()) latest = std::string(absl::StripAsciiWhitespace(*text));
   std::vector<CheckpointInfo> out;
   for (const std::string& name : names) {
@@ -247,8 +335,10 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const std::string& dir, int64_t step,
                                           absl::Span<const TensorRequest> requests,
                                           const LoadOptions& options) {
   std::shared_ptr<FileSystem> fs = ckpt::FsOf(options);
-  ASSIGN_OR_RETURN(CheckpointManifest m, ckpt::ReadManifestAt(*fs, dir, &step));
-  const std::string step_dir = JoinPath(dir, ckpt::StepDirName(step));
+  ASSIGN_OR_RETURN(std::unique_ptr<ckpt::CheckpointReader> reader,
+                   ckpt::CheckpointReader::Open(*fs, dir, step));
+  const CheckpointManifest& m = reader->manifest();
+  step = reader->step();
   const std::string where = absl::StrCat("checkpoint step ", step);
   LoadResult result;
   result.step = step;
@@ -261,7 +351,6 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const std::string& dir, int64_t step,
     }
     result.metadata = m.metadata[options.metadata_rank];
   }
-  ckpt::FileCache files(*fs, step_dir);
   HostMemory scratch;
   size_t scratch_bytes = 0;
   ckpt::DeviceUploads uploads;  // CUDA destinations
@@ -281,17 +370,18 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const std::string& dir, int64_t step,
       Box region;
       if (!ckpt::Intersect(have, want, &region) && !want.shape.empty()) continue;
       if (ckpt::Volume(region.shape) == 0 && ckpt::Volume(want.shape) != 0) continue;
-      ASSIGN_OR_RETURN(ReadableFile * file, files.Get(shard.file, request.name));
-      const std::string path = files.PathOf(shard.file);
+      ASSIGN_OR_RETURN(ReadableFile * file, reader->File(shard.file, request.name));
+      const std::string path = reader->PathOf(shard.file);
       if (have.offset == want.offset && have.shape == want.shape) {
-        // Same layout: straight into the caller's tensor.
+        // Same layout: straight into the caller's tensor, whose size ValidateManifest has
+        // tied to byte_length (shape x dtype); checked again, as this write trusts it.
+        TRIDENT_CHECK(shard.byte_length == request.tensor.nbytes())
+            << "tensor " << request.name << ": a validated piece of " << shard.byte_length
+            << " bytes for a destination of " << request.tensor.nbytes();
         RETURN_IF_ERROR(ckpt::ReadShard(*file, path, request.name, shard, dst));
       } else {
-        if (scratch_bytes < shard.byte_length) {
-          scratch.reset();
-          scratch = AllocateHostMemory(shard.byte_length);
-          scratch_bytes = shard.byte_length;
-        }
+        RETURN_IF_ERROR(ckpt::EnsureBuffer(&scratch, &scratch_bytes, shard.byte_length,
+                                           request.name));
         RETURN_IF_ERROR(ckpt::ReadShard(*file, path, request.name, shard, scratch.get()));
         ckpt::CopyBox(scratch.get(), have, dst, want, region, elem);
       }
@@ -312,87 +402,20 @@ absl::StatusOr<LoadResult> LoadCheckpoint(const std::string& dir, int64_t step,
 
 absl::Status VerifyCheckpoint(const std::string& dir, int64_t step, const ReadOptions& options) {
   std::shared_ptr<FileSystem> fs = ckpt::FsOf(options);
-  ASSIGN_OR_RETURN(CheckpointManifest m, ckpt::ReadManifestAt(*fs, dir, &step));
-  RETURN_IF_ERROR(Annotate(ckpt::CheckCoverage(m), "the manifest is inconsistent"));
-  const std::string step_dir = JoinPath(dir, ckpt::StepDirName(step));
-  // Shards by file, in file order.
-  std::map<std::string, std::vector<std::pair<std::string, const ShardInfo*>>> by_file;
-  std::map<std::string, DType> dtypes;
-  for (const auto& [name, t] : m.tensors) {
-    dtypes[name] = t.dtype;
-    for (const ShardInfo& s : t.shards) by_file[s.file].push_back({name, &s});
-  }
-  for (auto& [file, shards] : by_file) {
-    std::sort(shards.begin(), shards.end(), [](const auto& a, const auto& b) {
-      return a.second->byte_offset < b.second->byte_offset;
-    });
-  }
+  if (step == kLatestStep) RETURN_IF_ERROR(ckpt::CheckLatestPointer(*fs, dir));
+  ASSIGN_OR_RETURN(std::unique_ptr<ckpt::CheckpointReader> reader,
+                   ckpt::CheckpointReader::Open(*fs, dir, step));
   HostMemory buffer;
   size_t buffer_bytes = 0;
-  for (const FileInfo& f : m.files) {
-    const std::string path = JoinPath(step_dir, f.name);
-    const auto& shards = by_file[f.name];
-    const std::string first_tensor = shards.empty() ? std::string("(none)") : shards[0].first;
-    auto file_or = fs->OpenForRead(path);
-    if (!file_or.ok()) {
-      if (absl::IsNotFound(file_or.status())) {
-        return absl::DataLossError(absl::StrCat("shard file ", path, " is missing (tensor ",
-                                                first_tensor, " is stored in it)"));
-      }
-      return file_or.status();
-    }
-    ReadableFile& file = **file_or;
-    ASSIGN_OR_RETURN(uint64_t size, file.Size());
-    if (size != f.bytes) {
-      std::string tensor = first_tensor;
-      for (const auto& [name, s] : shards) {
-        if (s->byte_offset + s->byte_length > size) {
-          tensor = name;
-          break;
-        }
-      }
-      if (size < f.bytes) {
-        return absl::DataLossError(absl::StrCat(path, " is truncated: ", size,
-                                                " bytes, the manifest says ", f.bytes,
-                                                " (tensor ", tensor, ")"));
-      }
-      return absl::DataLossError(
-          absl::StrCat(path, " has ", size, " bytes; the manifest says ", f.bytes));
-    }
-    std::string prefix(std::min<uint64_t>(size, 1 << 20), '\0');
-    ASSIGN_OR_RETURN(size_t got, file.Read(0, prefix.data(), prefix.size()));
-    prefix.resize(got);
-    auto header = ckpt::ParseSafetensorsHeader(prefix, path);
-    if (!header.ok() && absl::IsDataLoss(header.status()) && got >= 8) {
-      // A header larger than the first MiB: read all of it.
-      uint64_t n = 0;
-      for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<unsigned char>(prefix[i])) << (8 * i);
-      if (n + 8 <= size && n + 8 > prefix.size()) {
-        prefix.resize(n + 8);
-        ASSIGN_OR_RETURN(got, file.Read(0, prefix.data(), prefix.size()));
-        header = ckpt::ParseSafetensorsHeader(prefix, path);
-      }
-    }
-    RETURN_IF_ERROR(header.status());
-    if (header->data_start % ckpt::kDataAlignment != 0) {
-      return absl::DataLossError(absl::StrCat(path, ": data starts at ", header->data_start,
-                                              ", not a multiple of ", ckpt::kDataAlignment));
-    }
-    std::map<std::string, const ckpt::SafetensorsEntry*> entries;
-    for (const auto& e : header->entries) entries[e.name] = &e;
-    for (const auto& [name, s] : shards) {
-      auto e = entries.find(name);
-      if (e == entries.end() || e->second->dtype != dtypes[name] ||
-          e->second->shape != s->shape || header->data_start + e->second->begin != s->byte_offset ||
-          e->second->end - e->second->begin != s->byte_length) {
-        return absl::DataLossError(absl::StrCat(path, ": the safetensors header does not match the manifest for tensor ", name));
-      }
-      if (buffer_bytes < s->byte_length) {
-        buffer.reset();
-        buffer = AllocateHostMemory(s->byte_length);
-        buffer_bytes = s->byte_length;
-      }
-      RETURN_IF_ERROR(ckpt::ReadShard(file, path, name, *s, buffer.get()));
+  for (const FileInfo& f : reader->manifest().files) {
+    const std::vector<ckpt::StoredShard>& shards = reader->ShardsIn(f.name);
+    ASSIGN_OR_RETURN(ReadableFile * file,
+                     reader->File(f.name, shards.empty() ? "(none)" : shards[0].tensor));
+    const std::string path = reader->PathOf(f.name);
+    for (const ckpt::StoredShard& s : shards) {
+      const std::string tensor(s.tensor);
+      RETURN_IF_ERROR(ckpt::EnsureBuffer(&buffer, &buffer_bytes, s.shard->byte_length, tensor));
+      RETURN_IF_ERROR(ckpt::ReadShard(*file, path, tensor, *s.shard, buffer.get()));
     }
   }
   return absl::OkStatus();

@@ -67,6 +67,7 @@ absl::StatusOr<bool> AllOnOneHost(Store& setup, int rank, int size, absl::Time d
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<HostEndpoint>> OpenHostEndpoint(std::string provider) {
+  RETURN_IF_ERROR(Annotate(CheckParams(), "OpenHostEndpoint"));
   if (provider.empty()) provider = ParamString("TRIDENT_FABRIC_PROVIDER");
   if (provider.empty()) provider = "shm";
   absl::StatusOr<std::unique_ptr<FabricEndpoint>> endpoint =
@@ -77,6 +78,7 @@ absl::StatusOr<std::shared_ptr<HostEndpoint>> OpenHostEndpoint(std::string provi
 }
 
 absl::StatusOr<std::unique_ptr<Communicator>> CreateHostCommunicator(HostCommOptions options) {
+  RETURN_IF_ERROR(Annotate(CheckParams(), "CreateHostCommunicator"));
   if (options.rank < 0) options.rank = static_cast<int>(ParamInt("TRIDENT_RANK"));
   if (options.world_size < 0) options.world_size = static_cast<int>(ParamInt("TRIDENT_WORLD_SIZE"));
   const int rank = options.rank, size = options.world_size;

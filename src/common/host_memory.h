@@ -9,6 +9,8 @@
 #include <cstddef>
 #include <memory>
 
+#include "absl/status/statusor.h"
+
 namespace trident {
 
 struct FreeHostMemory {
@@ -17,8 +19,12 @@ struct FreeHostMemory {
 using HostMemory = std::unique_ptr<char[], FreeHostMemory>;
 
 // Allocates `bytes` (uninitialised). Allocations of 1 MiB and more are 2 MiB aligned and
-// advised to use huge pages; smaller ones come from malloc. Never returns null (CHECK).
+// advised to use huge pages; smaller ones come from malloc. Never returns null (CHECK): for
+// sizes the library chose itself.
 HostMemory AllocateHostMemory(size_t bytes);
+// The same for a size that comes from outside (a file, a peer): kResourceExhausted naming the
+// size when the memory cannot be had, instead of ending the process.
+absl::StatusOr<HostMemory> TryAllocateHostMemory(size_t bytes);
 
 }  // namespace trident
 

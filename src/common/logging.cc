@@ -16,7 +16,10 @@ void InitLogging(absl::string_view who) {
     spdlog::set_default_logger(logger);
   });
   spdlog::set_pattern(absl::StrCat("[%H:%M:%S.%e] [trident ", who, "] [%l] %v"));
-  spdlog::set_level(spdlog::level::from_str(ParamString("TRIDENT_LOG_LEVEL")));
+  // A bad level is reported by CheckParams(); spdlog would turn it into "off".
+  spdlog::set_level(CheckParam("TRIDENT_LOG_LEVEL").ok()
+                        ? spdlog::level::from_str(ParamString("TRIDENT_LOG_LEVEL"))
+                        : spdlog::level::info);
 }
 
 }  // namespace trident

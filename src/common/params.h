@@ -8,8 +8,8 @@
 
 #include <cstdint>
 #include <string>
+#include "absl/status/status.h"
 #include "absl/strings/string_view.h"
-
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 
@@ -20,18 +20,31 @@ struct ParamDesc {
   absl::string_view type;  // "int", "string", "duration_ms"
   absl::string_view default_value;
   absl::string_view doc;
+  int64_t min = 0;              // int and duration_ms: the smallest value allowed
+  absl::string_view choices;    // string: the values allowed, comma-separated; empty: any
+  bool secret = false;          // never printed or logged
 };
 
 absl::Span<const ParamDesc> AllParams();
 
-// The value of a registered parameter: the environment's, else the default. CHECK-fails on a
-// name that is not registered (a bug), and on an int value that does not parse (a
-// misconfiguration must not be silently ignored).
+// Whether the environment's value of a registered parameter is valid: an int or duration that
+// parses and is at least its minimum (an empty value means the default), a string among its
+// choices. kInvalidArgument naming the variable, its value (unless secret) and what is
+// allowed. CheckParams() checks every registered parameter and returns the first bad one; the
+// public entry points (CreateHostCommunicator, CheckpointEngine::Create, Runtime::Init) and
+// the tools call it first, and the tools exit 2 with its message.
+absl::Status CheckParam(absl::string_view name);
+absl::Status CheckParams();
+
+// The value of a registered parameter: the environment's, else the default. A value that
+// CheckParam rejects gives the default and an error in the log (never an abort: CheckParams
+// is where a bad setting is reported). CHECK-fails on a name that is not registered (a bug).
 std::string ParamString(absl::string_view name);
 int64_t ParamInt(absl::string_view name);
 absl::Duration ParamMillis(absl::string_view name);
 
-// One line per parameter: name=value (default|env) and its doc.
+// One line per parameter: name=value (default|env), INVALID when CheckParam rejects it, and
+// its doc. Secrets show as <hidden>.
 std::string DescribeParams();
 
 }  // namespace trident

@@ -163,7 +163,7 @@ void Coordinator::TryReplace(absl::Time now) {
     const bool runtime_job = std::any_of(members_.begin(), members_.end(), [this](const auto& e) {
       return detector_.watching(e.first);
     });
-    if (!waiting_said_ && runtime_job) {
+    if (!waiting_said_ && runtime_job && options_.spares > 0) {
       agent_->Say("no spare ready; waiting a moment for the ranks to say whether the job can "
                   "shrink");
       waiting_said_ = true;

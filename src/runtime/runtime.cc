@@ -514,6 +514,7 @@ absl::StatusOr<Recovery> JobRuntime::Recover(const absl::Status& cause, absl::Ti
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Init(RuntimeOptions options) {
+  RETURN_IF_ERROR(Annotate(CheckParams(), "Runtime::Init"));  // a bad setting, not an abort
   if (options.store == nullptr && options.world_size < 0 &&
       std::getenv("TRIDENT_WORLD_SIZE") == nullptr) {
     return std::unique_ptr<Runtime>(new StandaloneRuntime());

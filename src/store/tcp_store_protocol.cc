@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/status_macros.h"
+#include "store/kv_map.h"
 
 namespace trident::store_internal {
 
@@ -73,6 +74,85 @@ uint32_t LoadU32(const char* p) {
   for (int i = 0; i < 4; ++i)
     v |= static_cast<uint32_t>(static_cast<unsigned char>(p[i])) << (8 * i);
   return v;
+}
+
+absl::StatusOr<Hello> DecodeHello(absl::string_view body) {
+  FrameReader r(body);
+  uint8_t op = 0;
+  uint32_t magic = 0;
+  Hello hello;
+  if (!r.U8(&op) || op != static_cast<uint8_t>(Op::kHello) || !r.U32(&magic) ||
+      magic != kProtocolMagic) {
+    return absl::PermissionDeniedError("first message is not a store hello");
+  }
+  if (!r.U32(&hello.version) || !r.Bytes(&hello.token) || !r.AtEnd()) {
+    return absl::PermissionDeniedError("malformed hello");
+  }
+  return hello;
+}
+
+absl::StatusOr<Request> DecodeRequest(absl::string_view body) {
+  FrameReader r(body);
+  uint8_t op_byte = 0;
+  if (!r.U8(&op_byte)) return absl::InvalidArgumentError("empty request");
+  Request q;
+  q.op = static_cast<Op>(op_byte);
+  auto malformed = [&] {
+    return absl::InvalidArgumentError(absl::StrCat("malformed ", OpName(q.op), " request"));
+  };
+  auto check = [&](const absl::Status& s) {
+    return s.ok() ? s : absl::InvalidArgumentError(absl::StrCat(OpName(q.op), ": ", s.message()));
+  };
+  switch (q.op) {
+    case Op::kSet:
+      if (!r.Bytes(&q.key) || !r.Bytes(&q.value) || !r.AtEnd()) return malformed();
+      RETURN_IF_ERROR(check(ValidateKey(q.key)));
+      RETURN_IF_ERROR(check(ValidateValue(q.value)));
+      return q;
+    case Op::kGet:
+      if (!r.Bytes(&q.key) || !r.I64(&q.timeout_ms) || !r.AtEnd()) return malformed();
+      RETURN_IF_ERROR(check(ValidateKey(q.key)));
+      return q;
+    case Op::kTryGet:
+    case Op::kDelete:
+      if (!r.Bytes(&q.key) || !r.AtEnd()) return malformed();
+      RETURN_IF_ERROR(check(ValidateKey(q.key)));
+      return q;
+    case Op::kAdd:
+      if (!r.Bytes(&q.key) || !r.I64(&q.delta) || !r.AtEnd()) return malformed();
+      RETURN_IF_ERROR(check(ValidateKey(q.key)));
+      return q;
+    case Op::kCompareSet:
+      if (!r.Bytes(&q.key) || !r.Bytes(&q.expected) || !r.Bytes(&q.value) || !r.AtEnd()) {
+        return malformed();
+      }
+      RETURN_IF_ERROR(check(ValidateKey(q.key)));
+      RETURN_IF_ERROR(check(ValidateValue(q.expected)));
+      RETURN_IF_ERROR(check(ValidateValue(q.value)));
+      return q;
+    case Op::kWait: {
+      uint32_t n = 0;
+      // Each key takes at least its 4-byte length: a count over that is malformed, and never
+      // sizes an allocation.
+      if (!r.U32(&n) || n > r.remaining() / 4) return malformed();
+      q.keys.reserve(n);
+      for (uint32_t i = 0; i < n; ++i) {
+        absl::string_view key;
+        if (!r.Bytes(&key)) return malformed();
+        RETURN_IF_ERROR(check(ValidateKey(key)));
+        q.keys.push_back(key);
+      }
+      if (!r.I64(&q.timeout_ms) || !r.AtEnd()) return malformed();
+      return q;
+    }
+    case Op::kListPrefix:
+      if (!r.Bytes(&q.key) || !r.AtEnd()) return malformed();
+      if (!ValidatePrefix(q.key).ok()) return malformed();
+      return q;
+    case Op::kHello:
+      break;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown or repeated op ", op_byte));
 }
 
 bool FrameReader::U8(uint8_t* v) {

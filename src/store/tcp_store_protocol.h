@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -81,6 +82,31 @@ class FrameReader {
 };
 
 uint32_t LoadU32(const char* p);
+
+// --- The server's side: decoding what a peer sent (any bytes at all; tests/fuzz fuzzes it) ---
+
+// The first frame of a connection. kPermissionDenied when it is not a hello; the version and
+// token are the server's to judge.
+struct Hello {
+  uint32_t version = 0;
+  absl::string_view token;  // points into the frame
+};
+absl::StatusOr<Hello> DecodeHello(absl::string_view body);
+
+// One request, its fields pointing into the frame. Which fields an op uses: see Op.
+struct Request {
+  Op op = Op::kHello;
+  absl::string_view key;       // ListPrefix: the prefix
+  absl::string_view value;     // Set; CompareSet: the desired value
+  absl::string_view expected;  // CompareSet
+  int64_t timeout_ms = 0;      // Get, Wait
+  int64_t delta = 0;           // Add
+  std::vector<absl::string_view> keys;  // Wait
+};
+// Decodes a request and checks its keys and values against the store's limits.
+// kInvalidArgument ("malformed Set request", "Get: store key is empty", "unknown or repeated
+// op 77"): the server closes that connection with the message.
+absl::StatusOr<Request> DecodeRequest(absl::string_view body);
 
 // Compares in time that depends only on the lengths, never on where the bytes first differ.
 bool ConstantTimeEquals(absl::string_view a, absl::string_view b);

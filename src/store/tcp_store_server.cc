@@ -5,7 +5,11 @@
 //
 // A connection is closed, with a warning naming its peer, when it fails the hello (after a
 // refusal reply), sends a malformed or oversized frame, or breaks the one-request-at-a-time
-// rule; other connections are never affected.
+// rule; other connections are never affected. Whoever can reach the port can cause the
+// refusals, so their warnings go through a LogLimiter (one line, then a summary per window),
+// and at most kMaxUnauthenticated connections that have not said hello are held: past that,
+// the ones silent for kPressureHelloTimeout are dropped and new ones wait in the kernel's
+// listen backlog (a real client says hello at once, so it is never the one dropped).
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -29,6 +33,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/check.h"
+#include "common/log_limiter.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "store/kv_map.h"
@@ -51,6 +56,11 @@ constexpr absl::Duration kLinger = absl::Seconds(1);
 constexpr size_t kReadChunk = 256 << 10;
 // Per connection per poll round, so one bulk sender cannot starve the others.
 constexpr size_t kMaxReadPerRound = 4 << 20;
+// Connections held before their hello; and how long one may stay silent once that many are.
+constexpr size_t kMaxUnauthenticated = 128;
+constexpr absl::Duration kPressureHelloTimeout = absl::Seconds(1);
+// Refusals are logged in full once per window, then summarised.
+constexpr absl::Duration kRefusalLogWindow = absl::Seconds(10);
 
 struct Conn {
   UniqueFd fd;
@@ -59,6 +69,7 @@ struct Conn {
   bool closing = false;  // refused: flush the reply, half-close, drain until EOF or `timer`
   bool dead = false;     // closed; removed at the end of the poll round
   absl::Time timer = absl::InfiniteFuture();  // hello deadline, or end of the linger
+  absl::Time accepted = absl::InfinitePast();
   std::string in;
   std::string out;
   size_t out_sent = 0;
@@ -91,7 +102,8 @@ class Server final : public TcpStoreServer {
         token_(std::move(token)),
         listen_fd_(std::move(listen_fd)),
         wake_fd_(std::move(wake_fd)),
-        scratch_(kReadChunk) {}
+        scratch_(kReadChunk),
+        refusals_(kRefusalLogWindow) {}
   ~Server() override { Shutdown(); }
 
   int port() const override { return port_; }
@@ -116,6 +128,11 @@ class Server final : public TcpStoreServer {
  private:
   void Run();
   void AcceptAll();
+  // Connections that have not said hello (refused ones lingering included).
+  size_t Unauthenticated() const;
+  // Over the cap: closes those silent for kPressureHelloTimeout. Returns whether there is
+  // room for another.
+  bool MakeRoom(absl::Time now);
   void ReadFrom(Conn& c);
   void ProcessFrames(Conn& c);
   void HandleHello(Conn& c, absl::string_view body);
@@ -128,9 +145,6 @@ class Server final : public TcpStoreServer {
   void Flush(Conn& c);
   void Refuse(Conn& c, absl::StatusCode code, absl::string_view why);
   void Close(Conn& c, absl::string_view why, bool warn);
-  // Closes c if the key or value is over the limits; returns whether it was.
-  bool RejectKey(Conn& c, Op op, absl::string_view key);
-  bool RejectValue(Conn& c, Op op, absl::string_view value);
 
   const std::string host_;
   const int port_;
@@ -146,6 +160,7 @@ class Server final : public TcpStoreServer {
   std::vector<std::unique_ptr<Conn>> conns_;
   KvMap map_;
   bool accept_failing_ = false;
+  LogLimiter refusals_;
 };
 
 void Server::Run() {
@@ -154,7 +169,9 @@ void Server::Run() {
   while (!stop_.load()) {
     fds.clear();
     fds.push_back({wake_fd_.get(), POLLIN, 0});
-    fds.push_back({listen_fd_.get(), POLLIN, 0});
+    // At the cap of unauthenticated connections, new ones wait in the listen backlog.
+    const bool room = MakeRoom(absl::Now());
+    fds.push_back({room ? listen_fd_.get() : -1, POLLIN, 0});
     for (const auto& c : conns_) {
       fds.push_back(
           {c->fd.get(), static_cast<short>(POLLIN | (c->SendPending() ? POLLOUT : 0)), 0});
@@ -184,8 +201,33 @@ void Server::Run() {
   listen_fd_.reset();
 }
 
+size_t Server::Unauthenticated() const {
+  return static_cast<size_t>(std::count_if(conns_.begin(), conns_.end(), [](const auto& c) {
+    return !c->dead && !c->authed;
+  }));
+}
+
+bool Server::MakeRoom(absl::Time now) {
+  size_t waiting = Unauthenticated();
+  if (waiting < kMaxUnauthenticated) return true;
+  for (const auto& c : conns_) {
+    if (waiting < kMaxUnauthenticated) break;
+    if (c->dead || c->authed || c->accepted + kPressureHelloTimeout > now) continue;
+    if (!c->closing) {
+      refusals_.Event(now, absl::StrCat("store server ", host_, ":", port_, ": dropped connection from ", c->peer,
+                                        ": no hello within ", absl::FormatDuration(kPressureHelloTimeout),
+                                        " while ", kMaxUnauthenticated,
+                                        " connections were waiting for theirs"));
+    }
+    Close(*c, "dropped to make room", /*warn=*/false);
+    --waiting;
+  }
+  return waiting < kMaxUnauthenticated;
+}
+
 void Server::AcceptAll() {
-  while (true) {
+  size_t waiting = Unauthenticated();
+  while (waiting < kMaxUnauthenticated) {
     int fd = accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
@@ -205,9 +247,11 @@ void Server::AcceptAll() {
     auto c = std::make_unique<Conn>();
     c->fd.reset(fd);
     c->peer = store_internal::PeerAddress(fd);
-    c->timer = absl::Now() + kHelloTimeout;
+    c->accepted = absl::Now();
+    c->timer = c->accepted + kHelloTimeout;
     spdlog::debug("store server: connection from {}", c->peer);
     conns_.push_back(std::move(c));
+    ++waiting;
   }
 }
 
@@ -239,12 +283,14 @@ void Server::ProcessFrames(Conn& c) {
     uint32_t len = store_internal::LoadU32(c.in.data() + off);
     size_t limit = c.authed ? store_internal::kMaxFrameBytes : store_internal::kMaxHelloBytes;
     if (len == 0 || len > limit) {
+      const std::string why = len == 0 ? std::string("an empty frame (length 0)")
+                                       : absl::StrCat("frame length ", len,
+                                                      " is over the limit of ", limit, " bytes");
       if (!c.authed) {
         Refuse(c, absl::StatusCode::kPermissionDenied,
-               absl::StrCat("first message is not a store hello (frame length ", len, ")"));
+               absl::StrCat("first message is not a store hello (", why, ")"));
       } else {
-        Close(c, absl::StrCat("frame length ", len, " is over the limit of ", limit, " bytes"),
-              /*warn=*/true);
+        Close(c, why, /*warn=*/true);
       }
       break;
     }
@@ -269,17 +315,10 @@ void Server::ProcessFrames(Conn& c) {
 }
 
 void Server::HandleHello(Conn& c, absl::string_view body) {
-  FrameReader r(body);
-  uint8_t op = 0;
-  uint32_t magic = 0, version = 0;
-  absl::string_view token;
-  if (!r.U8(&op) || op != static_cast<uint8_t>(Op::kHello) || !r.U32(&magic) ||
-      magic != store_internal::kProtocolMagic) {
-    return Refuse(c, absl::StatusCode::kPermissionDenied, "first message is not a store hello");
-  }
-  if (!r.U32(&version) || !r.Bytes(&token) || !r.AtEnd()) {
-    return Refuse(c, absl::StatusCode::kPermissionDenied, "malformed hello");
-  }
+  absl::StatusOr<store_internal::Hello> hello = store_internal::DecodeHello(body);
+  if (!hello.ok()) return Refuse(c, hello.status().code(), hello.status().message());
+  const uint32_t version = hello->version;
+  const absl::string_view token = hello->token;
   if (version != store_internal::kProtocolVersion) {
     return Refuse(c, absl::StatusCode::kFailedPrecondition,
                   absl::StrCat("client speaks store protocol version ", version,
@@ -294,118 +333,59 @@ void Server::HandleHello(Conn& c, absl::string_view body) {
   Send(c, OkReply().Finish());
 }
 
-bool Server::RejectKey(Conn& c, Op op, absl::string_view key) {
-  absl::Status status = ValidateKey(key);
-  if (status.ok()) return false;
-  Close(c, absl::StrCat(store_internal::OpName(op), ": ", status.message()), /*warn=*/true);
-  return true;
-}
-
-bool Server::RejectValue(Conn& c, Op op, absl::string_view value) {
-  absl::Status status = ValidateValue(value);
-  if (status.ok()) return false;
-  Close(c, absl::StrCat(store_internal::OpName(op), ": ", status.message()), /*warn=*/true);
-  return true;
-}
-
 void Server::HandleRequest(Conn& c, absl::string_view body) {
-  FrameReader r(body);
-  uint8_t op_byte = 0;
-  r.U8(&op_byte);  // a frame is never empty
-  auto op = static_cast<Op>(op_byte);
-  auto malformed = [&] {
-    Close(c, absl::StrCat("malformed ", store_internal::OpName(op), " request"), /*warn=*/true);
-  };
-  switch (op) {
-    case Op::kSet: {
-      absl::string_view key, value;
-      if (!r.Bytes(&key) || !r.Bytes(&value) || !r.AtEnd()) return malformed();
-      if (RejectKey(c, op, key) || RejectValue(c, op, value)) return;
-      map_.Set(key, value);
+  absl::StatusOr<store_internal::Request> decoded = store_internal::DecodeRequest(body);
+  if (!decoded.ok()) return Close(c, decoded.status().message(), /*warn=*/true);
+  const store_internal::Request& q = *decoded;
+  switch (q.op) {
+    case Op::kSet:
+      map_.Set(q.key, q.value);
       Send(c, OkReply().Finish());
       WakeWaiters();
       return;
-    }
-    case Op::kGet: {
-      absl::string_view key;
-      int64_t timeout_ms = 0;
-      if (!r.Bytes(&key) || !r.I64(&timeout_ms) || !r.AtEnd()) return malformed();
-      if (RejectKey(c, op, key)) return;
-      if (const std::string* value = map_.Find(key)) {
+    case Op::kGet:
+      if (const std::string* value = map_.Find(q.key)) {
         return Send(c, OkReply().Bytes(*value).Finish());
       }
-      return Park(c, op, {std::string(key)}, timeout_ms);
-    }
-    case Op::kTryGet: {
-      absl::string_view key;
-      if (!r.Bytes(&key) || !r.AtEnd()) return malformed();
-      if (RejectKey(c, op, key)) return;
-      if (const std::string* value = map_.Find(key)) {
+      return Park(c, q.op, {std::string(q.key)}, q.timeout_ms);
+    case Op::kTryGet:
+      if (const std::string* value = map_.Find(q.key)) {
         return Send(c, OkReply().Bytes(*value).Finish());
       }
       return Send(c, ErrorReply(absl::NotFoundError(absl::StrCat(
-                         "store key ", store_internal::QuoteKey(key), " is not set"))));
-    }
+                         "store key ", store_internal::QuoteKey(q.key), " is not set"))));
     case Op::kAdd: {
-      absl::string_view key;
-      int64_t delta = 0;
-      if (!r.Bytes(&key) || !r.I64(&delta) || !r.AtEnd()) return malformed();
-      if (RejectKey(c, op, key)) return;
-      absl::StatusOr<int64_t> sum = map_.Add(key, delta);
+      absl::StatusOr<int64_t> sum = map_.Add(q.key, q.delta);
       if (!sum.ok()) return Send(c, ErrorReply(sum.status()));
       Send(c, OkReply().I64(*sum).Finish());
       WakeWaiters();
       return;
     }
     case Op::kCompareSet: {
-      absl::string_view key, expected, desired;
-      if (!r.Bytes(&key) || !r.Bytes(&expected) || !r.Bytes(&desired) || !r.AtEnd()) {
-        return malformed();
-      }
-      if (RejectKey(c, op, key) || RejectValue(c, op, expected) || RejectValue(c, op, desired)) {
-        return;
-      }
-      std::string after = map_.CompareSet(key, expected, desired);
+      std::string after = map_.CompareSet(q.key, q.expected, q.value);
       Send(c, OkReply().Bytes(after).Finish());
       WakeWaiters();
       return;
     }
     case Op::kWait: {
-      uint32_t n = 0;
-      if (!r.U32(&n) || n > r.remaining() / 4) return malformed();
-      std::vector<std::string> keys;
-      keys.reserve(n);
-      for (uint32_t i = 0; i < n; ++i) {
-        absl::string_view key;
-        if (!r.Bytes(&key)) return malformed();
-        if (RejectKey(c, op, key)) return;
-        keys.emplace_back(key);
-      }
-      int64_t timeout_ms = 0;
-      if (!r.I64(&timeout_ms) || !r.AtEnd()) return malformed();
+      std::vector<std::string> keys(q.keys.begin(), q.keys.end());
       std::vector<std::string> missing = map_.Missing(keys);
       if (missing.empty()) return Send(c, OkReply().Finish());
-      return Park(c, op, std::move(missing), timeout_ms);
+      return Park(c, q.op, std::move(missing), q.timeout_ms);
     }
     case Op::kDelete: {
-      absl::string_view key;
-      if (!r.Bytes(&key) || !r.AtEnd()) return malformed();
-      if (RejectKey(c, op, key)) return;
-      bool existed = map_.Delete(key);
+      bool existed = map_.Delete(q.key);
       return Send(c, OkReply().U8(existed ? 1 : 0).Finish());
     }
     case Op::kListPrefix: {
-      absl::string_view prefix;
-      if (!r.Bytes(&prefix) || !r.AtEnd()) return malformed();
-      if (!store_internal::ValidatePrefix(prefix).ok()) return malformed();
-      std::vector<std::string> keys = map_.ListPrefix(prefix);
+      std::vector<std::string> keys = map_.ListPrefix(q.key);
       FrameWriter w = OkReply();
       w.U32(static_cast<uint32_t>(keys.size()));
       for (const std::string& key : keys) {
         w.Bytes(key);
         if (w.body_size() > store_internal::kMaxFrameBytes) {
           return Send(c, ErrorReply(absl::ResourceExhaustedError(
-                             absl::StrCat("store ListPrefix(", store_internal::QuoteKey(prefix),
+                             absl::StrCat("store ListPrefix(", store_internal::QuoteKey(q.key),
                                           "): ", keys.size(), " keys are over the reply limit of ",
                                           store_internal::kMaxFrameBytes, " bytes"))));
         }
@@ -415,7 +395,7 @@ void Server::HandleRequest(Conn& c, absl::string_view body) {
     case Op::kHello:
       break;
   }
-  Close(c, absl::StrCat("unknown or repeated op ", static_cast<int>(op_byte)), /*warn=*/true);
+  TRIDENT_CHECK(false) << "DecodeRequest passed op " << static_cast<int>(q.op);
 }
 
 void Server::Park(Conn& c, Op op, std::vector<std::string> missing, int64_t timeout_ms) {
@@ -445,6 +425,7 @@ void Server::WakeWaiters() {
 }
 
 void Server::ServeTimers(absl::Time now) {
+  refusals_.Flush(now);
   for (const auto& c : conns_) {
     if (c->dead) continue;
     if (c->timer <= now) {
@@ -466,10 +447,12 @@ void Server::ServeTimers(absl::Time now) {
 }
 
 absl::Time Server::NextTimer() const {
-  absl::Time next = absl::InfiniteFuture();
+  absl::Time next = refusals_.NextFlush();
+  const bool full = Unauthenticated() >= kMaxUnauthenticated;
   for (const auto& c : conns_) {
     next = std::min(next, c->timer);
     if (c->parked) next = std::min(next, c->parked_deadline);
+    if (full && !c->dead && !c->authed) next = std::min(next, c->accepted + kPressureHelloTimeout);
   }
   return next;
 }
@@ -503,7 +486,8 @@ void Server::Flush(Conn& c) {
 }
 
 void Server::Refuse(Conn& c, absl::StatusCode code, absl::string_view why) {
-  spdlog::warn("store server {}:{}: refused connection from {}: {}", host_, port_, c.peer, why);
+  refusals_.Event(absl::Now(), absl::StrCat("store server ", host_, ":", port_,
+                                            ": refused connection from ", c.peer, ": ", why));
   c.closing = true;
   c.timer = absl::Now() + kLinger;
   Send(c, ErrorReply(absl::Status(code, absl::StrCat("store server refused this client: ", why))));

@@ -25,10 +25,11 @@ struct ToolRun {
   std::string output;  // stdout and stderr
 };
 
-ToolRun Tool(const std::string& args) {
+// Runs trident-ckpt with `args`, with `env` (VAR=value ...) added to its environment.
+ToolRun ToolWithEnv(const std::string& env, const std::string& args) {
   const char* dir = std::getenv("TRIDENT_BIN_DIR");
   std::string bin = dir != nullptr ? std::string(dir) + "/trident-ckpt" : "trident-ckpt";
-  FILE* p = popen((bin + " " + args + " 2>&1").c_str(), "r");
+  FILE* p = popen(("env " + env + " " + bin + " " + args + " 2>&1").c_str(), "r");
   ToolRun run{-1, ""};
   if (p == nullptr) return run;
   char buf[4096];
@@ -38,6 +39,8 @@ ToolRun Tool(const std::string& args) {
   run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return run;
 }
+
+ToolRun Tool(const std::string& args) { return ToolWithEnv("", args); }
 
 void Save(const std::string& dir, int64_t step) {
   InprocCommOptions options;
@@ -119,6 +122,36 @@ TEST(CkptToolTest, ListInspectVerify) {
   ToolRun missing = Tool("inspect " + dir.path() + " --step 11");
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_THAT(missing.output, HasSubstr("no checkpoint of step 11"));
+}
+
+// Defect 4 of issue 17: `latest` naming a step without a manifest; verify checked the newest
+// committed step instead, printed "ok" and exited 0.
+TEST(CkptToolTest, VerifySaysWhenLatestIsBroken) {
+  ScratchDir dir;
+  Save(dir.path(), 10);
+  Save(dir.path(), 20);
+  ASSERT_EQ(rename(dir.sub("step-000000020").c_str(), dir.sub("step-000000020.gone").c_str()), 0);
+  ToolRun verify = Tool("verify " + dir.path());
+  EXPECT_EQ(verify.exit_code, 1) << verify.output;
+  EXPECT_THAT(verify.output, HasSubstr("BAD  latest: DATA_LOSS: " + dir.sub("latest") +
+                                       " names step-000000020, which has no manifest.json"));
+  EXPECT_THAT(verify.output, ::testing::Not(HasSubstr("ok   step")));
+  verify = Tool("verify " + dir.path() + " --all");
+  EXPECT_EQ(verify.exit_code, 1) << verify.output;
+  EXPECT_THAT(verify.output, HasSubstr("ok   step 10"));
+  EXPECT_THAT(verify.output, HasSubstr("BAD  latest"));
+  verify = Tool("verify " + dir.path() + " --step 10");
+  EXPECT_EQ(verify.exit_code, 0) << verify.output;
+}
+
+// Defect 5: a bad setting is a usage error (exit 2) naming the variable and what is allowed.
+TEST(CkptToolTest, BadSettingExitsTwo) {
+  ScratchDir dir;
+  ToolRun run = ToolWithEnv("TRIDENT_LOG_LEVEL=bogus", "ls " + dir.path());
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("trident-ckpt: TRIDENT_LOG_LEVEL='bogus' is not valid: "
+                                    "expected one of 'trace', 'debug', 'info', 'warn', 'error', "
+                                    "'off'"));
 }
 
 }  // namespace

@@ -15,18 +15,23 @@
 #include <fstream>
 #include <memory>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "spdlog/sinks/ostream_sink.h"
+#include "spdlog/spdlog.h"
 #include "store/tcp_store_protocol.h"
 
 namespace trident {
@@ -429,6 +434,15 @@ class RawConn {
     if (!ReadAll(body.data(), body.size())) return absl::UnavailableError("closed");
     return body;
   }
+  // True when the server has closed the connection (EOF or reset) already; never blocks.
+  bool ClosedNow() {
+    char buf[4096];
+    while (true) {
+      ssize_t n = recv(fd_, buf, sizeof(buf), MSG_DONTWAIT);
+      if (n == 0) return true;
+      if (n < 0) return errno == ECONNRESET;
+    }
+  }
   // True when the server closed the connection (EOF or reset) within the receive timeout.
   bool ClosedByServer() {
     char buf[4096];
@@ -543,6 +557,79 @@ TEST(TcpStoreTest, MalformedRequestsCloseOnlyThatConnection) {
   waiter.join();
   EXPECT_THAT(waited, IsOkAndHolds("still served"));
   EXPECT_THAT(good->Add("n", 1, Soon()), IsOkAndHolds(1));
+}
+
+// Captures what the library logs (spdlog's default logger) for the life of the object.
+class CapturedLog {
+ public:
+  CapturedLog() : previous_(spdlog::default_logger()) {
+    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(out_);
+    spdlog::set_default_logger(std::make_shared<spdlog::logger>("captured", sink));
+  }
+  ~CapturedLog() { spdlog::set_default_logger(previous_); }
+  // Lines that contain `what` (call after the logging threads are done).
+  int Count(absl::string_view what) {
+    spdlog::default_logger()->flush();
+    int n = 0;
+    for (absl::string_view line : absl::StrSplit(out_.str(), '\n')) n += absl::StrContains(line, what);
+    return n;
+  }
+
+ private:
+  std::ostringstream out_;
+  std::shared_ptr<spdlog::logger> previous_;
+};
+
+// Defect 7 of issue 17: each refused connection logged a warning (75,000 lines a minute from
+// one local process). Now one line per window, then a summary.
+TEST(TcpStoreTest, RefusalsAreLoggedOncePerWindow) {
+  CapturedLog log;
+  std::unique_ptr<TcpStoreServer> server = StartServer();
+  ASSERT_NE(server, nullptr);
+  for (int i = 0; i < 200; ++i) {
+    RawConn raw(server->port());
+    raw.Send("GET / HTTP/1.1\r\n\r\n");
+    EXPECT_TRUE(raw.ClosedByServer());
+  }
+  std::unique_ptr<Store> good = Client(*server);
+  ASSERT_NE(good, nullptr);
+  EXPECT_THAT(good->Set("k", "v", Soon()), IsOk());
+  server->Shutdown();
+  EXPECT_EQ(log.Count("refused connection from"), 1);
+}
+
+// Defect 10 of issue 17: an empty frame was logged as "frame length 0 is over the limit".
+TEST(TcpStoreTest, AnEmptyFrameIsCalledThat) {
+  CapturedLog log;
+  std::unique_ptr<TcpStoreServer> server = StartServer();
+  ASSERT_NE(server, nullptr);
+  RawConn raw(server->port());
+  raw.Hello(kToken);
+  raw.Send(std::string(4, '\0'));
+  EXPECT_TRUE(raw.ClosedByServer());
+  server->Shutdown();
+  EXPECT_EQ(log.Count("an empty frame (length 0)"), 1);
+  EXPECT_EQ(log.Count("over the limit"), 0);
+}
+
+// Connections that never say hello are capped: a flood of them neither grows without bound
+// nor keeps a real client out (the silent ones are dropped after a second under pressure).
+TEST(TcpStoreTest, SilentConnectionsAreCappedAndARealClientStillGetsIn) {
+  std::unique_ptr<TcpStoreServer> server = StartServer();
+  ASSERT_NE(server, nullptr);
+  std::vector<std::unique_ptr<RawConn>> silent;
+  for (int i = 0; i < 300; ++i) silent.push_back(std::make_unique<RawConn>(server->port()));
+  const absl::Time start = absl::Now();
+  std::unique_ptr<Store> good = Client(*server);
+  ASSERT_NE(good, nullptr);
+  EXPECT_THAT(good->Set("k", "v", Soon()), IsOk());
+  // Two rounds of dropping (1 s each) let it in; without the cap, in 10 s (the hello deadline).
+  EXPECT_LT(absl::Now() - start, absl::Seconds(6));
+  // Those over the cap were dropped; at most the cap's worth still wait for their deadline.
+  absl::SleepFor(absl::Milliseconds(200));
+  int closed = 0;
+  for (auto& raw : silent) closed += raw->ClosedNow();
+  EXPECT_GE(closed, 300 - 128);
 }
 
 TEST(TcpStoreTest, BlockingGetDoesNotDelayOtherCallsOnTheSameClient) {

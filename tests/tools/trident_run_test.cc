@@ -208,17 +208,18 @@ TEST(TridentRunTest, SetsRankEnvironment) {
   RunResult r = RunLauncher(ShArgs(4,
                            "echo \"env $TRIDENT_RANK $TRIDENT_WORLD_SIZE $TRIDENT_LOCAL_RANK "
                            "$TRIDENT_STORE $TRIDENT_JOB_TOKEN $TRIDENT_JOB_ID "
-                           "$FI_TCP_IFACE $FI_SOCKETS_IFACE\""),
+                           "$FI_TCP_IFACE $FI_SOCKETS_IFACE $IPATH_NO_BACKTRACE\""),
                     // Inherited values of the rank variables must be replaced, and the FI_*
                     // defaults apply only where the variable is unset.
                     {{"TRIDENT_RANK", "99"},
                      {"TRIDENT_STORE", "tcp://example.com:1"},
                      {"TRIDENT_JOB_ID", std::nullopt},
                      {"FI_TCP_IFACE", std::nullopt},
-                     {"FI_SOCKETS_IFACE", "eth7"}});
+                     {"FI_SOCKETS_IFACE", "eth7"},
+                     {"IPATH_NO_BACKTRACE", std::nullopt}});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const std::regex line_re(
-      R"(\[rank (\d+)\] env (\d+) (\d+) (\d+) (tcp://127\.0\.0\.1:(\d+)) ([0-9a-f]{64}) (\S+) lo eth7)");
+      R"(\[rank (\d+)\] env (\d+) (\d+) (\d+) (tcp://127\.0\.0\.1:(\d+)) ([0-9a-f]{64}) (\S+) lo eth7 1)");
   std::set<int> ranks;
   std::set<std::string> stores, tokens, job_ids;
   for (const std::string& line : Lines(r.out)) {
@@ -531,6 +532,27 @@ TEST(TridentRunTest, PrintParams) {
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_THAT(r.out, HasSubstr("TRIDENT_KILL_GRACE_MS=1234  (env)"));
   EXPECT_THAT(r.out, HasSubstr("TRIDENT_TIMEOUT_MS="));
+}
+
+// Defect 6 of issue 17: the job token was printed in clear text.
+TEST(TridentRunTest, PrintParamsHidesTheJobToken) {
+  RunResult r = RunLauncher({"--print-params"}, {{"TRIDENT_JOB_TOKEN", "sekrit-77"}});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_THAT(r.out, HasSubstr("TRIDENT_JOB_TOKEN=<hidden>  (env)"));
+  EXPECT_THAT(r.out + r.err, Not(HasSubstr("sekrit-77")));
+}
+
+// Defect 5: a bad setting ended trident-run in a CHECK with a backtrace; now it is a usage
+// error (exit 2) naming the variable, its value and what is allowed, before any rank starts.
+TEST(TridentRunTest, BadSettingIsAUsageError) {
+  RunResult r = RunLauncher({"--nproc", "1", "--", "true"}, {{"TRIDENT_KILL_GRACE_MS", "xyz"}});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("trident-run: TRIDENT_KILL_GRACE_MS='xyz' is not valid: expected "
+                               "a whole number of milliseconds >= 0"));
+  EXPECT_THAT(r.err, Not(HasSubstr("CHECK")));
+  r = RunLauncher({"--print-params"}, {{"TRIDENT_TIMEOUT_MS", "-5"}});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.out, HasSubstr("TRIDENT_TIMEOUT_MS=-5  (env)  INVALID"));
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include "transport/fabric/fabric_transport.h"
 
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -729,6 +730,40 @@ TEST(FabricProviderTest, UnknownProviderListsAvailableOnes) {
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr("nosuchprov"), HasSubstr("shm"), HasSubstr("tcp"),
                              HasSubstr("TRIDENT_FABRIC_PROVIDER"))));
+}
+
+// Defect 8 of issue 17: libinfinipath, which Debian's libfabric loads for its psm provider,
+// takes over crash and termination signals at load time and writes .btr files where a rank
+// aborts. Once an endpoint is open none of them is libinfinipath's; a handler the program
+// installed itself is left alone.
+TEST(FabricProviderTest, LibinfinipathSignalHandlersAreRestored) {
+  auto in_infinipath = [](int sig) {
+    struct sigaction a {};
+    sigaction(sig, nullptr, &a);
+    void* h = (a.sa_flags & SA_SIGINFO) != 0 ? reinterpret_cast<void*>(a.sa_sigaction)
+                                             : reinterpret_cast<void*>(a.sa_handler);
+    Dl_info info{};
+    return h != reinterpret_cast<void*>(SIG_DFL) && h != reinterpret_cast<void*>(SIG_IGN) &&
+           dladdr(h, &info) != 0 && info.dli_fname != nullptr &&
+           std::strstr(info.dli_fname, "libinfinipath") != nullptr;
+  };
+  int taken = 0;
+  for (int sig : {SIGSEGV, SIGBUS, SIGILL, SIGABRT, SIGINT, SIGTERM}) taken += in_infinipath(sig);
+  std::printf("libinfinipath held %d of the signals before the endpoint opened\n", taken);
+  struct sigaction own {}, old {};
+  own.sa_handler = +[](int) {};
+  // As if the program installed its own (SIGILL: libfabric's shm provider chains handlers of
+  // its own in front of SIGSEGV, SIGBUS, SIGINT and SIGTERM).
+  ASSERT_EQ(sigaction(SIGILL, &own, &old), 0);
+  auto endpoint = OpenFabricEndpoint("shm", "");
+  ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+  for (int sig : {SIGSEGV, SIGBUS, SIGILL, SIGABRT, SIGINT, SIGTERM, SIGFPE}) {
+    EXPECT_FALSE(in_infinipath(sig)) << "signal " << sig;
+  }
+  EXPECT_EQ(QuietUnusedProviders(), 0);
+  struct sigaction now {};
+  sigaction(SIGILL, &old, &now);
+  EXPECT_EQ(now.sa_handler, own.sa_handler) << "the program's own handler was replaced";
 }
 
 TEST(FabricProviderTest, ListsShmAndTcp) {

@@ -28,6 +28,7 @@ bool NcclBuilt() {
 }
 
 absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(NcclCommOptions options) {
+  RETURN_IF_ERROR(Annotate(CheckParams(), "CreateNcclCommunicator"));
 #if !TRIDENT_HAVE_NCCL
   return absl::FailedPreconditionError(
       "CreateNcclCommunicator: this build of trident has no NCCL backend (built with "

@@ -112,7 +112,8 @@ class Runner {
 
   absl::Status Run(const std::function<void(const Row&)>& on_row) {
     if (config_.collective == Collective::kBarrier) return RunSize(0, on_row);
-    for (int64_t bytes : SizeRange(config_.min_bytes, config_.max_bytes)) {
+    for (int64_t bytes :
+         MeasuredSizes(config_.collective, config_.dtype, n_, config_.min_bytes, config_.max_bytes)) {
       RETURN_IF_ERROR(RunSize(bytes, on_row));
     }
     return absl::OkStatus();
@@ -418,6 +419,20 @@ absl::StatusOr<int64_t> ParseBytes(absl::string_view text) {
 std::vector<int64_t> SizeRange(int64_t min_bytes, int64_t max_bytes) {
   std::vector<int64_t> sizes;
   for (int64_t s = std::max<int64_t>(min_bytes, 1); s <= max_bytes; s *= 2) sizes.push_back(s);
+  return sizes;
+}
+
+std::vector<int64_t> MeasuredSizes(Collective c, DType dtype, int n, int64_t min_bytes,
+                                   int64_t max_bytes) {
+  // Sizes under one element (or one block per rank) round to the same buffer: measure it once.
+  std::vector<int64_t> sizes;
+  int64_t last_count = -1;
+  for (int64_t bytes : SizeRange(min_bytes, max_bytes)) {
+    const int64_t count = LayoutFor(c, bytes, dtype, n).count;
+    if (count == last_count) continue;
+    last_count = count;
+    sizes.push_back(bytes);
+  }
   return sizes;
 }
 

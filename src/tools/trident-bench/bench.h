@@ -50,6 +50,10 @@ double BusFactor(Collective c, int world_size);
 absl::StatusOr<int64_t> ParseBytes(absl::string_view text);
 // min, 2 min, 4 min, ... up to max (inclusive).
 std::vector<int64_t> SizeRange(int64_t min_bytes, int64_t max_bytes);
+// The sizes of SizeRange that give distinct buffers for collective c of dtype on n ranks (a
+// size under one element, or one element per rank, rounds up like the one before it).
+std::vector<int64_t> MeasuredSizes(Collective c, DType dtype, int n, int64_t min_bytes,
+                                   int64_t max_bytes);
 
 struct Config {
   Collective collective = Collective::kAllReduce;

@@ -121,6 +121,11 @@ std::string FormatRow(const Row& row, absl::string_view dtype, absl::string_view
 }
 
 int Main(int argc, char** argv) {
+  // A bad TRIDENT_* setting is a usage error (exit 2), for every subcommand.
+  if (absl::Status params = CheckParams(); !params.ok()) {
+    std::fprintf(stderr, "trident-bench: %s\n", std::string(params.message()).c_str());
+    return 2;
+  }
   if (argc >= 2 && std::string(argv[1]) == "ckpt") return RunCkptBench(argc - 1, argv + 1);
   if (argc >= 2 && std::string(argv[1]) == "recovery") {
     return RunRecoveryBench(argc - 1, argv + 1);

@@ -12,6 +12,8 @@
 #include "absl/time/time.h"
 #include "checkpoint/file_system.h"
 #include "checkpoint/format.h"
+#include "checkpoint/internal.h"
+#include "common/params.h"
 #include "trident/checkpoint.h"
 
 namespace trident {
@@ -30,8 +32,10 @@ Commands:
   inspect DIR  a checkpoint's manifest: step, epoch, layout, files with their ranks and sizes,
                per-rank metadata sizes, and for every tensor its dtype, global shape and
                shards (rank, file, offset in the global tensor, shape, bytes, crc32c).
-  verify DIR   reads every shard of the checkpoint: file sizes, safetensors headers against the
-               manifest, and the CRC32C of every tensor piece.
+  verify DIR   checks every field of the manifest against the others, then reads every shard of
+               the checkpoint: file sizes, safetensors headers against the manifest, and the
+               CRC32C of every tensor piece. Without --step, also that `latest` names a
+               committed checkpoint.
 
 Options:
   --step N     the checkpoint of step N (default: the latest, as loading resolves it: the step
@@ -40,7 +44,8 @@ Options:
   -h, --help   this text
 
 Exit status: 0 when all is well; 1 when a checkpoint is missing, unreadable or bad (verify
-prints the first bad file and tensor); 2 on bad usage.
+prints the first bad file and tensor), or `latest` names no committed checkpoint; 2 on bad
+usage or a bad TRIDENT_* setting.
 )";
 
 [[noreturn]] void Usage(const std::string& message) {
@@ -147,6 +152,10 @@ int VerifyOne(const std::string& dir, int64_t step) {
 }
 
 int Main(int argc, char** argv) {
+  if (absl::Status params = CheckParams(); !params.ok()) {
+    std::fprintf(stderr, "trident-ckpt: %s\n", std::string(params.message()).c_str());
+    return 2;
+  }
   std::vector<std::string> positional;
   int64_t step = kLatestStep;
   bool all = false;
@@ -176,8 +185,18 @@ int Main(int argc, char** argv) {
   }
   if (command == "inspect") return Inspect(dir, step);
   if (command == "verify") {
+    // `latest` naming no committed checkpoint is a fault of the directory: loading falls back
+    // to the newest committed step, and verify says so instead of checking that one quietly.
+    const absl::Status latest_ok = step == kLatestStep
+                                       ? ckpt::CheckLatestPointer(*PosixFileSystem(), dir)
+                                       : absl::OkStatus();
+    if (!latest_ok.ok()) {
+      std::printf("BAD  latest: %s\n", latest_ok.ToString().c_str());
+      std::fprintf(stderr, "trident-ckpt: verify failed: %s\n", latest_ok.ToString().c_str());
+    }
     if (!all) {
       if (step == kLatestStep) {
+        if (!latest_ok.ok()) return 1;
         auto latest = LatestCheckpointStep(dir);
         if (!latest.ok()) return Fail(latest.status());
         step = *latest;
@@ -187,7 +206,7 @@ int Main(int argc, char** argv) {
     auto list = ListCheckpoints(dir);
     if (!list.ok()) return Fail(list.status());
     if (list->empty()) return Fail(absl::NotFoundError("no committed checkpoint in " + dir));
-    int rc = 0;
+    int rc = latest_ok.ok() ? 0 : 1;
     for (const CheckpointInfo& c : *list) rc |= VerifyOne(dir, c.step);
     return rc;
   }

@@ -10,6 +10,7 @@
 
 #include "common/logging.h"
 #include "common/params.h"
+#include "transport/fabric/fabric_transport.h"
 #include "tools/trident-run/launcher.h"
 #include "tools/trident-run/options.h"
 #include "tools/trident-run/output_relay.h"
@@ -35,6 +36,11 @@ void EnsureStandardDescriptors() {
 int main(int argc, char** argv) {
   using trident::run::LaunchOptions;
   EnsureStandardDescriptors();
+  // libinfinipath (loaded with libfabric) takes over SIGSEGV, SIGABRT, SIGTERM, ... at load
+  // and writes .btr files where a process crashes: not in the ranks (they inherit this
+  // environment; a value the user set wins), and not here.
+  setenv("IPATH_NO_BACKTRACE", "1", /*overwrite=*/0);
+  trident::QuietUnusedProviders();
   trident::InitLogging("launcher");
   // trident-run's stderr carries the ranks' stderr and its own one-line reports; library
   // chatter at info (the store server starting and stopping) would only be noise there.
@@ -47,15 +53,26 @@ int main(int argc, char** argv) {
                  std::string(options.status().message()).c_str());
     return trident::run::kExitUsage;
   }
+  // A bad TRIDENT_* setting is a usage error, reported before anything starts (every rank
+  // would inherit it).
+  const absl::Status params = trident::CheckParams();
   switch (options->action) {
     case LaunchOptions::Action::kHelp:
       std::fputs(trident::run::UsageText().c_str(), stdout);
       return trident::run::kExitOk;
     case LaunchOptions::Action::kPrintParams:
       std::fputs(trident::DescribeParams().c_str(), stdout);
+      if (!params.ok()) {
+        std::fprintf(stderr, "trident-run: %s\n", std::string(params.message()).c_str());
+        return trident::run::kExitUsage;
+      }
       return trident::run::kExitOk;
     case LaunchOptions::Action::kRun:
       break;
+  }
+  if (!params.ok()) {
+    std::fprintf(stderr, "trident-run: %s\n", std::string(params.message()).c_str());
+    return trident::run::kExitUsage;
   }
   trident::run::OutputWriter out(STDOUT_FILENO, STDERR_FILENO);
   trident::run::Launcher launcher(*std::move(options), &out);

@@ -32,6 +32,7 @@
 #include "transport/fabric/fabric_transport.h"
 
 #include <dirent.h>
+#include <dlfcn.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -111,6 +112,24 @@ bool IsIpProvider(const std::string& name) {
 // libfabric reads FI_TCP_IFACE when it first initialises its providers; setting it early keeps
 // the tcp provider off every interface but the chosen one even where our domain hint is not
 // honoured. It does not override a value the user set.
+// The signals libinfinipath takes over from a load-time constructor (see QuietUnusedProviders).
+constexpr int kForeignSignals[] = {SIGSEGV, SIGBUS, SIGILL, SIGABRT, SIGINT, SIGTERM, SIGFPE};
+
+// Whether a signal's handler is code of a shared library whose file name contains `library`.
+bool HandlerIsIn(int sig, absl::string_view library) {
+  struct sigaction current {};
+  if (sigaction(sig, nullptr, &current) != 0) return false;
+  void* handler = (current.sa_flags & SA_SIGINFO) != 0
+                      ? reinterpret_cast<void*>(current.sa_sigaction)
+                      : reinterpret_cast<void*>(current.sa_handler);
+  if (handler == reinterpret_cast<void*>(SIG_DFL) || handler == reinterpret_cast<void*>(SIG_IGN)) {
+    return false;
+  }
+  Dl_info info{};
+  return dladdr(handler, &info) != 0 && info.dli_fname != nullptr &&
+         absl::StrContains(info.dli_fname, library);
+}
+
 void SetTcpIfaceOnce(const std::string& iface) {
   static std::once_flag once;
   std::call_once(once, [&] { setenv("FI_TCP_IFACE", iface.c_str(), /*overwrite=*/0); });
@@ -1246,9 +1265,34 @@ absl::StatusOr<std::unique_ptr<Transport>> NewFabricTransport(
   return std::unique_ptr<Transport>(std::move(transport));
 }
 
+// Before the first fi_getinfo: libfabric's shm provider chains its own handlers in front of
+// the ones it finds when it initialises, which must not be libinfinipath's by then.
+int QuietUnusedProviders(absl::string_view provider) {
+  static std::once_flag once;
+  std::call_once(once, [provider] {
+    // Read when libfabric first initialises its providers (the first fi_getinfo); a value the
+    // user set wins, and so does a request for a psm provider.
+    if (!absl::StartsWith(provider, "psm")) setenv("FI_PROVIDER", "^psm,psm2,psm3", /*overwrite=*/0);
+  });
+  int restored = 0;
+  for (int sig : kForeignSignals) {
+    if (!HandlerIsIn(sig, "libinfinipath")) continue;
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    if (sigaction(sig, &dfl, nullptr) == 0) ++restored;
+  }
+  if (restored > 0) {
+    spdlog::debug("fabric: restored the default action of {} signals that libinfinipath had taken",
+                  restored);
+  }
+  return restored;
+}
+
 absl::StatusOr<std::unique_ptr<FabricEndpoint>> OpenFabricEndpoint(const std::string& provider,
                                                                    const std::string& iface,
                                                                    size_t av_size_hint) {
+  QuietUnusedProviders(provider);
   // Once per process, before its first endpoint: regions left by a dead process that had our
   // pid (ours have "<pid>:<n>" names, with n counting our endpoints).
   static const int stale = RemoveShmRegionsOf(getpid());

@@ -60,6 +60,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "transport/transport.h"
 #include "trident/store.h"
@@ -108,6 +109,19 @@ class FabricEndpoint {
  private:
   std::unique_ptr<Impl> impl_;
 };
+
+// Debian's libfabric links the psm providers' libraries, and one of them (libinfinipath, PSM
+// 1) installs handlers for SIGSEGV, SIGBUS, SIGILL, SIGABRT, SIGINT, SIGTERM and SIGFPE from a
+// load-time constructor in every process that links libfabric: a rank that aborts then writes
+// "<program>.<host>-<pid>,<host>.btr" into its working directory, and SIGINT and SIGTERM no
+// longer act as the program expects. Trident never uses psm. This restores the default action
+// of each of those signals whose handler lives in libinfinipath (a handler the program
+// installed is left alone) and, once per process and unless the user set FI_PROVIDER or asks
+// for a psm provider, keeps libfabric from initialising the psm providers
+// (FI_PROVIDER=^psm,psm2,psm3). Returns how many handlers it restored. OpenFabricEndpoint
+// calls it; trident-run also starts its ranks with IPATH_NO_BACKTRACE=1, so that the handlers
+// are never installed in them.
+int QuietUnusedProviders(absl::string_view provider = "");
 
 // Opens an endpoint. `provider` and `iface` as in FabricOptions. `av_size_hint` is the expected
 // group size (0: the provider's default); the address vector is not limited to it (libfabric
