@@ -43,12 +43,10 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "trident/communicator.h"
+#include "trident/file_system.h"
 #include "trident/tensor.h"
 
 namespace trident {
-
-// The file-system seam (src/checkpoint/file_system.h): tests pass one that injects faults.
-class FileSystem;
 
 // Where a tensor, or this rank's piece of it, sits in the global tensor.
 struct TensorPlacement {
@@ -125,6 +123,7 @@ struct CheckpointOptions {
   std::string layout;
   // Deadline of each step of the commit agreement; zero: TRIDENT_TIMEOUT_MS.
   absl::Duration commit_timeout = absl::ZeroDuration();
+  // Where the files go (trident/file_system.h: your storage, or a wrapper of the real one);
   // nullptr: the real file system.
   std::shared_ptr<FileSystem> file_system;
 };

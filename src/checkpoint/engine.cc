@@ -28,6 +28,7 @@
 #include "checkpoint/format.h"
 #include "checkpoint/internal.h"
 #include "common/check.h"
+#include "common/completion.h"
 #include "common/cuda.h"
 #include "common/host_memory.h"
 #include "common/logging.h"
@@ -57,25 +58,19 @@ class SaveHandle : public CheckpointSave {
   int64_t step() const override { return step_; }
 
   absl::Status Wait(absl::Time deadline) override {
-    absl::MutexLock lock(&mu_);
-    while (!done_) {
-      if (cv_.WaitWithDeadline(&mu_, deadline) && !done_) {
-        return absl::DeadlineExceededError(
-            absl::StrCat("the save of step ", step_, " is still persisting"));
-      }
+    std::optional<absl::Status> s = done_.WaitUntil(deadline);
+    if (!s.has_value()) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("the save of step ", step_, " is still persisting"));
     }
-    return status_;
+    return *s;
   }
 
-  bool IsCompleted() const override {
-    absl::MutexLock lock(&mu_);
-    return done_;
-  }
+  bool IsCompleted() const override { return done_.done(); }
 
   absl::Status status() const override {
-    absl::MutexLock lock(&mu_);
-    if (!done_) return absl::UnavailableError(absl::StrCat("step ", step_, " still persisting"));
-    return status_;
+    return done_.status().value_or(
+        absl::UnavailableError(absl::StrCat("step ", step_, " still persisting")));
   }
 
   SaveStats stats() const override {
@@ -94,20 +89,18 @@ class SaveHandle : public CheckpointSave {
   }
 
   void Finish(absl::Status status, double persist_seconds, absl::Status replica_status) {
-    absl::MutexLock lock(&mu_);
-    status_ = std::move(status);
-    stats_.persist_seconds = persist_seconds;
-    stats_.replica_status = std::move(replica_status);
-    done_ = true;
-    cv_.SignalAll();
+    {
+      absl::MutexLock lock(&mu_);
+      stats_.persist_seconds = persist_seconds;
+      stats_.replica_status = std::move(replica_status);
+    }
+    done_.Complete(std::move(status));  // after the stats: a waiter reads them next
   }
 
  private:
   const int64_t step_;
+  Completion done_;
   mutable absl::Mutex mu_;
-  absl::CondVar cv_;
-  bool done_ ABSL_GUARDED_BY(mu_) = false;
-  absl::Status status_ ABSL_GUARDED_BY(mu_);
   SaveStats stats_ ABSL_GUARDED_BY(mu_);
 };
 

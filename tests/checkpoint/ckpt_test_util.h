@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <thread>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -19,6 +20,7 @@
 #include "checkpoint/file_system.h"
 #include "checkpoint/format.h"
 #include "common/status_macros.h"
+#include "comm/host/inproc.h"
 #include "trident/checkpoint.h"
 
 namespace trident::testing {
@@ -125,10 +127,25 @@ class ScratchDir {
   std::string path_;
 };
 
+// Ranks as threads over in-process communicators, each handed its own (shared) one: the
+// setup of every multi-rank checkpoint test.
+inline void RunCkptRanks(int n,
+                         const std::function<void(int, std::shared_ptr<Communicator>)>& fn) {
+  InprocCommOptions options;
+  options.size = n;
+  options.timeout = absl::Seconds(60);
+  std::vector<std::shared_ptr<Communicator>> comms;
+  for (auto& c : NewInprocCommunicators(options)) comms.push_back(std::move(c));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r) threads.emplace_back([&, r] { fn(r, comms[r]); });
+  for (auto& t : threads) t.join();
+}
+
 // Forwards to the real file system; fails writes with ENOSPC while `full` is set, and holds
 // writes at a gate while `gate_closed` is set (so a test can keep a save persisting).
-class FaultFileSystem : public FileSystem {
+class FaultFileSystem : public FileSystemWrapper {
  public:
+  FaultFileSystem() : FileSystemWrapper(PosixFileSystem()) {}
   std::atomic<bool> full{false};
   std::atomic<int64_t> writes{0};
 
@@ -162,31 +179,21 @@ class FaultFileSystem : public FileSystem {
 
   absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path,
                                                                 bool direct) override {
-    ASSIGN_OR_RETURN(auto file, base_->NewWritableFile(path, direct));
+    ASSIGN_OR_RETURN(auto file, target().NewWritableFile(path, direct));
     return std::unique_ptr<WritableFile>(new File(this, path, std::move(file)));
   }
-  absl::StatusOr<std::unique_ptr<ReadableFile>> OpenForRead(const std::string& path) override {
-    return base_->OpenForRead(path);
-  }
-  absl::Status CreateDir(const std::string& path) override { return base_->CreateDir(path); }
   absl::Status SyncDir(const std::string& path) override {
     Record("syncdir " + path);
-    return base_->SyncDir(path);
+    return target().SyncDir(path);
   }
   absl::Status Rename(const std::string& from, const std::string& to) override {
     Record("rename " + from + " " + to);
-    return base_->Rename(from, to);
+    return target().Rename(from, to);
   }
   absl::Status Exchange(const std::string& a, const std::string& b) override {
     Record("exchange " + a + " " + b);
-    return base_->Exchange(a, b);
+    return target().Exchange(a, b);
   }
-  absl::Status RemoveAll(const std::string& path) override { return base_->RemoveAll(path); }
-  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) override {
-    return base_->ListDir(path);
-  }
-  bool IsDirectory(const std::string& path) override { return base_->IsDirectory(path); }
-  bool FileExists(const std::string& path) override { return base_->FileExists(path); }
 
  private:
   class File : public WritableFile {
@@ -223,7 +230,6 @@ class FaultFileSystem : public FileSystem {
     --held_;
   }
 
-  std::shared_ptr<FileSystem> base_ = PosixFileSystem();
   std::mutex mu_;
   std::condition_variable cv_;
   bool gate_closed_ = false;

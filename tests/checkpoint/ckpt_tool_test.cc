@@ -43,30 +43,22 @@ ToolRun ToolWithEnv(const std::string& env, const std::string& args) {
 ToolRun Tool(const std::string& args) { return ToolWithEnv("", args); }
 
 void Save(const std::string& dir, int64_t step) {
-  InprocCommOptions options;
-  options.size = 2;
-  std::vector<std::shared_ptr<Communicator>> comms;
-  for (auto& c : NewInprocCommunicators(options)) comms.push_back(std::move(c));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < 2; ++r) {
-    threads.emplace_back([&, r] {
-      CheckpointOptions o;
-      o.dir = dir;
-      o.comm = comms[r];
-      o.memory_budget_bytes = 16 << 20;
-      o.layout = "tp2";
-      auto e = CheckpointEngine::Create(o);
-      ASSERT_TRUE(e.ok()) << e.status();
-      std::vector<OwnedTensor> state = {
-          MakeTensor(step, "emb", DType::kBF16, {100, 8}, Box{{50 * r, 0}, {50, 8}}),
-          MakeTensor(step, "norm", DType::kF32, {8})};
-      state[1].replica_index = r;
-      state[1].replica_count = 2;
-      auto s = (*e)->Save(step, testing::StateOf(state, "rng"));
-      ASSERT_TRUE(s.ok() && (*s)->Wait().ok());
-    });
-  }
-  for (auto& t : threads) t.join();
+  testing::RunCkptRanks(2, [&](int r, std::shared_ptr<Communicator> comm) {
+    CheckpointOptions o;
+    o.dir = dir;
+    o.comm = comm;
+    o.memory_budget_bytes = 16 << 20;
+    o.layout = "tp2";
+    auto e = CheckpointEngine::Create(o);
+    ASSERT_TRUE(e.ok()) << e.status();
+    std::vector<OwnedTensor> state = {
+        MakeTensor(step, "emb", DType::kBF16, {100, 8}, Box{{50 * r, 0}, {50, 8}}),
+        MakeTensor(step, "norm", DType::kF32, {8})};
+    state[1].replica_index = r;
+    state[1].replica_count = 2;
+    auto s = (*e)->Save(step, testing::StateOf(state, "rng"));
+    ASSERT_TRUE(s.ok() && (*s)->Wait().ok());
+  });
 }
 
 TEST(CkptToolTest, ListInspectVerify) {

@@ -5,17 +5,20 @@
 //   ckpt_worker DIR save       tp2 x dp2 state saved at steps 1 and 2; each rank checks its
 //                              held peer replica; rank 0 loads everything back at tp1 x dp1
 //   ckpt_worker DIR die RANK   step 1 as above; at step 2 RANK kills itself with SIGKILL while
-//                              writing its shard: the others' saves fail naming it
+//                              writing its shard: the others' saves fail naming it (the world
+//                              comes from trident::Runtime, whose watcher aborts the engine's
+//                              communicator when trident-run records the death)
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "ckpt_test_util.h"
-#include "common/logging.h"
 #include "trident/checkpoint.h"
 #include "trident/communicator.h"
+#include "trident/runtime.h"
 #include "trident/store.h"
 
 namespace trident {
@@ -55,23 +58,24 @@ int Main(int argc, char** argv) {
   const std::string dir = argv[1], mode = argv[2];
   int victim = -1;
   if (mode == "die" && (argc < 4 || !absl::SimpleAtoi(argv[3], &victim))) return 2;
-  HostCommOptions options;
-  options.timeout = absl::Seconds(60);
-  auto world = CreateHostCommunicator(options);
-  if (!world.ok()) {
-    std::fprintf(stderr, "world: %s\n", world.status().ToString().c_str());
+  auto rt = Runtime::Init({.timeout = absl::Seconds(60)});
+  if (!rt.ok()) {
+    std::fprintf(stderr, "runtime: %s\n", rt.status().ToString().c_str());
     return 1;
   }
-  const int rank = (*world)->rank();
-  InitLogging(absl::StrCat("rank ", rank));
-  auto split = (*world)->Split(0, rank);
+  Communicator& world = (*rt)->world();
+  const int rank = world.rank();
+  auto split = world.Split(0, rank);
   if (!split.ok()) {
     Result(rank, "split", split.status());
     return 1;
   }
+  std::shared_ptr<Communicator> engine_comm = std::move(*split);
+  (*rt)->SetGroups({engine_comm.get()});  // aborted with the world when a rank dies
+  absl::Cleanup forget = [&] { (*rt)->SetGroups({}); };  // before engine_comm goes
   CheckpointOptions o;
   o.dir = dir;
-  o.comm = std::move(*split);
+  o.comm = engine_comm;
   o.memory_budget_bytes = 64 << 20;
   o.host_name = absl::StrCat("host-", rank / 2);
   o.layout = "tp2.dp2";
@@ -94,7 +98,7 @@ int Main(int argc, char** argv) {
         (void)(*store)->Set(absl::StrCat("ckpt_worker/failed/", rank), "1",
                             DeadlineIn(absl::Seconds(30)));
         std::vector<std::string> keys;
-        for (int r = 0; r < (*world)->size(); ++r) {
+        for (int r = 0; r < world.size(); ++r) {
           if (r != victim) keys.push_back(absl::StrCat("ckpt_worker/failed/", r));
         }
         (void)(*store)->Wait(keys, DeadlineIn(absl::Seconds(30)));
@@ -118,7 +122,7 @@ int Main(int argc, char** argv) {
     Result(rank, absl::StrCat("replica step=", step), replica);
   }
   // Every rank has committed step 2; rank 0 loads it whole (tp 2 -> 1, dp 2 -> 1).
-  absl::Status s = (*world)->Barrier()->Wait();
+  absl::Status s = world.Barrier()->Wait();
   if (rank == 0 && s.ok()) {
     for (const char* name : {"w", "n"}) {
       const Tensor::Shape global = name == std::string("w") ? Tensor::Shape{64, 65536}

@@ -56,26 +56,18 @@ void ExpectStepLoads(const std::string& dir, int64_t step) {
 }
 
 void SaveStep3(const std::string& dir) {
-  InprocCommOptions options;
-  options.size = 2;
-  std::vector<std::shared_ptr<Communicator>> comms;
-  for (auto& c : NewInprocCommunicators(options)) comms.push_back(std::move(c));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < 2; ++r) {
-    threads.emplace_back([&, r] {
-      CheckpointOptions o;
-      o.dir = dir;
-      o.comm = comms[r];
-      o.memory_budget_bytes = 64 << 20;
-      auto engine = CheckpointEngine::Create(o);
-      ASSERT_TRUE(engine.ok()) << engine.status();
-      std::vector<OwnedTensor> state = CrashState(3, r);
-      auto save = (*engine)->Save(3, testing::StateOf(state));
-      ASSERT_TRUE(save.ok()) << save.status();
-      EXPECT_TRUE((*save)->Wait().ok()) << (*save)->status();
-    });
-  }
-  for (auto& t : threads) t.join();
+  testing::RunCkptRanks(2, [&](int r, std::shared_ptr<Communicator> comm) {
+    CheckpointOptions o;
+    o.dir = dir;
+    o.comm = comm;
+    o.memory_budget_bytes = 64 << 20;
+    auto engine = CheckpointEngine::Create(o);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    std::vector<OwnedTensor> state = CrashState(3, r);
+    auto save = (*engine)->Save(3, testing::StateOf(state));
+    ASSERT_TRUE(save.ok()) << save.status();
+    EXPECT_TRUE((*save)->Wait().ok()) << (*save)->status();
+  });
 }
 
 class CrashTest : public ::testing::TestWithParam<std::string> {};

@@ -36,63 +36,55 @@ std::unique_ptr<cuda::DeviceBuffer> Upload(const std::vector<char>& bytes) {
 
 void SaveOnGpu(const std::string& dir, size_t budget, uint64_t seed, int64_t rows, bool streamed) {
   const int64_t half = rows / 2;
-  InprocCommOptions options;
-  options.size = 2;
-  std::vector<std::shared_ptr<Communicator>> comms;
-  for (auto& c : NewInprocCommunicators(options)) comms.push_back(std::move(c));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < 2; ++r) {
-    threads.emplace_back([&, r] {
-      // Rank r: half of "w" [rows, 2048] on the GPU, a CPU tensor, and a GPU tensor replicated
-      // on both ranks.
-      OwnedTensor w = MakeTensor(seed, "w", DType::kF32, {rows, 2048},
-                                 Box{{half * r, 0}, {half, 2048}});
-      OwnedTensor cpu = MakeTensor(seed, "cpu", DType::kI64, {64}, Box{{32 * r}, {32}});
-      OwnedTensor rep = MakeTensor(seed, "rep", DType::kBF16, {300, 7});
-      auto dw = Upload(w.bytes);
-      auto drep = Upload(rep.bytes);
-      ASSERT_TRUE(dw && drep);
-      CheckpointState state;
-      state.tensors.push_back({"w", Tensor(dw->data(), DType::kF32, w.box.shape, Device::Cuda(0)),
-                               {.global_shape = w.global, .offset = w.box.offset}});
-      state.tensors.push_back(cpu.View());
-      TensorPlacement replicated;
-      replicated.replica_index = r;
-      replicated.replica_count = 2;
-      state.tensors.push_back(
-          {"rep", Tensor(drep->data(), DType::kBF16, {300, 7}, Device::Cuda(0)), replicated});
-      CheckpointOptions o;
-      o.dir = dir;
-      o.comm = comms[r];
-      o.memory_budget_bytes = budget;
-      auto engine = CheckpointEngine::Create(o);
-      ASSERT_TRUE(engine.ok()) << engine.status();
-      auto save = (*engine)->Save(1, state);
-      ASSERT_TRUE(save.ok()) << save.status();
-      // The snapshot is taken: the device memory may change now.
-      ASSERT_TRUE(cuda::CopyToDevice(dw->data(), std::vector<char>(w.bytes.size(), 0).data(),
-                                     w.bytes.size()).ok());
-      EXPECT_TRUE((*save)->Wait().ok()) << (*save)->status();
-      EXPECT_EQ((*save)->stats().streamed, streamed);
-      if (!streamed) {
-        EXPECT_TRUE((*save)->stats().replica_status.ok()) << (*save)->stats().replica_status;
-        auto held = (*engine)->HeldReplica();
-        ASSERT_NE(held, nullptr);
-        // Restore the buddy's GPU tensor into GPU memory.
-        const int owner = held->owner_rank();
-        auto into = cuda::DeviceBuffer::Allocate(w.bytes.size(), 0);
-        ASSERT_TRUE(into.ok());
-        TensorRequest req{"w", Tensor((*into)->data(), DType::kF32, {half, 2048}, Device::Cuda(0)),
-                          {half * owner, 0}, {rows, 2048}};
-        ASSERT_TRUE(held->Restore({&req, 1}).ok());
-        std::vector<char> back(w.bytes.size());
-        ASSERT_TRUE(cuda::CopyToHost(back.data(), (*into)->data(), back.size()).ok());
-        EXPECT_EQ(back, testing::SliceBytes(seed, "w", DType::kF32, {rows, 2048},
-                                            Box{{half * owner, 0}, {half, 2048}}));
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
+  testing::RunCkptRanks(2, [&](int r, std::shared_ptr<Communicator> comm) {
+    // Rank r: half of "w" [rows, 2048] on the GPU, a CPU tensor, and a GPU tensor replicated
+    // on both ranks.
+    OwnedTensor w = MakeTensor(seed, "w", DType::kF32, {rows, 2048},
+                               Box{{half * r, 0}, {half, 2048}});
+    OwnedTensor cpu = MakeTensor(seed, "cpu", DType::kI64, {64}, Box{{32 * r}, {32}});
+    OwnedTensor rep = MakeTensor(seed, "rep", DType::kBF16, {300, 7});
+    auto dw = Upload(w.bytes);
+    auto drep = Upload(rep.bytes);
+    ASSERT_TRUE(dw && drep);
+    CheckpointState state;
+    state.tensors.push_back({"w", Tensor(dw->data(), DType::kF32, w.box.shape, Device::Cuda(0)),
+                             {.global_shape = w.global, .offset = w.box.offset}});
+    state.tensors.push_back(cpu.View());
+    TensorPlacement replicated;
+    replicated.replica_index = r;
+    replicated.replica_count = 2;
+    state.tensors.push_back(
+        {"rep", Tensor(drep->data(), DType::kBF16, {300, 7}, Device::Cuda(0)), replicated});
+    CheckpointOptions o;
+    o.dir = dir;
+    o.comm = comm;
+    o.memory_budget_bytes = budget;
+    auto engine = CheckpointEngine::Create(o);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    auto save = (*engine)->Save(1, state);
+    ASSERT_TRUE(save.ok()) << save.status();
+    // The snapshot is taken: the device memory may change now.
+    ASSERT_TRUE(cuda::CopyToDevice(dw->data(), std::vector<char>(w.bytes.size(), 0).data(),
+                                   w.bytes.size()).ok());
+    EXPECT_TRUE((*save)->Wait().ok()) << (*save)->status();
+    EXPECT_EQ((*save)->stats().streamed, streamed);
+    if (!streamed) {
+      EXPECT_TRUE((*save)->stats().replica_status.ok()) << (*save)->stats().replica_status;
+      auto held = (*engine)->HeldReplica();
+      ASSERT_NE(held, nullptr);
+      // Restore the buddy's GPU tensor into GPU memory.
+      const int owner = held->owner_rank();
+      auto into = cuda::DeviceBuffer::Allocate(w.bytes.size(), 0);
+      ASSERT_TRUE(into.ok());
+      TensorRequest req{"w", Tensor((*into)->data(), DType::kF32, {half, 2048}, Device::Cuda(0)),
+                        {half * owner, 0}, {rows, 2048}};
+      ASSERT_TRUE(held->Restore({&req, 1}).ok());
+      std::vector<char> back(w.bytes.size());
+      ASSERT_TRUE(cuda::CopyToHost(back.data(), (*into)->data(), back.size()).ok());
+      EXPECT_EQ(back, testing::SliceBytes(seed, "w", DType::kF32, {rows, 2048},
+                                          Box{{half * owner, 0}, {half, 2048}}));
+    }
+  });
 }
 
 void ExpectLoads(const std::string& dir, uint64_t seed, int64_t rows) {

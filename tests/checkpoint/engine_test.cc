@@ -21,16 +21,6 @@ using testing::OwnedTensor;
 using testing::ScratchDir;
 using testing::StateOf;
 
-void RunRanks(int n, const std::function<void(int, std::shared_ptr<Communicator>)>& fn) {
-  InprocCommOptions options;
-  options.size = n;
-  options.timeout = absl::Seconds(60);
-  std::vector<std::shared_ptr<Communicator>> comms;
-  for (auto& c : NewInprocCommunicators(options)) comms.push_back(std::move(c));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r) threads.emplace_back([&, r] { fn(r, comms[r]); });
-  for (auto& t : threads) t.join();
-}
 
 CheckpointOptions Options(const std::string& dir, std::shared_ptr<Communicator> comm) {
   CheckpointOptions o;
@@ -56,7 +46,7 @@ TEST(EngineTest, OneRankRoundTripEveryDtype) {
       MakeTensor(1, "q", DType::kI8, {3, 4, 5}),  MakeTensor(1, "h", DType::kF16, {9}),
       MakeTensor(1, "d", DType::kF64, {2, 2}),    MakeTensor(1, "i", DType::kI32, {1000}),
   };
-  RunRanks(1, [&](int, std::shared_ptr<Communicator> comm) {
+  testing::RunCkptRanks(1, [&](int, std::shared_ptr<Communicator> comm) {
     auto engine = MustCreate(Options(dir.path(), comm));
     auto save = engine->Save(10, StateOf(tensors, "rng=42"));
     ASSERT_TRUE(save.ok()) << save.status();
@@ -136,7 +126,7 @@ std::vector<OwnedTensor> MeshState(uint64_t seed, MeshLayout m, int rank, int st
 }
 
 void SaveMesh(const std::string& dir, uint64_t seed, MeshLayout m, int64_t step) {
-  RunRanks(m.size(), [&](int rank, std::shared_ptr<Communicator> comm) {
+  testing::RunCkptRanks(m.size(), [&](int rank, std::shared_ptr<Communicator> comm) {
     std::vector<OwnedTensor> tensors = MeshState(seed, m, rank);
     CheckpointOptions o = Options(dir, comm);
     o.layout = absl::StrCat("tp", m.tp, ".pp", m.pp, ".dp", m.dp);
@@ -194,7 +184,7 @@ TEST(EngineTest, StateLargerThanTheBudgetStreamsThroughIt) {
   std::vector<OwnedTensor> tensors = {MakeTensor(3, "big", DType::kF32, {5 << 20}),
                                       MakeTensor(3, "odd", DType::kU8, {4099}),
                                       MakeTensor(3, "mid", DType::kI32, {3 << 20})};
-  RunRanks(1, [&](int, std::shared_ptr<Communicator> comm) {
+  testing::RunCkptRanks(1, [&](int, std::shared_ptr<Communicator> comm) {
     CheckpointOptions o = Options(dir.path(), comm);
     o.memory_budget_bytes = 16 << 20;
     auto engine = MustCreate(std::move(o));
@@ -215,7 +205,7 @@ TEST(EngineTest, StateLargerThanTheBudgetStreamsThroughIt) {
 TEST(EngineTest, RetentionKeepsTheNewestAndEveryKth) {
   ScratchDir dir;
   std::vector<OwnedTensor> tensors = {MakeTensor(1, "x", DType::kF32, {100})};
-  RunRanks(2, [&](int rank, std::shared_ptr<Communicator> comm) {
+  testing::RunCkptRanks(2, [&](int rank, std::shared_ptr<Communicator> comm) {
     std::vector<OwnedTensor> mine = {
         MakeTensor(1, "x", DType::kF32, {100}, Box{{rank * 50}, {50}})};
     CheckpointOptions o = Options(dir.path(), comm);
@@ -241,7 +231,7 @@ TEST(EngineTest, WaitPolicyNeverMixesTwoSaves) {
   auto fs = std::make_shared<testing::FaultFileSystem>();
   std::vector<OwnedTensor> one = {MakeTensor(1, "x", DType::kI32, {1 << 16})};
   std::vector<OwnedTensor> two = {MakeTensor(2, "x", DType::kI32, {1 << 16})};
-  RunRanks(1, [&](int, std::shared_ptr<Communicator> comm) {
+  testing::RunCkptRanks(1, [&](int, std::shared_ptr<Communicator> comm) {
     CheckpointOptions o = Options(dir.path(), comm);
     o.file_system = fs;
     auto engine = MustCreate(std::move(o));
@@ -272,7 +262,7 @@ TEST(EngineTest, WaitPolicyNeverMixesTwoSaves) {
 TEST(EngineTest, SkipPolicyDropsTheStepOnEveryRank) {
   ScratchDir dir;
   auto fs1 = std::make_shared<testing::FaultFileSystem>();
-  RunRanks(2, [&](int rank, std::shared_ptr<Communicator> comm) {
+  testing::RunCkptRanks(2, [&](int rank, std::shared_ptr<Communicator> comm) {
     std::vector<OwnedTensor> mine = {
         MakeTensor(1, "x", DType::kF32, {64}, Box{{rank * 32}, {32}})};
     CheckpointOptions o = Options(dir.path(), comm);
@@ -302,7 +292,7 @@ TEST(EngineTest, SkipPolicyDropsTheStepOnEveryRank) {
 TEST(EngineTest, FullDiskOnOneRankFailsTheSaveEverywhereAndTheNextOneWorks) {
   ScratchDir dir;
   auto fs1 = std::make_shared<testing::FaultFileSystem>();
-  RunRanks(2, [&](int rank, std::shared_ptr<Communicator> comm) {
+  testing::RunCkptRanks(2, [&](int rank, std::shared_ptr<Communicator> comm) {
     auto state_of = [&](uint64_t seed) {
       return std::vector<OwnedTensor>{
           MakeTensor(seed, "x", DType::kF32, {1 << 14}, Box{{rank << 13}, {1 << 13}})};
@@ -343,7 +333,7 @@ TEST(EngineTest, FullDiskOnOneRankFailsTheSaveEverywhereAndTheNextOneWorks) {
 TEST(EngineTest, FsyncsComeBeforeTheRenamesThatDependOnThem) {
   ScratchDir dir;
   auto fs = std::make_shared<testing::FaultFileSystem>();
-  RunRanks(2, [&](int rank, std::shared_ptr<Communicator> comm) {
+  testing::RunCkptRanks(2, [&](int rank, std::shared_ptr<Communicator> comm) {
     std::vector<OwnedTensor> mine = {
         MakeTensor(1, "x", DType::kF32, {64}, Box{{rank * 32}, {32}})};
     CheckpointOptions o = Options(dir.path(), comm);
@@ -400,7 +390,7 @@ TEST(EngineTest, FsyncsComeBeforeTheRenamesThatDependOnThem) {
 
 TEST(EngineTest, RanksSavingDifferentStepsFailTogether) {
   ScratchDir dir;
-  RunRanks(2, [&](int rank, std::shared_ptr<Communicator> comm) {
+  testing::RunCkptRanks(2, [&](int rank, std::shared_ptr<Communicator> comm) {
     std::vector<OwnedTensor> mine = {
         MakeTensor(1, "x", DType::kF32, {64}, Box{{rank * 32}, {32}})};
     auto engine = MustCreate(Options(dir.path(), comm));
@@ -415,7 +405,7 @@ TEST(EngineTest, RanksSavingDifferentStepsFailTogether) {
 
 TEST(EngineTest, OverlappingPiecesWithoutReplicaCountAreRejected) {
   ScratchDir dir;
-  RunRanks(2, [&](int rank, std::shared_ptr<Communicator> comm) {
+  testing::RunCkptRanks(2, [&](int rank, std::shared_ptr<Communicator> comm) {
     std::vector<OwnedTensor> mine = {MakeTensor(1, "x", DType::kF32, {64})};
     auto engine = MustCreate(Options(dir.path(), comm));
     auto save = engine->Save(1, StateOf(mine));
@@ -428,7 +418,7 @@ TEST(EngineTest, OverlappingPiecesWithoutReplicaCountAreRejected) {
 
 TEST(EngineTest, BadStatesAreRejectedBeforeAnythingHappens) {
   ScratchDir dir;
-  RunRanks(1, [&](int, std::shared_ptr<Communicator> comm) {
+  testing::RunCkptRanks(1, [&](int, std::shared_ptr<Communicator> comm) {
     auto engine = MustCreate(Options(dir.path(), comm));
     std::vector<OwnedTensor> t = {MakeTensor(1, "x", DType::kF32, {8}),
                                   MakeTensor(1, "x", DType::kF32, {8})};
@@ -462,7 +452,7 @@ TEST(EngineTest, BadStatesAreRejectedBeforeAnythingHappens) {
 TEST(EngineTest, SavingAStepAgainReplacesIt) {
   ScratchDir dir;
   auto fs = std::make_shared<testing::FaultFileSystem>();
-  RunRanks(1, [&](int, std::shared_ptr<Communicator> comm) {
+  testing::RunCkptRanks(1, [&](int, std::shared_ptr<Communicator> comm) {
     CheckpointOptions o = Options(dir.path(), comm);
     o.file_system = fs;
     auto engine = MustCreate(std::move(o));
@@ -486,7 +476,7 @@ TEST(EngineTest, SavingAStepAgainReplacesIt) {
 TEST(EngineTest, LoadErrorsNameWhatIsWrong) {
   ScratchDir dir;
   std::vector<OwnedTensor> t = {MakeTensor(1, "x", DType::kF32, {4, 4})};
-  RunRanks(1, [&](int, std::shared_ptr<Communicator> comm) {
+  testing::RunCkptRanks(1, [&](int, std::shared_ptr<Communicator> comm) {
     auto engine = MustCreate(Options(dir.path(), comm));
     auto s = engine->Save(1, StateOf(t));
     ASSERT_TRUE(s.ok() && (*s)->Wait().ok());

@@ -39,28 +39,20 @@ std::vector<OwnedTensor> HalfState(uint64_t seed, int rank) {
 
 void SaveTwoRanks(const std::string& dir, uint64_t seed, int64_t step,
                   std::shared_ptr<FileSystem> fs = nullptr, absl::Status* status = nullptr) {
-  InprocCommOptions options;
-  options.size = 2;
-  std::vector<std::shared_ptr<Communicator>> comms;
-  for (auto& c : NewInprocCommunicators(options)) comms.push_back(std::move(c));
   absl::Status statuses[2];
-  std::vector<std::thread> threads;
-  for (int r = 0; r < 2; ++r) {
-    threads.emplace_back([&, r] {
-      CheckpointOptions o;
-      o.dir = dir;
-      o.comm = comms[r];
-      o.memory_budget_bytes = 32 << 20;
-      o.file_system = fs;
-      auto engine = CheckpointEngine::Create(o);
-      ASSERT_TRUE(engine.ok()) << engine.status();
-      std::vector<OwnedTensor> mine = HalfState(seed, r);
-      auto save = (*engine)->Save(step, StateOf(mine));
-      ASSERT_TRUE(save.ok()) << save.status();
-      statuses[r] = (*save)->Wait();
-    });
-  }
-  for (auto& t : threads) t.join();
+  testing::RunCkptRanks(2, [&](int r, std::shared_ptr<Communicator> comm) {
+    CheckpointOptions o;
+    o.dir = dir;
+    o.comm = comm;
+    o.memory_budget_bytes = 32 << 20;
+    o.file_system = fs;
+    auto engine = CheckpointEngine::Create(o);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    std::vector<OwnedTensor> mine = HalfState(seed, r);
+    auto save = (*engine)->Save(step, StateOf(mine));
+    ASSERT_TRUE(save.ok()) << save.status();
+    statuses[r] = (*save)->Wait();
+  });
   if (status != nullptr) {
     *status = statuses[0];
   } else {

@@ -13,6 +13,7 @@
 #include "comm/op_checks.h"
 #include "common/backoff.h"
 #include "common/check.h"
+#include "common/completion.h"
 #include "common/logging.h"
 #include "common/op_wait.h"
 #include "common/status_macros.h"
@@ -116,33 +117,24 @@ class HostCommunicator::HostWork : public Work {
  public:
   absl::Status Wait(absl::Time deadline) override {
     ScopedOpWait waiting;
-    absl::MutexLock lock(&mu_);
-    if (!mu_.AwaitWithDeadline(absl::Condition(&done_), deadline)) {
+    std::optional<absl::Status> s = done_.WaitUntil(deadline);
+    if (!s.has_value()) {
       return absl::DeadlineExceededError(
           "Work::Wait: the caller's deadline passed before the op completed; the op is still "
           "running under its own deadline");
     }
-    return status_;
+    return *s;
   }
-  bool IsCompleted() const override {
-    absl::MutexLock lock(&mu_);
-    return done_;
-  }
+  bool IsCompleted() const override { return done_.done(); }
   absl::Status status() const override {
-    absl::MutexLock lock(&mu_);
-    return done_ ? status_ : absl::UnavailableError("op still running");
+    return done_.status().value_or(absl::UnavailableError("op still running"));
   }
   void Complete(absl::Status status) {
-    absl::MutexLock lock(&mu_);
-    TRIDENT_CHECK(!done_) << "op completed twice";
-    status_ = std::move(status);
-    done_ = true;
+    TRIDENT_CHECK(done_.Complete(std::move(status))) << "op completed twice";
   }
 
  private:
-  mutable absl::Mutex mu_;
-  bool done_ ABSL_GUARDED_BY(mu_) = false;
-  absl::Status status_ ABSL_GUARDED_BY(mu_);
+  Completion done_;
 };
 
 HostCommunicator::HostCommunicator(HostCommConfig config) : config_(std::move(config)) {

@@ -64,13 +64,7 @@ std::shared_ptr<GpuWork> GpuWork::Done(std::string name) {
   return Failed(std::move(name), absl::OkStatus());
 }
 
-bool GpuWork::Complete(absl::Status status) {
-  absl::MutexLock lock(&mu_);
-  if (done_) return false;
-  status_ = std::move(status);
-  done_ = true;
-  return true;
-}
+bool GpuWork::Complete(absl::Status status) { return done_.Complete(std::move(status)); }
 
 void GpuWork::MarkAborting() {
   absl::MutexLock lock(&mu_);
@@ -78,22 +72,19 @@ void GpuWork::MarkAborting() {
 }
 
 absl::StatusOr<bool> GpuWork::Poll() {
+  if (done_.done()) return true;
   {
     absl::MutexLock lock(&mu_);
-    if (done_) return true;
     if (aborting_) return false;
   }
   absl::StatusOr<bool> finished = probe_();
   if (!finished.ok()) return finished.status();
   if (*finished) {
-    absl::MutexLock lock(&mu_);
+    absl::MutexLock lock(&mu_);  // MarkAborting waits for this decision
     // An abort that came while the probe ran decides: the event may have fired because the
     // abort stopped the kernel.
-    if (aborting_) return done_;
-    if (!done_) {
-      done_ = true;
-      status_ = absl::OkStatus();
-    }
+    if (aborting_) return done_.done();
+    done_.Complete(absl::OkStatus());
   }
   return *finished;
 }
@@ -102,10 +93,7 @@ absl::Status GpuWork::Wait(absl::Time deadline) {
   ScopedOpWait waiting;
   absl::Duration pause = absl::Microseconds(2);
   while (true) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (done_) return status_;
-    }
+    if (std::optional<absl::Status> s = done_.status()) return *s;
     // A probe error (a sticky CUDA error) is the watchdog's to report: it aborts the
     // communicator, which completes this op.
     absl::StatusOr<bool> finished = Poll();
@@ -116,25 +104,20 @@ absl::Status GpuWork::Wait(absl::Time deadline) {
           "Work::Wait: the caller's deadline passed before ", name_,
           " completed; the op is still running under its own deadline"));
     }
-    absl::MutexLock lock(&mu_);
-    mu_.AwaitWithDeadline(absl::Condition(&done_), std::min(deadline, now + pause));
+    (void)done_.WaitUntil(std::min(deadline, now + pause));
     pause = std::min(pause * 2, absl::Milliseconds(1));
   }
 }
 
 bool GpuWork::IsCompleted() const {
-  {
-    absl::MutexLock lock(&mu_);
-    if (done_) return true;
-  }
+  if (done_.done()) return true;
   absl::StatusOr<bool> finished = const_cast<GpuWork*>(this)->Poll();
   return finished.ok() && *finished;
 }
 
 absl::Status GpuWork::status() const {
   if (!IsCompleted()) return absl::UnavailableError(absl::StrCat(name_, " still running"));
-  absl::MutexLock lock(&mu_);
-  return status_;
+  return *done_.status();
 }
 
 // --- WatchedComm -------------------------------------------------------------------------

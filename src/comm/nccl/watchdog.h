@@ -40,6 +40,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/completion.h"
 #include "trident/communicator.h"
 
 namespace trident::nccl {
@@ -96,10 +97,9 @@ class GpuWork : public Work {
   const absl::Time deadline_;
   const absl::Duration timeout_;
   const Probe probe_;
+  Completion done_;
   mutable absl::Mutex mu_;
-  bool done_ ABSL_GUARDED_BY(mu_) = false;
   bool aborting_ ABSL_GUARDED_BY(mu_) = false;
-  absl::Status status_ ABSL_GUARDED_BY(mu_);
 };
 
 // What the watchdog needs from one backend communicator. NcclHandle implements it over NCCL
