@@ -80,7 +80,7 @@ constexpr ParamDesc kParams[] = {
     Millis("TRIDENT_HANG_TIMEOUT_MS", "300000", 0,
            "Runtime: once a training thread has called Runtime::Progress, a gap of this long until its next call (a deadlock outside Trident's ops) stops its heartbeat, and trident-run declares the rank dead; 0: never."),
     Millis("TRIDENT_BUILD_TIMEOUT_MS", "10000", 1,
-           "Runtime: deadline of one attempt to build an epoch's world; a rank that dies during it costs the others this long."),
+           "Runtime: deadline of one attempt to build an epoch's world (a promoted spare waits twice as long); a build also ends as soon as a rank of its epoch is recorded dead or a newer epoch appears."),
     Millis("TRIDENT_KILL_GRACE_MS", "10000", 0,
            "trident-run: after a rank fails, how long the others get to exit before they are killed."),
     Millis("TRIDENT_NCCL_WATCHDOG_POLL_MS", "10", 1,

@@ -293,6 +293,9 @@ void Launcher::OnChildExit(Child& child, int wait_status) {
   exit.signal = WIFSIGNALED(wait_status) ? WTERMSIG(wait_status) : 0;
   exit.exit_status = WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : -1;
   exit.description = DescribeWaitStatus(wait_status);
+  // The NCCL backend's own exits (docs/gpu.md): the rank failed; say how.
+  if (exit.exit_status == 70) exit.description += " (its ncclCommAbort hung)";
+  if (exit.exit_status == 71) exit.description += " (its CUDA context was lost)";
   exit.by_agent = child.last_signal != 0;
   if (!clean) relay_.CatchUp(child.index);  // its last words come before the report
   if (!clean && exit.by_agent) {
