@@ -71,9 +71,14 @@ absl::StatusOr<RestoreResult> Restore(Communicator& world, Trainable& trainer,
     absl::StatusOr<std::vector<CheckpointInfo>> listed = ListCheckpoints(dir);
     if (!listed.ok() && !absl::IsNotFound(listed.status())) return listed.status();
     if (listed.ok()) {
+      // From the step `latest` names (the newest committed one when it names none), back.
+      int64_t first = listed->empty() ? -1 : listed->back().step;
+      for (const CheckpointInfo& c : *listed) {
+        if (c.latest) first = c.step;
+      }
       for (auto it = listed->rbegin(); it != listed->rend() && candidates[0] < kMaxCandidates;
            ++it) {
-        candidates[1 + candidates[0]++] = it->step;
+        if (it->step <= first) candidates[1 + candidates[0]++] = it->step;
       }
     }
   }

@@ -2,7 +2,8 @@
 // the same committed state. Used by the resilient loop (resilient.cc); see
 // docs/fault-tolerance.md, "Restore".
 //
-//  1. rank 0 lists the committed checkpoints, newest first, and broadcasts them;
+//  1. rank 0 lists the committed checkpoints from the one `latest` names back, newest first,
+//     and broadcasts them;
 //  2. ranks all-gather what they have (RankState): the peer replica they hold (whose, which
 //     step), the steps they completed, whether their state is fresh or dirty;
 //  3. with S the newest checkpoint: a fresh rank gets its state from the rank that holds its
