@@ -78,11 +78,14 @@ Rank 0 prints logfmt lines on stdout:
   checkpoint step=S stall_ms=X bytes=B       a save was snapshotted (the loop's stall)
   checkpoint_committed step=S persist_ms=Y   ... and became durable (or checkpoint_failed)
   resumed step=S from=DIR
+  checkpoint_skipped step S: rank R: DATA_LOSS: ...   (--resume) a newer checkpoint that
+          could not be loaded; the run resumed from an older one
   recovery epoch=E dead_rank=R cause=C detect_ms=D recover_ms=M steps_redone=K source=peer|checkpoint|init world=W dp=P ...
           after a rank died or hung under `trident-run --spares`: a spare took its place
           (or, with --elastic-dp and no spare left, its dp replica left the world: dp=P
-          after), every rank went back to the last committed checkpoint step (the spare's
-          state from its buddy's memory when it has that step, else from the checkpoint)
+          after), every rank went back to the newest committed checkpoint that loads (the
+          spare's state from its buddy's memory when it has that step, else from the
+          checkpoint; skipped="..." names newer ones that could not be loaded, and why)
   done steps=N final_loss=L final_val_loss=V mean_tokens_per_s=T
 Exit status: 0 when all steps ran (or, for a spare, when it was not needed); 1 on an error
 (printed with the rank); 2 on bad usage. Without trident-run (no TRIDENT_WORLD_SIZE) it runs

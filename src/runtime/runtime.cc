@@ -120,7 +120,6 @@ class JobRuntime final : public Runtime {
   // The spare pool: waits until an epoch gives this member a rank and builds its world
   // (promoted_, promotion_); kCancelled when the job ends first.
   absl::Status WaitForPromotion();
-  static std::vector<FailedRank> FailuresOf(const health::Membership& m) { return m.failures; }
 
   RuntimeOptions options_;
   std::shared_ptr<Store> store_;        // the training thread's connection
@@ -327,7 +326,7 @@ absl::Status JobRuntime::WaitForPromotion() {
       promotion_.old_epoch = m.epoch - 1;
       promotion_.epoch = m.epoch;
       promotion_.world_size = world_size_;
-      promotion_.failed = FailuresOf(m);
+      promotion_.failed = m.failures;
       InitLogging(absl::StrCat("rank ", rank));
       spdlog::info("spare {} promoted to rank {} in epoch {}, replacing {}", options_.member,
                    rank, m.epoch, m.DescribeFailures());
