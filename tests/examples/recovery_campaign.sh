@@ -1,66 +1,147 @@
 #!/usr/bin/env bash
 # A randomized failure campaign: RUNS runs of lm-trainer on 8 ranks (tp 2 x pp 2 x dp 2)
-# under `trident-run --spares 1` (every 4th run: no spare and --elastic-dp, so a failure
-# shrinks dp instead), each with one random member (a worker or the spare) killed (SIGKILL)
-# or stopped (SIGSTOP) at a random time within the length of a run without failure. Every
-# run must either finish with the losses of a run without failure (relative 1e-4 at every
-# step) or exit non-zero with a "job failed:" line; a run still going after its deadline is
-# a hang. Prints one line per run and a summary; exits non-zero on any wrong loss, unclear
-# failure or hang.
+# under trident-run, each with faults (SIGKILL or SIGSTOP, from outside, at random members)
+# in one of five scenarios, taken in turn:
+#   single    --spares 1: one random member (a worker or the spare) at a random time
+#   double    --spares 2: two workers, the second 0-300 ms after the first
+#   recovery  --spares 2: a worker; then, as soon as trident-run says a spare takes its
+#             rank (the new world is being built), a second member (a worker or that spare)
+#   commit    --spares 1: a worker, just after a checkpoint is staged (its write and commit
+#             run in the background then)
+#   elastic   --spares 0 --elastic-dp: one worker; dp shrinks instead
+# Times are random within the length of a run without failure. Where spares suffice (every
+# scenario but elastic), a run must finish with the losses of a run without failure
+# (relative 1e-4 at every step); an elastic run may instead exit non-zero with a "job
+# failed:" line. A run still going after its deadline is a hang. Prints one line per run and
+# a summary per scenario; exits non-zero on any wrong loss, job failure while spares
+# sufficed, unclear failure or hang.
 #
-#   tests/examples/recovery_campaign.sh BUILD_DIR [RUNS=100] [SEED=$RANDOM]
+#   tests/examples/recovery_campaign.sh BUILD_DIR [RUNS=100] [SEED=$RANDOM] [SCENARIOS]
 #
-# ctest runs the short form (lm_trainer_campaign_short: 4 runs, label slow).
+# SCENARIOS: a comma-separated subset (default: all five, in the order above).
+# ctest runs the short form (lm_trainer_campaign_short: 5 runs, one of each, label slow).
 set -u -o pipefail
 if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then
-  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 bin=$1/bin
 runs=${2:-100}
 seed=${3:-$RANDOM}
+IFS=, read -r -a scenarios <<<"${4:-single,double,recovery,commit,elastic}"
+for s in "${scenarios[@]}"; do
+  case $s in single | double | recovery | commit | elastic) ;;
+    *) echo "unknown scenario '$s' (single, double, recovery, commit, elastic)"; exit 2 ;;
+  esac
+done
 RANDOM=$seed
-deadline=${RUN_DEADLINE:-120}
+deadline=${RUN_DEADLINE:-180}
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap 'pkill -KILL -f "$bin/lm-trainer .*--ckpt-dir $work/" 2>/dev/null; rm -rf "$work"' EXIT
 export FI_TCP_IFACE=lo FI_SOCKETS_IFACE=lo TRIDENT_HEARTBEAT_TIMEOUT_MS=${TRIDENT_HEARTBEAT_TIMEOUT_MS:-500} TRIDENT_BUILD_TIMEOUT_MS=${TRIDENT_BUILD_TIMEOUT_MS:-3000}
 flags=(--tp 2 --pp 2 --dp 2 --steps 60 --context 8 --embed 8 --ffn 64 --batch 32
        --microbatches 4 --val-samples 64 --eval-every 20 --seed 11 --timeout 30s --ckpt-every 5)
+workers=(w0 w1 w2 w3 w4 w5 w6 w7)
 
 losses() { grep -oE 'step=[0-9]+ loss=[0-9.]+' "$1" | sed -E 's/step=([0-9]+) loss=/\1 /'; }
+rand_ms() { echo $(((RANDOM * 32768 + RANDOM) % ($1 > 0 ? $1 : 1))); }
+pause_ms() { sleep "$(printf "%d.%03d" $(($1 / 1000)) $(($1 % 1000)))"; }
+rand_sig() { [[ $((RANDOM % 3)) == 0 ]] && echo STOP || echo KILL; }
+# A random element of the arguments.
+pick() { local a=("$@"); echo "${a[RANDOM % ${#a[@]}]}"; }
+# fault MEMBER SIGNAL: signals every lm-trainer process of this run that is MEMBER; prints
+# yes if one was hit (the member may have finished, or never started).
+fault() {
+  local p hit=no
+  for p in $(pgrep -f "$bin/lm-trainer .*--ckpt-dir $ckpt\$"); do
+    if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "TRIDENT_MEMBER=$1"; then
+      kill "-$2" "$p" 2>/dev/null && hit=yes
+    fi
+  done
+  echo $hit
+}
+# await LOG REGEX [COUNT=1]: waits (while the run lives, at most its deadline) until LOG has
+# COUNT lines matching REGEX; 0 if it came.
+await() {
+  local n=${3:-1} until=$((SECONDS + deadline))
+  while ((SECONDS < until)) && kill -0 "$run" 2>/dev/null; do
+    (($(grep -cE "$2" "$1") >= n)) && return 0
+    sleep 0.01
+  done
+  return 1
+}
 
 ref_start=$(date +%s%N)
 timeout "$deadline" "$bin/trident-run" --nproc 8 -- "$bin/lm-trainer" "${flags[@]}" \
   --ckpt-dir "$work/ref" >"$work/ref.log" 2>&1 || { echo "reference run failed"; cat "$work/ref.log"; exit 1; }
 ref_ms=$((($(date +%s%N) - ref_start) / 1000000))
 losses "$work/ref.log" >"$work/ref.losses"
+checkpoints=$(grep -c "checkpoint step=" "$work/ref.log")
 
-ok=0 clean_fail=0 bad=0 recovered=0
-echo "campaign: $runs runs, seed $seed; a run without failure takes ${ref_ms} ms"
+declare -A n_runs n_ok n_failed n_bad
+bad=0
+echo "campaign: $runs runs, seed $seed, scenarios ${scenarios[*]}; a run without failure takes ${ref_ms} ms"
 for ((i = 1; i <= runs; i++)); do
+  scenario=${scenarios[(i - 1) % ${#scenarios[@]}]}
   log=$work/run$i.log
-  members=(w0 w1 w2 w3 w4 w5 w6 w7 s0)
+  ckpt=$work/ckpt$i
   mode=(--spares 1)
   extra=()
-  if ((i % 4 == 0)); then
-    mode=(--spares 0)
-    extra=(--elastic-dp)
-    members=(w0 w1 w2 w3 w4 w5 w6 w7)
-  fi
+  case $scenario in
+    double | recovery) mode=(--spares 2) ;;
+    elastic) mode=(--spares 0) extra=(--elastic-dp) ;;
+  esac
+  : >"$log"
   timeout "$deadline" "$bin/trident-run" --nproc 8 "${mode[@]}" -- "$bin/lm-trainer" "${flags[@]}" \
-    "${extra[@]}" --ckpt-dir "$work/ckpt$i" >"$log" 2>&1 &
+    "${extra[@]}" --ckpt-dir "$ckpt" >"$log" 2>&1 &
   run=$!
-  member=${members[RANDOM % ${#members[@]}]}
-  sig=$([[ $((RANDOM % 3)) == 0 ]] && echo STOP || echo KILL)
-  delay_ms=$(((RANDOM * 32768 + RANDOM) % (ref_ms > 0 ? ref_ms : 1000)))
-  delay=$(printf "%d.%03d" $((delay_ms / 1000)) $((delay_ms % 1000)))
-  sleep "$delay"
-  hit=no
-  for p in $(pgrep -f "$bin/lm-trainer"); do
-    if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "TRIDENT_MEMBER=$member"; then
-      kill "-$sig" "$p" 2>/dev/null && hit=yes
-    fi
-  done
+  what=()  # "SIG member (when): hit?"
+  case $scenario in
+    single)
+      pause_ms "$(rand_ms "$ref_ms")"
+      m=$(pick "${workers[@]}" s0) sig=$(rand_sig)
+      what+=("$sig $m: $(fault "$m" "$sig")")
+      ;;
+    double)
+      pause_ms "$(rand_ms "$ref_ms")"
+      m1=$(pick "${workers[@]}") sig1=$(rand_sig)
+      what+=("$sig1 $m1: $(fault "$m1" "$sig1")")
+      gap=$(rand_ms 300)
+      pause_ms "$gap"
+      others=()
+      for w in "${workers[@]}"; do [[ $w != "$m1" ]] && others+=("$w"); done
+      m2=$(pick "${others[@]}") sig2=$(rand_sig)
+      what+=("$sig2 $m2 +${gap}ms: $(fault "$m2" "$sig2")")
+      ;;
+    recovery)
+      pause_ms "$(rand_ms "$ref_ms")"
+      m1=$(pick "${workers[@]}") sig1=$(rand_sig)
+      what+=("$sig1 $m1: $(fault "$m1" "$sig1")")
+      if await "$log" "spare s[0-9]+ takes rank"; then
+        holder=$(grep -oE "spare s[0-9]+ takes rank" "$log" | head -1 | awk '{print $2}')
+        others=("$holder")
+        for w in "${workers[@]}"; do [[ $w != "$m1" ]] && others+=("$w"); done
+        m2=$(pick "${others[@]}") sig2=$(rand_sig)
+        what+=("$sig2 $m2 in the rebuild: $(fault "$m2" "$sig2")")
+      else
+        what+=("(no rebuild began)")
+      fi
+      ;;
+    commit)
+      k=$((1 + RANDOM % (checkpoints > 1 ? checkpoints - 1 : 1)))
+      m=$(pick "${workers[@]}") sig=$(rand_sig)
+      if await "$log" "checkpoint step=" "$k"; then
+        what+=("$sig $m after checkpoint $k was staged: $(fault "$m" "$sig")")
+      else
+        what+=("(no checkpoint $k)")
+      fi
+      ;;
+    elastic)
+      pause_ms "$(rand_ms "$ref_ms")"
+      m=$(pick "${workers[@]}") sig=$(rand_sig)
+      what+=("$sig $m: $(fault "$m" "$sig")")
+      ;;
+  esac
   wait "$run"
   code=$?
   verdict=ok
@@ -78,19 +159,30 @@ sys.exit(1 if bad else 0)
 PY
     then verdict="WRONG LOSSES"; fi
   elif grep -q "job failed:" "$log"; then
-    verdict="failed cleanly: $(grep -o 'job failed:.*' "$log" | tail -1)"
+    why=$(grep -o 'job failed:.*' "$log" | tail -1)
+    if [[ $scenario == elastic ]]; then
+      verdict="failed cleanly: $why"
+    else
+      verdict="JOB FAILED WHILE SPARES SUFFICED: $why"
+    fi
   else
     verdict="UNCLEAR FAILURE (exit $code)"
   fi
   recoveries=$(grep -c "recovery epoch=" "$log")
-  printf 'run %3d: %-4s %-3s after %ss (hit %s%s): exit %d, %d recovery(ies): %s\n' "$i" "$sig" \
-    "$member" "$delay" "$hit" "${extra:+, elastic}" "$code" "$recoveries" "$verdict"
-  [[ $hit == yes && $code == 0 && $recoveries -gt 0 ]] && recovered=$((recovered + 1))
+  printf 'run %3d %-8s %s: exit %d, %d recovery(ies): %s\n' "$i" "$scenario" \
+    "$(IFS=';'; echo "${what[*]}")" "$code" "$recoveries" "$verdict"
+  n_runs[$scenario]=$((${n_runs[$scenario]:-0} + 1))
   case $verdict in
-    ok) ok=$((ok + 1)) ;;
-    failed*) clean_fail=$((clean_fail + 1)); cp "$log" "/tmp/campaign-run$i.log" ;;
-    *) bad=$((bad + 1)); cp "$log" "/tmp/campaign-run$i.log"; echo "  log kept: /tmp/campaign-run$i.log" ;;
+    ok) n_ok[$scenario]=$((${n_ok[$scenario]:-0} + 1)) ;;
+    failed*) n_failed[$scenario]=$((${n_failed[$scenario]:-0} + 1)); cp "$log" "/tmp/campaign-run$i.log" ;;
+    *) n_bad[$scenario]=$((${n_bad[$scenario]:-0} + 1)); bad=$((bad + 1))
+       cp "$log" "/tmp/campaign-run$i.log"; echo "  log kept: /tmp/campaign-run$i.log" ;;
   esac
 done
-echo "campaign: $runs runs: $ok completed with the right losses ($recovered of them after a recovery), $clean_fail stopped with a clear error, $bad bad (wrong losses, unclear failures or hangs)"
+for s in "${scenarios[@]}"; do
+  [[ -z ${n_runs[$s]:-} ]] && continue
+  printf 'campaign %-8s %3d runs: %3d right losses, %d stopped with a clear error, %d bad\n' "$s" \
+    "${n_runs[$s]}" "${n_ok[$s]:-0}" "${n_failed[$s]:-0}" "${n_bad[$s]:-0}"
+done
+echo "campaign: $runs runs, seed $seed: $bad bad (wrong losses, job failures while spares sufficed, unclear failures or hangs)"
 [[ $bad == 0 ]]
