@@ -54,7 +54,7 @@ pick() { local a=("$@"); echo "${a[RANDOM % ${#a[@]}]}"; }
 fault() {
   local p hit=no
   for p in $(pgrep -f "$bin/lm-trainer .*--ckpt-dir $ckpt\$"); do
-    if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "TRIDENT_MEMBER=$1"; then
+    if tr '\0' '\n' 2>/dev/null <"/proc/$p/environ" | grep -qx "TRIDENT_MEMBER=$1"; then
       kill "-$2" "$p" 2>/dev/null && hit=yes
     fi
   done
