@@ -144,7 +144,10 @@ struct LoopOptions {
 };
 
 // Runs `trainer` to options.steps through failures (see the top of this file). Returns OK
-// when every step ran (then Finish()es the runtime); kCancelled when this process was not
+// when every step ran and the last save ended (then Finish()es the runtime): a last save
+// that failed because a rank died is recovered like a failed step (the steps since the last
+// commit are redone and saved again); one that failed for another reason (the file system)
+// is reported through on_save and the run still ends OK. kCancelled when this process was not
 // needed (an idle spare at the end, a rank retired by a shrink): exit 0; otherwise the error
 // that no recovery could cure, naming the rank and what was tried.
 absl::Status RunResilient(Runtime& runtime, Trainable& trainer, const LoopOptions& options);

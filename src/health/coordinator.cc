@@ -329,10 +329,28 @@ void Coordinator::Poll(absl::Time now) {
   TryReplace(now);  // a failure may be waiting for a spare that just became ready
   // A rank could not build the current epoch's world though no rank died (they entered the
   // build at different times): every rank builds again in the next epoch.
-  if (pending_.empty() && !done_set_ && rebuilds_ < options_.max_rebuilds) {
+  if (pending_.empty() && !done_set_) {
     if (absl::StatusOr<std::string> why = s->TryGet(RebuildRequestKey(membership_.epoch),
                                                      Deadline());
-        why.ok()) {
+        !why.ok()) {
+      // No rank asked.
+    } else if (auto done = std::find_if(members_.begin(), members_.end(),
+                                        [](const auto& e) { return e.second.finished; });
+               done != members_.end()) {
+      // A rank that finished the job never builds another world (e.g. a spare was promoted
+      // for a rank that died after its last step): the job's work is done; the rest stop.
+      agent_->Say(absl::StrCat("epoch ", membership_.epoch, ": the world cannot be built (",
+                               *why, ") because ", done->first,
+                               " has already finished the job; the job is done"));
+      finished_ = true;
+      SetDone("finished");
+    } else if (rebuilds_ >= options_.max_rebuilds) {
+      failure_ = absl::StrCat("the world of epoch ", membership_.epoch, " could not be built (",
+                              *why, ") after ", rebuilds_,
+                              " rebuilds without a failure; see the ranks' logs for why");
+      agent_->Say(*failure_);
+      SetDone(absl::StrCat("failed: ", *failure_));
+    } else {
       absl::StatusOr<Membership> next =
           PublishNextEpoch(*s, membership_, {}, ready_spares_, Deadline());
       if (next.ok()) {

@@ -33,15 +33,22 @@ class Loop {
     absl::Status started = rt_.epoch() > 1 ? Setup(&rt_.promotion(), nullptr)
                                            : Setup(nullptr, nullptr);
     if (!started.ok()) RETURN_IF_ERROR(Recover(started));
-    while (trainer_.step() < o_.steps) {
-      absl::Status s = RunStep();
-      if (s.ok()) {
-        in_a_row_ = 0;
-        continue;
+    while (true) {
+      while (trainer_.step() < o_.steps) {
+        absl::Status s = RunStep();
+        if (s.ok()) {
+          in_a_row_ = 0;
+          continue;
+        }
+        RETURN_IF_ERROR(Recover(s));
       }
-      RETURN_IF_ERROR(Recover(s));
+      // The last save must commit: when a rank died during it, recover and redo the steps
+      // since the last commit, so the job ends with its final state saved and every rank in
+      // one epoch (the spare promoted meanwhile would wait for this world otherwise).
+      absl::Status last = ReportSaves(/*wait=*/true);
+      if (!WorldFailed(last)) break;
+      RETURN_IF_ERROR(Recover(last));
     }
-    ReportSaves(/*wait=*/true);
     rt_.Finish();
     return absl::OkStatus();
   }
@@ -174,20 +181,25 @@ class Loop {
     if (save.ok()) e.bytes = (*save)->stats().staged_bytes;
     if (o_.on_save) o_.on_save(e);
     // The engine's communicator was aborted (a failure): recover; else go on without it.
-    if (absl::IsFailedPrecondition(save.status()) || absl::IsAborted(save.status())) {
-      return save.status();
-    }
+    if (WorldFailed(save.status())) return save.status();
     return absl::OkStatus();
   }
 
-  // Reports the last save once it ended (waiting for it at the end of the run).
-  void ReportSaves(bool wait) {
-    if (!engine_) return;
+  // A save that failed because its communicator was aborted (a rank died), not because of
+  // the file system: a recovery cures it.
+  static bool WorldFailed(const absl::Status& s) {
+    return absl::IsFailedPrecondition(s) || absl::IsAborted(s);
+  }
+
+  // Reports the last save once it ended (waiting for it at the end of the run); returns its
+  // outcome when it was reported now (OK otherwise).
+  absl::Status ReportSaves(bool wait) {
+    if (!engine_) return absl::OkStatus();
     std::shared_ptr<CheckpointSave> last = engine_->LastSave();
-    if (!last || last->step() <= reported_save_) return;
+    if (!last || last == reported_save_) return absl::OkStatus();
     if (wait) last->Wait(absl::Now() + absl::Seconds(120)).IgnoreError();  // status read below
-    if (!last->IsCompleted()) return;
-    reported_save_ = last->step();
+    if (!last->IsCompleted()) return absl::OkStatus();
+    reported_save_ = last;
     SaveEvent e;
     e.step = last->step();
     e.committed = true;
@@ -195,6 +207,7 @@ class Loop {
     e.persist_ms = last->stats().persist_seconds * 1e3;
     e.bytes = last->stats().written_bytes;
     if (o_.on_save) o_.on_save(e);
+    return e.status;
   }
 
   Runtime& rt_;
@@ -205,7 +218,7 @@ class Loop {
   std::unique_ptr<CheckpointEngine> engine_;
   int in_a_row_ = 0;            // recoveries since the last completed step
   int64_t last_verdict_ms_ = 0;  // of the last recovery, until its first completed step
-  int64_t reported_save_ = 0;
+  std::shared_ptr<CheckpointSave> reported_save_;  // the last save reported, of any epoch
   std::vector<FailedRank> unreported_;  // replaced ranks not yet in a RecoveryReport
 };
 

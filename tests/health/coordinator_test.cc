@@ -215,6 +215,38 @@ TEST_F(CoordinatorTest, RebuildRequestPublishesTheSameRanksInTheNextEpoch) {
   EXPECT_THAT(agent_.said, Contains(HasSubstr("could not be built (w1: setup timed out)")));
 }
 
+TEST_F(CoordinatorTest, ASpareThatCannotBuildBecauseTheOthersFinishedEndsTheJobAsFinished) {
+  // w1 dies after its last step; s0 takes its rank, but w0 has finished the job meanwhile and
+  // will never build epoch 2's world: s0's rebuild request ends the job instead of a loop of
+  // rebuilds that cannot succeed.
+  Make(2, 1);
+  Set(SpareKey("s0"), "ready");
+  c_->Poll(At(10));
+  c_->MemberExited("w1", Signaled(SIGKILL), At(20));
+  ASSERT_EQ(Current().epoch, 2);
+  c_->MemberExited("w0", {.exit_status = 0}, At(30));
+  EXPECT_EQ(c_->state(), JobState::kRunning);  // s0 holds rank 1 and runs
+  Set(RebuildRequestKey(2), "s0: store Get: deadline passed");
+  c_->Poll(At(3000));
+  EXPECT_EQ(Current().epoch, 2);  // no epoch 3
+  EXPECT_EQ(c_->state(), JobState::kFinished);
+  EXPECT_EQ(Get(kDoneKey), "finished");
+  EXPECT_THAT(agent_.said, Contains(HasSubstr("because w0 has already finished the job")));
+}
+
+TEST_F(CoordinatorTest, RebuildsWithoutEndFailTheJobClearly) {
+  Make(2, 0);
+  for (int e = 1; e <= 11; ++e) {
+    Set(RebuildRequestKey(e), "w1: setup timed out");
+    c_->Poll(At(100 * e));
+  }
+  EXPECT_EQ(Current().epoch, 11);  // ten rebuilds
+  EXPECT_EQ(c_->state(), JobState::kFailed);
+  EXPECT_THAT(*c_->failure(), HasSubstr("the world of epoch 11 could not be built (w1: setup "
+                                        "timed out) after 10 rebuilds"));
+  EXPECT_THAT(Get(kDoneKey), HasSubstr("failed: the world of epoch 11"));
+}
+
 TEST_F(CoordinatorTest, EveryRankFinishingEndsTheJobButNotWhileAFailureWaits) {
   Make(2, 1);
   c_->MemberExited("w0", {.exit_status = 0}, At(100));

@@ -182,6 +182,8 @@ class InprocJob : public health::Agent {
   void KillAt(const std::string& member, int64_t step) { fates_[member] = {step, false}; }
   // `member` is SIGSTOPped as it starts step `step`: its heartbeat stops, it blocks.
   void StopAt(const std::string& member, int64_t step) { fates_[member] = {step, true}; }
+  // `member` dies by SIGKILL right after the job's last save was staged (its commit runs).
+  void KillInLastSave(const std::string& member) { fates_[member] = {kInLastSave, false}; }
 
   // Runs the job to the end (or `limit`); returns the coordinator's verdict.
   health::Coordinator::JobState Run(absl::Duration limit = absl::Seconds(60)) {
@@ -237,8 +239,9 @@ class InprocJob : public health::Agent {
   std::vector<std::string> said;  // the coordinator's lines
 
  private:
+  static constexpr int64_t kInLastSave = -2;
   struct Fate {
-    int64_t step = 0;
+    int64_t step = 0;  // -1: after the next rebuild; kInLastSave
     bool stop = false;
   };
   struct Member {
@@ -312,6 +315,12 @@ class InprocJob : public health::Agent {
           if (step != f.step || dead) return absl::OkStatus();
           dead = true;
           return Die(name, *mp, f.stop);
+        };
+        loop.on_save = [this, name, mp, f, &dead, steps = options_.steps](const SaveEvent& e) {
+          if (f.step == kInLastSave && !dead && !e.committed && e.step == steps) {
+            dead = true;
+            (void)Die(name, *mp, f.stop);
+          }
         };
         loop.after_rebuild = [this, name, mp, f, &dead] {
           if (f.step == -1 && !dead) {

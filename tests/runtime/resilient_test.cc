@@ -125,6 +125,21 @@ TEST_F(ResilientTest, ARankDyingDuringARecoveryIsReplacedToo) {
   EXPECT_EQ(Replaced(job.result("w0")), (std::set<int>{1, 2}));
 }
 
+// A rank dies while the job's last checkpoint commits: the survivors do not finish with the
+// save failed (leaving the promoted spare waiting for a world they never join) but recover,
+// redo the steps since the last commit, and end with the final state committed.
+TEST_F(ResilientTest, ADeathDuringTheLastSaveIsRecoveredAndTheFinalStateCommitted) {
+  InprocJob job(Job(4, 1));
+  job.KillInLastSave("w2");
+  ASSERT_EQ(job.Run(), JobState::kFinished) << job.coordinator().failure().value_or("");
+  ExpectFinishedLikeAnUnbrokenRun(job, 4);
+  EXPECT_EQ(Replaced(job.result("w0")), std::set<int>{2});
+  EXPECT_EQ(job.result("s0").step, kSteps);
+  absl::StatusOr<int64_t> latest = LatestCheckpointStep(dir_);
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  EXPECT_EQ(*latest, kSteps);
+}
+
 TEST_F(ResilientTest, NoSpareLeftEndsTheJobNamingTheRankAndTheSurvivorsStop) {
   InprocJob job(Job(2, 0));
   job.KillAt("w1", 3);
