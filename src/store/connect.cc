@@ -8,12 +8,16 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/params.h"
+#include "common/status_macros.h"
+#include "store/etcd_store.h"
 #include "trident/store.h"
 
 namespace trident {
 namespace {
 
-constexpr char kAcceptedForms[] = "tcp://host:port, tcp://[ipv6]:port or file:///absolute/dir";
+constexpr char kAcceptedForms[] =
+    "tcp://host:port, tcp://[ipv6]:port, file:///absolute/dir or "
+    "etcd://host:port[,host:port...]/JOB";
 
 absl::Status BadUrl(absl::string_view url, absl::string_view why) {
   return absl::InvalidArgumentError(
@@ -44,6 +48,12 @@ absl::StatusOr<std::unique_ptr<Store>> ConnectStore(absl::string_view url, std::
     absl::string_view path = url.substr(7);
     if (!absl::StartsWith(path, "/")) return BadUrl(url, "does not name an absolute directory");
     return NewFileStore(std::string(path));
+  }
+  if (absl::StartsWith(url, "etcd://")) {
+    // etcd does the access control (none yet: docs/multinode.md); the job token is not sent.
+    ASSIGN_OR_RETURN(EtcdStoreOptions options, ParseEtcdUrl(url));
+    ASSIGN_OR_RETURN(std::unique_ptr<EtcdStore> store, NewEtcdStore(std::move(options), deadline));
+    return std::unique_ptr<Store>(std::move(store));
   }
   return BadUrl(url, "has an unknown scheme");
 }
