@@ -51,8 +51,12 @@ absl::StatusOr<std::unique_ptr<Store>> ConnectStore(absl::string_view url, std::
   }
   if (absl::StartsWith(url, "etcd://")) {
     // etcd does the access control (none yet: docs/multinode.md); the job token is not sent.
-    ASSIGN_OR_RETURN(EtcdStoreOptions options, ParseEtcdUrl(url));
-    ASSIGN_OR_RETURN(std::unique_ptr<EtcdStore> store, NewEtcdStore(std::move(options), deadline));
+    absl::StatusOr<EtcdStoreOptions> options = ParseEtcdUrl(url);
+    if (!options.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(options.status().message(), " (store URLs: ", kAcceptedForms, ")"));
+    }
+    ASSIGN_OR_RETURN(std::unique_ptr<EtcdStore> store, NewEtcdStore(*std::move(options), deadline));
     return std::unique_ptr<Store>(std::move(store));
   }
   return BadUrl(url, "has an unknown scheme");
