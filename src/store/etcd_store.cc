@@ -182,7 +182,9 @@ class Client {
       const size_t ep = (start + attempt) % n;
       absl::Time now = absl::Now();
       if (now >= deadline) break;
-      std::unique_ptr<httplib::Client> cli = Borrow(ep);
+      // A request that must not be sent twice goes on a fresh connection: on a pooled one that
+      // the server closed while idle, the failure would look like a lost answer.
+      std::unique_ptr<httplib::Client> cli = Borrow(ep, /*fresh=*/!retry_if_sent);
       SetTimeouts(*cli, std::min(connect_timeout_, deadline - now), deadline - now);
       httplib::Result res = cli->Post(std::string(path), payload, "application/json");
       if (!res) {
@@ -340,8 +342,8 @@ class Client {
     }
   }
 
-  std::unique_ptr<httplib::Client> Borrow(size_t ep) {
-    {
+  std::unique_ptr<httplib::Client> Borrow(size_t ep, bool fresh) {
+    if (!fresh) {
       absl::MutexLock lock(&mu_);
       if (!idle_[ep].empty()) {
         std::unique_ptr<httplib::Client> cli = std::move(idle_[ep].back());
