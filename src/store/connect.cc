@@ -67,7 +67,8 @@ absl::StatusOr<std::unique_ptr<Store>> ConnectStoreFromEnv(absl::Time deadline) 
   if (url.empty()) {
     return absl::InvalidArgumentError(
         "TRIDENT_STORE is not set: run this program under trident-run, or set TRIDENT_STORE to "
-        "tcp://host:port or file:///absolute/dir (and TRIDENT_JOB_TOKEN to the job's token)");
+        "tcp://host:port, file:///absolute/dir or etcd://host:port[,host:port...]/JOB (and "
+        "TRIDENT_JOB_TOKEN to the job's token)");
   }
   return ConnectStore(url, ParamString("TRIDENT_JOB_TOKEN"), deadline);
 }
