@@ -13,6 +13,9 @@ packages=(
   libopenblas-dev  # lm-trainer's matrix products
   python3
   clang libfuzzer-14-dev  # tests/fuzz: the fuzzers (libFuzzer), which scripts/test.sh runs
+  libcpp-httplib-dev  # the etcd store's HTTP client (src/store/etcd_store.cc)
+  etcd-server etcd-client  # tests/store/etcd_store_test, tests/multinode: a real etcd 3.4
+  iproute2  # tests/multinode: network namespaces (ip netns, veth, bridge)
 )
 
 missing=()

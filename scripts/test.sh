@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, builds, and runs every test (ctest labels
-# unit, multiproc, install, and gpu, which skip without a CUDA device: tests/gpu/prepare.sh
+# unit, multiproc, etcd, multinode (root: network namespaces), install, and gpu, which skip without a CUDA device: tests/gpu/prepare.sh
 # here, then tests/gpu/check.sh on the GPU machine, is the device check), then each fuzzer for
 # TRIDENT_FUZZ_SECONDS (default 60; 0 skips them; tests/fuzz/run.sh). Arguments go to ctest
 # (e.g. -R store), and then the fuzzers are skipped. Works from a fresh clone on Debian 12, as

@@ -46,7 +46,8 @@ constexpr ParamDesc kParams[] = {
     Int("TRIDENT_LOCAL_RANK", "0", 0,
         "Rank among the processes on this host (set by trident-run)."),
     Str("TRIDENT_STORE", "",
-        "Store URL, tcp://host:port or file:///dir (set by trident-run)."),
+        "Store URL, tcp://host:port, file:///dir or etcd://host:port[,host:port...]/JOB (set by "
+        "trident-run)."),
     Secret("TRIDENT_JOB_TOKEN",
            "Per-job secret that store clients present (set by trident-run)."),
     Str("TRIDENT_JOB_ID", "",

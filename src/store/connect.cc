@@ -8,12 +8,16 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/params.h"
+#include "common/status_macros.h"
+#include "store/etcd_store.h"
 #include "trident/store.h"
 
 namespace trident {
 namespace {
 
-constexpr char kAcceptedForms[] = "tcp://host:port, tcp://[ipv6]:port or file:///absolute/dir";
+constexpr char kAcceptedForms[] =
+    "tcp://host:port, tcp://[ipv6]:port, file:///absolute/dir or "
+    "etcd://host:port[,host:port...]/JOB";
 
 absl::Status BadUrl(absl::string_view url, absl::string_view why) {
   return absl::InvalidArgumentError(
@@ -45,6 +49,16 @@ absl::StatusOr<std::unique_ptr<Store>> ConnectStore(absl::string_view url, std::
     if (!absl::StartsWith(path, "/")) return BadUrl(url, "does not name an absolute directory");
     return NewFileStore(std::string(path));
   }
+  if (absl::StartsWith(url, "etcd://")) {
+    // etcd does the access control (none yet: docs/multinode.md); the job token is not sent.
+    absl::StatusOr<EtcdStoreOptions> options = ParseEtcdUrl(url);
+    if (!options.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(options.status().message(), " (store URLs: ", kAcceptedForms, ")"));
+    }
+    ASSIGN_OR_RETURN(std::unique_ptr<EtcdStore> store, NewEtcdStore(*std::move(options), deadline));
+    return std::unique_ptr<Store>(std::move(store));
+  }
   return BadUrl(url, "has an unknown scheme");
 }
 
@@ -53,7 +67,8 @@ absl::StatusOr<std::unique_ptr<Store>> ConnectStoreFromEnv(absl::Time deadline) 
   if (url.empty()) {
     return absl::InvalidArgumentError(
         "TRIDENT_STORE is not set: run this program under trident-run, or set TRIDENT_STORE to "
-        "tcp://host:port or file:///absolute/dir (and TRIDENT_JOB_TOKEN to the job's token)");
+        "tcp://host:port, file:///absolute/dir or etcd://host:port[,host:port...]/JOB (and "
+        "TRIDENT_JOB_TOKEN to the job's token)");
   }
   return ConnectStore(url, ParamString("TRIDENT_JOB_TOKEN"), deadline);
 }
