@@ -20,6 +20,7 @@
 #include "health/failure_watcher.h"
 #include "health/heartbeat.h"
 #include "health/membership.h"
+#include "health/sdc.h"
 #include "store/interruptible_store.h"
 #include "trident/nccl.h"
 
@@ -98,6 +99,10 @@ class JobRuntime final : public Runtime {
   void AbortWorld(const absl::Status& why) override {
     absl::MutexLock lock(&mu_);
     AbortLocked(why);
+  }
+  absl::Status ReportCorruption(int rank, const std::string& why) override {
+    return watch_store_->Set(health::SdcKey(epoch_, rank), why,
+                             absl::Now() + absl::Seconds(10));
   }
   void Finish() override {
     progress_ns_.store(0);
