@@ -131,6 +131,7 @@ struct SdcEvent {
   std::string method;      // "majority" or "replay"
   std::string action;      // "replaced" or "rollback"
   int64_t last_good_step = 0;  // the newest step whose check agreed
+  double check_ms = 0;  // what the check cost this rank (hash and all-gather; not a replay)
 };
 
 struct LoopOptions {

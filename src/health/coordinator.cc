@@ -4,12 +4,14 @@
 
 #include <algorithm>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "health/burn_in.h"
 #include "health/sdc.h"
 
 namespace trident::health {
@@ -76,6 +78,15 @@ void Coordinator::MemberExited(const std::string& name, const MemberExit& exit, 
   if (exit.by_agent) return;  // the agent stopped it (a shutdown): not a failure of its own
   Failure f;
   f.cause = exit.description;
+  // A process whose burn-in failed exits before it joins anything (health/burn_in.h): say so.
+  if (Store* s = agent_->store(); s != nullptr && exit.signal == 0) {
+    if (absl::StatusOr<std::string> burn = s->TryGet(BurnInKey(name), Deadline());
+        burn.ok() && absl::StartsWith(*burn, "failed")) {
+      f.cause = absl::StrCat("was not admitted: burn-in ", *burn,
+                             exit.description.empty() ? "" : " (", exit.description,
+                             exit.description.empty() ? "" : ")");
+    }
+  }
   f.kind = exit.signal != 0 ? FailureKind::kSignaled : FailureKind::kExited;
   f.signal = exit.signal;
   f.exit_status = exit.signal != 0 ? -1 : exit.exit_status;

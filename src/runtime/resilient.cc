@@ -250,12 +250,16 @@ class Loop {
 
   // The replica check (LoopOptions::sdc_every). Collective over the world.
   absl::Status CheckReplicas(int64_t step) {
+    const absl::Time t0 = absl::Now();
     ASSIGN_OR_RETURN(health::ReplicaDigest before, MyDigest());
     ASSIGN_OR_RETURN(std::vector<health::ReplicaDigest> all, Gather(before, 0, nullptr));
     health::ReplicaVerdict v = health::JudgeReplicas(all);
     if (v.agree()) {
       last_good_step_ = step;
-      if (o_.on_sdc) o_.on_sdc({.step = step, .agree = true, .last_good_step = step});
+      if (o_.on_sdc) {
+        o_.on_sdc({.step = step, .agree = true, .last_good_step = step,
+                   .check_ms = absl::ToDoubleMilliseconds(absl::Now() - t0)});
+      }
       return absl::OkStatus();
     }
     if (!v.odd.empty() && v.undecided.empty()) {
