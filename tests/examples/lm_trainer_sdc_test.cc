@@ -32,10 +32,11 @@ std::string Trainer(int dp) {
 RunResult Train(const std::string& name, int dp, int spares, const std::string& extra) {
   const std::string dir =
       absl::StrCat(::testing::TempDir(), "/lm_sdc_", name, "_", getpid());
-  return RunCommand(absl::StrCat("rm -rf ", dir, "; timeout 120 ", Bin("trident-run"),
+  // One subshell, so that RunCommand's 2>&1 takes every line of the run.
+  return RunCommand(absl::StrCat("(rm -rf ", dir, "; timeout 120 ", Bin("trident-run"),
                                  " --nproc ", dp, " --spares ", spares, " -- ", Bin("lm-trainer"),
                                  " ", Trainer(dp), " --ckpt-dir ", dir, " ", extra,
-                                 "; rc=$?; rm -rf ", dir, "; exit $rc"));
+                                 " 2>&1; rc=$?; rm -rf ", dir, "; exit $rc)"));
 }
 
 void ExpectLossesOf(const RunResult& ref, const RunResult& out) {
