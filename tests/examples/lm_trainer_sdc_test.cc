@@ -78,4 +78,21 @@ TEST(LmTrainerSdcTest, TwoReplicasReplayAndNameTheOneThatDisagreesWithItsReplay)
   ExpectLossesOf(ref, out);
 }
 
+// Burn-in under trident-run: a worker whose compute check fails at startup is not admitted
+// and the spare takes its rank before training starts; the losses are a clean run's.
+TEST(LmTrainerBurnInTest, AWorkerFailingItsBurnInIsReplacedBeforeTrainingStarts) {
+  RunResult ref = Train("burn_ref", 2, 0, "");
+  ASSERT_EQ(ref.exit_code, 0) << ref.output;
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/lm_burn_", getpid());
+  RunResult out = RunCommand(absl::StrCat(
+      "(rm -rf ", dir, "; TRIDENT_TEST_BURN_IN_FAIL=w1:compute timeout 120 ", Bin("trident-run"),
+      " --nproc 2 --spares 1 --burn-in quick -- ", Bin("lm-trainer"), " ", Trainer(2),
+      " --ckpt-dir ", dir, " 2>&1; rc=$?; rm -rf ", dir, "; exit $rc)"));
+  ASSERT_EQ(out.exit_code, 0) << out.output;
+  EXPECT_THAT(out.output, HasSubstr("rank 1 was not admitted: burn-in failed check=compute"));
+  EXPECT_THAT(out.output, HasSubstr("spare s0 takes rank 1"));
+  EXPECT_THAT(out.output, Not(HasSubstr("[rank 1] step=")));
+  ExpectLossesOf(ref, out);
+}
+
 }  // namespace

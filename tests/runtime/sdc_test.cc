@@ -139,6 +139,27 @@ TEST_F(SdcTest, TwoReplicasBothFlippedAlikeIsNoVerdict) {
   }
 }
 
+TEST_F(SdcTest, TwoReplicasBothDisagreeingWithTheirReplaysRollBackUnattributed) {
+  // Different bits on both replicas: each differs from its own replay, so nobody can be
+  // named; both are back at the checked step, rolled back and redone, and go on.
+  InprocJob job(Job(2, 1));
+  job.FlipAt("w0", 6, 2, 40);
+  job.FlipAt("w1", 6, 3, 41);
+  ASSERT_EQ(job.Run(), JobState::kFinished) << job.coordinator().failure().value_or("");
+  ExpectFinishedLikeAnUnbrokenRun(job, 2);
+  for (const char* m : {"w0", "w1"}) {
+    const SdcEvent* v = Verdict(job.result(m));
+    ASSERT_NE(v, nullptr) << m;
+    EXPECT_EQ(v->step, 6);
+    EXPECT_TRUE(v->ranks.empty());
+    EXPECT_EQ(v->method, "replay");
+    EXPECT_EQ(v->action, "rollback");
+    EXPECT_TRUE(job.result(m).recoveries.empty()) << "nobody replaced";
+  }
+  EXPECT_EQ(job.coordinator().RankOf("s0"), -1);
+  ExpectNoCorruptCheckpoint(2);
+}
+
 TEST_F(SdcTest, NoFalseVerdictInALongCleanRun) {
   InprocJob::Options o = Job(3, 0);
   o.steps = 1000;
