@@ -1,5 +1,7 @@
 #include "health/burn_in.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -16,19 +18,23 @@ constexpr size_t kQuickBytes = size_t{16} << 20;
 constexpr size_t kFullBytes = size_t{256} << 20;
 constexpr int kN = 64;  // GEMM size
 
-// One write-and-verify pass of `pattern` (0: each word's own index); false with `detail` on
-// the first wrong word.
-bool MemoryPass(uint64_t* words, size_t n, int pattern, bool inject, std::string* detail) {
+constexpr size_t kChunkWords = size_t{1} << 19;  // 4 MiB: the budget is checked between chunks
+
+// One write-and-verify pass of `pattern` (4: a value derived from each word's index) over
+// words [begin, end) of the buffer; false with `detail` on the first wrong word. `flip`:
+// the test hook's word (or SIZE_MAX).
+bool MemoryPass(uint64_t* words, size_t begin, size_t end, int pattern, size_t flip,
+                std::string* detail) {
   static constexpr uint64_t kPatterns[] = {0, ~uint64_t{0}, 0x5555555555555555ull,
                                            0xAAAAAAAAAAAAAAAAull};
   auto value = [&](size_t i) {
     return pattern < 4 ? kPatterns[pattern] : (i * 0x9E3779B97F4A7C15ull) ^ i;
   };
-  for (size_t i = 0; i < n; ++i) words[i] = value(i);
-  if (inject) words[n / 2] ^= uint64_t{1} << 13;  // test hook: one flipped bit
+  for (size_t i = begin; i < end; ++i) words[i] = value(i);
+  if (flip >= begin && flip < end) words[flip] ^= uint64_t{1} << 13;  // test hook
   // The compiler must read the words back, not reuse what it wrote.
   asm volatile("" : : "r"(words) : "memory");
-  for (size_t i = 0; i < n; ++i) {
+  for (size_t i = begin; i < end; ++i) {
     if (words[i] != value(i)) {
       *detail = absl::StrFormat("pattern %d: word %d (byte offset %d) is %#018x, wrote %#018x",
                                 pattern, i, i * 8, words[i], value(i));
@@ -108,7 +114,7 @@ BurnInReport RunBurnIn(const BurnInOptions& o) {
   BurnInReport r;
   if (o.level == BurnInLevel::kOff) return r;
   const absl::Time start = absl::Now();
-  const absl::Time end = start + o.budget;
+  const absl::Time end_time = start + o.budget;
   const bool full = o.level == BurnInLevel::kFull;
   size_t bytes = o.memory_bytes > 0 ? o.memory_bytes : (full ? kFullBytes : kQuickBytes);
   bytes = std::max<size_t>(bytes / 8 * 8, 64);
@@ -120,17 +126,27 @@ BurnInReport RunBurnIn(const BurnInOptions& o) {
     r.took = absl::Now() - start;
     return r;
   }
-  // Alternate the checks until the budget is spent (quick: one round of each).
-  for (int round = 0;; ++round) {
-    for (int pattern = 0; pattern < 5; ++pattern) {
-      const bool inject = o.inject == "memory" && round == 0 && pattern == 2;
-      if (!MemoryPass(words.get(), bytes / 8, pattern, inject, &r.detail)) {
-        r.ok = false;
-        r.failed = "memory";
-        break;
+  // Alternate the checks until the budget is spent (quick: one round of each). The budget
+  // is checked after every 4 MiB, so a slow machine ends the memory test early, not late.
+  const size_t n = bytes / 8;
+  bool out_of_time = false;
+  for (int round = 0; !out_of_time; ++round) {
+    for (int pattern = 0; pattern < 5 && r.ok && !out_of_time; ++pattern) {
+      const size_t flip =
+          o.inject == "memory" && round == 0 && pattern == 2 ? n / 2 : SIZE_MAX;
+      for (size_t begin = 0; begin < n; begin += kChunkWords) {
+        const size_t end = std::min(n, begin + kChunkWords);
+        if (!MemoryPass(words.get(), begin, end, pattern, flip, &r.detail)) {
+          r.ok = false;
+          r.failed = "memory";
+          break;
+        }
+        r.memory_bytes += static_cast<int64_t>((end - begin) * 8);
+        if (absl::Now() >= end_time) {
+          out_of_time = true;
+          break;
+        }
       }
-      r.memory_bytes += static_cast<int64_t>(bytes);
-      if (absl::Now() >= end) break;
     }
     if (!r.ok) break;
     if (!ComputePass(round, o.inject == "compute" && round == 0, &r.detail)) {
@@ -139,7 +155,7 @@ BurnInReport RunBurnIn(const BurnInOptions& o) {
       break;
     }
     ++r.gemms;
-    if (!full || absl::Now() >= end) break;
+    if (!full || absl::Now() >= end_time) break;
   }
   r.took = absl::Now() - start;
   return r;
