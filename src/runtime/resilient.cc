@@ -266,7 +266,9 @@ class Loop {
       return NameCorrupt(step, v.odd, v.replicas, "majority");
     }
     // No majority somewhere: every rank goes back to the newest checkpoint that loads and
-    // replays to `step`; a rank whose replay differs from its own digest is named.
+    // replays to `step`; a rank whose replay differs from its own digest is named. A save
+    // still committing is of an agreed state: let it end, so the replay starts from it.
+    ReportSaves(/*wait=*/true);
     ASSIGN_OR_RETURN(runtime_internal::RestoreResult r,
                      runtime_internal::Restore(rt_.world(), trainer_, o_.ckpt_dir,
                                                /*fresh=*/false, nullptr,
