@@ -11,6 +11,7 @@ packages=(
   libgloo-dev libopenmpi-dev openmpi-bin  # peers that tests/perf benchmarks against
   fio  # trident-bench ckpt: the disk's sequential write bandwidth
   libopenblas-dev  # lm-trainer's matrix products
+  libxxhash-dev  # health: SDC digests of replicated parameters (XXH3)
   python3
   clang libfuzzer-14-dev  # tests/fuzz: the fuzzers (libFuzzer), which scripts/test.sh runs
   libcpp-httplib-dev  # the etcd store's HTTP client (src/store/etcd_store.cc)

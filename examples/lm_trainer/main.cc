@@ -24,7 +24,7 @@ namespace {
 // --inject-fault: raises the member's signal (or hangs) when `when` comes (-1: a recovery).
 void MaybeFault(const std::vector<lm::Fault>& faults, const std::string& member, int64_t when) {
   for (const lm::Fault& f : faults) {
-    if (f.member != member || f.step != when) continue;
+    if (f.member != member || f.step != when || f.bitflip) continue;
     std::fprintf(stderr, "lm-trainer: injecting %s into %s (%s)\n",
                  f.hang ? "a hang" : absl::StrCat("signal ", f.signal).c_str(), f.member.c_str(),
                  when < 0 ? "recovery" : absl::StrCat("step ", when).c_str());
@@ -80,6 +80,16 @@ int Main(int argc, char** argv) {
   loop.resume = o.resume;
   loop.commit_timeout = o.config.timeout;
   loop.recover_timeout = o.recover_timeout;
+  loop.sdc_every = o.sdc_every;
+  int sdc_checks = 0;
+  double sdc_ms = 0;
+  loop.on_sdc = [&](const trident::SdcEvent& e) {
+    ++sdc_checks;
+    sdc_ms += e.check_ms;
+  };
+  for (const lm::Fault& f : o.faults) {
+    if (f.bitflip && f.member == rt.member()) trainer.FlipBitAfter(f.step, f.tensor);
+  }
   loop.before_step = [&](int64_t next) { MaybeFault(o.faults, rt.member(), next); };
   loop.after_rebuild = [&] { MaybeFault(o.faults, rt.member(), -1); };
   loop.on_resume = [&](int64_t step, const std::vector<std::string>& skipped) {
@@ -128,8 +138,10 @@ int Main(int argc, char** argv) {
     return 1;
   }
   trainer.Say(absl::StrFormat(
-      "done steps=%d final_loss=%.6f final_val_loss=%.6f mean_tokens_per_s=%.0f", o.steps,
-      trainer.loss(), trainer.val_loss(), trainer.mean_tokens_per_s()));
+      "done steps=%d final_loss=%.6f final_val_loss=%.6f mean_tokens_per_s=%.0f "
+      "sdc_checks=%d sdc_check_ms=%.3f",
+      o.steps, trainer.loss(), trainer.val_loss(), trainer.mean_tokens_per_s(), sdc_checks,
+      sdc_checks > 0 ? sdc_ms / sdc_checks : 0.0));
   return 0;
 }
 

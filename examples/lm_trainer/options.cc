@@ -48,7 +48,13 @@ ABSL_FLAG(std::string, inject_fault, "",
           "for tests: MEMBER:WHEN:SIGNAL[,...]; the process of MEMBER (w3, s0, ...) raises "
           "SIGNAL (KILL, STOP, SEGV, TERM, ABRT; or HANG: its training thread blocks forever, "
           "a deadlock) at the start of step WHEN, or with WHEN=recovery as soon as the next "
-          "recovery has built its world");
+          "recovery has built its world; MEMBER:STEP:BITFLIP[:TENSOR] flips one bit of "
+          "parameter TENSOR (default: the first) right after step STEP (silent data "
+          "corruption, for --sdc-every)");
+ABSL_FLAG(int, sdc_every, 10,
+          "every N steps (and before every checkpoint) the dp replicas compare XXH3 digests of "
+          "their parameters and moments; a replica that disagrees is replaced by a spare "
+          "(docs/fault-tolerance.md); 0: off");
 ABSL_FLAG(bool, elastic_dp, false,
           "when a rank dies and no spare is left, go on without its data-parallel replica "
           "(same global batch, split over fewer replicas) instead of stopping; the replica's "
@@ -125,6 +131,7 @@ void PrintHelp() {
   PrintFlag(FLAGS_peer_replicas, 14);
   PrintFlag(FLAGS_elastic_dp, 14);
   PrintFlag(FLAGS_recover_timeout, 14);
+  PrintFlag(FLAGS_sdc_every, 14);
   PrintFlag(FLAGS_inject_fault, 14);
 }
 
@@ -133,8 +140,14 @@ absl::StatusOr<std::vector<Fault>> ParseFaults(const std::string& spec) {
   for (absl::string_view item : absl::StrSplit(spec, ',', absl::SkipEmpty())) {
     std::vector<std::string> parts = absl::StrSplit(item, ':');
     Fault f;
-    const std::string bad = absl::StrCat("--inject-fault: '", item,
-                                         "' is not MEMBER:STEP:SIGNAL or MEMBER:recovery:SIGNAL");
+    const std::string bad =
+        absl::StrCat("--inject-fault: '", item,
+                     "' is not MEMBER:STEP:SIGNAL, MEMBER:recovery:SIGNAL or "
+                     "MEMBER:STEP:BITFLIP[:TENSOR]");
+    if (parts.size() == 4 && parts[2] == "BITFLIP") {
+      f.tensor = parts[3];
+      parts.pop_back();
+    }
     if (parts.size() != 3) return absl::InvalidArgumentError(bad);
     f.member = parts[0];
     if (parts[1] != "recovery" && (!absl::SimpleAtoi(parts[1], &f.step) || f.step < 1)) {
@@ -146,7 +159,9 @@ absl::StatusOr<std::vector<Fault>> ParseFaults(const std::string& spec) {
       if (parts[2] == name) f.signal = sig;
     }
     f.hang = parts[2] == "HANG";
-    if (f.signal == 0 && !f.hang) return absl::InvalidArgumentError(bad);
+    f.bitflip = parts[2] == "BITFLIP";
+    if (f.bitflip && f.step < 1) return absl::InvalidArgumentError(bad);
+    if (f.signal == 0 && !f.hang && !f.bitflip) return absl::InvalidArgumentError(bad);
     out.push_back(f);
   }
   return out;
@@ -214,6 +229,8 @@ Options ParseOptions(int argc, char** argv) {
   o.peer_replicas = absl::GetFlag(FLAGS_peer_replicas);
   o.resume = absl::GetFlag(FLAGS_resume);
   o.recover_timeout = absl::GetFlag(FLAGS_recover_timeout);
+  o.sdc_every = absl::GetFlag(FLAGS_sdc_every);
+  if (o.sdc_every < 0) UsageError("--sdc-every must be >= 0");
   auto faults = ParseFaults(absl::GetFlag(FLAGS_inject_fault));
   if (!faults.ok()) UsageError(std::string(faults.status().message()));
   o.faults = *std::move(faults);

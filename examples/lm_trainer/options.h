@@ -17,6 +17,9 @@ struct Fault {
   int64_t step = -1;  // -1: right after the next recovery built its world
   int signal = 0;     // 0 with hang: the training thread blocks forever
   bool hang = false;
+  // BITFLIP: after step `step`, one bit of one parameter flips (silent data corruption).
+  bool bitflip = false;
+  std::string tensor;  // BITFLIP's parameter; empty: the first
 };
 
 struct Options {
@@ -30,6 +33,7 @@ struct Options {
   int keep = 3;
   bool resume = false;
   bool peer_replicas = true;
+  int sdc_every = 0;  // trident::LoopOptions::sdc_every
   absl::Duration recover_timeout;
   std::vector<Fault> faults;
 };

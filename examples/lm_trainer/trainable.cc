@@ -44,6 +44,13 @@ absl::Status LmTrainable::Bind(trident::Communicator& world, const trident::Bind
 absl::Status LmTrainable::Step() {
   TRIDENT_ASSIGN_OR_RETURN(StepStats st, trainer_->Step());
   const int64_t i = st.step;
+  if (i == flip_step_) {
+    flip_step_ = -1;  // once: a replay passes this step again
+    std::fprintf(stderr, "lm-trainer: injecting a bit flip into %s after step %lld\n",
+                 flip_tensor_.empty() ? "the first parameter" : flip_tensor_.c_str(),
+                 static_cast<long long>(i));
+    if (absl::Status s = trainer_->FlipBit(flip_tensor_); !s.ok()) UsageError(std::string(s.message()));
+  }
   loss_ = st.loss;
   tokens_ += config_.batch;
   seconds_ += st.step_ms / 1e3;

@@ -35,6 +35,15 @@ class LmTrainable : public trident::Trainable {
   void ResetToInitialState() override { trainer_->ResetToInitialState(); }
   std::string Layout() const override;
   std::vector<std::vector<int>> ShrinkGroups() const override;
+  Replicas ReplicatedState() override {
+    return {.set = trainer_->ReplicaSet(), .tensors = trainer_->ReplicatedTensors()};
+  }
+  // --inject-fault MEMBER:STEP:BITFLIP[:TENSOR]: right after step `step` (once), one bit of
+  // parameter `tensor` ("" the first) flips on this rank.
+  void FlipBitAfter(int64_t step, std::string tensor) {
+    flip_step_ = step;
+    flip_tensor_ = std::move(tensor);
+  }
 
   const Trainer& trainer() const { return *trainer_; }
   // Rank 0's logfmt lines (stdout); other ranks print nothing.
@@ -53,6 +62,8 @@ class LmTrainable : public trident::Trainable {
   bool said_start_ = false;
   trident::Communicator* world_ = nullptr;
   std::unique_ptr<Trainer> trainer_;
+  int64_t flip_step_ = -1;
+  std::string flip_tensor_;
   double loss_ = NAN, val_loss_ = NAN, tokens_ = 0, seconds_ = 0;
 };
 

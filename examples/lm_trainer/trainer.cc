@@ -5,10 +5,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cmath>
+#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "trident/status_macros.h"
 #include "corpus.h"
 #include "trident/checkpoint.h"
@@ -408,6 +410,37 @@ trident::TensorPlacement Trainer::PlacementOf(const Param& p) const {
 
 std::string Trainer::Zero1Name(const char* which) const {
   return absl::StrCat("zero1_adam_", which, "/pp", state_->coord.pp, ".tp", state_->coord.tp);
+}
+
+std::vector<trident::Tensor> Trainer::ReplicatedTensors() {
+  State& s = *state_;
+  std::vector<trident::Tensor> out;
+  for (Param* p : s.params) out.push_back(Tensor::Of(p->value.data(), p->value.size()));
+  if (!s.zero1) {
+    out.push_back(Tensor::Of(s.adam_m.data(), s.adam_m.size()));
+    out.push_back(Tensor::Of(s.adam_v.data(), s.adam_v.size()));
+  }
+  return out;
+}
+
+int64_t Trainer::ReplicaSet() const {
+  return state_->coord.tp + static_cast<int64_t>(config_.tp) * state_->coord.pp;
+}
+
+absl::Status Trainer::FlipBit(const std::string& name) {
+  std::vector<std::string> names;
+  for (Param* p : state_->params) {
+    if ((name.empty() || p->name == name) && !p->value.empty()) {
+      uint32_t bits;
+      std::memcpy(&bits, &p->value[0], sizeof(bits));
+      bits ^= 1u << 20;
+      std::memcpy(&p->value[0], &bits, sizeof(bits));
+      return absl::OkStatus();
+    }
+    names.push_back(p->name);
+  }
+  return absl::NotFoundError(absl::StrCat("no parameter '", name, "' on this rank; it holds ",
+                                          absl::StrJoin(names, ", ")));
 }
 
 trident::CheckpointState Trainer::CheckpointState() {

@@ -91,6 +91,15 @@ class Trainer {
   // so the state is not that of step(); restore before going on.
   int64_t step() const { return step_; }
   bool dirty() const { return dirty_; }
+
+  // Silent-data-corruption check (trident::Trainable::ReplicatedState): what every dp
+  // replica of this rank's (tp, pp) place holds identically after a step: the parameters,
+  // and the Adam moments unless ZeRO-1 shards them; and that place's index.
+  std::vector<trident::Tensor> ReplicatedTensors();
+  int64_t ReplicaSet() const;
+  // --inject-fault ...:BITFLIP[:TENSOR]: flips bit 20 of the first element of parameter
+  // `name` (empty: the first parameter). kNotFound names the parameters there are.
+  absl::Status FlipBit(const std::string& name);
   const TrainerConfig& config() const { return config_; }
   int vocab_size() const { return config_.model.vocab; }
 

@@ -21,9 +21,12 @@ enum class FailureKind : uint8_t {
   kHung,         // alive, but its training thread made no progress (TRIDENT_HANG_TIMEOUT_MS)
   kSilent,       // its heartbeat stopped while its process ran, and stayed silent
   kUnreachable,  // two peers saw transport errors talking to it (its links are dead)
+  // Its replicated state (dp replicas' parameters) disagreed with its replicas': named by
+  // a majority of their digests, or by a replay (RunResilient, LoopOptions::sdc_every).
+  kSilentDataCorruption,
 };
 
-// "exited", "signaled", "stopped", "hung", "silent", "unreachable", "unknown".
+// "exited", "signaled", "stopped", "hung", "silent", "unreachable", "sdc", "unknown".
 std::string_view FailureKindName(FailureKind kind);
 // The FailureKind of FailureKindName's string; kUnknown for anything else.
 FailureKind FailureKindFromName(std::string_view name);
@@ -40,7 +43,7 @@ struct FailedRank {
   int exit_status = -1;   // kExited: the status
   std::string reporter;   // who saw it: "agent", or the peers ("rank 2, rank 5")
 
-  // A short token for logs: "SIGKILL", "SIGSTOP", "hang", "exit_3", "unreachable".
+  // A short token for logs: "SIGKILL", "SIGSTOP", "hang", "exit_3", "unreachable", "sdc".
   std::string ShortCause() const;
 };
 

@@ -82,6 +82,16 @@ class Trainable {
   // Groups of this world's ranks that may leave together when a rank dies and no spare is
   // left (the dp replicas); empty: such a death ends the job (Runtime::AllowShrink).
   virtual std::vector<std::vector<int>> ShrinkGroups() const { return {}; }
+
+  // Silent-data-corruption check (LoopOptions::sdc_every): the state that must be
+  // bit-identical, after a step, on every rank of the same replica set (the dp replicas of
+  // one (tp, pp) position: their parameters, and under ZeRO-1 the gathered shards).
+  struct Replicas {
+    int64_t set = -1;             // ranks with equal `set` must agree; < 0: nothing to check
+    std::vector<Tensor> tensors;  // host memory, valid until the next Step
+  };
+  // Default: none (the check is off on this rank).
+  virtual Replicas ReplicatedState() { return {}; }
 };
 
 // One dead rank, as the recovery that replaced it saw it (on every rank; rank 0 typically
@@ -112,6 +122,18 @@ struct SaveEvent {
   int64_t bytes = 0;
 };
 
+// One silent-data-corruption check of the replicas (LoopOptions::sdc_every).
+struct SdcEvent {
+  int64_t step = 0;
+  bool agree = true;     // every replica set agreed: nothing else below is set
+  std::vector<int> ranks;  // the ranks named (replaced); empty: unattributed
+  int replicas = 0;        // in the set that disagreed
+  std::string method;      // "majority" or "replay"
+  std::string action;      // "replaced" or "rollback"
+  int64_t last_good_step = 0;  // the newest step whose check agreed
+  double check_ms = 0;  // what the check cost this rank (hash and all-gather; not a replay)
+};
+
 struct LoopOptions {
   int64_t steps = 0;  // train until step() == steps
   // Checkpoints (empty dir: none). Saves every ckpt_every steps, keeps `keep` (0: all),
@@ -128,6 +150,14 @@ struct LoopOptions {
   // Recoveries in a row without a completed step before the loop gives up (a failure that
   // every new epoch meets again).
   int max_recoveries_in_a_row = 8;
+  // Every sdc_every steps, and before every checkpoint save, the ranks hash their
+  // Trainable::ReplicatedState (XXH3) and all-gather the digests (16 bytes a rank). A rank
+  // that disagrees with a majority of its replicas is named; with no majority (two replicas)
+  // every rank goes back to the newest checkpoint, replays to the step, and the one whose
+  // replay differs from its own digest is named. A named rank is reported to the launcher
+  // (FailureKind::kSilentDataCorruption), which replaces it like a dead one. A save is never
+  // taken while replicas disagree. 0: off. docs/fault-tolerance.md, "Silent data corruption".
+  int sdc_every = 0;
 
   // Observers, called on the training thread of every rank.
   std::function<void(const RecoveryReport&)> on_recovery;
@@ -138,6 +168,8 @@ struct LoopOptions {
   // After each completed step; `since_verdict_ms` > 0 on the first step after a recovery
   // (from the last verdict to now).
   std::function<void(int64_t step, int64_t since_verdict_ms)> on_step;
+  // After each replica check (sdc_every).
+  std::function<void(const SdcEvent&)> on_sdc;
   // Test hooks: before step `next` runs; and right after a recovery built its world.
   std::function<void(int64_t next)> before_step;
   std::function<void()> after_rebuild;

@@ -174,6 +174,15 @@ class Runtime {
   // commit on another thread) and its peers' fail at once instead of at their deadlines.
   // Callable from any thread.
   virtual void AbortWorld(const absl::Status& why) = 0;
+
+  // Names rank `rank` of the current epoch as holding a corrupt replica (silent data
+  // corruption, found by RunResilient's digests or replay): the launcher declares it dead
+  // (FailureKind::kSilentDataCorruption), kills it and gives its slot to a spare, as for any
+  // failure. `why` is for the record. kFailedPrecondition when not in a job; the store's error
+  // when it cannot be written. Training thread.
+  virtual absl::Status ReportCorruption(int rank, const std::string& why) {
+    return absl::FailedPreconditionError("ReportCorruption: this process is not in a job");
+  }
 };
 
 }  // namespace trident

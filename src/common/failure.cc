@@ -10,7 +10,7 @@
 namespace trident {
 namespace {
 
-constexpr std::array<std::pair<FailureKind, std::string_view>, 7> kNames = {{
+constexpr std::array<std::pair<FailureKind, std::string_view>, 8> kNames = {{
     {FailureKind::kUnknown, "unknown"},
     {FailureKind::kExited, "exited"},
     {FailureKind::kSignaled, "signaled"},
@@ -18,6 +18,7 @@ constexpr std::array<std::pair<FailureKind, std::string_view>, 7> kNames = {{
     {FailureKind::kHung, "hung"},
     {FailureKind::kSilent, "silent"},
     {FailureKind::kUnreachable, "unreachable"},
+    {FailureKind::kSilentDataCorruption, "sdc"},
 }};
 
 }  // namespace
@@ -49,6 +50,7 @@ std::string FailedRank::ShortCause() const {
     case FailureKind::kHung:
     case FailureKind::kSilent: return "hang";
     case FailureKind::kUnreachable: return "unreachable";
+    case FailureKind::kSilentDataCorruption: return "sdc";
     case FailureKind::kUnknown: break;
   }
   return "unknown";

@@ -4,12 +4,15 @@
 
 #include <algorithm>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "health/burn_in.h"
+#include "health/sdc.h"
 
 namespace trident::health {
 
@@ -75,6 +78,15 @@ void Coordinator::MemberExited(const std::string& name, const MemberExit& exit, 
   if (exit.by_agent) return;  // the agent stopped it (a shutdown): not a failure of its own
   Failure f;
   f.cause = exit.description;
+  // A process whose burn-in failed exits before it joins anything (health/burn_in.h): say so.
+  if (Store* s = agent_->store(); s != nullptr && exit.signal == 0) {
+    if (absl::StatusOr<std::string> burn = s->TryGet(BurnInKey(name), Deadline());
+        burn.ok() && absl::StartsWith(*burn, "failed")) {
+      f.cause = absl::StrCat("was not admitted: burn-in ", *burn,
+                             exit.description.empty() ? "" : " (", exit.description,
+                             exit.description.empty() ? "" : ")");
+    }
+  }
   f.kind = exit.signal != 0 ? FailureKind::kSignaled : FailureKind::kExited;
   f.signal = exit.signal;
   f.exit_status = exit.signal != 0 ? -1 : exit.exit_status;
@@ -278,6 +290,37 @@ void Coordinator::ReadReports(Store& s, absl::Time now) {
                  why.ok() ? *why : key);
     detector_.Suspect(member, absl::StrCat("a peer's transport error: ", why.ok() ? *why : key),
                       now, absl::StrCat("rank ", reporter));
+  }
+  ReadSdcReports(s, now);
+}
+
+// Silent data corruption (health/sdc.h): its replicas named the rank (a majority of digests
+// or a replay), all of them alike, so no confirmation is needed: declared dead at once.
+void Coordinator::ReadSdcReports(Store& s, absl::Time now) {
+  absl::StatusOr<std::vector<std::string>> reports =
+      s.ListPrefix(SdcPrefix(membership_.epoch), Deadline());
+  if (!reports.ok()) return;
+  const size_t prefix = SdcPrefix(membership_.epoch).size();
+  for (const std::string& key : *reports) {
+    if (!reported_.insert(key).second) continue;
+    int rank = -1;
+    if (!absl::SimpleAtoi(key.substr(prefix), &rank) || rank < 0 ||
+        rank >= static_cast<int>(membership_.ranks.size())) {
+      continue;
+    }
+    const std::string& member = membership_.ranks[rank];
+    auto it = members_.find(member);
+    if (it == members_.end() || !it->second.running || it->second.dead) continue;
+    absl::StatusOr<std::string> why = s.TryGet(key, Deadline());
+    it->second.dead = true;
+    agent_->Kill(member);  // its state, or its host, is not to be trusted
+    Failure f;
+    f.kind = FailureKind::kSilentDataCorruption;
+    f.reporter = "its replicas";
+    f.cause = absl::StrCat("declared dead: silent data corruption: ",
+                           why.ok() ? *why : "its replicated state disagreed", "; killed");
+    f.last_seen_unix_ms = absl::ToUnixMillis(now);
+    OnDeath(member, std::move(f), now);
   }
 }
 

@@ -5,8 +5,9 @@
 // records, rebuild requests, shrink groups; everything it decides goes there: failure
 // records, epochs (PublishNextEpoch / PublishShrunkEpoch), job/done.
 //
-// Decisions, in order, when a rank holder dies (exit, signal, or a verdict of the
-// FailureDetector on a hung, stopped or unreachable member, whom it has the agent kill):
+// Decisions, in order, when a rank holder dies (exit, signal, a verdict of the
+// FailureDetector on a hung, stopped or unreachable member, or its replicas' verdict of
+// silent data corruption (health/sdc.h), whom it has the agent kill):
 //   1. a ready spare for each pending failure: the next epoch gives them the dead ranks;
 //   2. spares still starting (a failure right at the launch): wait for them, a while;
 //   3. the trainer named shrink groups: the next epoch drops the dead ranks' groups;
@@ -116,6 +117,7 @@ class Coordinator {
   void EnterEpoch(Membership next);
   std::optional<FailureDetector::Confirmation> Confirm(const std::string& member);
   void ReadReports(Store& s, absl::Time now);
+  void ReadSdcReports(Store& s, absl::Time now);
   void RecordFailure(int rank, const std::string& reason);
   void SetDone(const std::string& reason);
   absl::Time Deadline() const { return absl::Now() + options_.store_timeout; }

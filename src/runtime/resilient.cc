@@ -1,6 +1,7 @@
 // RunResilient: the resilient step loop (trident/resilient.h).
 #include "trident/resilient.h"
 
+#include <algorithm>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -9,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "health/sdc.h"
 #include "runtime/restore.h"
 
 namespace trident {
@@ -169,8 +171,14 @@ class Loop {
                                             : 0);
     }
     last_verdict_ms_ = 0;
-    ReportSaves(/*wait=*/false);
-    if (!engine_ || o_.ckpt_every <= 0 || step % o_.ckpt_every != 0) return absl::OkStatus();
+    // A failed save reaches on_save; a dead rank fails the next step.
+    ReportSaves(/*wait=*/false).IgnoreError();
+    const bool save_due = engine_ && o_.ckpt_every > 0 && step % o_.ckpt_every == 0;
+    // A save is taken only of a state whose replicas agree: a flipped bit never commits.
+    if (o_.sdc_every > 0 && (step % o_.sdc_every == 0 || save_due)) {
+      RETURN_IF_ERROR(CheckReplicas(step));
+    }
+    if (!save_due) return absl::OkStatus();
     const absl::Time t0 = absl::Now();
     absl::StatusOr<std::shared_ptr<CheckpointSave>> save =
         engine_->Save(step, trainer_.SaveState());
@@ -189,6 +197,127 @@ class Loop {
   // the file system: a recovery cures it.
   static bool WorldFailed(const absl::Status& s) {
     return absl::IsFailedPrecondition(s) || absl::IsAborted(s);
+  }
+
+  // This rank's replicated state: its set and digest (set -1: nothing to check).
+  absl::StatusOr<health::ReplicaDigest> MyDigest() {
+    Trainable::Replicas rep = trainer_.ReplicatedState();
+    if (rep.set < 0) return health::ReplicaDigest{};
+    ASSIGN_OR_RETURN(uint64_t digest, health::DigestTensors(rep.tensors));
+    return health::ReplicaDigest{rep.set, digest};
+  }
+
+  // Every rank's (set, digest) and one more number, all-gathered over the world.
+  absl::StatusOr<std::vector<health::ReplicaDigest>> Gather(const health::ReplicaDigest& mine,
+                                                           int64_t extra,
+                                                           std::vector<int64_t>* extras) {
+    Communicator& world = rt_.world();
+    const int n = world.size();
+    int64_t in[3] = {mine.set, static_cast<int64_t>(mine.digest), extra};
+    std::vector<int64_t> out(3 * n);
+    RETURN_IF_ERROR(
+        world.AllGather(Tensor::Of(in, 3), Tensor::Of(out.data(), out.size()))->Wait());
+    std::vector<health::ReplicaDigest> all(n);
+    if (extras != nullptr) extras->assign(n, 0);
+    for (int r = 0; r < n; ++r) {
+      all[r] = {out[3 * r], static_cast<uint64_t>(out[3 * r + 1])};
+      if (extras != nullptr) (*extras)[r] = out[3 * r + 2];
+    }
+    return all;
+  }
+
+  // Logs the verdict (on the lowest rank that is not named), reports the named ranks (every
+  // rank that is not named writes the same record, so one that an abort overtakes does not
+  // matter) and fails the step so that the loop recovers into the epoch that replaces them.
+  absl::Status NameCorrupt(int64_t step, const std::vector<int>& odd, int replicas,
+                           const char* method) {
+    const int me = rt_.rank();
+    const bool named = std::find(odd.begin(), odd.end(), me) != odd.end();
+    int logger = 0;
+    while (std::find(odd.begin(), odd.end(), logger) != odd.end()) ++logger;
+    for (int r : odd) {
+      if (me == logger) {
+        spdlog::warn("sdc step={} rank={} replicas={} method={} action=replaced", step, r,
+                     replicas, method);
+      }
+      if (!named) {
+        const std::string why =
+            absl::StrCat("rank ", r, "'s replicated state at step ", step, " disagrees with ",
+                         std::string_view(method) == "majority"
+                             ? absl::StrCat("the majority of its ", replicas, " replicas")
+                             : std::string("its own replay from the last checkpoint"));
+        if (absl::Status s = rt_.ReportCorruption(r, why); !s.ok()) {
+          spdlog::error("sdc: cannot report rank {}: {}", r, s.ToString());
+        }
+      }
+    }
+    if (o_.on_sdc) {
+      o_.on_sdc({.step = step, .agree = false, .ranks = odd, .replicas = replicas,
+                 .method = method, .action = "replaced", .last_good_step = last_good_step_});
+    }
+    return absl::AbortedError(absl::StrCat(
+        "silent data corruption at step ", step, ": rank(s) ", absl::StrJoin(odd, ","),
+        " disagree with their replicas (method=", method, "); the launcher replaces them"));
+  }
+
+  // The replica check (LoopOptions::sdc_every). Collective over the world.
+  absl::Status CheckReplicas(int64_t step) {
+    const absl::Time t0 = absl::Now();
+    ASSIGN_OR_RETURN(health::ReplicaDigest before, MyDigest());
+    ASSIGN_OR_RETURN(std::vector<health::ReplicaDigest> all, Gather(before, 0, nullptr));
+    health::ReplicaVerdict v = health::JudgeReplicas(all);
+    if (v.agree()) {
+      last_good_step_ = step;
+      if (o_.on_sdc) {
+        o_.on_sdc({.step = step, .agree = true, .last_good_step = step,
+                   .check_ms = absl::ToDoubleMilliseconds(absl::Now() - t0)});
+      }
+      return absl::OkStatus();
+    }
+    if (!v.odd.empty() && v.undecided.empty()) {
+      return NameCorrupt(step, v.odd, v.replicas, "majority");
+    }
+    // No majority somewhere: every rank goes back to the newest checkpoint that loads and
+    // replays to `step`; a rank whose replay differs from its own digest is named. A save
+    // still committing is of an agreed state: let it end, so the replay starts from it.
+    ReportSaves(/*wait=*/true).IgnoreError();  // its outcome goes to on_save
+    ASSIGN_OR_RETURN(runtime_internal::RestoreResult r,
+                     runtime_internal::Restore(rt_.world(), trainer_, o_.ckpt_dir,
+                                               /*fresh=*/false, nullptr,
+                                               /*reset_if_none=*/true));
+    spdlog::info("sdc: replicas disagree at step {} with no majority: replaying from step {}",
+                 step, r.step);
+    while (trainer_.step() < step) RETURN_IF_ERROR(trainer_.Step());
+    ASSIGN_OR_RETURN(health::ReplicaDigest after, MyDigest());
+    std::vector<int64_t> changed;  // by rank: its replay differs from its digest before
+    ASSIGN_OR_RETURN(std::vector<health::ReplicaDigest> replayed,
+                     Gather(after, after.digest != before.digest ? 1 : 0, &changed));
+    std::vector<int> odd = v.odd;
+    for (const std::vector<int>& set : v.undecided) {
+      std::vector<int> bad;
+      for (int rank : set) {
+        if (changed[rank] != 0) bad.push_back(rank);
+      }
+      if (bad.size() == 1) odd.push_back(bad[0]);
+    }
+    if (!odd.empty()) return NameCorrupt(step, odd, v.replicas, "replay");
+    const bool replay_agrees = health::JudgeReplicas(replayed).agree();
+    if (rt_.rank() == 0) {
+      spdlog::warn("sdc step={} rank=none replicas={} method=replay action=rollback", step,
+                   v.replicas);
+    }
+    if (o_.on_sdc) {
+      o_.on_sdc({.step = step, .agree = false, .replicas = v.replicas, .method = "replay",
+                 .action = "rollback", .last_good_step = last_good_step_});
+    }
+    if (!replay_agrees) {
+      return absl::DataLossError(absl::StrCat(
+          "silent data corruption at step ", step, ": the replicas still disagree after every "
+          "rank replayed from step ", r.step, "; no rank can be named (a nondeterministic "
+          "Step, or a fault on every replica)"));
+    }
+    last_good_step_ = step;
+    return absl::OkStatus();
   }
 
   // Reports the last save once it ended (waiting for it at the end of the run); returns its
@@ -219,6 +348,7 @@ class Loop {
   int in_a_row_ = 0;            // recoveries since the last completed step
   int64_t last_verdict_ms_ = 0;  // of the last recovery, until its first completed step
   std::shared_ptr<CheckpointSave> reported_save_;  // the last save reported, of any epoch
+  int64_t last_good_step_ = 0;  // the newest step whose replica check agreed
   std::vector<FailedRank> unreported_;  // replaced ranks not yet in a RecoveryReport
 };
 

@@ -17,9 +17,11 @@
 #include "common/op_wait.h"
 #include "common/params.h"
 #include "common/status_macros.h"
+#include "health/burn_in.h"
 #include "health/failure_watcher.h"
 #include "health/heartbeat.h"
 #include "health/membership.h"
+#include "health/sdc.h"
 #include "store/interruptible_store.h"
 #include "trident/nccl.h"
 
@@ -98,6 +100,10 @@ class JobRuntime final : public Runtime {
   void AbortWorld(const absl::Status& why) override {
     absl::MutexLock lock(&mu_);
     AbortLocked(why);
+  }
+  absl::Status ReportCorruption(int rank, const std::string& why) override {
+    return watch_store_->Set(health::SdcKey(epoch_, rank), why,
+                             absl::Now() + absl::Seconds(10));
   }
   void Finish() override {
     progress_ns_.store(0);
@@ -244,6 +250,22 @@ absl::Status JobRuntime::Start() {
   failures_ = std::make_unique<health::FailureWatcher>(watch_store_);
   InitLogging(options_.role == "spare" ? absl::StrCat("spare ", options_.member)
                                        : absl::StrCat("rank ", options_.rank));
+  // Burn-in before this process joins a world or the spare pool; its report goes to the
+  // store, where trident-run reads why a member that exits was not admitted.
+  if (const health::BurnInReport burn = health::RunBurnIn(
+          health::BurnInOptionsFromEnv(options_.member));
+      burn.memory_bytes > 0 || !burn.ok) {
+    absl::Status stored = store_->Set(health::BurnInKey(options_.member), burn.ToString(),
+                                      deadline);
+    if (!burn.ok) {
+      spdlog::error("burn-in of {} {}; not admitted", options_.member, burn.ToString());
+      return absl::FailedPreconditionError(absl::StrCat(
+          "burn-in of ", options_.member, " ", burn.ToString(),
+          "; this process is not admitted (trident-run replaces it with a spare)"));
+    }
+    spdlog::info("burn-in of {} {}", options_.member, burn.ToString());
+    if (!stored.ok()) spdlog::warn("cannot store the burn-in report: {}", stored.ToString());
+  }
   if (options_.heartbeat > absl::ZeroDuration()) {
     heartbeat_ = std::make_unique<health::Heartbeat>(watch_store_, options_.member,
                                                      options_.heartbeat,

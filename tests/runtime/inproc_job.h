@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -41,6 +42,8 @@ class ToyTrainer : public Trainable {
 
   // Called at the start of Step(step) on this member: may kill or stop it.
   std::function<absl::Status(int64_t step)> fate;
+  // Called at the end of Step(step) (a fault injection: a flipped bit of w).
+  std::function<void(int64_t step, std::vector<double>& w)> after_step;
   // Set once this member is dead: it takes no part in anything after.
   const bool* dead = nullptr;
 
@@ -67,6 +70,7 @@ class ToyTrainer : public Trainable {
     for (int i = 0; i < kParams; ++i) w_[i] -= g[i] / virtual_ranks_ / 64.0;
     dirty_ = false;
     ++step_;
+    if (after_step) after_step(step_, w_);
     return absl::OkStatus();
   }
   int64_t step() const override { return step_; }
@@ -96,6 +100,9 @@ class ToyTrainer : public Trainable {
     dirty_ = false;
   }
   std::string Layout() const override { return "toy"; }
+  Replicas ReplicatedState() override {
+    return {.set = 0, .tensors = {Tensor::Of(w_.data(), w_.size())}};  // every rank holds w
+  }
   std::vector<std::vector<int>> ShrinkGroups() const override {
     // The groups of the launch layout only while the world has that size.
     if (shrink_.empty() || world_ == nullptr) return {};
@@ -160,6 +167,7 @@ struct MemberResult {
   int64_t step = -1;
   std::vector<RecoveryReport> recoveries;
   std::vector<int64_t> resumed;
+  std::vector<SdcEvent> sdc;  // every replica check
 };
 
 class InprocJob : public health::Agent {
@@ -172,6 +180,7 @@ class InprocJob : public health::Agent {
     int ckpt_every = 2;
     std::vector<std::vector<int>> shrink_groups;
     absl::Duration heartbeat_timeout = absl::Milliseconds(300);
+    int sdc_every = 0;  // LoopOptions::sdc_every
   };
 
   explicit InprocJob(Options options) : options_(std::move(options)) {}
@@ -184,6 +193,10 @@ class InprocJob : public health::Agent {
   void StopAt(const std::string& member, int64_t step) { fates_[member] = {step, true}; }
   // `member` dies by SIGKILL right after the job's last save was staged (its commit runs).
   void KillInLastSave(const std::string& member) { fates_[member] = {kInLastSave, false}; }
+  // Bit `bit` of w[index] of `member` flips right after its step `step` (once).
+  void FlipAt(const std::string& member, int64_t step, int index, int bit) {
+    flips_[member] = {step, index, bit};
+  }
 
   // Runs the job to the end (or `limit`); returns the coordinator's verdict.
   health::Coordinator::JobState Run(absl::Duration limit = absl::Seconds(60)) {
@@ -243,6 +256,11 @@ class InprocJob : public health::Agent {
   struct Fate {
     int64_t step = 0;  // -1: after the next rebuild; kInLastSave
     bool stop = false;
+  };
+  struct Flip {
+    int64_t step = 0;
+    int index = 0;
+    int bit = 0;
   };
   struct Member {
     std::atomic<bool> running{true};
@@ -329,6 +347,19 @@ class InprocJob : public health::Agent {
           }
         };
       }
+      loop.sdc_every = options_.sdc_every;
+      loop.on_sdc = [mp](const SdcEvent& e) { mp->result.sdc.push_back(e); };
+      if (auto flip = flips_.find(name); flip != flips_.end()) {
+        trainer.after_step = [f = flip->second, done = false](int64_t step,
+                                                             std::vector<double>& w) mutable {
+          if (step != f.step || done) return;
+          done = true;  // a replay passes this step again: the fault was once
+          uint64_t bits;
+          memcpy(&bits, &w[f.index], sizeof(bits));
+          bits ^= uint64_t{1} << f.bit;
+          memcpy(&w[f.index], &bits, sizeof(bits));
+        };
+      }
       loop.on_recovery = [mp](const RecoveryReport& r) { mp->result.recoveries.push_back(r); };
       loop.on_resume = [mp](int64_t step, const std::vector<std::string>&) {
         mp->result.resumed.push_back(step);
@@ -354,6 +385,7 @@ class InprocJob : public health::Agent {
   std::shared_ptr<Store> store_ = NewMemoryStore();
   InprocWorlds worlds_;
   std::map<std::string, Fate> fates_;
+  std::map<std::string, Flip> flips_;
   absl::Mutex mu_;
   std::map<std::string, std::unique_ptr<Member>> members_;
   std::unique_ptr<health::Coordinator> coordinator_;

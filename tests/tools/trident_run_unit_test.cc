@@ -45,6 +45,14 @@ TEST(ParseArgsTest, Defaults) {
   EXPECT_TRUE(o->job_id.empty());
 }
 
+TEST(ParseArgsTest, BurnInLevel) {
+  EXPECT_EQ(Parse({"--nproc=1", "--", "prog"})->burn_in, "");  // the environment's
+  EXPECT_EQ(Parse({"--nproc=1", "--burn-in", "full", "--", "prog"})->burn_in, "full");
+  EXPECT_EQ(Parse({"--nproc=1", "--burn-in=off", "--", "prog"})->burn_in, "off");
+  EXPECT_THAT(Parse({"--nproc=1", "--burn-in", "fast", "--", "prog"}).status().message(),
+              HasSubstr("--burn-in must be off, quick or full, not 'fast'"));
+}
+
 TEST(ParseArgsTest, HelpAndPrintParamsNeedNothingElse) {
   EXPECT_EQ(Parse({"--help"})->action, LaunchOptions::Action::kHelp);
   EXPECT_EQ(Parse({"-h"})->action, LaunchOptions::Action::kHelp);

@@ -189,6 +189,7 @@ std::vector<std::string> Launcher::ChildEnvironment(const Child& child) const {
       absl::StrCat("TRIDENT_MEMBER=", child.member),
       absl::StrCat("TRIDENT_ROLE=", child.spare() ? "spare" : "worker"),
   };
+  if (!options_.burn_in.empty()) set.push_back(absl::StrCat("TRIDENT_BURN_IN=", options_.burn_in));
   // Single host: libfabric's tcp provider must never pick eth0.
   for (const char* var : {"FI_TCP_IFACE", "FI_SOCKETS_IFACE"}) {
     if (std::getenv(var) == nullptr) set.push_back(absl::StrCat(var, "=lo"));

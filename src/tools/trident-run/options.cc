@@ -81,6 +81,14 @@ absl::StatusOr<LaunchOptions> ParseArgs(absl::Span<const std::string> args) {
       if (!value.ok()) return value.status();
       if (value->empty()) return absl::InvalidArgumentError("--job-id must not be empty");
       options.job_id = *value;
+    } else if (flag.name == "--burn-in") {
+      absl::StatusOr<std::string> value = value_of(flag);
+      if (!value.ok()) return value.status();
+      if (*value != "off" && *value != "quick" && *value != "full") {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--burn-in must be off, quick or full, not '", *value, "'"));
+      }
+      options.burn_in = *value;
     } else if (absl::StartsWith(arg, "-")) {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag '", arg, "'"));
     } else {
@@ -125,6 +133,9 @@ std::string UsageText() {
       "                   token is taken from TRIDENT_JOB_TOKEN. Default: trident-run hosts\n"
       "                   a TCP store on 127.0.0.1 with a fresh random job token.\n"
       "  --job-id ID      job identifier (default: $TRIDENT_JOB_ID, else a random one)\n"
+      "  --burn-in LEVEL  self-test of every rank and spare before it joins (memory\n"
+      "                   patterns, an exact GEMM): off, quick (default) or full (until\n"
+      "                   TRIDENT_BURN_IN_MS); one that fails is not admitted\n"
       "  --print-params   print every TRIDENT_* parameter, its value and its source; exit\n"
       "  --help, -h       print this text; exit\n"
       "  --               ends trident-run's flags; PROGRAM and its arguments follow\n"

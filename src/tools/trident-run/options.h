@@ -36,6 +36,8 @@ struct LaunchOptions {
   std::string job_id;
   // The program and its arguments (everything after `--`).
   std::vector<std::string> program;
+  // --burn-in off|quick|full: TRIDENT_BURN_IN for every child; empty: the environment's.
+  std::string burn_in;
 };
 
 // Parses argv without argv[0]. kInvalidArgument says what is wrong, in words for the user.

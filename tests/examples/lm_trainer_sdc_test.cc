@@ -1,0 +1,98 @@
+// Silent data corruption under `trident-run --spares 1`: one bit of one parameter of one dp
+// replica flips after a step (--inject-fault wK:STEP:BITFLIP); the replica check
+// (--sdc-every) names that rank (by majority with dp 3, by replay with dp 2), trident-run
+// replaces it by the spare, and the run ends with the losses of a run without the flip.
+#include <map>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "run_util.h"
+
+namespace {
+
+using ::testing::ContainsRegex;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using lm::testing::Losses;
+using trident::testing::Bin;
+using trident::testing::RunCommand;
+using trident::testing::RunResult;
+
+constexpr int kSteps = 24;
+
+std::string Trainer(int dp) {
+  return absl::StrCat("--dp ", dp, " --steps ", kSteps,
+                      " --context 8 --embed 8 --ffn 64 --batch 48 --microbatches 2 "
+                      "--val-samples 64 --eval-every 8 --seed 5 --timeout 30s --ckpt-every 6 "
+                      "--sdc-every 2");
+}
+
+RunResult Train(const std::string& name, int dp, int spares, const std::string& extra) {
+  const std::string dir =
+      absl::StrCat(::testing::TempDir(), "/lm_sdc_", name, "_", getpid());
+  // One subshell, so that RunCommand's 2>&1 takes every line of the run.
+  return RunCommand(absl::StrCat("(rm -rf ", dir, "; timeout 120 ", Bin("trident-run"),
+                                 " --nproc ", dp, " --spares ", spares, " -- ", Bin("lm-trainer"),
+                                 " ", Trainer(dp), " --ckpt-dir ", dir, " ", extra,
+                                 " 2>&1; rc=$?; rm -rf ", dir, "; exit $rc)"));
+}
+
+void ExpectLossesOf(const RunResult& ref, const RunResult& out) {
+  const std::map<int, double> want = Losses(ref.output), got = Losses(out.output);
+  ASSERT_EQ(want.size(), static_cast<size_t>(kSteps)) << ref.output;
+  for (const auto& [step, loss] : want) {
+    ASSERT_TRUE(got.count(step)) << "no loss for step " << step << "\n" << out.output;
+    // The map keeps the last line of a step: the redone one after the recovery.
+    EXPECT_EQ(got.at(step), loss) << "step " << step;
+  }
+}
+
+TEST(LmTrainerSdcTest, ThreeReplicasNameTheFlippedOneByMajorityAndTheSpareTakesOver) {
+  RunResult ref = Train("ref3", 3, 0, "");
+  ASSERT_EQ(ref.exit_code, 0) << ref.output;
+  EXPECT_THAT(ref.output, Not(HasSubstr("sdc step=")));
+  RunResult out = Train("flip3", 3, 1, "--inject-fault w1:13:BITFLIP");
+  ASSERT_EQ(out.exit_code, 0) << out.output;
+  EXPECT_THAT(out.output, HasSubstr("injecting a bit flip into the first parameter after step 13"));
+  EXPECT_THAT(out.output,
+              HasSubstr("sdc step=14 rank=1 replicas=3 method=majority action=replaced"));
+  EXPECT_THAT(out.output, HasSubstr("spare s0 takes rank 1 (w1 declared dead: silent data "
+                                    "corruption"));
+  EXPECT_THAT(out.output, HasSubstr("recovery epoch=2 dead_rank=1 cause=sdc"));
+  // Back to checkpoint 12 (checked before its save), or 6 when the verdict aborted 12's
+  // commit, still in flight on a loaded machine.
+  EXPECT_THAT(out.output, ContainsRegex("resume_step=(13|7) "));
+  ExpectLossesOf(ref, out);
+}
+
+TEST(LmTrainerSdcTest, TwoReplicasReplayAndNameTheOneThatDisagreesWithItsReplay) {
+  RunResult ref = Train("ref2", 2, 0, "");
+  ASSERT_EQ(ref.exit_code, 0) << ref.output;
+  RunResult out = Train("flip2", 2, 1, "--inject-fault w0:14:BITFLIP");
+  ASSERT_EQ(out.exit_code, 0) << out.output;
+  EXPECT_THAT(out.output,
+              HasSubstr("sdc step=14 rank=0 replicas=2 method=replay action=replaced"));
+  EXPECT_THAT(out.output, HasSubstr("recovery epoch=2 dead_rank=0 cause=sdc"));
+  ExpectLossesOf(ref, out);
+}
+
+// Burn-in under trident-run: a worker whose compute check fails at startup is not admitted
+// and the spare takes its rank before training starts; the losses are a clean run's.
+TEST(LmTrainerBurnInTest, AWorkerFailingItsBurnInIsReplacedBeforeTrainingStarts) {
+  RunResult ref = Train("burn_ref", 2, 0, "");
+  ASSERT_EQ(ref.exit_code, 0) << ref.output;
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/lm_burn_", getpid());
+  RunResult out = RunCommand(absl::StrCat(
+      "(rm -rf ", dir, "; TRIDENT_TEST_BURN_IN_FAIL=w1:compute timeout 120 ", Bin("trident-run"),
+      " --nproc 2 --spares 1 --burn-in quick -- ", Bin("lm-trainer"), " ", Trainer(2),
+      " --ckpt-dir ", dir, " 2>&1; rc=$?; rm -rf ", dir, "; exit $rc)"));
+  ASSERT_EQ(out.exit_code, 0) << out.output;
+  EXPECT_THAT(out.output, HasSubstr("rank 1 was not admitted: burn-in failed check=compute"));
+  EXPECT_THAT(out.output, HasSubstr("spare s0 takes rank 1"));
+  EXPECT_THAT(out.output, Not(HasSubstr("[rank 1] step=")));
+  ExpectLossesOf(ref, out);
+}
+
+}  // namespace
