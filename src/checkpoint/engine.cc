@@ -657,10 +657,12 @@ struct AlignedFree {
 
 absl::Status Engine::WriteShard(Job& job, const std::string& tmp_dir, ckpt::RankReport* report) {
   std::vector<ckpt::SafetensorsEntry> entries;
+  std::map<std::string, Tensor::Shape> offsets;  // DCP_SHARDING_INFO, for torch's reader
   for (const StagedTensor& st : job.tensors) {
     if (!st.has_written) continue;
     entries.push_back({st.name, st.dtype, st.written.box.shape, st.written.stream_offset,
                        st.written.stream_offset + st.written.bytes});
+    offsets[st.name] = st.written.box.offset;
   }
   if (entries.empty()) {
     Abandon(job);
@@ -668,10 +670,8 @@ absl::Status Engine::WriteShard(Job& job, const std::string& tmp_dir, ckpt::Rank
   }
   const std::string name = ckpt::ShardFileName(rank_);
   const std::string path = JoinPath(tmp_dir, name);
-  const std::string prefix = ckpt::BuildSafetensorsPrefix(
-      entries, {{"format", ckpt::kFormatName},
-                {"step", absl::StrCat(job.step)},
-                {"rank", absl::StrCat(rank_)}});
+  const std::string prefix =
+      ckpt::BuildSafetensorsPrefix(entries, ckpt::ShardMetadata(job.step, rank_, offsets));
   auto fail = [&](absl::Status s) {  // the file system's message names the call and the path
     Abandon(job);
     return s;
@@ -818,6 +818,10 @@ absl::Status Engine::Commit(Job& job, const std::string& tmp_dir, const std::str
   ckpt::MaybeCrashAt(ckpt::kCrashAfterShards);
   RETURN_IF_ERROR(WriteFileAndSync(*fs_, JoinPath(tmp_dir, ckpt::kManifestName),
                                    ckpt::ManifestToJson(m)));
+  // The Hugging Face index beside the shards, committed with them (torch's DCP reader needs
+  // only the shards' DCP_SHARDING_INFO; tools that look for an index find it).
+  RETURN_IF_ERROR(WriteFileAndSync(*fs_, JoinPath(tmp_dir, ckpt::kIndexName),
+                                   ckpt::CheckpointIndexJson(m)));
   RETURN_IF_ERROR(fs_->SyncDir(tmp_dir));
   ckpt::MaybeCrashAt(ckpt::kCrashBeforeRename);
   const std::string final_dir = Dir(ckpt::StepDirName(job.step));
