@@ -16,10 +16,10 @@
 #include <cstring>
 #include <future>
 #include <map>
-#include <set>
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -270,25 +270,32 @@ absl::StatusOr<std::shared_ptr<Job>> Engine::Plan(int64_t step, const Checkpoint
   job->step = step;
   job->metadata = state.metadata;
   job->cuda_stream = state.cuda_stream;
-  std::set<std::string> names;
+  // Per tensor, no allocation beyond what the job keeps: a state_dict has hundreds to
+  // thousands of tensors, and this runs inside the caller's stall.
+  absl::flat_hash_set<absl::string_view> names;
+  names.reserve(state.tensors.size());
+  job->tensors.reserve(state.tensors.size());
   for (const NamedTensor& nt : state.tensors) {
-    const std::string where = absl::StrCat("tensor '", nt.name, "'");
+    // Only on an error: the message's prefix naming the tensor.
+    const auto where = [&nt] { return absl::StrCat("tensor '", nt.name, "'"); };
     if (nt.name.empty() || nt.name.rfind("__", 0) == 0) {
       return absl::InvalidArgumentError(
-          absl::StrCat(where, ": names must be non-empty and not start with \"__\""));
+          absl::StrCat(where(), ": names must be non-empty and not start with \"__\""));
     }
     if (!names.insert(nt.name).second) {
-      return absl::InvalidArgumentError(absl::StrCat(where, " appears twice in the state"));
+      return absl::InvalidArgumentError(absl::StrCat(where(), " appears twice in the state"));
     }
     const Tensor& t = nt.tensor;
-    RETURN_IF_ERROR(cuda::CheckCudaTensor(t, "checkpoint Save", where));
+    if (!t.device().is_cpu()) {
+      RETURN_IF_ERROR(cuda::CheckCudaTensor(t, "checkpoint Save", where()));
+    }
     const int device = t.device().is_cpu() ? -1 : t.device().index;
     if (device >= 0) job->cuda = true;
     if (t.data() == nullptr && t.numel() > 0) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": null data"));
+      return absl::InvalidArgumentError(absl::StrCat(where(), ": null data"));
     }
     for (int64_t d : t.shape()) {
-      if (d < 0) return absl::InvalidArgumentError(absl::StrCat(where, ": negative dimension"));
+      if (d < 0) return absl::InvalidArgumentError(absl::StrCat(where(), ": negative dimension"));
     }
     const TensorPlacement& p = nt.placement;
     StagedTensor st;
@@ -301,12 +308,12 @@ absl::StatusOr<std::shared_ptr<Job>> Engine::Plan(int64_t step, const Checkpoint
     if (local.offset.size() != local.shape.size() ||
         st.global_shape.size() != local.shape.size() || !ckpt::Contains(global, local)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          where, ": the piece at offset ", ckpt::ShapeString(local.offset), " of shape ",
+          where(), ": the piece at offset ", ckpt::ShapeString(local.offset), " of shape ",
           ckpt::ShapeString(local.shape), " is not inside the global shape ",
           ckpt::ShapeString(st.global_shape)));
     }
     if (p.replica_count < 1 || p.replica_index < 0 || p.replica_index >= p.replica_count) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": replica_index ", p.replica_index,
+      return absl::InvalidArgumentError(absl::StrCat(where(), ": replica_index ", p.replica_index,
                                                      " of replica_count ", p.replica_count));
     }
     st.replica_count = p.replica_count;
