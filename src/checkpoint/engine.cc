@@ -226,6 +226,15 @@ class Engine : public CheckpointEngine {
   void ApplyRetention();
   absl::Status ExchangeReplicas(Job& job, const std::vector<ckpt::RankReport>& reports);
   absl::Status BroadcastMessage(std::string* message);  // rank 0's text to all ranks
+  // A collective of a save in flight that the communicator refused because it had just been
+  // aborted (a rank died: the runtime aborts it) fails that save like one aborted under it:
+  // kAborted, not the kFailedPrecondition of a save begun after the abort.
+  absl::Status InFlight(absl::Status s) const {
+    if (absl::IsFailedPrecondition(s) && !comm_->AbortStatus().ok()) {
+      return absl::AbortedError(s.message());
+    }
+    return s;
+  }
   std::string Dir(absl::string_view name) const { return JoinPath(options_.dir, name); }
 
   const CheckpointOptions options_;
@@ -637,7 +646,7 @@ absl::Status Engine::Begin(Job& job, std::string* tmp_dir, std::string* nonce,
         Annotate(s, absl::StrCat("starting the save of step ", job.step)),
         {{"step", job.step}, {"seq", job.seq}, {"nonce", *nonce}});
   }
-  absl::Status comm = BroadcastMessage(&message);
+  absl::Status comm = InFlight(BroadcastMessage(&message));
   if (!comm.ok()) {
     *comm_failed = true;
     return Annotate(comm, absl::StrCat("checkpoint step ", job.step, ": the begin broadcast"));
@@ -977,8 +986,8 @@ void Engine::RunJob(Job& job) {
   report.sends_replica = report.status.ok() && job.stage_others && buddy_ >= 0;
   auto reports = Vote(report);
   if (!reports.ok()) {
-    return finish(Annotate(reports.status(), absl::StrCat("checkpoint step ", job.step,
-                                                          ": the commit vote")));
+    return finish(Annotate(InFlight(reports.status()), absl::StrCat("checkpoint step ", job.step,
+                                                                    ": the commit vote")));
   }
   std::string message;
   if (rank_ == 0) {
@@ -993,7 +1002,7 @@ void Engine::RunJob(Job& job) {
     result = Annotate(result, absl::StrCat("checkpoint step ", job.step, " not committed"));
     message = StatusMessageJson(result);
   }
-  if (absl::Status s = BroadcastMessage(&message); !s.ok()) {
+  if (absl::Status s = InFlight(BroadcastMessage(&message)); !s.ok()) {
     return finish(Annotate(s, absl::StrCat("checkpoint step ", job.step,
                                            ": the commit result broadcast")));
   }
