@@ -16,10 +16,10 @@
 #include <cstring>
 #include <future>
 #include <map>
-#include <set>
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -226,6 +226,15 @@ class Engine : public CheckpointEngine {
   void ApplyRetention();
   absl::Status ExchangeReplicas(Job& job, const std::vector<ckpt::RankReport>& reports);
   absl::Status BroadcastMessage(std::string* message);  // rank 0's text to all ranks
+  // A collective of a save in flight that the communicator refused because it had just been
+  // aborted (a rank died: the runtime aborts it) fails that save like one aborted under it:
+  // kAborted, not the kFailedPrecondition of a save begun after the abort.
+  absl::Status InFlight(absl::Status s) const {
+    if (absl::IsFailedPrecondition(s) && !comm_->AbortStatus().ok()) {
+      return absl::AbortedError(s.message());
+    }
+    return s;
+  }
   std::string Dir(absl::string_view name) const { return JoinPath(options_.dir, name); }
 
   const CheckpointOptions options_;
@@ -270,25 +279,32 @@ absl::StatusOr<std::shared_ptr<Job>> Engine::Plan(int64_t step, const Checkpoint
   job->step = step;
   job->metadata = state.metadata;
   job->cuda_stream = state.cuda_stream;
-  std::set<std::string> names;
+  // Per tensor, no allocation beyond what the job keeps: a state_dict has hundreds to
+  // thousands of tensors, and this runs inside the caller's stall.
+  absl::flat_hash_set<absl::string_view> names;
+  names.reserve(state.tensors.size());
+  job->tensors.reserve(state.tensors.size());
   for (const NamedTensor& nt : state.tensors) {
-    const std::string where = absl::StrCat("tensor '", nt.name, "'");
+    // Only on an error: the message's prefix naming the tensor.
+    const auto where = [&nt] { return absl::StrCat("tensor '", nt.name, "'"); };
     if (nt.name.empty() || nt.name.rfind("__", 0) == 0) {
       return absl::InvalidArgumentError(
-          absl::StrCat(where, ": names must be non-empty and not start with \"__\""));
+          absl::StrCat(where(), ": names must be non-empty and not start with \"__\""));
     }
     if (!names.insert(nt.name).second) {
-      return absl::InvalidArgumentError(absl::StrCat(where, " appears twice in the state"));
+      return absl::InvalidArgumentError(absl::StrCat(where(), " appears twice in the state"));
     }
     const Tensor& t = nt.tensor;
-    RETURN_IF_ERROR(cuda::CheckCudaTensor(t, "checkpoint Save", where));
+    if (!t.device().is_cpu()) {
+      RETURN_IF_ERROR(cuda::CheckCudaTensor(t, "checkpoint Save", where()));
+    }
     const int device = t.device().is_cpu() ? -1 : t.device().index;
     if (device >= 0) job->cuda = true;
     if (t.data() == nullptr && t.numel() > 0) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": null data"));
+      return absl::InvalidArgumentError(absl::StrCat(where(), ": null data"));
     }
     for (int64_t d : t.shape()) {
-      if (d < 0) return absl::InvalidArgumentError(absl::StrCat(where, ": negative dimension"));
+      if (d < 0) return absl::InvalidArgumentError(absl::StrCat(where(), ": negative dimension"));
     }
     const TensorPlacement& p = nt.placement;
     StagedTensor st;
@@ -301,12 +317,12 @@ absl::StatusOr<std::shared_ptr<Job>> Engine::Plan(int64_t step, const Checkpoint
     if (local.offset.size() != local.shape.size() ||
         st.global_shape.size() != local.shape.size() || !ckpt::Contains(global, local)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          where, ": the piece at offset ", ckpt::ShapeString(local.offset), " of shape ",
+          where(), ": the piece at offset ", ckpt::ShapeString(local.offset), " of shape ",
           ckpt::ShapeString(local.shape), " is not inside the global shape ",
           ckpt::ShapeString(st.global_shape)));
     }
     if (p.replica_count < 1 || p.replica_index < 0 || p.replica_index >= p.replica_count) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": replica_index ", p.replica_index,
+      return absl::InvalidArgumentError(absl::StrCat(where(), ": replica_index ", p.replica_index,
                                                      " of replica_count ", p.replica_count));
     }
     st.replica_count = p.replica_count;
@@ -630,7 +646,7 @@ absl::Status Engine::Begin(Job& job, std::string* tmp_dir, std::string* nonce,
         Annotate(s, absl::StrCat("starting the save of step ", job.step)),
         {{"step", job.step}, {"seq", job.seq}, {"nonce", *nonce}});
   }
-  absl::Status comm = BroadcastMessage(&message);
+  absl::Status comm = InFlight(BroadcastMessage(&message));
   if (!comm.ok()) {
     *comm_failed = true;
     return Annotate(comm, absl::StrCat("checkpoint step ", job.step, ": the begin broadcast"));
@@ -657,10 +673,12 @@ struct AlignedFree {
 
 absl::Status Engine::WriteShard(Job& job, const std::string& tmp_dir, ckpt::RankReport* report) {
   std::vector<ckpt::SafetensorsEntry> entries;
+  std::map<std::string, Tensor::Shape> offsets;  // DCP_SHARDING_INFO, for torch's reader
   for (const StagedTensor& st : job.tensors) {
     if (!st.has_written) continue;
     entries.push_back({st.name, st.dtype, st.written.box.shape, st.written.stream_offset,
                        st.written.stream_offset + st.written.bytes});
+    offsets[st.name] = st.written.box.offset;
   }
   if (entries.empty()) {
     Abandon(job);
@@ -668,10 +686,8 @@ absl::Status Engine::WriteShard(Job& job, const std::string& tmp_dir, ckpt::Rank
   }
   const std::string name = ckpt::ShardFileName(rank_);
   const std::string path = JoinPath(tmp_dir, name);
-  const std::string prefix = ckpt::BuildSafetensorsPrefix(
-      entries, {{"format", ckpt::kFormatName},
-                {"step", absl::StrCat(job.step)},
-                {"rank", absl::StrCat(rank_)}});
+  const std::string prefix =
+      ckpt::BuildSafetensorsPrefix(entries, ckpt::ShardMetadata(job.step, rank_, offsets));
   auto fail = [&](absl::Status s) {  // the file system's message names the call and the path
     Abandon(job);
     return s;
@@ -818,6 +834,10 @@ absl::Status Engine::Commit(Job& job, const std::string& tmp_dir, const std::str
   ckpt::MaybeCrashAt(ckpt::kCrashAfterShards);
   RETURN_IF_ERROR(WriteFileAndSync(*fs_, JoinPath(tmp_dir, ckpt::kManifestName),
                                    ckpt::ManifestToJson(m)));
+  // The Hugging Face index beside the shards, committed with them (torch's DCP reader needs
+  // only the shards' DCP_SHARDING_INFO; tools that look for an index find it).
+  RETURN_IF_ERROR(WriteFileAndSync(*fs_, JoinPath(tmp_dir, ckpt::kIndexName),
+                                   ckpt::CheckpointIndexJson(m)));
   RETURN_IF_ERROR(fs_->SyncDir(tmp_dir));
   ckpt::MaybeCrashAt(ckpt::kCrashBeforeRename);
   const std::string final_dir = Dir(ckpt::StepDirName(job.step));
@@ -966,8 +986,8 @@ void Engine::RunJob(Job& job) {
   report.sends_replica = report.status.ok() && job.stage_others && buddy_ >= 0;
   auto reports = Vote(report);
   if (!reports.ok()) {
-    return finish(Annotate(reports.status(), absl::StrCat("checkpoint step ", job.step,
-                                                          ": the commit vote")));
+    return finish(Annotate(InFlight(reports.status()), absl::StrCat("checkpoint step ", job.step,
+                                                                    ": the commit vote")));
   }
   std::string message;
   if (rank_ == 0) {
@@ -982,7 +1002,7 @@ void Engine::RunJob(Job& job) {
     result = Annotate(result, absl::StrCat("checkpoint step ", job.step, " not committed"));
     message = StatusMessageJson(result);
   }
-  if (absl::Status s = BroadcastMessage(&message); !s.ok()) {
+  if (absl::Status s = InFlight(BroadcastMessage(&message)); !s.ok()) {
     return finish(Annotate(s, absl::StrCat("checkpoint step ", job.step,
                                            ": the commit result broadcast")));
   }

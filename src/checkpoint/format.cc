@@ -4,6 +4,7 @@
 #include <climits>
 #include <cstring>
 #include <limits>
+#include <set>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
@@ -14,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/check.h"
+#include "common/status_macros.h"
 #include "isa-l/crc.h"
 #include "nlohmann/json.hpp"
 
@@ -349,6 +351,112 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view bytes
   return out;
 }
 
+// --- PyTorch distributed checkpoint and Hugging Face interop -----------------------------
+
+std::map<std::string, std::string> ShardMetadata(
+    int64_t step, int rank, const std::map<std::string, Tensor::Shape>& offsets) {
+  json info = json::object();
+  for (const auto& [name, offset] : offsets) info[name] = {{"saved_offsets", ShapeJson(offset)}};
+  return {{kShardFormatKey, kShardFormatValue},
+          {kTridentFormatKey, kFormatName},
+          {kDcpShardingInfoKey, info.dump()},
+          {kDcpVersionKey, kDcpVersion},
+          {"step", absl::StrCat(step)},
+          {"rank", absl::StrCat(rank)}};
+}
+
+absl::StatusOr<std::optional<std::map<std::string, Tensor::Shape>>> ParseDcpShardingInfo(
+    const SafetensorsHeader& header, absl::string_view where) {
+  auto it = header.metadata.find(kDcpShardingInfoKey);
+  if (it == header.metadata.end()) return std::nullopt;
+  const std::string& text = it->second;
+  json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::DataLossError(absl::StrCat(where, ": __metadata__ ", kDcpShardingInfoKey,
+                                            " is not a JSON object"));
+  }
+  std::map<std::string, Tensor::Shape> out;
+  std::string entry;
+  try {
+    for (const SafetensorsEntry& e : header.entries) {
+      entry = e.name;
+      if (!j.contains(e.name)) BadField("saved_offsets", "is missing");
+      Tensor::Shape offset = ShapeMember(j.at(e.name), "saved_offsets");
+      if (offset.size() != e.shape.size()) {
+        BadField("saved_offsets", absl::StrCat(ShapeString(offset), " does not have the ",
+                                               e.shape.size(), " dimensions of the shape ",
+                                               ShapeString(e.shape)));
+      }
+      out[e.name] = std::move(offset);
+    }
+  } catch (const FieldError& ex) {
+    return absl::DataLossError(absl::StrCat(where, ": __metadata__ ", kDcpShardingInfoKey,
+                                            ", tensor ", entry, ": ", ex.message));
+  } catch (const json::exception& ex) {
+    return absl::DataLossError(
+        absl::StrCat(where, ": bad __metadata__ ", kDcpShardingInfoKey, ": ", ex.what()));
+  }
+  return out;
+}
+
+std::string WeightMapIndexJson(const std::map<std::string, std::string>& weight_map,
+                               uint64_t total_size,
+                               const std::map<std::string, std::string>& extra) {
+  json meta = json::object();
+  for (const auto& [k, v] : extra) meta[k] = v;
+  meta["total_size"] = total_size;
+  json map = json::object();
+  for (const auto& [name, file] : weight_map) map[name] = file;
+  json j = {{"metadata", meta}, {"weight_map", map}};
+  return j.dump(2) + "\n";
+}
+
+std::string CheckpointIndexJson(const CheckpointManifest& m) {
+  std::map<std::string, std::string> weight_map;
+  uint64_t total = 0;
+  bool sharded = false;
+  for (const auto& [name, t] : m.tensors) {
+    total += CheckedBytes(t.global_shape, t.dtype).value_or(0);
+    std::set<std::string> files;
+    const ShardInfo* first = nullptr;
+    for (const ShardInfo& s : t.shards) {
+      files.insert(s.file);
+      if (first == nullptr || s.offset < first->offset) first = &s;
+    }
+    if (files.size() > 1) sharded = true;
+    if (first != nullptr) weight_map[name] = first->file;
+  }
+  return WeightMapIndexJson(weight_map, total,
+                            {{kTridentFormatKey, kFormatName},
+                             {"step", absl::StrCat(m.step)},
+                             {"sharded", sharded ? "true" : "false"}});
+}
+
+absl::Status ValidateCheckpointIndex(absl::string_view text, const CheckpointManifest& m,
+                                     absl::string_view where) {
+  json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") ||
+      !j.at("weight_map").is_object()) {
+    return absl::DataLossError(
+        absl::StrCat(where, " is not a JSON object with a weight_map object"));
+  }
+  const json& map = j.at("weight_map");
+  for (const auto& [name, t] : m.tensors) {
+    if (!map.contains(name) || !map.at(name).is_string()) {
+      return absl::DataLossError(
+          absl::StrCat(where, ": weight_map has no file for tensor ", name));
+    }
+    const std::string file = map.at(name).get<std::string>();
+    bool holds = false;
+    for (const ShardInfo& s : t.shards) holds = holds || s.file == file;
+    if (!holds) {
+      return absl::DataLossError(absl::StrCat(where, ": weight_map maps tensor ", name, " to ",
+                                              file, ", which holds no piece of it"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // --- manifest ------------------------------------------------------------------------------
 
 namespace {
@@ -602,6 +710,9 @@ absl::Status ValidateShardHeader(const SafetensorsHeader& header, uint64_t file_
     }
     entries[e.name] = &e;
   }
+  // What torch's reader takes the pieces' places from must agree with the manifest: a
+  // disagreement would load other values there than here.
+  ASSIGN_OR_RETURN(auto dcp_offsets, ParseDcpShardingInfo(header, path));
   for (const StoredShard& s : shards) {
     auto it = entries.find(s.tensor);
     if (it == entries.end()) {
@@ -621,6 +732,14 @@ absl::Status ValidateShardHeader(const SafetensorsHeader& header, uint64_t file_
       return bad(prefix, "bytes [", header.data_start + e.begin, ", ", header.data_start + e.end,
                  "), the manifest byte_offset ", s.shard->byte_offset, " byte_length ",
                  s.shard->byte_length);
+    }
+    if (dcp_offsets) {
+      const Tensor::Shape& saved = dcp_offsets->at(e.name);  // one for every entry
+      if (saved != s.shard->offset) {
+        return bad("tensor ", s.tensor, ": __metadata__ ", kDcpShardingInfoKey,
+                   " says saved_offsets ", ShapeString(saved), ", the manifest offset ",
+                   ShapeString(s.shard->offset));
+      }
     }
   }
   return absl::OkStatus();

@@ -117,6 +117,51 @@ struct StoredShard {
 absl::Status ValidateShardHeader(const SafetensorsHeader& header, uint64_t file_size,
                                  absl::Span<const StoredShard> shards, absl::string_view path);
 
+// --- PyTorch distributed checkpoint and Hugging Face interop -----------------------------
+//
+// What torch.distributed.checkpoint's HuggingFaceStorageReader (torch/distributed/checkpoint/
+// hf_storage.py, _hf_utils.py) reads from sharded safetensors: each file's __metadata__ has
+// DCP_SHARDING_INFO, a JSON string {"<tensor>": {"saved_offsets": [..]}} giving the offset of
+// the file's piece in the global tensor (the global shape is the largest offset + shape over
+// the files), DCP_VERSION "1.0" and format "pt" (which Hugging Face loaders also require).
+// The index beside the shards maps each tensor to a file, as Hugging Face's sharded
+// checkpoints do.
+
+inline constexpr char kIndexName[] = "model.safetensors.index.json";
+inline constexpr char kDcpShardingInfoKey[] = "DCP_SHARDING_INFO";
+inline constexpr char kDcpVersionKey[] = "DCP_VERSION";
+inline constexpr char kDcpVersion[] = "1.0";
+inline constexpr char kShardFormatKey[] = "format";
+inline constexpr char kShardFormatValue[] = "pt";
+// Our own key in a shard's __metadata__ (the value is kFormatName).
+inline constexpr char kTridentFormatKey[] = "trident_format";
+
+// The __metadata__ of a shard file that holds, for each tensor name, the piece at `offsets`.
+std::map<std::string, std::string> ShardMetadata(int64_t step, int rank,
+                                                 const std::map<std::string, Tensor::Shape>& offsets);
+// The pieces' offsets that a header's DCP_SHARDING_INFO gives, by tensor name; nullopt when the
+// header has none (a checkpoint written before it was added). kDataLoss naming `where` when
+// it is not the JSON above or misses a tensor of the header or gives one an offset of another
+// rank than its shape.
+absl::StatusOr<std::optional<std::map<std::string, Tensor::Shape>>> ParseDcpShardingInfo(
+    const SafetensorsHeader& header, absl::string_view where);
+
+// The Hugging Face index: {"metadata": {"total_size": N, ...}, "weight_map": {name: file}}.
+// `total_size` is the bytes of all tensors; `extra` goes into "metadata" next to it.
+std::string WeightMapIndexJson(const std::map<std::string, std::string>& weight_map,
+                               uint64_t total_size,
+                               const std::map<std::string, std::string>& extra = {});
+// The index of a committed checkpoint: every tensor mapped to the file holding its piece at
+// offset zero (a tensor split over files is whole in none: torch's DCP reader assembles it
+// from DCP_SHARDING_INFO; `trident-ckpt export` writes whole tensors), total_size the bytes of
+// the global tensors, and in "metadata" the format, step and "sharded": "true" when a tensor
+// is split over several files.
+std::string CheckpointIndexJson(const CheckpointManifest& manifest);
+// Checks an index against the manifest: JSON of the shape above, every tensor of the manifest
+// in weight_map, mapped to a file that holds a piece of it. kDataLoss naming `where`.
+absl::Status ValidateCheckpointIndex(absl::string_view text, const CheckpointManifest& manifest,
+                                     absl::string_view where);
+
 // --- manifest ------------------------------------------------------------------------------
 
 std::string ManifestToJson(const CheckpointManifest& manifest);

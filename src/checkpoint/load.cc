@@ -418,6 +418,13 @@ absl::Status VerifyCheckpoint(const std::string& dir, int64_t step, const ReadOp
       RETURN_IF_ERROR(ckpt::ReadShard(*file, path, tensor, *s.shard, buffer.get()));
     }
   }
+  // The Hugging Face index, which loading never reads (checkpoints written before it was
+  // added have none): it must name, for every tensor, a file that holds a piece of it.
+  const std::string index = reader->PathOf(ckpt::kIndexName);
+  if (fs->FileExists(index)) {
+    ASSIGN_OR_RETURN(std::string text, ReadFileToString(*fs, index, ckpt::kMaxManifestBytes));
+    RETURN_IF_ERROR(ckpt::ValidateCheckpointIndex(text, reader->manifest(), index));
+  }
   return absl::OkStatus();
 }
 

@@ -1,5 +1,5 @@
 // trident-ckpt, the real binary: ls, inspect and verify on a checkpoint saved here, and verify
-// naming the bad file and tensor after a byte is flipped.
+// naming the bad file and tensor after a byte is flipped; export.
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -134,6 +134,80 @@ TEST(CkptToolTest, VerifySaysWhenLatestIsBroken) {
   EXPECT_THAT(verify.output, HasSubstr("BAD  latest"));
   verify = Tool("verify " + dir.path() + " --step 10");
   EXPECT_EQ(verify.exit_code, 0) << verify.output;
+}
+
+// export: whole tensors at their global shapes, in files of at most --max-file-size bytes,
+// with the Hugging Face index; a corrupt checkpoint exits 1 and leaves no index.
+TEST(CkptToolTest, ExportWritesWholeTensorsAndTheIndex) {
+  ScratchDir dir;
+  Save(dir.path(), 10);
+  const std::string out = dir.sub("export");
+  // emb (bf16 [100, 8]) is 1600 bytes, norm (f32 [8]) 32: a limit of 1K puts each in a file.
+  ToolRun run = Tool("export " + dir.path() + " 10 " + out + " --max-file-size 1K");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("exported step 10: 2 tensors, 1.6 KiB in 2 files, to " + out));
+  struct Want {
+    std::string file, tensor;
+    DType dtype;
+    Tensor::Shape shape;
+  };
+  for (const Want& w : {Want{"model-00001-of-00002.safetensors", "emb", DType::kBF16, {100, 8}},
+                        Want{"model-00002-of-00002.safetensors", "norm", DType::kF32, {8}}}) {
+    const std::string path = out + "/" + w.file;
+    auto bytes = ReadFileToString(*PosixFileSystem(), path);
+    ASSERT_TRUE(bytes.ok()) << bytes.status();
+    auto header = ckpt::ParseSafetensorsHeader(*bytes, path);
+    ASSERT_TRUE(header.ok()) << header.status();
+    ASSERT_EQ(header->entries.size(), 1u);
+    const ckpt::SafetensorsEntry& e = header->entries[0];
+    EXPECT_EQ(e.name, w.tensor);
+    EXPECT_EQ(e.dtype, w.dtype);
+    EXPECT_EQ(e.shape, w.shape);
+    EXPECT_EQ(header->metadata.at("format"), "pt");
+    EXPECT_EQ(header->data_start + e.end, bytes->size());  // no holes, nothing after
+    const std::vector<char> want =
+        testing::SliceBytes(10, w.tensor, w.dtype, w.shape, Box{Tensor::Shape(w.shape.size(), 0), w.shape});
+    EXPECT_EQ(bytes->substr(header->data_start + e.begin, e.end - e.begin),
+              std::string(want.begin(), want.end()))
+        << w.tensor;
+  }
+  auto index = ReadFileToString(*PosixFileSystem(), out + "/model.safetensors.index.json");
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_THAT(*index, HasSubstr(R"("emb": "model-00001-of-00002.safetensors")"));
+  EXPECT_THAT(*index, HasSubstr(R"("norm": "model-00002-of-00002.safetensors")"));
+  EXPECT_THAT(*index, HasSubstr(R"("total_size": 1632)"));
+
+  // Default size: one file.
+  run = Tool("export " + dir.path() + " latest " + dir.sub("one"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("in 1 file, to"));
+  EXPECT_TRUE(PosixFileSystem()->FileExists(dir.sub("one/model-00001-of-00001.safetensors")));
+
+  run = Tool("export " + dir.path() + " 10 " + out);
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("FAILED_PRECONDITION: export: " + out + " is not empty"));
+  run = Tool("export " + dir.path() + " ten " + dir.sub("x"));
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  run = Tool("export " + dir.path() + " 10 " + dir.sub("x") + " --max-file-size 0");
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  run = Tool("ls " + dir.path() + " --max-file-size 1G");
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+
+  // A flipped byte: the export names it, exits 1, and writes no index.
+  auto m = ReadManifest(dir.path(), 10);
+  ASSERT_TRUE(m.ok());
+  const ShardInfo& piece = m->tensors.at("emb").shards[0];
+  const std::string file = dir.sub("step-000000010/" + piece.file);
+  {
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(piece.byte_offset + 3));
+    f.put('\x7f');
+  }
+  run = Tool("export " + dir.path() + " 10 " + dir.sub("bad"));
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("checksum mismatch in " + file + ", tensor emb"));
+  EXPECT_THAT(run.output, HasSubstr("nothing was committed: OUT has no index"));
+  EXPECT_FALSE(PosixFileSystem()->FileExists(dir.sub("bad/model.safetensors.index.json")));
 }
 
 // Defect 5: a bad setting is a usage error (exit 2) naming the variable and what is allowed.

@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,7 +35,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     Require(alone.code() == absl::StatusCode::kDataLoss);
     return 0;
   }
-  // The file's own entries, as the manifest of a checkpoint would list them.
+  // The file's own entries, as the manifest of a checkpoint would list them (at the offsets
+  // its DCP_SHARDING_INFO gives, which the check above parsed).
+  absl::StatusOr<std::optional<std::map<std::string, Tensor::Shape>>> offsets =
+      ParseDcpShardingInfo(*header, "fuzz.safetensors");
+  Require(offsets.ok());
   std::vector<ShardInfo> infos;
   infos.reserve(header->entries.size());
   for (const SafetensorsEntry& e : header->entries) {
@@ -42,6 +48,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     s.byte_offset = header->data_start + e.begin;
     s.byte_length = e.end - e.begin;
     s.shape = e.shape;
+    s.offset = offsets->has_value() ? (**offsets).at(e.name) : Tensor::Shape(e.shape.size(), 0);
     infos.push_back(s);
   }
   std::vector<StoredShard> shards;

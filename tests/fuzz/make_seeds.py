@@ -32,7 +32,11 @@ def volume(shape):
 
 def shard_file(tensors):
     """tensors: [(name, dtype, shape, bytes)] -> (file bytes, {name: (byte_offset, length)})"""
-    header, data, at = {"__metadata__": {"rank": "0"}}, b"", {}
+    # As the engine writes it: torch DCP's sharding info (every piece at offset zero here).
+    info = {name: {"saved_offsets": [0] * len(shape)} for name, _, shape, _ in tensors}
+    header, data, at = {"__metadata__": {"format": "pt", "rank": "0",
+                                         "DCP_SHARDING_INFO": json.dumps(info),
+                                         "DCP_VERSION": "1.0"}}, b"", {}
     for name, dtype, shape, raw in tensors:
         header[name] = {"dtype": dtype.upper(), "shape": shape,
                         "data_offsets": [len(data), len(data) + len(raw)]}

@@ -81,6 +81,11 @@ Flags:
   --sizes LIST      comma-separated sizes, K/M/G binary (default 256M,2G)
   --iters N         timed saves per size (default 5)
   --tensors N       tensors in the state (default 16)
+  --state-dict      instead, a state like a torch state_dict of a transformer LM with AdamW
+                    (model + optimizer, about SIZE bytes): an embedding, per layer 12
+                    parameters from 1 KiB to 4 MiB, per parameter exp_avg, exp_avg_sq and a
+                    4-byte step; each tensor its own 64-byte-aligned allocation (100M: 505
+                    tensors)
   --threads N       snapshot copy threads (default 0: TRIDENT_CKPT_THREADS, else min(4, cores))
   --budget BYTES    staging budget (default 0: each size, so the whole state fits)
   --no-direct       write shards through the page cache instead of O_DIRECT
@@ -101,6 +106,7 @@ struct CkptConfig {
   bool dd = true;
   bool fio = true;
   bool reserve = true;
+  bool state_dict = false;
   std::string json;
 };
 
@@ -238,26 +244,88 @@ double RunFio(const std::string& path, int64_t bytes, int iodepth) {
   }
 }
 
-absl::Status RunSize(const CkptConfig& c, int64_t size, Communicator& comm, nlohmann::json* rows) {
-  // The state: `tensors` equal f32 tensors, written once so their pages are real.
-  const int64_t per = std::max<int64_t>(4, size / c.tensors / 4 * 4);
-  std::vector<HostMemory> buffers;
-  CheckpointState state;
-  for (int i = 0; i < c.tensors; ++i) {
-    buffers.push_back(AllocateHostMemory(static_cast<size_t>(per)));
-    std::memset(buffers.back().get(), 0x11 + i, static_cast<size_t>(per));
-    state.tensors.push_back({absl::StrCat("layer", i, ".weight"),
-                             Tensor(buffers.back().get(), DType::kF32, {per / 4}), {}});
+// What a torch state_dict of a transformer LM with AdamW holds (model + optimizer), about
+// `size` bytes: an embedding [V, h] and per layer qkv [3h, h], proj [h, h], mlp up [4h, h] and
+// down [h, 4h] with their biases and two layer norms (weight, bias), all f32; per parameter the
+// optimizer's exp_avg and exp_avg_sq (same shape, f32) and its step (an f32 scalar). Tensors
+// from 4 bytes to megabytes, each in its own allocation as torch's CPU allocator makes them
+// (64-byte aligned).
+std::vector<std::pair<std::string, Tensor::Shape>> StateDictShapes(int64_t size) {
+  const int64_t h = 256, vocab = 4096;
+  const std::vector<std::pair<std::string, Tensor::Shape>> layer = {
+      {"attn.qkv.weight", {3 * h, h}}, {"attn.qkv.bias", {3 * h}},
+      {"attn.proj.weight", {h, h}},    {"attn.proj.bias", {h}},
+      {"mlp.up.weight", {4 * h, h}},   {"mlp.up.bias", {4 * h}},
+      {"mlp.down.weight", {h, 4 * h}}, {"mlp.down.bias", {h}},
+      {"ln1.weight", {h}},             {"ln1.bias", {h}},
+      {"ln2.weight", {h}},             {"ln2.bias", {h}}};
+  int64_t per_layer = 0;
+  for (const auto& [name, shape] : layer) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    per_layer += 3 * 4 * n + 4;  // param, exp_avg, exp_avg_sq, step
   }
-  const int64_t bytes = per * c.tensors;
+  const int64_t embedding = 3 * 4 * vocab * h + 4;
+  const int64_t layers = std::max<int64_t>(1, (size - embedding) / per_layer);
+  std::vector<std::pair<std::string, Tensor::Shape>> params = {{"embed.weight", {vocab, h}}};
+  for (int64_t l = 0; l < layers; ++l) {
+    for (const auto& [name, shape] : layer) params.push_back({absl::StrCat("layers.", l, ".", name), shape});
+  }
+  std::vector<std::pair<std::string, Tensor::Shape>> out;
+  for (const auto& p : params) out.push_back({"model." + p.first, p.second});
+  for (const auto& p : params) {
+    out.push_back({"optim.state." + p.first + ".exp_avg", p.second});
+    out.push_back({"optim.state." + p.first + ".exp_avg_sq", p.second});
+    out.push_back({"optim.state." + p.first + ".step", {}});
+  }
+  return out;
+}
+
+struct FreeDeleter {
+  void operator()(char* p) const { std::free(p); }
+};
+
+absl::Status RunSize(const CkptConfig& c, int64_t size, Communicator& comm, nlohmann::json* rows) {
+  // The state: `tensors` equal f32 tensors, or (--state-dict) a torch-like state_dict; written
+  // once so their pages are real.
+  std::vector<char*> data;
+  std::vector<size_t> sizes;
+  std::vector<HostMemory> buffers;
+  std::vector<std::unique_ptr<char, FreeDeleter>> allocations;
+  CheckpointState state;
+  if (c.state_dict) {
+    for (const auto& [name, shape] : StateDictShapes(size)) {
+      int64_t n = 4;
+      for (int64_t d : shape) n *= d;
+      allocations.emplace_back(static_cast<char*>(std::aligned_alloc(64, (n + 63) / 64 * 64)));
+      std::memset(allocations.back().get(), 0x11 + static_cast<int>(data.size() % 200), n);
+      data.push_back(allocations.back().get());
+      sizes.push_back(static_cast<size_t>(n));
+      state.tensors.push_back({name, Tensor(data.back(), DType::kF32, shape), {}});
+    }
+  } else {
+    const int64_t per = std::max<int64_t>(4, size / c.tensors / 4 * 4);
+    for (int i = 0; i < c.tensors; ++i) {
+      buffers.push_back(AllocateHostMemory(static_cast<size_t>(per)));
+      std::memset(buffers.back().get(), 0x11 + i, static_cast<size_t>(per));
+      data.push_back(buffers.back().get());
+      sizes.push_back(static_cast<size_t>(per));
+      state.tensors.push_back({absl::StrCat("layer", i, ".weight"),
+                               Tensor(buffers.back().get(), DType::kF32, {per / 4}), {}});
+    }
+  }
+  int64_t bytes = 0;
+  for (size_t n : sizes) bytes += static_cast<int64_t>(n);
 
   // The baseline: memcpy of the same bytes (the state's tensors) into warm memory.
   HostMemory dst = AllocateHostMemory(static_cast<size_t>(bytes));
   std::memset(dst.get(), 0, static_cast<size_t>(bytes));
   auto timed_memcpy = [&] {
     const absl::Time t = absl::Now();
-    for (int k = 0; k < c.tensors; ++k) {
-      std::memcpy(dst.get() + k * per, buffers[k].get(), static_cast<size_t>(per));
+    size_t at = 0;
+    for (size_t k = 0; k < data.size(); ++k) {
+      std::memcpy(dst.get() + at, data[k], sizes[k]);
+      at += sizes[k];
     }
     return absl::ToDoubleSeconds(absl::Now() - t);
   };
@@ -268,7 +336,12 @@ absl::Status RunSize(const CkptConfig& c, int64_t size, Communicator& comm, nloh
   options.dir = dir;
   options.comm = std::shared_ptr<Communicator>(std::shared_ptr<Communicator>(), &comm);
   options.memory_budget_bytes =
-      static_cast<size_t>(c.budget > 0 ? c.budget : std::max<int64_t>(bytes, 16 << 20));
+      static_cast<size_t>(c.budget > 0 ? c.budget
+                                       // whole huge pages, as the arena is: a budget of
+                                       // exactly the state's bytes would stream it
+                                       : std::max<int64_t>((bytes + (2 << 20) - 1) /
+                                                               (2 << 20) * (2 << 20),
+                                                           16 << 20));
   options.copy_threads = c.threads;
   options.direct_io = c.direct;
   options.keep_last = 1;
@@ -316,6 +389,7 @@ absl::Status RunSize(const CkptConfig& c, int64_t size, Communicator& comm, nloh
   engine.reset();
   (void)PosixFileSystem()->RemoveAll(dir);
   buffers.clear();
+  allocations.clear();
 
   // The disk as the engine's writer sees it: the same bytes from huge-page memory, 64 MiB
   // O_DIRECT writes, fsync; no checksum, no commit.
@@ -451,6 +525,8 @@ int RunCkptBench(int argc, char** argv) {
       c.direct = false;
     } else if (a == "--no-reserve") {
       c.reserve = false;
+    } else if (a == "--state-dict") {
+      c.state_dict = true;
     } else if (a == "--no-dd") {
       c.dd = false;
       c.fio = false;
@@ -478,9 +554,12 @@ int RunCkptBench(int argc, char** argv) {
   comm_options.size = 1;
   std::unique_ptr<Communicator> comm = std::move(NewInprocCommunicators(comm_options)[0]);
 
-  std::printf("# trident-bench ckpt: dir %s (%s), %d tensors, %d timed saves per size, "
+  std::printf("# trident-bench ckpt: dir %s (%s), %s, %d timed saves per size, "
               "copy threads %s, shards %s, staging %s\n",
-              c.dir.c_str(), FsType(c.dir).c_str(), c.tensors, c.iters,
+              c.dir.c_str(), FsType(c.dir).c_str(),
+              c.state_dict ? "a torch-like state_dict (mixed sizes)"
+                           : absl::StrCat(c.tensors, " tensors").c_str(),
+              c.iters,
               c.threads > 0 ? absl::StrCat(c.threads).c_str() : "default",
               c.direct ? "O_DIRECT where allowed" : "buffered",
               c.reserve ? "reserved at Create" : "faulted in by the first save");
