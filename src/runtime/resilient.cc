@@ -78,7 +78,7 @@ class Loop {
                        runtime_internal::Restore(world, trainer_, o_.ckpt_dir, /*fresh=*/true,
                                                  nullptr, /*reset_if_none=*/false));
       for (const std::string& skipped : r.skipped) {
-        spdlog::warn("resume: skipped checkpoint {}", skipped);
+        TLOG(warn, "resume: skipped checkpoint {}", skipped);
       }
       if (o_.on_resume) o_.on_resume(r.step, r.skipped);
       return absl::OkStatus();
@@ -107,7 +107,7 @@ class Loop {
       last_verdict_ms_ = std::max(last_verdict_ms_, f.verdict_unix_ms);
     }
     for (const std::string& skipped : r.skipped) {
-      spdlog::warn("restore: skipped checkpoint {}", skipped);
+      TLOG(warn, "restore: skipped checkpoint {}", skipped);
     }
     return absl::OkStatus();
   }
@@ -142,7 +142,7 @@ class Loop {
       }
       const absl::Time t0 = absl::Now();
       absl::Status s = Setup(&*rec, std::move(held));
-      spdlog::info("recovery into epoch {}: waited {} for the epoch, built the world in {}, "
+      TLOG(info, "recovery into epoch {}: waited {} for the epoch, built the world in {}, "
                    "rebuilt and restored in {}: {}",
                    rec->epoch, absl::FormatDuration(rec->wait),
                    absl::FormatDuration(rec->rebuild), absl::FormatDuration(absl::Now() - t0),
