@@ -8,10 +8,15 @@
  *                              the others fail at its deadline, with a message that names
  *                              rank 2
  *   capi_test resilient <dir>  under trident-run: trident_run_resilient with C callbacks
+ *   capi_test recover <dir>    the same under trident-run --spares 1, where rank 1 kills
+ *                              itself (SIGKILL) before step 4 of epoch 1: the spare takes
+ *                              its place, restores, and every rank ends with the values of
+ *                              an unbroken run
  *
  * Each check prints what failed and exits 1. */
 #define _POSIX_C_SOURCE 200809L /* mkdtemp, setenv under -std=c99 */
 
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -327,6 +332,9 @@ static void Deadline(void) {
 
 typedef struct {
   trident_comm* world;
+  int64_t epoch;
+  int kill_rank; /* this rank SIGKILLs itself before step 4 of epoch 1; -1: none */
+  int recoveries;
   int64_t step;
   double w[8];
   trident_buffer state;
@@ -337,7 +345,16 @@ static int Bind(void* user, trident_comm* world, int64_t epoch, int fresh) {
   (void)epoch;
   (void)fresh;
   t->world = world;
+  t->epoch = epoch;
   return TRIDENT_OK;
+}
+
+static void OnRecovery(void* user, const trident_recovery* r, int64_t resume_step,
+                       const char* source) {
+  Trainer* t = (Trainer*)user;
+  t->recoveries++;
+  printf("recovered: epoch %ld, rank %d replaced, resume at %ld from %s\n", (long)r->epoch,
+         r->failed_rank, (long)resume_step, source);
 }
 
 /* w += mean over ranks of (rank + step), a deterministic function of the step. */
@@ -345,6 +362,9 @@ static int Step(void* user) {
   Trainer* t = (Trainer*)user;
   double g[8];
   int i, rc;
+  if (t->epoch == 1 && t->step == 3 && trident_comm_rank(t->world) == t->kill_rank) {
+    raise(SIGKILL);
+  }
   for (i = 0; i < 8; i++) g[i] = trident_comm_rank(t->world) + (double)(t->step + 1);
   rc = trident_allreduce(t->world, g, g, 8, TRIDENT_DTYPE_F64, TRIDENT_AVG, 0, NULL);
   if (rc != TRIDENT_OK) return rc;
@@ -377,7 +397,7 @@ static void Reset(void* user) {
   memset(t->w, 0, sizeof(t->w));
 }
 
-static void Resilient(const char* dir) {
+static void Resilient(const char* dir, int kill_rank) {
   trident_runtime* rt = NULL;
   trident_trainable trainable;
   trident_loop_options loop;
@@ -386,9 +406,12 @@ static void Resilient(const char* dir) {
   double expected = 0;
   int64_t s;
   memset(&t, 0, sizeof(t));
-  OK(trident_runtime_init(&rt));
+  t.kill_rank = kill_rank;
+  rc = trident_runtime_init(&rt);
+  if (rc == TRIDENT_CANCELLED) return; /* a spare the job did not need */
+  OK(rc);
   size = trident_runtime_world_size(rt);
-  CHECK(trident_runtime_epoch(rt) == 1);
+  CHECK(trident_runtime_epoch(rt) == (kill_rank < 0 ? 1 : trident_runtime_epoch(rt)));
   CHECK(trident_comm_size(trident_runtime_world(rt)) == size);
   memset(&trainable, 0, sizeof(trainable));
   trainable.struct_size = sizeof(trainable);
@@ -403,8 +426,15 @@ static void Resilient(const char* dir) {
   loop.steps = 6;
   loop.ckpt_dir = dir;
   loop.ckpt_every = 2;
+  loop.on_recovery = OnRecovery;
+  loop.user = &t;
   rc = trident_run_resilient(rt, &trainable, &loop);
+  if (rc == TRIDENT_CANCELLED) { /* a spare that was promoted to nothing */
+    trident_runtime_destroy(rt);
+    return;
+  }
   CHECK(rc == TRIDENT_OK);
+  if (kill_rank >= 0) CHECK(t.recoveries == 1 || trident_runtime_promoted(rt));
   for (s = 1; s <= 6; s++) expected += (size - 1) / 2.0 + (double)s;
   for (i = 0; i < 8; i++) CHECK(t.w[i] == expected);
   CHECK(t.step == 6);
@@ -440,9 +470,12 @@ int main(int argc, char** argv) {
   } else if (strcmp(mode, "deadline") == 0) {
     Deadline();
   } else if (strcmp(mode, "resilient") == 0 && argc > 2) {
-    Resilient(argv[2]);
+    Resilient(argv[2], -1);
+  } else if (strcmp(mode, "recover") == 0 && argc > 2) {
+    Resilient(argv[2], 1);
   } else {
-    fprintf(stderr, "usage: capi_test single | multi <dir> | deadline | resilient <dir>\n");
+    fprintf(stderr,
+            "usage: capi_test single | multi <dir> | deadline | resilient <dir> | recover <dir>\n");
     return 2;
   }
   if (failures > 0) {
