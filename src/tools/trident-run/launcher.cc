@@ -223,8 +223,12 @@ std::vector<std::string> Launcher::ChildEnvironment(const Child& child) const {
   // MASTER_ADDR/MASTER_PORT: where torch's env:// rank 0 hosts its own store; the user's
   // values win. One free loopback port for the whole job.
   static const int master_port = FreeLoopbackPort();
-  if (std::getenv("MASTER_ADDR") == nullptr) set.push_back(absl::StrCat("MASTER_ADDR=", kLoopback));
-  if (std::getenv("MASTER_PORT") == nullptr) set.push_back(absl::StrCat("MASTER_PORT=", master_port));
+  if (std::getenv("MASTER_ADDR") == nullptr) {
+    set.push_back(absl::StrCat("MASTER_ADDR=", kLoopback));
+  }
+  if (std::getenv("MASTER_PORT") == nullptr) {
+    set.push_back(absl::StrCat("MASTER_PORT=", master_port));
+  }
   // Single host: libfabric's tcp provider must never pick eth0.
   for (const char* var : {"FI_TCP_IFACE", "FI_SOCKETS_IFACE"}) {
     if (std::getenv(var) == nullptr) set.push_back(absl::StrCat(var, "=lo"));
