@@ -68,7 +68,7 @@ class FileSystem {
   virtual absl::Status Rename(const std::string& from, const std::string& to) = 0;
   // Swaps two existing entries atomically (renameat2 RENAME_EXCHANGE). kUnimplemented where
   // the file system (or this implementation) cannot; callers then fall back to two renames.
-  virtual absl::Status Exchange(const std::string& a, const std::string& b) {
+  virtual absl::Status Exchange(const std::string& /*a*/, const std::string& /*b*/) {
     return absl::UnimplementedError("Exchange is not supported by this file system");
   }
   // Removes a file or a directory tree; OK if absent.

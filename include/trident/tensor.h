@@ -42,7 +42,11 @@ struct Device {
   static Device Cpu() { return {}; }
   static Device Cuda(int index) { return {Type::kCuda, index}; }
   bool is_cpu() const { return type == Type::kCpu; }
-  friend bool operator==(const Device&, const Device&) = default;
+  // Written out (not defaulted) so that the public headers compile as C++17.
+  friend bool operator==(const Device& a, const Device& b) {
+    return a.type == b.type && a.index == b.index;
+  }
+  friend bool operator!=(const Device& a, const Device& b) { return !(a == b); }
 };
 
 // Maps C++ element types to DTypes for Tensor::Of.

@@ -13,7 +13,7 @@ namespace trident::ckpt {
 
 void MaybeCrashAt(absl::string_view stage) {
   if (ParamString("TRIDENT_CKPT_CRASH_AT") != stage) return;
-  spdlog::warn("TRIDENT_CKPT_CRASH_AT={}: killing this process with SIGKILL", stage);
+  TLOG(warn, "TRIDENT_CKPT_CRASH_AT={}: killing this process with SIGKILL", stage);
   std::raise(SIGKILL);
 }
 

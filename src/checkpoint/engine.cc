@@ -536,7 +536,7 @@ absl::StatusOr<std::shared_ptr<CheckpointSave>> Engine::Save(int64_t step,
     if (pinned.ok()) {
       arena_pinned_ = true;
     } else {
-      spdlog::warn("checkpoint: cannot page-lock the staging ({}); copies from the GPU will "
+      TLOG(warn, "checkpoint: cannot page-lock the staging ({}); copies from the GPU will "
                    "be slower", pinned);
     }
   }
@@ -631,12 +631,12 @@ absl::Status Engine::Begin(Job& job, std::string* tmp_dir, std::string* nonce,
             // A checkpoint moved aside to be replaced, and the replacement never came: put it
             // back.
             absl::Status r = fs_->Rename(Dir(name), Dir(name.substr(0, old_at)));
-            if (!r.ok()) spdlog::warn("checkpoint: cannot restore {}: {}", Dir(name), r);
+            if (!r.ok()) TLOG(warn, "checkpoint: cannot restore {}: {}", Dir(name), r);
             continue;
           }
           if (ckpt::IsStaleDirName(name) || name == std::string(ckpt::kLatestName) + ".tmp") {
             absl::Status r = fs_->RemoveAll(Dir(name));
-            if (!r.ok()) spdlog::warn("checkpoint: cannot clean {}: {}", Dir(name), r);
+            if (!r.ok()) TLOG(warn, "checkpoint: cannot clean {}: {}", Dir(name), r);
           }
         }
       }
@@ -869,7 +869,7 @@ absl::Status Engine::Commit(Job& job, const std::string& tmp_dir, const std::str
   RETURN_IF_ERROR(fs_->SyncDir(options_.dir));
   if (!old_dir.empty()) {
     if (absl::Status s = fs_->RemoveAll(old_dir); !s.ok()) {
-      spdlog::warn("checkpoint: cannot remove the replaced {}: {}", old_dir, s);
+      TLOG(warn, "checkpoint: cannot remove the replaced {}: {}", old_dir, s);
     }
   }
   return absl::OkStatus();
@@ -881,7 +881,7 @@ void Engine::ApplyRetention() {
   read.file_system = fs_;
   auto list = ListCheckpoints(options_.dir, read);
   if (!list.ok()) {
-    spdlog::warn("checkpoint retention: {}", list.status());
+    TLOG(warn, "checkpoint retention: {}", list.status());
     return;
   }
   auto latest = LatestCheckpointStep(options_.dir, read);
@@ -893,7 +893,7 @@ void Engine::ApplyRetention() {
                       (latest.ok() && *latest == c.step);
     if (keep) continue;
     if (absl::Status s = fs_->RemoveAll(c.path); !s.ok()) {
-      spdlog::warn("checkpoint retention: cannot remove {}: {}", c.path, s);
+      TLOG(warn, "checkpoint retention: cannot remove {}: {}", c.path, s);
     }
   }
 }
@@ -959,7 +959,7 @@ void Engine::RunJob(Job& job) {
       buddy_ < 0 ? "not sent: peer replicas are off" : "not sent: the save was not committed");
   auto finish = [&](absl::Status s) {
     Abandon(job);
-    if (!s.ok()) spdlog::warn("checkpoint step {} failed: {}", job.step, s);
+    if (!s.ok()) TLOG(warn, "checkpoint step {} failed: {}", job.step, s);
     job.handle->Finish(std::move(s), Seconds(absl::Now() - job.snapshot_end), replica_status);
   };
   absl::Status begun = Begin(job, &tmp_dir, &nonce, &comm_failed);
@@ -1012,7 +1012,7 @@ void Engine::RunJob(Job& job) {
   if (result.ok() && buddy_ >= 0) {
     replica_status = ExchangeReplicas(job, *reports);
     if (!replica_status.ok() && !absl::IsUnavailable(replica_status)) {
-      spdlog::warn("checkpoint step {}: peer replica exchange failed: {}", job.step,
+      TLOG(warn, "checkpoint step {}: peer replica exchange failed: {}", job.step,
                    replica_status);
     }
   }
@@ -1085,7 +1085,7 @@ absl::StatusOr<std::unique_ptr<CheckpointEngine>> CheckpointEngine::Create(
     buddy = (comm.rank() + shift) % comm.size();
     source = (comm.rank() - shift + comm.size()) % comm.size();
     if (ids[buddy] == ids[comm.rank()]) {
-      spdlog::debug("checkpoint: every rank is on one host; peer replicas stay on it");
+      TLOG(debug, "checkpoint: every rank is on one host; peer replicas stay on it");
     }
   }
   std::unique_ptr<Communicator> control;

@@ -73,7 +73,7 @@ absl::StatusOr<std::shared_ptr<HostEndpoint>> OpenHostEndpoint(std::string provi
   absl::StatusOr<std::unique_ptr<FabricEndpoint>> endpoint =
       OpenFabricEndpoint(provider, ParamString("TRIDENT_FABRIC_IFACE"));
   if (!endpoint.ok()) return Annotate(endpoint.status(), "OpenHostEndpoint");
-  spdlog::debug("opened a host endpoint in advance: {}", (*endpoint)->Describe());
+  TLOG(debug, "opened a host endpoint in advance: {}", (*endpoint)->Describe());
   return std::make_shared<HostEndpoint>(*std::move(endpoint));
 }
 
@@ -155,7 +155,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateHostCommunicator(HostCommOpt
   config.algo.small_bytes = static_cast<size_t>(ParamInt("TRIDENT_SMALL_MSG_BYTES"));
   config.algo.chunk_bytes = static_cast<size_t>(ParamInt("TRIDENT_CHUNK_BYTES"));
   auto comm = std::make_unique<HostCommunicator>(std::move(config));
-  spdlog::debug("created {}", comm->Describe());
+  TLOG(debug, "created {}", comm->Describe());
   return std::unique_ptr<Communicator>(std::move(comm));
 }
 

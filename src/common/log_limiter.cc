@@ -8,7 +8,7 @@
 namespace trident {
 
 LogLimiter::LogLimiter(absl::Duration window, Sink sink) : window_(window), sink_(std::move(sink)) {
-  if (!sink_) sink_ = [](const std::string& line) { spdlog::warn("{}", line); };
+  if (!sink_) sink_ = [](const std::string& line) { TLOG(warn, "{}", line); };
 }
 
 void LogLimiter::Event(absl::Time now, absl::string_view line) {

@@ -24,7 +24,7 @@ namespace trident {
 class LogLimiter {
  public:
   using Sink = std::function<void(const std::string& line)>;
-  // `sink` receives each line; the default logs it with spdlog::warn.
+  // `sink` receives each line; the default logs it with TLOG(warn, ...).
   explicit LogLimiter(absl::Duration window, Sink sink = nullptr);
 
   // Logs `line` when nothing was logged in the current window (which then starts), else

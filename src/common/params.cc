@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -17,8 +18,8 @@ namespace trident {
 namespace {
 
 // Rows of the table. An int or duration must parse and be at least `min`; a string with
-// choices must be one of them (a comma-separated list; a leading comma allows ""); a secret's
-// value is never printed.
+// choices must be one of them in any case (a comma-separated list; a leading comma allows "");
+// a secret's value is never printed.
 constexpr ParamDesc Int(absl::string_view name, absl::string_view def, int64_t min,
                         absl::string_view doc) {
   return {name, "int", def, doc, min, "", false};
@@ -34,17 +35,22 @@ constexpr ParamDesc OneOf(absl::string_view name, absl::string_view def,
                           absl::string_view choices, absl::string_view doc) {
   return {name, "string", def, doc, 0, choices, false};
 }
+// An int that other launchers also set under their own names (ParamDesc::fallbacks).
+constexpr ParamDesc IntFrom(absl::string_view name, absl::string_view def, int64_t min,
+                            absl::string_view fallbacks, absl::string_view doc) {
+  return {name, "int", def, doc, min, "", false, fallbacks};
+}
 constexpr ParamDesc Secret(absl::string_view name, absl::string_view doc) {
   return {name, "string", "", doc, 0, "", true};
 }
 
 constexpr ParamDesc kParams[] = {
-    Int("TRIDENT_RANK", "0", -1,
-        "This process's rank in the job (set by trident-run)."),
-    Int("TRIDENT_WORLD_SIZE", "1", 1,
-        "Number of ranks in the job (set by trident-run)."),
-    Int("TRIDENT_LOCAL_RANK", "0", 0,
-        "Rank among the processes on this host (set by trident-run)."),
+    IntFrom("TRIDENT_RANK", "0", -1, "RANK,SLURM_PROCID",
+            "This process's rank in the job (set by trident-run; else RANK, else SLURM_PROCID)."),
+    IntFrom("TRIDENT_WORLD_SIZE", "1", 1, "WORLD_SIZE,SLURM_NTASKS",
+            "Number of ranks in the job (set by trident-run; else WORLD_SIZE, else SLURM_NTASKS)."),
+    IntFrom("TRIDENT_LOCAL_RANK", "0", 0, "LOCAL_RANK,SLURM_LOCALID",
+            "Rank among the processes on this host (set by trident-run; else LOCAL_RANK, else SLURM_LOCALID)."),
     Str("TRIDENT_STORE", "",
         "Store URL, tcp://host:port, file:///dir or etcd://host:port[,host:port...]/JOB (set by "
         "trident-run)."),
@@ -58,8 +64,8 @@ constexpr ParamDesc kParams[] = {
         "libfabric provider: shm, tcp, efa, ... (empty: shm on one host, else tcp)."),
     Str("TRIDENT_FABRIC_IFACE", "",
         "Network interface for the tcp provider (empty: lo on one host)."),
-    OneOf("TRIDENT_LOG_LEVEL", "info", "trace,debug,info,warn,error,off",
-          "trace, debug, info, warn, error or off."),
+    OneOf("TRIDENT_LOG_LEVEL", "info", "trace,debug,info,warn,warning,error,critical,off",
+          "trace, debug, info, warn (or warning), error, critical or off, in any case."),
     Int("TRIDENT_SMALL_MSG_BYTES", "65536", 0,
         "Messages up to this size use latency algorithms (recursive doubling, trees)."),
     Int("TRIDENT_CHUNK_BYTES", "1048576", 1,
@@ -110,8 +116,23 @@ static const ParamDesc& Find(absl::string_view name) {
 
 namespace {
 
-// The environment's value, or nullptr when unset.
-const char* EnvOf(const ParamDesc& p) { return std::getenv(std::string(p.name).c_str()); }
+// The environment's value (nullptr when unset) and the variable it came from: the
+// parameter's own, else the first of its fallbacks that is set.
+struct EnvValue {
+  std::string var;
+  const char* value = nullptr;
+};
+EnvValue EnvOf(const ParamDesc& p) {
+  std::string var(p.name);
+  if (const char* v = std::getenv(var.c_str())) return {var, v};
+  if (!p.fallbacks.empty()) {
+    for (absl::string_view fallback : absl::StrSplit(p.fallbacks, ',')) {
+      std::string name(fallback);
+      if (const char* v = std::getenv(name.c_str())) return {name, v};
+    }
+  }
+  return {var, nullptr};
+}
 
 std::vector<absl::string_view> Choices(const ParamDesc& p) {
   return absl::StrSplit(p.choices, ',');
@@ -128,9 +149,9 @@ std::string Allowed(const ParamDesc& p) {
 
 // The value of `p` (the environment's, else the default), checked.
 absl::StatusOr<std::string> Checked(const ParamDesc& p) {
-  const char* env = EnvOf(p);
-  if (env == nullptr) return std::string(p.default_value);
-  const std::string value = env;
+  const EnvValue env = EnvOf(p);
+  if (env.value == nullptr) return std::string(p.default_value);
+  const std::string value = env.value;
   const bool numeric = p.type == "int" || p.type == "duration_ms";
   if (numeric && value.empty()) return std::string(p.default_value);  // VAR= means the default
   bool ok = true;
@@ -138,12 +159,16 @@ absl::StatusOr<std::string> Checked(const ParamDesc& p) {
     int64_t v = 0;
     ok = absl::SimpleAtoi(value, &v) && v >= p.min;
   } else if (!p.choices.empty()) {
-    std::vector<absl::string_view> choices = Choices(p);
-    ok = std::find(choices.begin(), choices.end(), value) != choices.end();
+    // Any case: TRIDENT_LOG_LEVEL=INFO is info. The value returned is the choice as listed.
+    for (absl::string_view choice : Choices(p)) {
+      if (absl::EqualsIgnoreCase(choice, value)) return std::string(choice);
+    }
+    ok = false;
   }
   if (ok) return value;
   return absl::InvalidArgumentError(absl::StrCat(
-      p.name, "=", p.secret ? "<hidden>" : absl::StrCat("'", absl::CHexEscape(value), "'"),
+      env.var, "=", p.secret ? "<hidden>" : absl::StrCat("'", absl::CHexEscape(value), "'"),
+      env.var != p.name ? absl::StrCat(" (read for ", p.name, ", which is unset)") : "",
       " is not valid: expected ", Allowed(p), " (", p.doc, ")"));
 }
 
@@ -152,7 +177,7 @@ absl::StatusOr<std::string> Checked(const ParamDesc& p) {
 std::string ValueOrDefault(const ParamDesc& p) {
   absl::StatusOr<std::string> value = Checked(p);
   if (value.ok()) return *std::move(value);
-  spdlog::error("{}; using the default {}", value.status().message(), p.default_value);
+  TLOG(error, "{}; using the default {}", value.status().message(), p.default_value);
   return std::string(p.default_value);
 }
 
@@ -180,11 +205,14 @@ absl::Duration ParamMillis(absl::string_view name) { return absl::Milliseconds(P
 std::string DescribeParams() {
   std::string out;
   for (const ParamDesc& p : kParams) {
-    const char* env = EnvOf(p);
-    std::string value = env != nullptr ? env : std::string(p.default_value);
+    const EnvValue env = EnvOf(p);
+    std::string value = env.value != nullptr ? env.value : std::string(p.default_value);
     if (p.secret && !value.empty()) value = "<hidden>";
     absl::Status valid = Checked(p).status();
-    absl::StrAppend(&out, p.name, "=", value, env != nullptr ? "  (env)" : "  (default)",
+    const std::string source = env.value == nullptr ? "  (default)"
+                               : env.var == p.name  ? "  (env)"
+                                                    : absl::StrCat("  (env ", env.var, ")");
+    absl::StrAppend(&out, p.name, "=", value, source,
                     valid.ok() ? "" : "  INVALID", "\n    ", p.doc, "\n");
   }
   return out;

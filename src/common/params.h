@@ -23,6 +23,10 @@ struct ParamDesc {
   int64_t min = 0;              // int and duration_ms: the smallest value allowed
   absl::string_view choices;    // string: the values allowed, comma-separated; empty: any
   bool secret = false;          // never printed or logged
+  // Other launchers' names for the same setting, read in this order when the TRIDENT_*
+  // variable is unset (comma-separated): TRIDENT_RANK falls back to RANK (torchrun), then
+  // SLURM_PROCID (srun). Errors and DescribeParams name the variable actually read.
+  absl::string_view fallbacks;
 };
 
 absl::Span<const ParamDesc> AllParams();

@@ -55,7 +55,7 @@ void Coordinator::MemberExited(const std::string& name, const MemberExit& exit, 
   m.running = false;
   if (m.dead) return;  // declared dead and killed: already replaced or reported
   if (exit.clean()) {
-    spdlog::debug("{} exited with status 0", name);
+    TLOG(debug, "{} exited with status 0", name);
     if (m.rank < 0) {
       RemoveReady(name);
       return;
@@ -286,7 +286,7 @@ void Coordinator::ReadReports(Store& s, absl::Time now) {
     }
     absl::StatusOr<std::string> why = s.TryGet(key, Deadline());
     const std::string& member = membership_.ranks[rank];
-    spdlog::info("rank {} ({}) reported by rank {}: {}", rank, member, reporter,
+    TLOG(info, "rank {} ({}) reported by rank {}: {}", rank, member, reporter,
                  why.ok() ? *why : key);
     detector_.Suspect(member, absl::StrCat("a peer's transport error: ", why.ok() ? *why : key),
                       now, absl::StrCat("rank ", reporter));
@@ -365,7 +365,7 @@ void Coordinator::Poll(absl::Time now) {
     if (m.spare && m.rank < 0 && !m.ready && s->TryGet(SpareKey(name), Deadline()).ok()) {
       m.ready = true;
       ready_spares_.push_back(name);
-      spdlog::debug("spare {} is ready", name);
+      TLOG(debug, "spare {} is ready", name);
     }
   }
   ReadReports(*s, now);

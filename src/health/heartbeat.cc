@@ -26,14 +26,14 @@ void Heartbeat::Loop() {
   do {
     if (std::optional<std::string> stall = stalled_ ? stalled_() : std::nullopt) {
       if (!silent) {
-        spdlog::error("{}; stopping the heartbeat so that the agent replaces this rank", *stall);
+        TLOG(error, "{}; stopping the heartbeat so that the agent replaces this rank", *stall);
         (void)store_->Set(stalled_key_, *stall, absl::Now() + interval_);  // best effort
         silent = true;
       }
       continue;
     }
     if (silent) {
-      spdlog::warn("the training thread moved again; beating again");
+      TLOG(warn, "the training thread moved again; beating again");
       silent = false;
     }
     absl::StatusOr<int64_t> n = store_->Add(key_, 1, absl::Now() + interval_);
@@ -41,7 +41,7 @@ void Heartbeat::Loop() {
       beats_.store(*n);
       warned = false;
     } else if (!warned) {
-      spdlog::warn("heartbeat {}: {}; retrying every {}", key_, n.status().ToString(),
+      TLOG(warn, "heartbeat {}: {}; retrying every {}", key_, n.status().ToString(),
                    absl::FormatDuration(interval_));
       warned = true;
     }

@@ -87,7 +87,7 @@ class Loop {
                        runtime_internal::Restore(world, trainer_, o_.ckpt_dir, /*fresh=*/true,
                                                  nullptr, /*reset_if_none=*/false));
       for (const std::string& skipped : r.skipped) {
-        spdlog::warn("resume: skipped checkpoint {}", skipped);
+        TLOG(warn, "resume: skipped checkpoint {}", skipped);
       }
       if (o_.on_resume) o_.on_resume(r.step, r.skipped);
       return absl::OkStatus();
@@ -116,7 +116,7 @@ class Loop {
       last_verdict_ms_ = std::max(last_verdict_ms_, f.verdict_unix_ms);
     }
     for (const std::string& skipped : r.skipped) {
-      spdlog::warn("restore: skipped checkpoint {}", skipped);
+      TLOG(warn, "restore: skipped checkpoint {}", skipped);
     }
     return absl::OkStatus();
   }
@@ -151,7 +151,7 @@ class Loop {
       }
       const absl::Time t0 = absl::Now();
       absl::Status s = Setup(&*rec, std::move(held));
-      spdlog::info("recovery into epoch {}: waited {} for the epoch, built the world in {}, "
+      TLOG(info, "recovery into epoch {}: waited {} for the epoch, built the world in {}, "
                    "rebuilt and restored in {}: {}",
                    rec->epoch, absl::FormatDuration(rec->wait),
                    absl::FormatDuration(rec->rebuild), absl::FormatDuration(absl::Now() - t0),
@@ -237,7 +237,7 @@ class Loop {
     while (std::find(odd.begin(), odd.end(), logger) != odd.end()) ++logger;
     for (int r : odd) {
       if (me == logger) {
-        spdlog::warn("sdc step={} rank={} replicas={} method={} action=replaced", step, r,
+        TLOG(warn, "sdc step={} rank={} replicas={} method={} action=replaced", step, r,
                      replicas, method);
       }
       if (!named) {
@@ -247,7 +247,7 @@ class Loop {
                              ? absl::StrCat("the majority of its ", replicas, " replicas")
                              : std::string("its own replay from the last checkpoint"));
         if (absl::Status s = rt_.ReportCorruption(r, why); !s.ok()) {
-          spdlog::error("sdc: cannot report rank {}: {}", r, s.ToString());
+          TLOG(error, "sdc: cannot report rank {}: {}", r, s.ToString());
         }
       }
     }
@@ -285,7 +285,7 @@ class Loop {
                      runtime_internal::Restore(rt_.world(), trainer_, o_.ckpt_dir,
                                                /*fresh=*/false, nullptr,
                                                /*reset_if_none=*/true));
-    spdlog::info("sdc: replicas disagree at step {} with no majority: replaying from step {}",
+    TLOG(info, "sdc: replicas disagree at step {} with no majority: replaying from step {}",
                  step, r.step);
     while (trainer_.step() < step) RETURN_IF_ERROR(trainer_.Step());
     ASSIGN_OR_RETURN(health::ReplicaDigest after, MyDigest());
@@ -303,7 +303,7 @@ class Loop {
     if (!odd.empty()) return NameCorrupt(step, odd, v.replicas, "replay");
     const bool replay_agrees = health::JudgeReplicas(replayed).agree();
     if (rt_.rank() == 0) {
-      spdlog::warn("sdc step={} rank=none replicas={} method=replay action=rollback", step,
+      TLOG(warn, "sdc step={} rank=none replicas={} method=replay action=rollback", step,
                    v.replicas);
     }
     if (o_.on_sdc) {

@@ -172,7 +172,7 @@ bool JobRuntime::OpenStandby() {
   if (options_.factory) return false;  // another backend opens its own
   absl::StatusOr<std::shared_ptr<HostEndpoint>> ep = OpenHostEndpoint(options_.provider);
   if (!ep.ok()) {
-    spdlog::warn("cannot open an endpoint in advance: {}", ep.status().ToString());
+    TLOG(warn, "cannot open an endpoint in advance: {}", ep.status().ToString());
     return false;
   }
   absl::MutexLock lock(&mu_);
@@ -258,13 +258,13 @@ absl::Status JobRuntime::Start() {
     absl::Status stored = store_->Set(health::BurnInKey(options_.member), burn.ToString(),
                                       deadline);
     if (!burn.ok) {
-      spdlog::error("burn-in of {} {}; not admitted", options_.member, burn.ToString());
+      TLOG(error, "burn-in of {} {}; not admitted", options_.member, burn.ToString());
       return absl::FailedPreconditionError(absl::StrCat(
           "burn-in of ", options_.member, " ", burn.ToString(),
           "; this process is not admitted (trident-run replaces it with a spare)"));
     }
-    spdlog::info("burn-in of {} {}", options_.member, burn.ToString());
-    if (!stored.ok()) spdlog::warn("cannot store the burn-in report: {}", stored.ToString());
+    TLOG(info, "burn-in of {} {}", options_.member, burn.ToString());
+    if (!stored.ok()) TLOG(warn, "cannot store the burn-in report: {}", stored.ToString());
   }
   if (options_.heartbeat > absl::ZeroDuration()) {
     heartbeat_ = std::make_unique<health::Heartbeat>(watch_store_, options_.member,
@@ -278,7 +278,7 @@ absl::Status JobRuntime::Start() {
     // member a rank.
     const bool opened = OpenStandby();
     RETURN_IF_ERROR(store_->Set(health::SpareKey(options_.member), "ready", deadline));
-    spdlog::info("spare {} ready (store connected{}); waiting to be promoted", options_.member,
+    TLOG(info, "spare {} ready (store connected{}); waiting to be promoted", options_.member,
                  opened ? ", fabric endpoint open" : "");
     RETURN_IF_ERROR(WaitForPromotion());
   } else {
@@ -302,7 +302,7 @@ absl::Status JobRuntime::Start() {
             " (it was declared dead: ", m.DescribeFailures(), ")"));
       }
       // A shrink dropped this worker's group before it started: it waits in the pool.
-      spdlog::info("{} starts in epoch {} without a rank (a shrink); waiting as a spare",
+      TLOG(info, "{} starts in epoch {} without a rank (a shrink); waiting as a spare",
                    options_.member, m.epoch);
       OpenStandby();
       RETURN_IF_ERROR(WaitForPromotion());
@@ -312,7 +312,7 @@ absl::Status JobRuntime::Start() {
           BuildWorld(m.epoch, std::min(deadline, absl::Now() + options_.build_timeout));
       if (!built.ok()) {
         // A rank may have died during the setup: its place goes to a spare in a new epoch.
-        spdlog::warn("building the world of epoch {} failed: {}; waiting for the next epoch",
+        TLOG(warn, "building the world of epoch {} failed: {}; waiting for the next epoch",
                      m.epoch, built.ToString());
         epoch_ = m.epoch;
         ASSIGN_OR_RETURN(promotion_, Recover(built, deadline));
@@ -350,7 +350,7 @@ absl::Status JobRuntime::WaitForPromotion() {
       promotion_.world_size = world_size_;
       promotion_.failed = m.failures;
       InitLogging(absl::StrCat("rank ", rank));
-      spdlog::info("spare {} promoted to rank {} in epoch {}, replacing {}", options_.member,
+      TLOG(info, "spare {} promoted to rank {} in epoch {}, replacing {}", options_.member,
                    rank, m.epoch, m.DescribeFailures());
       // The survivors may come a build window late (they first end their own failed build),
       // so the spare waits two windows; a newer epoch ends the build at once. A failed build
@@ -359,7 +359,7 @@ absl::Status JobRuntime::WaitForPromotion() {
       absl::Status built = BuildWorld(m.epoch, absl::Now() + 2 * options_.build_timeout);
       if (built.ok()) return absl::OkStatus();
       failed_epoch = m.epoch;
-      spdlog::warn("building the world of epoch {} failed: {}; waiting for the next epoch",
+      TLOG(warn, "building the world of epoch {} failed: {}; waiting for the next epoch",
                    m.epoch, built.ToString());
       continue;  // the next epoch may be there already
     }
@@ -493,7 +493,7 @@ absl::StatusOr<Recovery> JobRuntime::Recover(const absl::Status& cause, absl::Ti
             m->DescribeFailures()));
       }
       // A shrink dropped this rank's group: wait in the pool like a spare.
-      spdlog::info("{} left the world in epoch {} with the group of {}; waiting as a spare",
+      TLOG(info, "{} left the world in epoch {} with the group of {}; waiting as a spare",
                    options_.member, m->epoch, m->DescribeFailures());
       {
         absl::MutexLock lock(&mu_);
@@ -521,11 +521,11 @@ absl::StatusOr<Recovery> JobRuntime::Recover(const absl::Status& cause, absl::Ti
       r.epoch = m->epoch;
       r.world_size = world_size_;
       r.rebuild = absl::Now() - build_start;
-      spdlog::info("recovered into epoch {} as rank {} (after: {}) in {}", r.epoch, rank_,
+      TLOG(info, "recovered into epoch {} as rank {} (after: {}) in {}", r.epoch, rank_,
                    m->DescribeFailures(), absl::FormatDuration(absl::Now() - start));
       return r;
     }
-    spdlog::warn("building the world of epoch {} failed: {}; waiting for the next epoch",
+    TLOG(warn, "building the world of epoch {} failed: {}; waiting for the next epoch",
                  m->epoch, built.ToString());
     if (absl::Now() >= deadline) return built;
     target = m->epoch + 1;
@@ -538,6 +538,17 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Init(RuntimeOptions options) {
   RETURN_IF_ERROR(Annotate(CheckParams(), "Runtime::Init"));  // a bad setting, not an abort
   if (options.store == nullptr && options.world_size < 0 &&
       std::getenv("TRIDENT_WORLD_SIZE") == nullptr) {
+    // Another launcher's job (torchrun's WORLD_SIZE, srun's SLURM_NTASKS; params.cc's
+    // fallbacks): its ranks have no launcher that records deaths and promotes spares, so a
+    // runtime of one process each would silently train apart. Say so instead.
+    if (const int64_t size = ParamInt("TRIDENT_WORLD_SIZE"); size > 1) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "Runtime::Init: this process is one of ", size,
+          " ranks started by another launcher (WORLD_SIZE or SLURM_NTASKS is set, "
+          "TRIDENT_WORLD_SIZE is not); the fault-tolerant runtime needs trident-run's "
+          "launcher: start the job with trident-run --nproc-per-node ", size,
+          " (or build communicators with CreateHostCommunicator and a store)"));
+    }
     return std::unique_ptr<Runtime>(new StandaloneRuntime());
   }
   auto rt = std::make_unique<JobRuntime>(std::move(options));

@@ -571,7 +571,7 @@ absl::Status WaitForKeys(etcd_internal::Client& client, std::vector<std::string>
       return store_internal::MissingKeysError(op, missing);
     }
     if (!watched.ok()) {
-      spdlog::debug("etcd store: {}; reading again", watched.message());
+      TLOG(debug, "etcd store: {}; reading again", watched.message());
       if (!backoff.Sleep(deadline)) return store_internal::MissingKeysError(op, missing);
     }
   }
@@ -639,7 +639,7 @@ EtcdLease::~EtcdLease() {
                                 DeadlineIn(absl::Seconds(1)), true, "revoking a lease")
                          .status();
     if (!s.ok()) {
-      spdlog::warn("etcd store: lease {} not revoked ({}); it expires in {}", id_,
+      TLOG(warn, "etcd store: lease {} not revoked ({}); it expires in {}", id_,
                   s.message(), absl::FormatDuration(ttl_));
     }
   }
@@ -700,7 +700,7 @@ void EtcdLease::Run() {
       next = absl::Now() + std::min(period, absl::Milliseconds(200));
       continue;
     }
-    spdlog::warn("etcd store: {}", lost.message());
+    TLOG(warn, "etcd store: {}", lost.message());
     absl::MutexLock lock(&state_->mu);
     state_->status = lost;
     return;

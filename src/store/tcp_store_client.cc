@@ -282,7 +282,7 @@ absl::StatusOr<std::string> TcpStore::Call(Op op, Build build,
           where_,
           " after sending the request, so it may or may not have been applied: ", error.message()));
     }
-    spdlog::warn("store client: lost the connection to {} during {} ({}); reconnecting", where_,
+    TLOG(warn, "store client: lost the connection to {} during {} ({}); reconnecting", where_,
                  store_internal::OpName(op), error.message());
     if (!backoff.Sleep(deadline)) {
       return absl::UnavailableError(absl::StrCat("store ", store_internal::OpName(op),
@@ -302,7 +302,7 @@ absl::StatusOr<UniqueFd> TcpStore::Acquire(absl::Time deadline, RetryBackoff& ba
       idle_.pop_back();
     }
     if (!LooksClosed(fd.get())) return fd;
-    spdlog::debug("store client: pooled connection to {} was closed by the server", where_);
+    TLOG(debug, "store client: pooled connection to {} was closed by the server", where_);
   }
   return DialWithRetry(deadline, backoff);
 }

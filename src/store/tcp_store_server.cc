@@ -122,7 +122,7 @@ class Server final : public TcpStoreServer {
     ssize_t rc = write(wake_fd_.get(), &one, sizeof(one));
     TRIDENT_CHECK(rc == sizeof(one)) << "eventfd write failed: errno " << errno;
     thread_.join();
-    spdlog::info("store server {}:{} stopped", host_, port_);
+    TLOG(info, "store server {}:{} stopped", host_, port_);
   }
 
  private:
@@ -234,7 +234,7 @@ void Server::AcceptAll() {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return;
       // Out of descriptors or memory: the connection stays queued; back off, do not spin.
       if (!accept_failing_) {
-        spdlog::warn("store server {}:{}: {}", host_, port_,
+        TLOG(warn, "store server {}:{}: {}", host_, port_,
                      ErrnoToStatus(errno, "accept").message());
       }
       accept_failing_ = true;
@@ -249,7 +249,7 @@ void Server::AcceptAll() {
     c->peer = store_internal::PeerAddress(fd);
     c->accepted = absl::Now();
     c->timer = c->accepted + kHelloTimeout;
-    spdlog::debug("store server: connection from {}", c->peer);
+    TLOG(debug, "store server: connection from {}", c->peer);
     conns_.push_back(std::move(c));
     ++waiting;
   }
@@ -496,9 +496,9 @@ void Server::Refuse(Conn& c, absl::StatusCode code, absl::string_view why) {
 void Server::Close(Conn& c, absl::string_view why, bool warn) {
   if (c.dead) return;
   if (warn) {
-    spdlog::warn("store server {}:{}: closing connection from {}: {}", host_, port_, c.peer, why);
+    TLOG(warn, "store server {}:{}: closing connection from {}: {}", host_, port_, c.peer, why);
   } else {
-    spdlog::debug("store server {}:{}: closing connection from {}: {}", host_, port_, c.peer, why);
+    TLOG(debug, "store server {}:{}: closing connection from {}: {}", host_, port_, c.peer, why);
   }
   c.dead = true;
   c.parked = false;
@@ -571,7 +571,7 @@ absl::StatusOr<std::unique_ptr<TcpStoreServer>> StartTcpStoreServer(
   auto server = std::make_unique<Server>(options.bind_address, port, options.job_token,
                                          std::move(listen_fd), std::move(wake_fd));
   server->Start();
-  spdlog::info("store server listening on {}:{}{}", options.bind_address, port,
+  TLOG(info, "store server listening on {}:{}{}", options.bind_address, port,
                options.job_token.empty() ? " (no job token required)" : "");
   return server;
 }

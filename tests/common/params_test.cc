@@ -14,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "trident/checkpoint.h"
 #include "trident/communicator.h"
+#include "trident/runtime.h"
 
 namespace trident {
 namespace {
@@ -60,8 +61,10 @@ TEST(ParamsTest, BadValuesNameTheVariableTheValueAndWhatIsAllowed) {
            Case{"TRIDENT_TIMEOUT_MS", "abc", "expected a whole number of milliseconds >= 1"},
            Case{"TRIDENT_KILL_GRACE_MS", "xyz", "expected a whole number of milliseconds >= 0"},
            Case{"TRIDENT_TIMEOUT_MS", "-5", "expected a whole number of milliseconds >= 1"},
+           Case{"TRIDENT_TIMEOUT_MS", "30s", "expected a whole number of milliseconds >= 1"},
            Case{"TRIDENT_LOG_LEVEL", "bogus",
-                "expected one of 'trace', 'debug', 'info', 'warn', 'error', 'off'"},
+                "expected one of 'trace', 'debug', 'info', 'warn', 'warning', 'error', "
+                "'critical', 'off'"},
            Case{"TRIDENT_CHUNK_BYTES", "1M", "expected an integer >= 1"},
            Case{"TRIDENT_ROLE", "boss", "expected one of 'worker', 'spare'"},
        }) {
@@ -73,6 +76,65 @@ TEST(ParamsTest, BadValuesNameTheVariableTheValueAndWhatIsAllowed) {
     EXPECT_THAT(CheckParams(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(head)));
     EXPECT_THAT(DescribeParams(), HasSubstr(std::string(c.name) + "=" + c.value + "  (env)  INVALID"));
   }
+}
+
+// Issue 12: TRIDENT_LOG_LEVEL=INFO was rejected (and a bad level turned logs off); any case
+// of a listed choice is that choice.
+TEST(ParamsTest, ChoicesMatchInAnyCase) {
+  for (const char* value : {"INFO", "Info", "info"}) {
+    ScopedEnv env("TRIDENT_LOG_LEVEL", value);
+    EXPECT_TRUE(CheckParam("TRIDENT_LOG_LEVEL").ok()) << value;
+    EXPECT_EQ(ParamString("TRIDENT_LOG_LEVEL"), "info");
+  }
+  ScopedEnv warning("TRIDENT_LOG_LEVEL", "WARNING");
+  EXPECT_EQ(ParamString("TRIDENT_LOG_LEVEL"), "warning");
+  ScopedEnv role("TRIDENT_ROLE", "Spare");
+  EXPECT_EQ(ParamString("TRIDENT_ROLE"), "spare");
+}
+
+// Issue 12: without TRIDENT_*, the rank variables of torchrun, then of SLURM; TRIDENT_* wins.
+TEST(ParamsTest, RankVariablesFallBackToTorchrunThenSlurm) {
+  for (const char* var : {"TRIDENT_RANK", "TRIDENT_WORLD_SIZE", "TRIDENT_LOCAL_RANK", "RANK",
+                          "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS",
+                          "SLURM_LOCALID"}) {
+    ::unsetenv(var);
+  }
+  EXPECT_EQ(ParamInt("TRIDENT_WORLD_SIZE"), 1);
+  {
+    ScopedEnv procid("SLURM_PROCID", "5"), ntasks("SLURM_NTASKS", "8"), local("SLURM_LOCALID", "1");
+    EXPECT_EQ(ParamInt("TRIDENT_RANK"), 5);
+    EXPECT_EQ(ParamInt("TRIDENT_WORLD_SIZE"), 8);
+    EXPECT_EQ(ParamInt("TRIDENT_LOCAL_RANK"), 1);
+    EXPECT_THAT(DescribeParams(), HasSubstr("TRIDENT_RANK=5  (env SLURM_PROCID)"));
+    ScopedEnv rank("RANK", "3"), world("WORLD_SIZE", "4"), local_rank("LOCAL_RANK", "0");
+    EXPECT_EQ(ParamInt("TRIDENT_RANK"), 3);  // torchrun's before SLURM's
+    EXPECT_EQ(ParamInt("TRIDENT_WORLD_SIZE"), 4);
+    EXPECT_EQ(ParamInt("TRIDENT_LOCAL_RANK"), 0);
+    ScopedEnv trident_rank("TRIDENT_RANK", "2");
+    EXPECT_EQ(ParamInt("TRIDENT_RANK"), 2);  // Trident's own first
+  }
+  // A bad fallback value names the variable read and the parameter it stood for.
+  ScopedEnv bad("WORLD_SIZE", "four");
+  EXPECT_THAT(CheckParams(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("WORLD_SIZE='four' (read for TRIDENT_WORLD_SIZE, which is unset) "
+                                 "is not valid: expected an integer >= 1")));
+}
+
+// Under another launcher (torchrun's variables, no trident-run), the fault-tolerant runtime
+// says what it needs instead of giving every rank a world of its own.
+TEST(ParamsTest, RuntimeUnderAnotherLauncherSaysWhatItNeeds) {
+  for (const char* var : {"TRIDENT_RANK", "TRIDENT_WORLD_SIZE", "TRIDENT_STORE", "SLURM_NTASKS"}) {
+    ::unsetenv(var);
+  }
+  ScopedEnv rank("RANK", "1"), world("WORLD_SIZE", "4");
+  EXPECT_THAT(Runtime::Init({}),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("start the job with trident-run --nproc-per-node 4")));
+  ScopedEnv one("WORLD_SIZE", "1");
+  absl::StatusOr<std::unique_ptr<Runtime>> alone = Runtime::Init({});
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  EXPECT_EQ((*alone)->world_size(), 1);
 }
 
 TEST(ParamsTest, ReadingABadValueGivesTheDefaultInsteadOfAborting) {

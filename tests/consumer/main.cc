@@ -55,7 +55,10 @@ int main() {
     return 1;
   }
   trident::CheckpointState state;
-  state.tensors.push_back({"v", t, {.global_shape = {6}, .offset = {0}}});
+  trident::TensorPlacement half;  // C++17: no designated initializers here
+  half.global_shape = {6};
+  half.offset = {0};
+  state.tensors.push_back({"v", t, half});
   state.metadata = "consumer";
   auto save = (*engine)->Save(1, state);
   s = save.ok() ? (*save)->Wait() : save.status();

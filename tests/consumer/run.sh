@@ -11,6 +11,14 @@ cmake -S "$src" -B "$tmp/build" -G Ninja -DCMAKE_PREFIX_PATH="$tmp/prefix" > "$t
   || { cat "$tmp/configure.log"; exit 1; }
 cmake --build "$tmp/build" > "$tmp/build.log" || { cat "$tmp/build.log"; exit 1; }
 "$tmp/build/consumer"
+"$tmp/build/consumer_shared"
+# pkg-config: the C API example of docs/c_api.md, compiled as C99 against libtrident.so.
+export PKG_CONFIG_PATH="$tmp/prefix/$(cd "$tmp/prefix" && ls -d lib*/pkgconfig | head -1 | xargs dirname)/pkgconfig"
+awk '/^```c$/ {n++; on = (n == 1); next} /^```$/ {on = 0} on' "$src/../../docs/c_api.md" > "$tmp/capi_example.c"
+# shellcheck disable=SC2046
+cc -std=c99 -Wall -Wextra -Werror "$tmp/capi_example.c" -o "$tmp/capi_example" \
+  $(pkg-config --cflags --libs trident) || { echo "pkg-config trident: $(pkg-config --cflags --libs trident)"; exit 1; }
+LD_LIBRARY_PATH="$(pkg-config --variable=libdir trident)" "$tmp/capi_example"
 # The example trainer, as its own project against the installed package: public headers only.
 cmake -S "$src/../../examples" -B "$tmp/examples" -G Ninja -DCMAKE_PREFIX_PATH="$tmp/prefix" \
   > "$tmp/examples-configure.log" || { cat "$tmp/examples-configure.log"; exit 1; }
@@ -26,7 +34,6 @@ mkdir -p "$tmp/readme"
 cat > "$tmp/readme/CMakeLists.txt" <<CMAKE
 cmake_minimum_required(VERSION 3.25)
 project(readme_sgd LANGUAGES CXX)
-set(CMAKE_CXX_STANDARD 20)
 find_package(trident CONFIG REQUIRED)
 add_executable(readme_sgd $tmp/readme_sgd.cc)
 target_link_libraries(readme_sgd PRIVATE trident::trident)

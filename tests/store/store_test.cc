@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
@@ -30,6 +31,7 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "common/logging.h"
 #include "spdlog/sinks/ostream_sink.h"
 #include "spdlog/spdlog.h"
 #include "store/tcp_store_protocol.h"
@@ -219,17 +221,20 @@ TEST(TcpStoreTest, MalformedRequestsCloseOnlyThatConnection) {
   EXPECT_THAT(good->Add("n", 1, Soon()), IsOkAndHolds(1));
 }
 
-// Captures what the library logs (spdlog's default logger) for the life of the object.
+// Captures what the library logs (its "trident" logger) for the life of the object; create
+// it before the threads that log start, and destroy it after they stopped.
 class CapturedLog {
  public:
-  CapturedLog() : previous_(spdlog::default_logger()) {
-    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(out_);
-    spdlog::set_default_logger(std::make_shared<spdlog::logger>("captured", sink));
+  CapturedLog() : sink_(std::make_shared<spdlog::sinks::ostream_sink_mt>(out_)) {
+    Logger().sinks().push_back(sink_);
   }
-  ~CapturedLog() { spdlog::set_default_logger(previous_); }
+  ~CapturedLog() {
+    auto& sinks = Logger().sinks();
+    sinks.erase(std::remove(sinks.begin(), sinks.end(), sink_), sinks.end());
+  }
   // Lines that contain `what` (call after the logging threads are done).
   int Count(absl::string_view what) {
-    spdlog::default_logger()->flush();
+    Logger().flush();
     int n = 0;
     for (absl::string_view line : absl::StrSplit(out_.str(), '\n')) n += absl::StrContains(line, what);
     return n;
@@ -237,7 +242,7 @@ class CapturedLog {
 
  private:
   std::ostringstream out_;
-  std::shared_ptr<spdlog::logger> previous_;
+  std::shared_ptr<spdlog::sinks::sink> sink_;
 };
 
 // Defect 7 of issue 17: each refused connection logged a warning (75,000 lines a minute from

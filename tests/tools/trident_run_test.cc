@@ -243,6 +243,37 @@ TEST(TridentRunTest, SetsRankEnvironment) {
   EXPECT_EQ(job_ids.size(), 1u);
 }
 
+// torchrun's variables (issue 12): RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE from the
+// same values as TRIDENT_*, an outer launcher's replaced; MASTER_ADDR/MASTER_PORT set to a
+// loopback port unless the user set them.
+TEST(TridentRunTest, SetsTorchrunVariables) {
+  const std::string script =
+      "echo \"env $RANK $WORLD_SIZE $LOCAL_RANK $LOCAL_WORLD_SIZE $MASTER_ADDR $MASTER_PORT\"";
+  RunResult r = RunLauncher(ShArgs(3, script), {{"RANK", "7"},
+                                                {"WORLD_SIZE", "64"},
+                                                {"MASTER_ADDR", std::nullopt},
+                                                {"MASTER_PORT", std::nullopt}});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::regex line_re(R"(\[rank (\d+)\] env (\d+) 3 (\d+) 3 127\.0\.0\.1 (\d+))");
+  std::set<int> ranks;
+  std::set<std::string> ports;
+  for (const std::string& line : Lines(r.out)) {
+    std::smatch m;
+    ASSERT_TRUE(std::regex_match(line, m, line_re)) << line;
+    EXPECT_EQ(m[1], m[2]);
+    EXPECT_EQ(m[3], m[2]);
+    ranks.insert(std::stoi(m[2]));
+    ports.insert(m[4]);
+  }
+  EXPECT_EQ(ranks, (std::set<int>{0, 1, 2}));
+  EXPECT_EQ(ports.size(), 1u);  // one port for the job
+  // The user's MASTER_* win.
+  r = RunLauncher(ShArgs(1, "echo \"$MASTER_ADDR:$MASTER_PORT\""),
+                  {{"MASTER_ADDR", "10.1.2.3"}, {"MASTER_PORT", "29511"}});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Lines(r.out), std::vector<std::string>{"[rank 0] 10.1.2.3:29511"});
+}
+
 TEST(TridentRunTest, EachJobGetsItsOwnToken) {
   std::set<std::string> tokens;
   for (int i = 0; i < 2; ++i) {

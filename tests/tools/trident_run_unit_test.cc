@@ -53,6 +53,19 @@ TEST(ParseArgsTest, BurnInLevel) {
               HasSubstr("--burn-in must be off, quick or full, not 'fast'"));
 }
 
+// torchrun's name for the same count (issue 12).
+TEST(ParseArgsTest, NprocPerNodeIsNproc) {
+  absl::StatusOr<LaunchOptions> o = Parse({"--nproc-per-node", "3", "--", "prog"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->nproc, 3);
+  o = Parse({"--nproc-per-node=2", "--", "prog"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->nproc, 2);
+  EXPECT_THAT(std::string(Parse({"--nproc-per-node", "x", "--", "p"}).status().message()),
+              HasSubstr("--nproc-per-node must be an integer from 1 to"));
+  EXPECT_THAT(UsageText(), HasSubstr("--nproc-per-node"));
+}
+
 TEST(ParseArgsTest, HelpAndPrintParamsNeedNothingElse) {
   EXPECT_EQ(Parse({"--help"})->action, LaunchOptions::Action::kHelp);
   EXPECT_EQ(Parse({"-h"})->action, LaunchOptions::Action::kHelp);

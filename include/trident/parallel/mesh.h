@@ -46,7 +46,10 @@ struct MeshCoord {
   int tp = 0, pp = 0, dp = 0;
   int& operator[](Dim d) { return d == Dim::kTp ? tp : d == Dim::kPp ? pp : dp; }
   int operator[](Dim d) const { return d == Dim::kTp ? tp : d == Dim::kPp ? pp : dp; }
-  friend bool operator==(const MeshCoord&, const MeshCoord&) = default;
+  friend bool operator==(const MeshCoord& a, const MeshCoord& b) {
+    return a.tp == b.tp && a.pp == b.pp && a.dp == b.dp;
+  }
+  friend bool operator!=(const MeshCoord& a, const MeshCoord& b) { return !(a == b); }
 };
 
 class Mesh {

@@ -93,7 +93,11 @@ struct Instruction {
   // For sends and receives, the stage sent to or received from; -1 for compute.
   int peer_stage = -1;
 
-  friend bool operator==(const Instruction&, const Instruction&) = default;
+  friend bool operator==(const Instruction& a, const Instruction& b) {
+    return a.kind == b.kind && a.microbatch == b.microbatch && a.chunk == b.chunk &&
+           a.peer_stage == b.peer_stage;
+  }
+  friend bool operator!=(const Instruction& a, const Instruction& b) { return !(a == b); }
 };
 
 // "Forward(mb 3, chunk 1)", "SendActivation(mb 3, chunk 1, to stage 2)".

@@ -346,7 +346,7 @@ void HostCommunicator::Abort(absl::Status status) {
     aborted_.store(true, std::memory_order_release);
     queued.swap(queue_);
   }
-  spdlog::debug("{}: aborted: {}", Describe(), status);
+  TLOG(debug, "{}: aborted: {}", Describe(), status);
   for (auto& op : queued) op->work->Complete(status);
 }
 
@@ -370,7 +370,7 @@ void HostCommunicator::PublishError(const absl::Status& status) {
   auto result = config_.store->CompareSet(absl::StrCat("comm/", config_.context, "/error"), "",
                                           EncodeStatus(status), DeadlineIn(absl::Seconds(2)));
   if (!result.ok()) {
-    spdlog::warn("{}: could not publish error to the store: {}", Describe(), result.status());
+    TLOG(warn, "{}: could not publish error to the store: {}", Describe(), result.status());
   }
 }
 

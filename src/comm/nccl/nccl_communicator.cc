@@ -212,7 +212,7 @@ absl::Status NcclHandle::PeerAborted() {
 void NcclHandle::PublishAbort(const absl::Status& why) {
   absl::Status s = group_.store->Set(absl::StrCat(AbortedPrefix(), group_.rank), why.ToString(),
                                      absl::Now() + absl::Milliseconds(500));
-  if (!s.ok()) spdlog::warn("{}: could not tell the other ranks it aborted: {}", Describe(), s);
+  if (!s.ok()) TLOG(warn, "{}: could not tell the other ranks it aborted: {}", Describe(), s);
 }
 
 absl::Status NcclHandle::DiagnoseTimeout(const GpuWork& op) {
@@ -259,9 +259,9 @@ void NcclHandle::AbortBackend(const absl::Status& why) {
   ncclResult_t r = ncclCommAbort(comm_);
   comm_ = nullptr;
   if (r != ncclSuccess && r != ncclInProgress) {
-    spdlog::warn("{}: ncclCommAbort: {}", Describe(), NcclCheck(r, "ncclCommAbort"));
+    TLOG(warn, "{}: ncclCommAbort: {}", Describe(), NcclCheck(r, "ncclCommAbort"));
   }
-  spdlog::info("{}: NCCL communicator aborted in {} ({})", Describe(),
+  TLOG(info, "{}: NCCL communicator aborted in {} ({})", Describe(),
                absl::FormatDuration(absl::Now() - start), why.message());
 }
 
@@ -308,7 +308,7 @@ NcclCommunicator::~NcclCommunicator() {
   if (!watched_->aborted()) {
     absl::Status s = handle_->Finalize(absl::Now() + std::min(group().timeout, absl::Seconds(30)));
     if (!s.ok()) {
-      spdlog::warn("{}: clean shutdown failed, aborting instead: {}", Describe(), s);
+      TLOG(warn, "{}: clean shutdown failed, aborting instead: {}", Describe(), s);
       watched_->Abort(absl::AbortedError(absl::StrCat(Describe(), " shutdown: ", s.message())));
     }
   }
@@ -564,7 +564,7 @@ std::shared_ptr<Work> NcclCommunicator::AllToAll(const Tensor& in, const Tensor&
     // Stream-ordered: given back after the all-to-all has read it (or at once if it was
     // never queued). A failure here only leaks the copy until the stream's pool is trimmed.
     if (absl::Status s = cuda::FreeAsync(scratch, stream); !s.ok()) {
-      spdlog::warn("{}: {}", name, s);
+      TLOG(warn, "{}: {}", name, s);
     }
   }
   return work;
@@ -847,7 +847,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> FinishNcclInit(ncclComm_t comm, Nc
     watched->AwaitBackendAborted();
     return made.status();
   }
-  spdlog::debug("created {}", (*made)->Describe());
+  TLOG(debug, "created {}", (*made)->Describe());
   return std::unique_ptr<Communicator>(std::move(*made));
 }
 

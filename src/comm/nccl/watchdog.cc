@@ -27,8 +27,8 @@ class RealClock : public Clock {
 // exit that runs no destructor (they could block on the very thing that failed).
 std::function<void(const std::string&)> LogAndExit(int exit_code) {
   return [exit_code](const std::string& message) {
-    spdlog::critical("{}", message);
-    spdlog::default_logger()->flush();
+    TLOG(critical, "{}", message);
+    ::trident::Logger().flush();
     std::fprintf(stderr, "trident: %s\n", message.c_str());
     std::fflush(stderr);
     _exit(exit_code);
@@ -167,7 +167,7 @@ bool WatchedComm::AbortWith(absl::Status status, bool publish) {
     for (const auto& op : pending_) op->MarkAborting();
     watchdog = watchdog_;
   }
-  spdlog::warn("{}: aborting: {}", backend_->Describe(), status);
+  TLOG(warn, "{}: aborting: {}", backend_->Describe(), status);
   watchdog->StartAbort(shared_from_this());
   return true;
 }

@@ -1,8 +1,11 @@
 #include "tools/trident-run/launcher.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -39,8 +42,28 @@ constexpr absl::Duration kStoreCallTimeout = absl::Seconds(2);
 const std::vector<std::string>& RankVariables() {
   static const auto* names = new std::vector<std::string>{
       "TRIDENT_RANK",  "TRIDENT_WORLD_SIZE", "TRIDENT_LOCAL_RANK",
-      "TRIDENT_STORE", "TRIDENT_JOB_TOKEN",  "TRIDENT_JOB_ID", "TRIDENT_MEMBER", "TRIDENT_ROLE"};
+      "TRIDENT_STORE", "TRIDENT_JOB_TOKEN",  "TRIDENT_JOB_ID", "TRIDENT_MEMBER", "TRIDENT_ROLE",
+      // torchrun's names, set from the same values (an outer launcher's never leak in).
+      "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"};
   return *names;
+}
+
+// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released), as
+// torchrun picks one; 29500 (torchrun's default) if no socket can be had.
+int FreeLoopbackPort() {
+  int port = 29500;
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return port;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  ::close(fd);
+  return port;
 }
 
 bool ReadFileToString(const std::string& path, std::string* out) {
@@ -105,7 +128,7 @@ int Launcher::Run() {
 
   // Regions of an earlier job's ranks whose agent was killed with them.
   if (const int stale = RemoveShmRegionsOfDeadProcesses(); stale > 0) {
-    spdlog::info("removed {} shm regions left in /dev/shm by dead processes", stale);
+    TLOG(info, "removed {} shm regions left in /dev/shm by dead processes", stale);
   }
   job_id_ = !options_.job_id.empty() ? options_.job_id
                                      : EnvOr("TRIDENT_JOB_ID", absl::StrCat("job-", RandomHex(6)));
@@ -113,7 +136,7 @@ int Launcher::Run() {
     Message(absl::StrCat("cannot set up the store: ", status.ToString()));
     return kExitJobFailed;
   }
-  spdlog::debug("job {} with {} ranks, store {}; parameters:\n{}", job_id_, options_.nproc,
+  TLOG(debug, "job {} with {} ranks, store {}; parameters:\n{}", job_id_, options_.nproc,
                 store_url_, DescribeParams());
 
   if (absl::Status status = SpawnAll(*path); !status.ok()) {
@@ -190,6 +213,23 @@ std::vector<std::string> Launcher::ChildEnvironment(const Child& child) const {
       absl::StrCat("TRIDENT_ROLE=", child.spare() ? "spare" : "worker"),
   };
   if (!options_.burn_in.empty()) set.push_back(absl::StrCat("TRIDENT_BURN_IN=", options_.burn_in));
+  // torchrun's conventions, for programs (torch.distributed) that read them. A spare has no
+  // rank until promoted: no RANK for it (Trident's runtime tells it its rank).
+  if (!child.spare()) {
+    set.push_back(absl::StrCat("RANK=", child.index));
+    set.push_back(absl::StrCat("LOCAL_RANK=", child.index));
+  }
+  set.push_back(absl::StrCat("WORLD_SIZE=", options_.nproc));
+  set.push_back(absl::StrCat("LOCAL_WORLD_SIZE=", options_.nproc));
+  // MASTER_ADDR/MASTER_PORT: where torch's env:// rank 0 hosts its own store; the user's
+  // values win. One free loopback port for the whole job.
+  static const int master_port = FreeLoopbackPort();
+  if (std::getenv("MASTER_ADDR") == nullptr) {
+    set.push_back(absl::StrCat("MASTER_ADDR=", kLoopback));
+  }
+  if (std::getenv("MASTER_PORT") == nullptr) {
+    set.push_back(absl::StrCat("MASTER_PORT=", master_port));
+  }
   // Single host: libfabric's tcp provider must never pick eth0.
   for (const char* var : {"FI_TCP_IFACE", "FI_SOCKETS_IFACE"}) {
     if (std::getenv(var) == nullptr) set.push_back(absl::StrCat(var, "=lo"));

@@ -44,7 +44,9 @@ int main(int argc, char** argv) {
   trident::InitLogging("launcher");
   // trident-run's stderr carries the ranks' stderr and its own one-line reports; library
   // chatter at info (the store server starting and stopping) would only be noise there.
-  if (std::getenv("TRIDENT_LOG_LEVEL") == nullptr) spdlog::set_level(spdlog::level::warn);
+  if (std::getenv("TRIDENT_LOG_LEVEL") == nullptr) {
+    trident::Logger().set_level(spdlog::level::warn);
+  }
 
   std::vector<std::string> args(argv + 1, argv + argc);
   absl::StatusOr<LaunchOptions> options = trident::run::ParseArgs(args);

@@ -51,13 +51,14 @@ absl::StatusOr<LaunchOptions> ParseArgs(absl::Span<const std::string> args) {
     } else if (flag.name == "--print-params") {
       options.action = LaunchOptions::Action::kPrintParams;
       return options;
-    } else if (flag.name == "--nproc") {
+    } else if (flag.name == "--nproc" || flag.name == "--nproc-per-node") {
+      // --nproc-per-node: torchrun's name; on one host the same as --nproc.
       absl::StatusOr<std::string> value = value_of(flag);
       if (!value.ok()) return value.status();
       if (!absl::SimpleAtoi(*value, &options.nproc) || options.nproc < 1 ||
           options.nproc > kMaxProcs) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "--nproc must be an integer from 1 to ", kMaxProcs, ", not '", *value, "'"));
+            flag.name, " must be an integer from 1 to ", kMaxProcs, ", not '", *value, "'"));
       }
       saw_nproc = true;
     } else if (flag.name == "--spares") {
@@ -128,6 +129,7 @@ std::string UsageText() {
       "\n"
       "Flags:\n"
       "  --nproc N        number of ranks to start (1 to ", kMaxProcs, "); required\n"
+      "  --nproc-per-node N  the same (torchrun's name; trident-run starts one host's ranks)\n"
       "  --spares S       hot spares to start besides the N ranks (default 0)\n"
       "  --store URL      store the ranks meet in: tcp://host:port or file:///dir; the job\n"
       "                   token is taken from TRIDENT_JOB_TOKEN. Default: trident-run hosts\n"
@@ -149,6 +151,13 @@ std::string UsageText() {
       "  TRIDENT_JOB_ID       the job identifier\n"
       "  TRIDENT_MEMBER       w0 .. w{N-1} for the ranks, s0 .. for the spares\n"
       "  TRIDENT_ROLE         worker, or spare (whose TRIDENT_RANK is -1 until promoted)\n"
+      "  RANK, LOCAL_RANK     as TRIDENT_RANK and TRIDENT_LOCAL_RANK (torchrun's names); not\n"
+      "                       set for a spare (it learns its rank when promoted, from\n"
+      "                       trident::Runtime)\n"
+      "  WORLD_SIZE, LOCAL_WORLD_SIZE   N\n"
+      "  MASTER_ADDR, MASTER_PORT   127.0.0.1 and a free port, unless already set: for\n"
+      "                       programs that also meet through torch.distributed's own\n"
+      "                       store (env://). Trident itself meets through TRIDENT_STORE.\n"
       "  FI_TCP_IFACE=lo, FI_SOCKETS_IFACE=lo   unless already set (keeps libfabric on\n"
       "                       loopback on a single host)\n"
       "  IPATH_NO_BACKTRACE=1 unless already set (keeps the psm library that Debian's\n"

@@ -145,7 +145,7 @@ bool OutputRelay::Drain(Source& source, bool close_at_eof) {
   }
   std::string out;
   if (n <= 0) {
-    if (n < 0) spdlog::warn("reading a child's output (fd {}): errno {}", source.fd, errno);
+    if (n < 0) TLOG(warn, "reading a child's output (fd {}): errno {}", source.fd, errno);
     source.eof = true;
     source.splitter.Flush(&out);
     if (!out.empty()) writer_->Write(source.stream, out);

@@ -144,7 +144,7 @@ struct FidDeleter {
   template <typename T>
   void operator()(T* object) const {
     int rc = fi_close(&object->fid);
-    if (rc != 0) spdlog::warn("fabric: fi_close failed: {}", FiText(rc));
+    if (rc != 0) TLOG(warn, "fabric: fi_close failed: {}", FiText(rc));
   }
 };
 template <typename T>
@@ -157,9 +157,9 @@ void CloseFid(FidPtr<T>& object, absl::string_view what) {
   // After a peer failed, tcp;ofi_rxm 1.17 keeps the broken connection's endpoint, so its
   // domain and fabric stay busy; that leak is libfabric's and harmless, so only debug it.
   if (rc == -FI_EBUSY) {
-    spdlog::debug("fabric: closing the {} failed: {}", what, FiText(rc));
+    TLOG(debug, "fabric: closing the {} failed: {}", what, FiText(rc));
   } else if (rc != 0) {
-    spdlog::warn("fabric: closing the {} failed: {}", what, FiText(rc));
+    TLOG(warn, "fabric: closing the {} failed: {}", what, FiText(rc));
   }
 }
 
@@ -266,7 +266,7 @@ absl::Status FabricEndpoint::Impl::Open(const std::string& requested,
         " bytes of remote CQ data; Trident needs at least 4. Set TRIDENT_FABRIC_PROVIDER to "
         "another provider"));
   }
-  spdlog::debug(
+  TLOG(debug, 
       "fabric: opening an endpoint: provider {} fabric {} domain {} max_msg_size {} inject {} "
       "mr_mode {:#x}",
       prov_name, info->fabric_attr->name ? info->fabric_attr->name : "?",
@@ -534,7 +534,7 @@ absl::Status FabricTransport::Init(const FabricOptions& options, FabricEndpoint:
   mr_local_ = (mr_mode & FI_MR_LOCAL) != 0 || options.force_mr_registration;
   mr_prov_key_ = (mr_mode & FI_MR_PROV_KEY) != 0;
   mr_endpoint_ = (mr_mode & FI_MR_ENDPOINT) != 0;
-  spdlog::debug("fabric: rank {}/{} joins over {}: part {} head {} inject {}{}", rank_, size_,
+  TLOG(debug, "fabric: rank {}/{} joins over {}: part {} head {} inject {}{}", rank_, size_,
                 prov_name_, part_size_, head_size_, inject_size_,
                 mr_local_ ? " (registering buffers)" : "");
 
@@ -706,7 +706,7 @@ absl::Status FabricTransport::RegisterLocked(Part* part) {
 void FabricTransport::ReleaseMrLocked(Part* part) {
   if (part->mr == nullptr) return;
   int rc = fi_close(&part->mr->fid);
-  if (rc != 0) spdlog::warn("fabric: closing a memory registration failed: {}", FiText(rc));
+  if (rc != 0) TLOG(warn, "fabric: closing a memory registration failed: {}", FiText(rc));
   part->mr = nullptr;
 }
 
@@ -982,7 +982,7 @@ void FabricTransport::OnHeadLocked(Part* part, size_t len, bool has_size, uint64
 void FabricTransport::OnErrorLocked(const fi_cq_err_entry& err) {
   auto* part = static_cast<Part*>(err.op_context);
   if (part == nullptr) {
-    spdlog::warn("fabric: rank {}: error completion without an operation: {} (prov_errno {})",
+    TLOG(warn, "fabric: rank {}: error completion without an operation: {} (prov_errno {})",
                  rank_, FiText(err.err), err.prov_errno);
     return;
   }
@@ -1045,7 +1045,7 @@ void FabricTransport::SettleLocked(Op* op) {
       op->drained = true;
       absl::Status status = SubmitLocked(&part);
       if (!status.ok()) {
-        spdlog::warn("fabric: rank {}: cannot drain a cancelled message from rank {} tag {}: {}",
+        TLOG(warn, "fabric: rank {}: cannot drain a cancelled message from rank {} tag {}: {}",
                      rank_, op->peer, op->tag, status);
         SetErrorLocked(op, status);
       }
@@ -1127,7 +1127,7 @@ void FabricTransport::BeginCancelLocked(Op* op, const absl::Status& reason) {
       // complete normally, which Cancel() waits for.
       int rc = fi_cancel(&ep_->fid, &part.ctx);
       if (rc != 0 && rc != -FI_ENOENT) {
-        spdlog::debug("fabric: fi_cancel on rank {}: {}", rank_, FiText(rc));
+        TLOG(debug, "fabric: fi_cancel on rank {}: {}", rank_, FiText(rc));
       }
     }
   });
@@ -1165,7 +1165,7 @@ void FabricTransport::Cancel(TransportRequest* request, const absl::Status& reas
     // copy large sends in pieces during our progress calls; the pieces would come from
     // memory the caller may have reused, which only the abandoned receiver can see.)
     if (op->kind == OpKind::kSend && prov_name_ == "shm") {
-      spdlog::debug("fabric: rank {}: send to rank {} (tag {}) abandoned at cancel", rank_,
+      TLOG(debug, "fabric: rank {}: send to rank {} (tag {}) abandoned at cancel", rank_,
                     op->peer, op->tag);
       AbandonLocked(op, reason);
       return;
@@ -1180,7 +1180,7 @@ void FabricTransport::Cancel(TransportRequest* request, const absl::Status& reas
       if (request->IsDone()) return;
       if (!status.ok() || absl::Now() >= deadline) {
         auto* op = static_cast<Op*>(request->backend);
-        spdlog::warn(
+        TLOG(warn, 
             "fabric: rank {}: libfabric did not return a cancelled {} (rank {}, tag {}) within "
             "{}; the request completes now ({})",
             rank_, KindName(op->kind), op->peer, op->tag, absl::FormatDuration(cancel_timeout_),
@@ -1283,7 +1283,7 @@ int QuietUnusedProviders(absl::string_view provider) {
     if (sigaction(sig, &dfl, nullptr) == 0) ++restored;
   }
   if (restored > 0) {
-    spdlog::debug("fabric: restored the default action of {} signals that libinfinipath had taken",
+    TLOG(debug, "fabric: restored the default action of {} signals that libinfinipath had taken",
                   restored);
   }
   return restored;
@@ -1296,7 +1296,7 @@ absl::StatusOr<std::unique_ptr<FabricEndpoint>> OpenFabricEndpoint(const std::st
   // Once per process, before its first endpoint: regions left by a dead process that had our
   // pid (ours have "<pid>:<n>" names, with n counting our endpoints).
   static const int stale = RemoveShmRegionsOf(getpid());
-  if (stale > 0) spdlog::debug("fabric: removed {} stale shm regions of pid {}", stale, getpid());
+  if (stale > 0) TLOG(debug, "fabric: removed {} stale shm regions of pid {}", stale, getpid());
   auto impl = std::make_unique<FabricEndpoint::Impl>();
   RETURN_IF_ERROR(impl->Open(provider, iface, av_size_hint));
   return std::make_unique<FabricEndpoint>(std::move(impl));
