@@ -157,7 +157,8 @@ HostCommunicator::~HostCommunicator() {
 
 std::string HostCommunicator::Describe() const {
   return absl::StrCat(config_.name, "[rank ", rank(), "/", size(), ", epoch ", config_.epoch,
-                      ", ", config_.transport->Describe(), "]");
+                      ", ", config_.transport->Describe(),
+                      config_.shm != nullptr ? ", collectives on the shm engine" : "", "]");
 }
 
 std::string HostCommunicator::OpName(const Op& op) const {
