@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs trident-bench, Gloo (gloo_bench) and Open MPI (mpi_bench) on the same collectives,
 # world sizes and sizes in one sitting, then writes a markdown table of busbw per size with
-# the ratios trident/gloo and trident/mpi (tests/perf/compare.py).
+# the ratios trident/gloo and trident/mpi (tests/perf/compare.py); for allreduce also the
+# memory-bandwidth bound (memcpy_bench: N threads each copy the bytes once, together).
 #
 #   tests/perf/run_comparison.sh BUILD_DIR [OUT_DIR]
 #
@@ -157,6 +158,10 @@ for np in $NPROCS; do
         run "gloo-$a"_"$op"_np"$np$sfx" bash -c 'gloo_job "$@"' _ "$np" --op "$op" \
           "${algo_flag[@]}" "${SIZE_FLAGS[@]}" "${CHECK_FLAG[@]}"
       done
+    fi
+    if [[ -x "$BIN/memcpy_bench" && $op == allreduce ]]; then
+      run "memcpy_$op"_np"$np$sfx" "$BIN/memcpy_bench" --nproc "$np" "${SIZE_FLAGS[@]}" \
+        "${TRIDENT_HEAP_FLAG[@]}"
     fi
     if [[ -x "$BIN/mpi_bench" ]]; then
       run "mpi_$op"_np"$np$sfx" mpirun --allow-run-as-root --oversubscribe -np "$np" \

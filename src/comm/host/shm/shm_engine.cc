@@ -63,6 +63,7 @@ struct alignas(64) RankCtl {
   char pad[56];
   std::atomic<int32_t> pid;
   std::atomic<uint32_t> failed;
+  int32_t cause_peer;  // 1 + the transport rank its failure names (a dead peer), or 0
   ShmCall calls[2];  // fingerprints of its current op, by op sequence parity
   char reason[256];  // why it failed (set before `failed`)
 };
@@ -198,10 +199,11 @@ void ShmEngine::Wake() {
   syscall(SYS_futex, &seg_->wake_gen, FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
 }
 
-void ShmEngine::MarkFailed(const std::string& reason) {
+void ShmEngine::MarkFailed(const std::string& reason, int cause_peer) {
   if (seg_ == nullptr || failed_.exchange(true)) return;
   RankCtl& me = seg_->ctl(rank_);
   std::snprintf(me.reason, sizeof(me.reason), "%s", reason.c_str());
+  me.cause_peer = cause_peer + 1;
   me.failed.store(1, std::memory_order_release);
   Wake();
 }
@@ -212,7 +214,7 @@ absl::Status ShmEngine::Run(const ShmOp& op, const ShmHooks& hooks) {
   // its own and names the absent ranks) or a mismatch (every rank sees it itself).
   if (!s.ok() && s.code() != absl::StatusCode::kDeadlineExceeded &&
       s.code() != absl::StatusCode::kInvalidArgument) {
-    MarkFailed(std::string(s.message()));
+    MarkFailed(std::string(s.message()), PeerOf(s));
   }
   return s;
 }
@@ -223,14 +225,6 @@ absl::Status ShmEngine::CheckPeers(const ShmOp& op, const ShmHooks& hooks, uint6
     if (seg_->ctl(p).pos.load(std::memory_order_acquire) < target) lagging.push_back(p);
   }
   if (lagging.empty()) return absl::OkStatus();
-  // A peer that failed will not reach a later sync point, arrived at this one or not.
-  for (int p = 0; p < size(); ++p) {
-    RankCtl& c = seg_->ctl(p);
-    if (p != rank_ && c.failed.load(std::memory_order_acquire) != 0) {
-      return absl::AbortedError(absl::StrCat("rank ", p, " left ", hooks.op_name,
-                                             " on its side: ", std::string(c.reason)));
-    }
-  }
   for (int p : lagging) {
     RankCtl& c = seg_->ctl(p);
     const int pid = c.pid.load(std::memory_order_acquire);
@@ -249,6 +243,17 @@ absl::Status ShmEngine::CheckPeers(const ShmOp& op, const ShmHooks& hooks, uint6
                           "rank ", p, " (pid ", pid, ") exited while ", hooks.op_name,
                           " waited for it on the shared-memory engine")),
                       ranks_[p]);
+    }
+  }
+  // A peer that failed will not reach a later sync point, arrived at this one or not. (Dead
+  // processes first: a peer that failed because one died names it less directly.) When its
+  // failure named a dead peer, so does ours, for the owner's on_peer_error.
+  for (int p = 0; p < size(); ++p) {
+    RankCtl& c = seg_->ctl(p);
+    if (p != rank_ && c.failed.load(std::memory_order_acquire) != 0) {
+      absl::Status left = absl::AbortedError(absl::StrCat(
+          "rank ", p, " left ", hooks.op_name, " on its side: ", std::string(c.reason)));
+      return c.cause_peer > 0 ? WithPeer(left, c.cause_peer - 1) : left;
     }
   }
   if (absl::Now() >= op.deadline) {

@@ -118,8 +118,9 @@ class ShmEngine {
   // set, so that peers waiting for it fail at once naming it.
   absl::Status Run(const ShmOp& op, const ShmHooks& hooks);
 
-  // Peers that wait for this rank from now on fail with kAborted naming it and `reason`.
-  void MarkFailed(const std::string& reason);
+  // Peers that wait for this rank from now on fail with kAborted naming it and `reason`
+  // (and `cause_peer`, a transport rank, for their on_peer_error, when >= 0).
+  void MarkFailed(const std::string& reason, int cause_peer = -1);
 
   struct Segment;
 
