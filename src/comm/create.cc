@@ -106,10 +106,12 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateHostCommunicator(HostCommOpt
 
   std::string provider = options.provider.empty() ? ParamString("TRIDENT_FABRIC_PROVIDER")
                                                   : options.provider;
-  if (provider.empty()) {
-    ASSIGN_OR_RETURN(bool one_host, AllOnOneHost(*setup, rank, size, deadline));
-    provider = one_host ? "shm" : "tcp";
+  const bool want_shm = ParamString("TRIDENT_INTRAHOST") == "shm" && size > 1;
+  bool one_host = false;
+  if (provider.empty() || want_shm) {
+    ASSIGN_OR_RETURN(one_host, AllOnOneHost(*setup, rank, size, deadline));
   }
+  if (provider.empty()) provider = one_host ? "shm" : "tcp";
   FabricOptions fabric;
   fabric.rank = rank;
   fabric.size = size;
@@ -154,6 +156,16 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateHostCommunicator(HostCommOpt
   config.timeout = options.timeout;
   config.algo.small_bytes = static_cast<size_t>(ParamInt("TRIDENT_SMALL_MSG_BYTES"));
   config.algo.chunk_bytes = static_cast<size_t>(ParamInt("TRIDENT_CHUNK_BYTES"));
+  // Every rank on this host: collectives on the shared-memory engine (send/recv stay on the
+  // transport). Ranks on several hosts: everything over libfabric.
+  config.shm_params.slot_bytes = static_cast<size_t>(ParamInt("TRIDENT_SHM_SLOT_BYTES"));
+  config.shm_params.oneshot_bytes = static_cast<size_t>(ParamInt("TRIDENT_SHM_ONESHOT_BYTES"));
+  if (want_shm && one_host) {
+    absl::StatusOr<std::unique_ptr<ShmEngine>> engine =
+        ShmEngine::Create(*setup, "shm", rank, config.ranks, config.shm_params, deadline);
+    if (!engine.ok()) return Annotate(engine.status(), "CreateHostCommunicator");
+    config.shm = *std::move(engine);
+  }
   auto comm = std::make_unique<HostCommunicator>(std::move(config));
   TLOG(debug, "created {}", comm->Describe());
   return std::unique_ptr<Communicator>(std::move(comm));

@@ -70,7 +70,7 @@ std::vector<ReduceOp> OpsFor(DType dtype) {
   return ops;
 }
 
-enum class Mode { kDefault, kRingTinyChunks };
+enum class Mode { kDefault, kRingTinyChunks, kShm, kShmTinySlots };
 
 class CollectivesTest : public ::testing::TestWithParam<std::tuple<int, size_t, Mode>> {
  protected:
@@ -79,6 +79,10 @@ class CollectivesTest : public ::testing::TestWithParam<std::tuple<int, size_t, 
     InprocCommOptions options;
     options.size = n_;
     if (mode_ == Mode::kRingTinyChunks) options.algo = {0, 24};  // ring everywhere, 24-B chunks
+    options.shm = mode_ == Mode::kShm || mode_ == Mode::kShmTinySlots;
+    // The smallest slots (one page) and no one-shot: every op pipelined in many chunks, and
+    // allreduce through reduce-scatter + all-gather at every size.
+    if (mode_ == Mode::kShmTinySlots) options.shm_params = {4096, 0};
     comms_ = NewInprocCommunicators(options);
   }
 
@@ -257,8 +261,9 @@ TEST_P(CollectivesTest, BarrierAndSendRecvRing) {
 }
 
 std::string Name(const ::testing::TestParamInfo<std::tuple<int, size_t, Mode>>& info) {
+  const char* mode[] = {"", "_ring", "_shm", "_shm_tiny_slots"};
   return absl::StrCat("world", std::get<0>(info.param), "_count", std::get<1>(info.param),
-                      std::get<2>(info.param) == Mode::kDefault ? "" : "_ring");
+                      mode[static_cast<int>(std::get<2>(info.param))]);
 }
 
 INSTANTIATE_TEST_SUITE_P(All, CollectivesTest,
@@ -272,6 +277,21 @@ INSTANTIATE_TEST_SUITE_P(Ring, CollectivesTest,
                          ::testing::Combine(::testing::Values(2, 3, 4, 7),
                                             ::testing::Values(1, 7, 1000),
                                             ::testing::Values(Mode::kRingTinyChunks)),
+                         Name);
+// The intra-host shared-memory engine (the default for processes on one host): world sizes
+// 1-8, one-shot (small) and reduce-scatter + all-gather (70001 elements: above the one-shot
+// size in every dtype but i8/u8). The checks here cost seconds per million
+// elements, so the pipelining over many chunks is covered by the page-sized slots below.
+INSTANTIATE_TEST_SUITE_P(Shm, CollectivesTest,
+                         ::testing::Combine(::testing::Values(1, 2, 3, 4, 5, 6, 7, 8),
+                                            ::testing::Values(0, 1, 7, 1000, 70001),
+                                            ::testing::Values(Mode::kShm)),
+                         Name);
+// Page-sized slots: odd counts split over many chunks, portions of every size (empty too).
+INSTANTIATE_TEST_SUITE_P(ShmTinySlots, CollectivesTest,
+                         ::testing::Combine(::testing::Values(2, 3, 5, 8),
+                                            ::testing::Values(1, 7, 1000, 5001),
+                                            ::testing::Values(Mode::kShmTinySlots)),
                          Name);
 
 }  // namespace

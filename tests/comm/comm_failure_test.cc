@@ -1,6 +1,7 @@
 // Failure paths of the host communicator, ranks as threads: each asserts the specific code
 // and the message that tells the user what happened.
 #include <atomic>
+#include <cstdlib>
 #include <thread>
 #include <vector>
 
@@ -26,10 +27,13 @@ MATCHER_P2(StatusIs, code, msg_matcher, "") {
          ::testing::ExplainMatchResult(msg_matcher, std::string(arg.message()), result_listener);
 }
 
+// ctest runs this file twice: over the transport, and with TRIDENT_TEST_SHM=1 on the
+// intra-host shared-memory engine (comm_failure_shm_test).
 std::vector<std::unique_ptr<Communicator>> Comms(int n, std::shared_ptr<Store> store = nullptr) {
   InprocCommOptions options;
   options.size = n;
   options.store = std::move(store);
+  options.shm = std::getenv("TRIDENT_TEST_SHM") != nullptr;
   return NewInprocCommunicators(options);
 }
 

@@ -3,7 +3,8 @@
 //
 //   comm_worker allops            every op on a few dtypes and counts, results checked
 //   comm_worker preopened         the same over an endpoint opened before the communicator
-//   comm_worker kill RANK         RANK kills itself with SIGKILL inside an AllReduce; the world
+//   comm_worker kill RANK         RANK kills itself with SIGKILL while the others are inside an
+//                                 AllReduce; the world
 //                                 comes from trident::Runtime, which learns the cause from
 //                                 trident-run (a communicator reads no job state itself)
 //   comm_worker absent RANK       RANK never calls the AllReduce the others wait in
@@ -176,8 +177,11 @@ int Main(int argc, char** argv) {
   if (scenario == "kill") {
     for (int step = 0;; ++step) {
       const absl::Time start = absl::Now();
-      auto work = c.AllReduce(t, t, ReduceOp::kAvg);
+      // Killed before it issues op #3, while the others wait inside it (killed after issuing
+      // it, its worker may still finish the op with them on the shared-memory engine, and
+      // their runtime then aborts the world before they issue the next op).
       if (r == special && step == 3) raise(SIGKILL);
+      auto work = c.AllReduce(t, t, ReduceOp::kAvg);
       absl::Status s = work->Wait();
       if (!s.ok()) {
         Result(r, "kill", s, absl::Now() - start);
@@ -189,14 +193,22 @@ int Main(int argc, char** argv) {
     if (r == special) {
       // Stay alive, without calling the op, until the others have given up on it.
       auto store = ConnectStoreFromEnv(DeadlineIn(absl::Seconds(10)));
-      if (store.ok()) (void)(*store)->Get("test/others_done", DeadlineIn(absl::Seconds(30)));
+      // Every other rank, not the first: a process that exits is noticed at once by the
+      // shared-memory engine (as a death, not an absence).
+      std::vector<std::string> done;
+      for (int p = 0; p < c.size(); ++p) {
+        if (p != special) done.push_back(absl::StrCat("test/others_done/", p));
+      }
+      if (store.ok()) (void)(*store)->Wait(done, DeadlineIn(absl::Seconds(30)));
       return 0;
     }
     const absl::Time start = absl::Now();
     absl::Status s = c.AllReduce(t, t, ReduceOp::kSum)->Wait();
     Result(r, "absent", s, absl::Now() - start);
     auto store = ConnectStoreFromEnv(DeadlineIn(absl::Seconds(10)));
-    if (store.ok()) (void)(*store)->Add("test/others_done", 1, DeadlineIn(absl::Seconds(10)));
+    if (store.ok()) {
+      (void)(*store)->Set(absl::StrCat("test/others_done/", r), "1", DeadlineIn(absl::Seconds(10)));
+    }
     return 0;
   }
   std::printf("unknown scenario %s\n", scenario.c_str());

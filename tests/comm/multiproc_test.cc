@@ -1,5 +1,6 @@
-// The communicator across real processes started by trident-run, on both libfabric providers
-// this machine has (shm, and tcp bound to loopback): correctness of every op, and the failure
+// The communicator across real processes started by trident-run, on the intra-host
+// shared-memory engine and on both libfabric providers this machine has (shm, and tcp bound
+// to loopback): correctness of every op, and the failure
 // paths that need real processes (a rank killed with SIGKILL, a rank that never calls the op).
 #include <sys/wait.h>
 
@@ -25,7 +26,13 @@ using trident::testing::RunResult;
 
 std::string Launch(const std::string& provider, int nproc, const std::string& args,
                    const std::string& extra_env = "") {
-  return absl::StrCat("TRIDENT_FABRIC_PROVIDER=", provider, " ", extra_env, " ",
+  // "engine": the intra-host shared-memory engine (the default on one host; send/recv on
+  // libfabric shm); "shm", "tcp": everything over that libfabric provider.
+  const std::string env = provider == "engine"
+                              ? "TRIDENT_INTRAHOST=shm TRIDENT_FABRIC_PROVIDER=shm"
+                              : absl::StrCat("TRIDENT_INTRAHOST=fabric TRIDENT_FABRIC_PROVIDER=",
+                                             provider);
+  return absl::StrCat(env, " ", extra_env, " ",
                       Bin("trident-run"), " --nproc ", nproc, " -- ", Bin("comm_worker"), " ",
                       args);
 }
@@ -102,7 +109,7 @@ TEST_P(MultiprocTest, RankThatNeverCallsIsNamedInDeadlineExceeded) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Providers, MultiprocTest, ::testing::Values("shm", "tcp"),
+INSTANTIATE_TEST_SUITE_P(Providers, MultiprocTest, ::testing::Values("engine", "shm", "tcp"),
                          [](const auto& info) { return info.param; });
 
 }  // namespace

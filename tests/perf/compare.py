@@ -120,7 +120,10 @@ def main():
         gloos = sorted(i for i in impls if i.startswith("gloo-"))
         sizes = sorted({s for i in tridents or impls for s in impls[i]})
         print(f"## {op}, {n} ranks\n")
+        bound = impls.get("memcpy")  # memcpy_bench: the memory-bandwidth bound, if run
         head = ["size"] + [f"{t}" for t in tridents] + ["gloo", "mpi"]
+        if bound:
+            head += ["memcpy bound", f"{tridents[0].replace('trident-', '')}/bound" if tridents else "-"]
         for t in tridents:
             short = t.replace("trident-", "")
             head += [f"{short}/gloo", f"{short}/mpi"]
@@ -144,6 +147,10 @@ def main():
             r = nearest(impls.get("mpi", {}), s)
             mpi = r[1] if r else None
             cells.append(fmt_bw(mpi))
+            if bound:
+                r = nearest(bound, s)
+                cells.append(fmt_bw(r[1] if r else None))
+                cells.append(ratio(tbw[tridents[0]], r[1] if r else None) if tridents else "–")
             for t in tridents:
                 cells += [ratio(tbw[t], best), ratio(tbw[t], mpi)]
             r = nearest(impls[tridents[0]], s) if tridents else None

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs trident-bench, Gloo (gloo_bench) and Open MPI (mpi_bench) on the same collectives,
 # world sizes and sizes in one sitting, then writes a markdown table of busbw per size with
-# the ratios trident/gloo and trident/mpi (tests/perf/compare.py).
+# the ratios trident/gloo and trident/mpi (tests/perf/compare.py); for allreduce also the
+# memory-bandwidth bound (memcpy_bench: N threads each copy the bytes once, together).
 #
 #   tests/perf/run_comparison.sh BUILD_DIR [OUT_DIR]
 #
@@ -10,7 +11,12 @@
 # OUT_DIR (default: ./perf-comparison-<date>) receives one raw file per run, logs, and
 # comparison.md. Knobs, from the environment:
 #   NPROCS="2 4"  OPS="allreduce allgather broadcast"  MIN_BYTES=4K  MAX_BYTES=256M
-#   PROVIDERS="shm tcp"   trident-bench's libfabric providers
+#   PROVIDERS="engine shm tcp"   trident-bench's paths: engine = the intra-host
+#                         shared-memory engine (TRIDENT_INTRAHOST=shm); shm, tcp = every
+#                         collective over that libfabric provider (TRIDENT_INTRAHOST=fabric)
+#   HEAP=0                1: every program's buffers from the plain heap (trident-bench
+#                         --heap, mpi_bench --no-hugepages), as a framework's tensors; 0:
+#                         AllocateHostMemory / huge pages. Run both for the two tables.
 #   GLOO_ALGOS="hd ring"  gloo allreduce variants (gloo_bench --algo); the table shows the
 #                         best per size and names it
 #   CHECK=1               every program checks its result once per size (--check)
@@ -37,7 +43,8 @@ NPROCS=${NPROCS:-"2 4"}
 OPS=${OPS:-"allreduce allgather broadcast"}
 MIN_BYTES=${MIN_BYTES:-4K}
 MAX_BYTES=${MAX_BYTES:-256M}
-PROVIDERS=${PROVIDERS:-"shm tcp"}
+PROVIDERS=${PROVIDERS:-"engine shm tcp"}
+HEAP=${HEAP:-0}
 GLOO_ALGOS=${GLOO_ALGOS:-"hd ring"}
 CHECK=${CHECK:-1}
 REPEAT=${REPEAT:-1}
@@ -48,6 +55,9 @@ mkdir -p "$OUT/logs" || exit 1
 CHECK_FLAG=()
 [[ "$CHECK" == 1 ]] && CHECK_FLAG=(--check)
 SIZE_FLAGS=(--min-bytes "$MIN_BYTES" --max-bytes "$MAX_BYTES")
+TRIDENT_HEAP_FLAG=()
+MPI_HEAP_FLAG=()
+[[ "$HEAP" == 1 ]] && TRIDENT_HEAP_FLAG=(--heap) && MPI_HEAP_FLAG=(--no-hugepages)
 failures=()
 
 {
@@ -56,7 +66,7 @@ failures=()
   # The checkout's state now; BUILD_DIR may have been built from another one.
   echo "checkout: $(git -C "$HERE" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$HERE" diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
   echo "build: $BUILD"
-  echo "nprocs: $NPROCS; ops: $OPS; sizes: $MIN_BYTES..$MAX_BYTES; providers: $PROVIDERS; gloo algos: $GLOO_ALGOS; check: $CHECK; repeat: $REPEAT"
+  echo "nprocs: $NPROCS; ops: $OPS; sizes: $MIN_BYTES..$MAX_BYTES; providers: $PROVIDERS; gloo algos: $GLOO_ALGOS; check: $CHECK; repeat: $REPEAT; heap buffers: $HEAP"
   echo "load before: $(cat /proc/loadavg)"
 } > "$OUT/meta.txt"
 cat "$OUT/meta.txt"
@@ -128,9 +138,13 @@ for np in $NPROCS; do
       inplace=()
       [[ $op == allreduce ]] && inplace=(--inplace)  # as MPI_IN_PLACE and gloo
       for p in $PROVIDERS; do
-        run "trident-$p"_"$op"_np"$np$sfx" "$BIN/trident-run" --nproc "$np" -- \
+        intrahost=fabric provider=$p
+        [[ $p == engine ]] && intrahost=shm provider=shm
+        run "trident-$p"_"$op"_np"$np$sfx" env TRIDENT_INTRAHOST=$intrahost \
+          "$BIN/trident-run" --nproc "$np" -- \
           "$BIN/trident-bench" "$op" "${SIZE_FLAGS[@]}" "${CHECK_FLAG[@]}" "${inplace[@]}" \
-          --provider "$p" --json "$OUT/trident-$p"_"$op"_np"$np$sfx.json"
+          "${TRIDENT_HEAP_FLAG[@]}" --provider "$provider" \
+          --json "$OUT/trident-$p"_"$op"_np"$np$sfx.json"
       done
     else
       echo "no trident-bench/trident-run in $BIN: skipping trident"
@@ -145,10 +159,14 @@ for np in $NPROCS; do
           "${algo_flag[@]}" "${SIZE_FLAGS[@]}" "${CHECK_FLAG[@]}"
       done
     fi
+    if [[ -x "$BIN/memcpy_bench" && $op == allreduce ]]; then
+      run "memcpy_$op"_np"$np$sfx" "$BIN/memcpy_bench" --nproc "$np" "${SIZE_FLAGS[@]}" \
+        "${TRIDENT_HEAP_FLAG[@]}"
+    fi
     if [[ -x "$BIN/mpi_bench" ]]; then
       run "mpi_$op"_np"$np$sfx" mpirun --allow-run-as-root --oversubscribe -np "$np" \
         --mca pml ob1 --mca btl vader,self "$BIN/mpi_bench" --op "$op" --label "btl vader" \
-        "${SIZE_FLAGS[@]}" "${CHECK_FLAG[@]}"
+        "${SIZE_FLAGS[@]}" "${CHECK_FLAG[@]}" "${MPI_HEAP_FLAG[@]}"
     fi
   done
 done

@@ -157,7 +157,8 @@ HostCommunicator::~HostCommunicator() {
 
 std::string HostCommunicator::Describe() const {
   return absl::StrCat(config_.name, "[rank ", rank(), "/", size(), ", epoch ", config_.epoch,
-                      ", ", config_.transport->Describe(), "]");
+                      ", ", config_.transport->Describe(),
+                      config_.shm != nullptr ? ", collectives on the shm engine" : "", "]");
 }
 
 std::string HostCommunicator::OpName(const Op& op) const {
@@ -546,11 +547,16 @@ absl::Status HostCommunicator::RunCollective(Op& op) {
                op.deadline, &aborted_, nullptr, nullptr);
     return RunAlgorithm(op, ch);
   }
-  Channel ch(
-      config_.transport.get(), &config_.ranks, rank(), config_.context, op.seq, op.deadline,
-      &aborted_, [this] { return Health(); }, [this, &op] { return DiagnoseTimeout(op); });
-  absl::Status s = CheckFingerprint(op, ch);
-  if (s.ok()) s = RunAlgorithm(op, ch);
+  absl::Status s;
+  if (config_.shm != nullptr) {
+    s = RunOnShm(op);
+  } else {
+    Channel ch(
+        config_.transport.get(), &config_.ranks, rank(), config_.context, op.seq, op.deadline,
+        &aborted_, [this] { return Health(); }, [this, &op] { return DiagnoseTimeout(op); });
+    s = CheckFingerprint(op, ch);
+    if (s.ok()) s = RunAlgorithm(op, ch);
+  }
   if (s.ok()) return s;
   if (s.code() == absl::StatusCode::kCancelled) s = AbortStatus();
   s = ExplainPeerFailure(s);
@@ -583,6 +589,59 @@ absl::Status HostCommunicator::CheckFingerprint(Op& op, Channel& ch) {
     return mismatch;
   }
   return absl::OkStatus();
+}
+
+absl::Status HostCommunicator::RunOnShm(Op& op) {
+  ShmOp shm;
+  ShmCall& call = shm.call;
+  call.seq = op.seq;
+  call.epoch = static_cast<int32_t>(config_.epoch);
+  call.rank = rank();
+  call.kind = static_cast<uint8_t>(op.kind);
+  call.dtype = static_cast<uint8_t>(op.in.dtype());
+  call.reduce = IsReduction(op.kind) ? static_cast<uint8_t>(op.reduce) : 0;
+  call.root = HasRoot(op.kind) ? op.root : -1;
+  call.count = op.count;
+  shm.dtype = op.in.dtype();
+  shm.reduce = op.reduce;
+  shm.root = op.root;
+  shm.in = op.host_in;
+  shm.out = op.host_out;
+  shm.count = static_cast<size_t>(op.count);
+  shm.deadline = op.deadline;
+  shm.timeout = op.timeout;
+  switch (op.kind) {
+    case OpKind::kAllReduce: shm.algo = ShmAlgo::kAllReduce; break;
+    case OpKind::kReduceScatter: shm.algo = ShmAlgo::kReduceScatter; break;
+    case OpKind::kAllGather: shm.algo = ShmAlgo::kAllGather; break;
+    case OpKind::kBroadcast: shm.algo = ShmAlgo::kBroadcast; break;
+    case OpKind::kReduce: shm.algo = ShmAlgo::kReduce; break;
+    case OpKind::kAllToAll:
+      shm.algo = ShmAlgo::kAllToAll;
+      shm.count = static_cast<size_t>(op.count / size());
+      break;
+    default: shm.algo = ShmAlgo::kAgree;
+  }
+  ShmHooks hooks;
+  hooks.aborted = &aborted_;
+  hooks.abort_status = [this] { return AbortStatus(); };
+  hooks.health = [this] { return Health(); };
+  hooks.describe = [](const ShmCall& c) {
+    Fingerprint f;
+    f.seq = c.seq;
+    f.epoch = c.epoch;
+    f.rank = c.rank;
+    f.kind = c.kind;
+    f.dtype = c.dtype;
+    f.reduce = c.reduce;
+    f.root = c.root;
+    f.count = c.count;
+    return f.Describe();
+  };
+  hooks.publish = [this](const absl::Status& s) { PublishError(s); };
+  hooks.op_name = OpName(op);
+  hooks.comm_name = config_.name;
+  return config_.shm->Run(shm, hooks);
 }
 
 absl::Status HostCommunicator::RunAlgorithm(Op& op, Channel& ch) {
@@ -750,6 +809,12 @@ absl::StatusOr<std::unique_ptr<Communicator>> HostCommunicator::Split(int color,
   int context = 0;
   TRIDENT_CHECK(absl::SimpleAtoi(id, &context)) << "bad context id " << id;
   config.context = static_cast<uint16_t>(context);
+  if (config_.shm != nullptr) {  // the new group is on this host too
+    ASSIGN_OR_RETURN(std::unique_ptr<ShmEngine> engine,
+                     ShmEngine::Create(*config_.store, absl::StrCat("comm/", context, "/shm"),
+                                       config.rank, config.ranks, config_.shm_params, deadline));
+    config.shm = std::move(engine);
+  }
   return std::unique_ptr<Communicator>(new HostCommunicator(std::move(config)));
 }
 

@@ -26,6 +26,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "comm/host/algorithms.h"
+#include "comm/host/shm/shm_engine.h"
 #include "common/cuda.h"
 #include "trident/communicator.h"
 #include "trident/store.h"
@@ -45,6 +46,11 @@ struct HostCommConfig {
   AlgoParams algo{64 << 10, 1 << 20};
   // HostCommOptions::on_peer_error (peer numbered as a transport rank); shared by splits.
   PeerErrorHandler on_peer_error;
+  // The intra-host engine (shm/shm_engine.h) when every rank is on this host: collectives run
+  // on it (send/recv stay on the transport). Null: everything over the transport. Split
+  // builds the engine of each new group when this one has it.
+  std::shared_ptr<ShmEngine> shm;
+  ShmParams shm_params;
 };
 
 class HostCommunicator : public Communicator {
@@ -92,6 +98,7 @@ class HostCommunicator : public Communicator {
   void WorkerLoop();
   absl::Status RunCollective(Op& op);
   absl::Status RunAlgorithm(Op& op, Channel& ch);
+  absl::Status RunOnShm(Op& op);
   absl::Status CheckFingerprint(Op& op, Channel& ch);
   absl::Status Health();
   absl::Status DiagnoseTimeout(const Op& op);

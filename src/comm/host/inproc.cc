@@ -1,6 +1,7 @@
 #include "comm/host/inproc.h"
 
 #include "comm/host/host_communicator.h"
+#include "common/check.h"
 #include "transport/inproc/inproc_transport.h"
 
 namespace trident {
@@ -20,6 +21,14 @@ std::vector<std::unique_ptr<Communicator>> NewInprocCommunicators(InprocCommOpti
     config.name = "inproc";
     config.timeout = options.timeout;
     config.algo = options.algo;
+    config.shm_params = options.shm_params;
+    if (options.shm) {
+      // Rank 0 creates the segment first, so the others find it at once.
+      auto engine = ShmEngine::Create(*store, "inproc/shm", r, ranks, options.shm_params,
+                                      DeadlineIn(absl::Seconds(10)));
+      TRIDENT_CHECK(engine.ok()) << "in-process shm engine: " << engine.status();
+      config.shm = *std::move(engine);
+    }
     out.push_back(std::make_unique<HostCommunicator>(std::move(config)));
   }
   return out;

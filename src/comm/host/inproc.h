@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "comm/host/algorithms.h"
+#include "comm/host/shm/shm_engine.h"
 #include "trident/communicator.h"
 #include "trident/store.h"
 
@@ -17,6 +18,9 @@ struct InprocCommOptions {
   std::shared_ptr<Store> store;  // nullptr: a fresh MemoryStore
   absl::Duration timeout = absl::Seconds(30);
   AlgoParams algo{64 << 10, 1 << 20};
+  // Collectives on the shared-memory engine (as processes on one host get by default).
+  bool shm = false;
+  ShmParams shm_params;
 };
 
 // Element r is rank r's communicator; hand each to its own thread.

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -66,10 +67,16 @@ Layout LayoutFor(Collective c, int64_t bytes, DType dtype, int n) {
 // caching allocator would hand out), touched once at allocation so that first-touch page
 // faults (about 1 GB/s on the development VM) stay out of every measurement. With a CUDA
 // device the op's buffer is device memory and the host memory is its mirror for --check.
+// With `heap` (CPU only), plain heap memory instead (4 KiB pages, what a framework's tensors
+// usually are), zeroed, so touched, as well.
 class Buffer {
  public:
-  Buffer(size_t bytes, int cuda_device) {
+  Buffer(size_t bytes, int cuda_device, bool heap = false) {
     if (bytes == 0) return;
+    if (heap && cuda_device < 0) {
+      heap_.assign(bytes, 0);
+      return;
+    }
     host_ = AllocateHostMemory(bytes);
     std::memset(host_.get(), 0, bytes);
     if (cuda_device >= 0) {
@@ -79,8 +86,10 @@ class Buffer {
       TRIDENT_CHECK(cuda::CopyToDevice(dev_->data(), host_.get(), bytes).ok());
     }
   }
-  void* data() const { return dev_ ? dev_->data() : host_.get(); }  // what the op gets
-  void* host() const { return host_.get(); }
+  void* data() const { return dev_ ? dev_->data() : host(); }  // what the op gets
+  void* host() const {
+    return heap_.empty() ? static_cast<void*>(host_.get()) : const_cast<uint8_t*>(heap_.data());
+  }
   absl::Status ToDevice(size_t bytes) {
     return dev_ ? cuda::CopyToDevice(dev_->data(), host_.get(), bytes) : absl::OkStatus();
   }
@@ -90,6 +99,7 @@ class Buffer {
 
  private:
   HostMemory host_;
+  std::vector<uint8_t> heap_;
   std::unique_ptr<cuda::DeviceBuffer> dev_;
 };
 
@@ -104,9 +114,9 @@ class Runner {
     options_.timeout = config.timeout;
     Layout max = LayoutFor(config.collective, config.max_bytes, config.dtype, n_);
     const size_t es = DTypeSize(config.dtype);
-    in_ = std::make_unique<Buffer>(max.in * es, config.cuda_device);
+    in_ = std::make_unique<Buffer>(max.in * es, config.cuda_device, config.heap);
     if (!(config.in_place && config.collective == Collective::kAllReduce)) {
-      out_ = std::make_unique<Buffer>(max.out * es, config.cuda_device);
+      out_ = std::make_unique<Buffer>(max.out * es, config.cuda_device, config.heap);
     }
   }
 

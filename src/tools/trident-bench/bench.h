@@ -71,6 +71,7 @@ struct Config {
   bool check = false;
   absl::Duration timeout = absl::ZeroDuration();  // per op; zero: the communicator's
   int cuda_device = -1;  // >= 0: buffers are device memory on this CUDA device
+  bool heap = false;     // CPU buffers from the heap (std::vector), not AllocateHostMemory
 };
 
 struct Row {

@@ -56,6 +56,9 @@ ABSL_FLAG(std::string, device, "cpu",
           "where the buffers live: cpu, or cuda (device TRIDENT_LOCAL_RANK modulo the device "
           "count; the host backend stages them through pinned memory)");
 ABSL_FLAG(std::string, backend, "host", "host (libfabric) or nccl (needs --device cuda)");
+ABSL_FLAG(bool, heap, false,
+          "CPU buffers from the heap (std::vector: 4 KiB pages, as a framework's tensors) "
+          "instead of AllocateHostMemory (huge pages where the kernel gives them)");
 
 namespace trident::bench {
 namespace {
@@ -100,6 +103,7 @@ void PrintHelp() {
   cli::PrintFlag(FLAGS_warmup);
   cli::PrintFlag(FLAGS_check);
   cli::PrintFlag(FLAGS_inplace);
+  cli::PrintFlag(FLAGS_heap);
   cli::PrintFlag(FLAGS_json);
   cli::PrintFlag(FLAGS_provider);
   cli::PrintFlag(FLAGS_timeout);
@@ -164,6 +168,7 @@ int Main(int argc, char** argv) {
   config.warmup = absl::GetFlag(FLAGS_warmup);
   config.check = absl::GetFlag(FLAGS_check);
   config.in_place = absl::GetFlag(FLAGS_inplace);
+  config.heap = absl::GetFlag(FLAGS_heap);
   config.timeout = absl::GetFlag(FLAGS_timeout);
   if (config.iters < 0 || config.warmup < 0) UsageError("--iters and --warmup must be >= 0");
   if (config.in_place && config.collective != Collective::kAllReduce) {
@@ -219,7 +224,8 @@ int Main(int argc, char** argv) {
   if (provider.empty()) provider = "default";
   if (backend == "nccl") provider = "nccl";
   const std::string buffers =
-      config.cuda_device >= 0 ? absl::StrCat("cuda:", config.cuda_device) : "cpu";
+      config.cuda_device >= 0 ? absl::StrCat("cuda:", config.cuda_device)
+                              : (config.heap ? "cpu (heap)" : "cpu (AllocateHostMemory)");
   const std::string dtype_name(DTypeName(config.dtype));
   const std::string redop = Reduces(config.collective) ? std::string(ReduceOpName(config.reduce))
                                                        : "-";
