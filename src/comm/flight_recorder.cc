@@ -35,6 +35,48 @@ int64_t NowNs() {
   return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
+namespace {
+
+// The pair (stamp, Unix ns) taken once, against which later stamps are converted.
+struct StampAnchor {
+  int64_t stamp;
+  int64_t ns;
+};
+
+int64_t RawStamp() {
+#if defined(__x86_64__)
+  return static_cast<int64_t>(__builtin_ia32_rdtsc());
+#else
+  return NowNs();
+#endif
+}
+
+const StampAnchor& Anchor() {
+  static const StampAnchor anchor{RawStamp(), NowNs()};
+  return anchor;
+}
+
+}  // namespace
+
+int64_t Stamp() { return RawStamp(); }
+
+int64_t StampToNs(int64_t stamp) {
+  if (stamp == 0) return 0;
+#if defined(__x86_64__)
+  const StampAnchor& a = Anchor();
+  int64_t now_stamp = RawStamp(), now_ns = NowNs();
+  while (now_ns - a.ns < 1000000) {  // measure the rate over at least 1 ms
+    now_stamp = RawStamp();
+    now_ns = NowNs();
+  }
+  const double ns_per_tick =
+      static_cast<double>(now_ns - a.ns) / static_cast<double>(now_stamp - a.stamp);
+  return a.ns + static_cast<int64_t>(static_cast<double>(stamp - a.stamp) * ns_per_tick);
+#else
+  return stamp;
+#endif
+}
+
 int CurrentTid() {
   thread_local int tid = static_cast<int>(syscall(SYS_gettid));
   return tid;
@@ -112,6 +154,7 @@ std::shared_ptr<FlightRecorder> FlightRecorder::Create(RecorderInfo info) {
   absl::StatusOr<size_t> capacity = CapacityFromEnv();
   // CheckParams() reports a bad value to the caller of the public entry points; here the
   // default stands in.
+  (void)Anchor();
   auto recorder = std::make_shared<FlightRecorder>(std::move(info), capacity.value_or(2048));
   Registry& reg = GetRegistry();
   absl::MutexLock lock(&reg.mu);
@@ -133,7 +176,7 @@ uint64_t FlightRecorder::Issue(absl::string_view op, absl::string_view dtype, in
   s.count.store(count, std::memory_order_relaxed);
   s.peer.store(peer, std::memory_order_relaxed);
   s.state.store(static_cast<uint8_t>(OpState::kIssued), std::memory_order_relaxed);
-  s.issued_ns.store(NowNs(), std::memory_order_relaxed);
+  s.issued_ns.store(Stamp(), std::memory_order_relaxed);
   s.started_ns.store(0, std::memory_order_relaxed);
   s.ended_ns.store(0, std::memory_order_relaxed);
   s.version.store(2 * id + 2, std::memory_order_release);
@@ -149,14 +192,14 @@ FlightRecorder::Slot* FlightRecorder::Owned(uint64_t id) {
 
 void FlightRecorder::Start(uint64_t id) {
   if (Slot* s = Owned(id)) {
-    s->started_ns.store(NowNs(), std::memory_order_relaxed);
+    s->started_ns.store(Stamp(), std::memory_order_relaxed);
     s->state.store(static_cast<uint8_t>(OpState::kStarted), std::memory_order_release);
   }
 }
 
 void FlightRecorder::Finish(uint64_t id, bool ok) {
   if (Slot* s = Owned(id)) {
-    s->ended_ns.store(NowNs(), std::memory_order_relaxed);
+    s->ended_ns.store(Stamp(), std::memory_order_relaxed);
     s->state.store(static_cast<uint8_t>(ok ? OpState::kCompleted : OpState::kFailed),
                    std::memory_order_release);
   }
@@ -180,12 +223,17 @@ std::vector<Entry> FlightRecorder::Snapshot() const {
     e.count = s.count.load(std::memory_order_relaxed);
     e.peer = s.peer.load(std::memory_order_relaxed);
     e.state = static_cast<OpState>(s.state.load(std::memory_order_acquire));
-    e.issued_ns = s.issued_ns.load(std::memory_order_relaxed);
+    e.issued_ns = s.issued_ns.load(std::memory_order_relaxed);  // stamps until converted
     e.started_ns = s.started_ns.load(std::memory_order_relaxed);
     e.ended_ns = s.ended_ns.load(std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_acquire);
     if (s.version.load(std::memory_order_relaxed) != 2 * id + 2) continue;  // overwritten
     out.push_back(e);
+  }
+  for (Entry& e : out) {
+    e.issued_ns = StampToNs(e.issued_ns);
+    e.started_ns = StampToNs(e.started_ns);
+    e.ended_ns = StampToNs(e.ended_ns);
   }
   return out;
 }

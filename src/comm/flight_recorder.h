@@ -39,6 +39,12 @@ absl::string_view OpStateName(OpState state);
 // hosts as far as their clocks agree).
 int64_t NowNs();
 
+// The op path's clock: the CPU's time-stamp counter on x86-64 (invariant TSC, a few ns to read;
+// a clock_gettime in a VM costs ~100 ns), NowNs elsewhere. StampToNs converts a stamp to Unix
+// ns with the rate measured between the process's first stamp and now.
+int64_t Stamp();
+int64_t StampToNs(int64_t stamp);
+
 // The Linux thread id of the calling thread (cached per thread).
 int CurrentTid();
 
@@ -61,7 +67,7 @@ struct Entry {
   int64_t count = 0;
   int peer = -1;            // root of Broadcast/Reduce, peer of Send/Recv; -1: none
   OpState state = OpState::kIssued;
-  int64_t issued_ns = 0, started_ns = 0, ended_ns = 0;  // 0: not yet
+  int64_t issued_ns = 0, started_ns = 0, ended_ns = 0;  // Unix ns; 0: not yet
 };
 
 class FlightRecorder {
