@@ -9,10 +9,12 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "common/logging.h"
 #include "common/params.h"
 #include "nlohmann/json.hpp"
@@ -89,6 +91,10 @@ namespace {
 struct Registry {
   absl::Mutex mu;
   std::vector<std::weak_ptr<FlightRecorder>> recorders ABSL_GUARDED_BY(mu);
+  int live ABSL_GUARDED_BY(mu) = 0;
+  // The request watcher (TRIDENT_FR_DIR set): runs while any recorder lives.
+  std::unique_ptr<std::thread> watcher ABSL_GUARDED_BY(mu);
+  std::shared_ptr<std::atomic<bool>> stop ABSL_GUARDED_BY(mu);
 };
 
 Registry& GetRegistry() {
@@ -106,6 +112,54 @@ std::vector<std::shared_ptr<FlightRecorder>> Live() {
     if (auto r = w.lock()) live.push_back(std::move(r));
   }
   return live;
+}
+
+// Watches <dir>/request: when its content changes (trident-run, or a person, writes a new
+// line), this process dumps its rings. A thread, not a signal handler: the library takes no
+// signal from its host. Polls every 100 ms (a stat and a small read).
+std::string ReadSmallFile(const std::string& path);
+
+void WatchRequests(std::string dir, std::shared_ptr<std::atomic<bool>> stop) {
+  pthread_setname_np(pthread_self(), "trident-fr");
+  const std::string path = dir + "/request";
+  std::string seen = ReadSmallFile(path);  // a request older than this process is not for it
+  while (!stop->load(std::memory_order_acquire)) {
+    absl::SleepFor(absl::Milliseconds(100));
+    std::string now = ReadSmallFile(path);
+    if (now.empty() || now == seen) continue;
+    seen = now;
+    absl::StatusOr<std::string> written = DumpFlightRecorders(
+        absl::StrCat("requested: ", absl::StripTrailingAsciiWhitespace(now)), dir);
+    if (!written.ok()) spdlog::warn("{}", written.status());
+  }
+}
+
+void Acquire() {
+  Registry& reg = GetRegistry();
+  absl::MutexLock lock(&reg.mu);
+  if (++reg.live != 1 || reg.watcher != nullptr) return;
+  std::string dir = ParamString("TRIDENT_FR_DIR");
+  if (dir.empty()) return;
+  reg.stop = std::make_shared<std::atomic<bool>>(false);
+  reg.watcher = std::make_unique<std::thread>(WatchRequests, std::move(dir), reg.stop);
+}
+
+void Release() {
+  Registry& reg = GetRegistry();
+  std::unique_ptr<std::thread> watcher;
+  {
+    absl::MutexLock lock(&reg.mu);
+    if (--reg.live != 0 || reg.watcher == nullptr) return;
+    reg.stop->store(true, std::memory_order_release);
+    watcher = std::move(reg.watcher);
+  }
+  // The watcher itself may drop the last recorder (it holds them while dumping); it exits on
+  // its own right after.
+  if (watcher->get_id() == std::this_thread::get_id()) {
+    watcher->detach();
+  } else {
+    watcher->join();
+  }
 }
 
 size_t RoundUp(size_t n) {
@@ -155,7 +209,12 @@ std::shared_ptr<FlightRecorder> FlightRecorder::Create(RecorderInfo info) {
   // CheckParams() reports a bad value to the caller of the public entry points; here the
   // default stands in.
   (void)Anchor();
-  auto recorder = std::make_shared<FlightRecorder>(std::move(info), capacity.value_or(2048));
+  Acquire();
+  std::shared_ptr<FlightRecorder> recorder(
+      new FlightRecorder(std::move(info), capacity.value_or(2048)), [](FlightRecorder* r) {
+        delete r;
+        Release();
+      });
   Registry& reg = GetRegistry();
   absl::MutexLock lock(&reg.mu);
   reg.recorders.push_back(recorder);
@@ -334,6 +393,22 @@ void DumpOnFailure(absl::string_view communicator, const absl::Status& error) {
   } else if (!path->empty()) {
     spdlog::info("flight recorder: wrote {} ({})", *path, communicator);
   }
+}
+
+absl::Status RequestDumps(absl::string_view dir, absl::string_view why) {
+  const std::string path = absl::StrCat(dir, "/request");
+  const std::string tmp = absl::StrCat(path, ".tmp", getpid());
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << why << " at " << NowNs() << "\n";
+    if (!out) {
+      return absl::UnavailableError(absl::StrCat("flight recorder: cannot write ", tmp));
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::UnavailableError(absl::StrCat("flight recorder: cannot rename ", tmp, " to ", path));
+  }
+  return absl::OkStatus();
 }
 
 int RegisteredRecorders() { return static_cast<int>(Live().size()); }

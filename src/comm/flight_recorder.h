@@ -14,7 +14,8 @@
 // Dumps: DumpFlightRecorders() writes one JSON file for this process (every registered
 // recorder) under TRIDENT_FR_DIR, as fr-<member or pid>.json, replaced atomically. The
 // communicators call it when an op fails (deadline, peer abort, mismatch); a dump can also be
-// requested through the store (see FlightRecorderRegistry::RequestKey).
+// requested: while TRIDENT_FR_DIR is set and a recorder lives, a thread ("trident-fr") polls
+// <TRIDENT_FR_DIR>/request every 100 ms and dumps when its content changes (RequestDumps).
 //
 // Thread safety: Issue/Start/Finish from any thread; Snapshot/ToJson from any thread.
 #ifndef TRIDENT_COMM_FLIGHT_RECORDER_H_
@@ -134,6 +135,10 @@ absl::StatusOr<std::string> DumpFlightRecorders(absl::string_view reason,
 // Called by a communicator when an op fails: writes this process's dump when TRIDENT_FR_DIR
 // is set (the reason names the communicator and the error) and logs where; never fails.
 void DumpOnFailure(absl::string_view communicator, const absl::Status& error);
+
+// Asks every process whose TRIDENT_FR_DIR is `dir` for a dump: writes `why` and a fresh
+// nonce to <dir>/request. The dumps appear within about 100 ms of each live process.
+absl::Status RequestDumps(absl::string_view dir, absl::string_view why);
 
 // Number of recorders registered now (tests).
 int RegisteredRecorders();

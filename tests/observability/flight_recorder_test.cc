@@ -253,6 +253,44 @@ TEST_F(DumpTest, MissingDumpIsSaidAndTheOthersStillAnalysed) {
   EXPECT_THAT(a.Text(), HasSubstr("note: fr-junk.json is not a flight-recorder dump"));
 }
 
+int ThreadsNamed(const std::string& name) {
+  int n = 0;
+  for (const auto& t : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream in(t.path() / "comm");
+    std::string comm;
+    std::getline(in, comm);
+    n += comm == name;
+  }
+  return n;
+}
+
+TEST_F(DumpTest, DumpOnRequestFromALiveProcessAndNoThreadLeftBehind) {
+  EnvGuard env("TRIDENT_FR_DIR", dir_.c_str());
+  ASSERT_EQ(ThreadsNamed("trident-fr"), 0);
+  {
+    auto r = FlightRecorder::Create({.name = "world", .epoch = 7, .size = 1, .members = {0}});
+    r->Issue("Barrier", "u8", 0, -1, 0);
+    EXPECT_EQ(ThreadsNamed("trident-fr"), 1);
+    ASSERT_TRUE(RequestDumps(dir_, "test asks").ok());
+    const std::string path = absl::StrCat(dir_, "/fr-pid", getpid(), ".json");
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (!std::filesystem::exists(path) && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    ASSERT_TRUE(std::filesystem::exists(path)) << "no dump 30 s after the request";
+    std::ifstream in(path);
+    nlohmann::json j = nlohmann::json::parse(in);
+    EXPECT_THAT(j["reason"].get<std::string>(), HasSubstr("requested: test asks"));
+    ASSERT_EQ(j["communicators"].size(), 1u);
+    EXPECT_EQ(j["communicators"][0]["epoch"], 7);
+    EXPECT_EQ(j["communicators"][0]["entries"][0]["state"], "issued");
+    EXPECT_EQ(j["threads"][0]["tid"], CurrentTid());
+    // This thread: running, or sleeping in its poll for the file.
+    EXPECT_THAT(j["threads"][0]["state"].get<std::string>(), ::testing::AnyOf("R", "S"));
+  }
+  EXPECT_EQ(ThreadsNamed("trident-fr"), 0);
+}
+
 TEST(AnalyzeDirTest, EmptyDirectorySaysWhereDumpsComeFrom) {
   absl::StatusOr<Analysis> a = AnalyzeDir(::testing::TempDir());
   EXPECT_EQ(a.status().code(), absl::StatusCode::kNotFound);
