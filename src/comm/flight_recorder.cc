@@ -119,10 +119,9 @@ std::vector<std::shared_ptr<FlightRecorder>> Live() {
 // signal from its host. Polls every 100 ms (a stat and a small read).
 std::string ReadSmallFile(const std::string& path);
 
-void WatchRequests(std::string dir, std::shared_ptr<std::atomic<bool>> stop) {
-  pthread_setname_np(pthread_self(), "trident-fr");
+// `seen`: the request when the watcher was started; one older than the recorders is not for them.
+void WatchRequests(std::string dir, std::string seen, std::shared_ptr<std::atomic<bool>> stop) {
   const std::string path = dir + "/request";
-  std::string seen = ReadSmallFile(path);  // a request older than this process is not for it
   while (!stop->load(std::memory_order_acquire)) {
     absl::SleepFor(absl::Milliseconds(100));
     std::string now = ReadSmallFile(path);
@@ -137,11 +136,15 @@ void WatchRequests(std::string dir, std::shared_ptr<std::atomic<bool>> stop) {
 void Acquire() {
   Registry& reg = GetRegistry();
   absl::MutexLock lock(&reg.mu);
-  if (++reg.live != 1 || reg.watcher != nullptr) return;
+  ++reg.live;
+  if (reg.watcher != nullptr) return;
   std::string dir = ParamString("TRIDENT_FR_DIR");
   if (dir.empty()) return;
   reg.stop = std::make_shared<std::atomic<bool>>(false);
-  reg.watcher = std::make_unique<std::thread>(WatchRequests, std::move(dir), reg.stop);
+  std::string seen = ReadSmallFile(dir + "/request");
+  reg.watcher =
+      std::make_unique<std::thread>(WatchRequests, std::move(dir), std::move(seen), reg.stop);
+  pthread_setname_np(reg.watcher->native_handle(), "trident-fr");  // named before any look
 }
 
 void Release() {

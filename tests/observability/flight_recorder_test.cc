@@ -70,10 +70,11 @@ TEST(FlightRecorderTest, KeepsTheLastCapacityOpsAndIgnoresLateUpdatesOfOverwritt
 
 TEST(FlightRecorderTest, ConcurrentIssuersAndReadersSeeOnlyWholeEntries) {
   FlightRecorder r({}, 64);
-  std::atomic<bool> stop{false};
+  std::atomic<bool> stop{false}, reading{false};
   std::vector<std::thread> writers;
   for (int t = 0; t < 3; ++t) {
     writers.emplace_back([&, t] {
+      while (!reading.load()) std::this_thread::yield();  // overlap with the reader
       for (int i = 0; i < 20000; ++i) {
         const uint64_t id = r.Issue("AllGather", "bf16", 1000 * t + i % 1000, t, 1000 * t + i % 1000);
         r.Start(id);
@@ -83,7 +84,10 @@ TEST(FlightRecorderTest, ConcurrentIssuersAndReadersSeeOnlyWholeEntries) {
   }
   int checked = 0;
   std::thread reader([&] {
-    while (!stop.load()) {
+    bool last = false;
+    while (!last) {
+      last = stop.load();  // one more pass after the writers are done
+      reading = true;
       for (const Entry& e : r.Snapshot()) {
         // Every field of an entry comes from the same Issue call.
         ASSERT_EQ(e.count, e.seq);
