@@ -46,9 +46,12 @@ void ParseDump(const std::string& file, const nlohmann::json& j,
   for (const auto& t : j.value("threads", nlohmann::json::array())) {
     const int tid = t.value("tid", 0);
     std::string wchan = t.value("wchan", "");
-    threads[tid] = absl::StrCat("tid ", tid, " (", t.value("name", "?"), ") state ",
-                                t.value("state", "?"),
-                                wchan.empty() || wchan == "0" ? "" : ", in the kernel at " + wchan);
+    threads[tid] = !t.contains("state")
+                       ? absl::StrCat("tid ", tid, " had exited when the dump was written")
+                       : absl::StrCat("tid ", tid, " (", t.value("name", "?"), ") state ",
+                                      t.value("state", "?"),
+                                      wchan.empty() || wchan == "0" ? ""
+                                                                    : ", in the kernel at " + wchan);
     stacks[tid] = t.value("kernel_stack", "");
   }
   for (const auto& c : j.at("communicators")) {
