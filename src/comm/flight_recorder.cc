@@ -212,6 +212,7 @@ std::shared_ptr<FlightRecorder> FlightRecorder::Create(RecorderInfo info) {
   // CheckParams() reports a bad value to the caller of the public entry points; here the
   // default stands in.
   (void)Anchor();
+  SetLogEpoch(info.epoch);  // log lines carry the newest epoch this process communicates in
   Acquire();
   std::shared_ptr<FlightRecorder> recorder(
       new FlightRecorder(std::move(info), capacity.value_or(2048)), [](FlightRecorder* r) {

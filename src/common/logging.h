@@ -1,4 +1,5 @@
-// Logging through spdlog. Every line carries the rank: "[trident rank 3] ...".
+// Logging through spdlog. Every line carries the rank and the epoch:
+// "[trident rank 3 epoch 2] ..." ("epoch -" before this process has a communicator).
 // The level comes from TRIDENT_LOG_LEVEL. Call sites use spdlog directly:
 //   spdlog::warn("peer {} is slow", rank);
 #ifndef TRIDENT_COMMON_LOGGING_H_
@@ -31,6 +32,10 @@ namespace trident {
 // Sets the default logger's pattern to include `who` (e.g. "rank 3") and its level from
 // TRIDENT_LOG_LEVEL. Idempotent; later calls replace `who`.
 void InitLogging(absl::string_view who);
+
+// The epoch that log lines show from now on; only ever moves forward (the newest epoch this
+// process has a communicator of). Called by every communicator when it is created.
+void SetLogEpoch(int64_t epoch);
 
 }  // namespace trident
 
