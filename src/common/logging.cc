@@ -1,5 +1,6 @@
 #include "common/logging.h"
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -7,12 +8,36 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/params.h"
+#include "spdlog/pattern_formatter.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 
 namespace trident {
 namespace {
 
+std::atomic<int64_t> log_epoch{-1};
+
+// %Q in the pattern: the epoch of SetLogEpoch, or "-" before one is known.
+class EpochFlag : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg&, const std::tm&,
+              spdlog::memory_buf_t& dest) override {
+    const int64_t e = log_epoch.load(std::memory_order_relaxed);
+    const std::string s = e < 0 ? "-" : std::to_string(e);
+    dest.append(s.data(), s.data() + s.size());
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<EpochFlag>();
+  }
+};
+
 constexpr char kLoggerName[] = "trident";
+
+// A pattern with %Q, the epoch.
+std::unique_ptr<spdlog::formatter> Formatter(const std::string& pattern) {
+  auto formatter = std::make_unique<spdlog::pattern_formatter>();
+  formatter->add_flag<EpochFlag>('Q').set_pattern(pattern);
+  return formatter;
+}
 
 struct LoggerState {
   std::shared_ptr<spdlog::logger> logger;
@@ -29,7 +54,7 @@ LoggerState& State() {
       // "trident" at the same moment; register_logger below reports that, and we keep ours.
       auto sink = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
       s->logger = std::make_shared<spdlog::logger>(kLoggerName, std::move(sink));
-      s->logger->set_pattern("[%H:%M:%S.%e] [trident] [%l] %v");
+      s->logger->set_formatter(Formatter("[%H:%M:%S.%e] [trident epoch %Q] [%l] %v"));
       s->logger->set_level(LogLevelFromEnv());
       s->ours = true;
       try {
@@ -50,12 +75,19 @@ spdlog::level::level_enum LogLevelFromEnv() {
   return spdlog::level::from_str(value == "warning" ? "warn" : value);
 }
 
+void SetLogEpoch(int64_t epoch) {
+  int64_t cur = log_epoch.load(std::memory_order_relaxed);
+  while (cur < epoch && !log_epoch.compare_exchange_weak(cur, epoch)) {
+  }
+}
+
 spdlog::logger& Logger() { return *State().logger; }
 
 void InitLogging(absl::string_view who) {
   LoggerState& state = State();
   if (!state.ours) return;
-  state.logger->set_pattern(absl::StrCat("[%H:%M:%S.%e] [trident ", who, "] [%l] %v"));
+  state.logger->set_formatter(
+      Formatter(absl::StrCat("[%H:%M:%S.%e] [trident ", who, " epoch %Q] [%l] %v")));
   state.logger->set_level(LogLevelFromEnv());
 }
 

@@ -1,7 +1,8 @@
 // Logging through spdlog, as a guest in the host's process: every line goes through one named
 // logger, "trident", never through spdlog's default logger, and Trident never changes the
 // default logger, its pattern or its level (a host's own spdlog setup stays as it was).
-// Every line carries who logs: "[trident rank 3] ...". The level comes from
+// Every line carries who logs and the epoch: "[trident rank 3 epoch 2] ..." ("epoch -"
+// before this process has a communicator). The level comes from
 // TRIDENT_LOG_LEVEL (any case). A host that wants Trident's lines elsewhere registers its
 // own logger named "trident" (spdlog::register_logger) before Trident's first line; Trident
 // then uses that one and leaves its sinks, pattern and level alone. Call sites:
@@ -45,6 +46,10 @@ void InitLogging(absl::string_view who);
 // TRIDENT_LOG_LEVEL's value as an spdlog level (any case; "warning" is "warn"); info when
 // unset or invalid (CheckParams reports an invalid one).
 spdlog::level::level_enum LogLevelFromEnv();
+
+// The epoch that log lines show from now on; only ever moves forward (the newest epoch this
+// process has a communicator of). Called by every communicator when it is created.
+void SetLogEpoch(int64_t epoch);
 
 }  // namespace trident
 

@@ -104,6 +104,10 @@ constexpr ParamDesc kParams[] = {
            "trident-run: after a rank fails, how long the others get to exit before they are killed."),
     Millis("TRIDENT_NCCL_WATCHDOG_POLL_MS", "10", 1,
            "NCCL backend: how often the watchdog checks each communicator for asynchronous errors and expired op deadlines."),
+    Int("TRIDENT_FR_ENTRIES", "2048", 16,
+        "Flight recorder: ops each communicator remembers (rounded up to a power of two)."),
+    Str("TRIDENT_FR_DIR", "",
+        "Flight recorder: directory of the per-rank JSON dumps (fr-<member>.json) written when an op fails; empty: no dump files."),
     Millis("TRIDENT_NCCL_ABORT_TIMEOUT_MS", "10000", 1,
            "NCCL backend: how long ncclCommAbort may take before the process reports it and exits (exit status 70) rather than hang."),
 };

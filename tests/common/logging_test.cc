@@ -48,7 +48,9 @@ TEST(LoggingTest, TheHostsDefaultLoggerPatternAndLevelStayTheHosts) {
   EXPECT_EQ(spdlog::default_logger()->level(), spdlog::level::err);
   EXPECT_EQ(Logger().name(), "trident");
   EXPECT_EQ(Logger().level(), spdlog::level::debug);  // "DEBUG": any case
-  EXPECT_THAT(ours.str(), HasSubstr("[trident rank 7] [debug] a debug line from the library"));
+  // Epoch 0: the communicator made above (the epoch shows in every line).
+  EXPECT_THAT(ours.str(),
+              HasSubstr("[trident rank 7 epoch 0] [debug] a debug line from the library"));
   spdlog::info("a host line");
   spdlog::error("a host error");
   host->flush();

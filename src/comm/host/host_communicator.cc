@@ -111,6 +111,11 @@ struct HostCommunicator::Op {
   // The fingerprints exchanged at the start; they live as long as the op, as the send may
   // still be reading its buffer when the algorithm starts.
   Fingerprint mine, theirs;
+  // The op's entry in the flight recorder; finished (completed or failed, as its Work) when
+  // the op is destroyed, which every path does right after completing it.
+  fr::FlightRecorder* recorder = nullptr;
+  uint64_t fr_id = 0;
+  ~Op();
 };
 
 class HostCommunicator::HostWork : public Work {
@@ -137,7 +142,17 @@ class HostCommunicator::HostWork : public Work {
   Completion done_;
 };
 
-HostCommunicator::HostCommunicator(HostCommConfig config) : config_(std::move(config)) {
+HostCommunicator::Op::~Op() {
+  if (recorder != nullptr) recorder->Finish(fr_id, work->IsCompleted() && work->status().ok());
+}
+
+HostCommunicator::HostCommunicator(HostCommConfig config)
+    : config_(std::move(config)),
+      recorder_(fr::FlightRecorder::Create({.name = config_.name,
+                                            .epoch = config_.epoch,
+                                            .rank = config_.rank,
+                                            .size = static_cast<int>(config_.ranks.size()),
+                                            .members = config_.ranks})) {
   TRIDENT_CHECK(config_.transport != nullptr && config_.store != nullptr);
   TRIDENT_CHECK(config_.rank >= 0 && config_.rank < size());
   worker_ = std::thread([this] {
@@ -245,6 +260,10 @@ std::shared_ptr<Work> HostCommunicator::Enqueue(std::unique_ptr<Op> op) {
     return work;
   }
   if (op->kind != OpKind::kSend && op->kind != OpKind::kRecv) op->seq = next_seq_++;
+  op->recorder = recorder_.get();
+  op->fr_id = recorder_->Issue(KindName(op->kind), DTypeName(op->in.dtype()), op->count,
+                               op->root,
+                               op->kind == OpKind::kSend || op->kind == OpKind::kRecv ? -1 : op->seq);
   if (op->timeout == absl::ZeroDuration()) op->timeout = config_.timeout;
   op->deadline = absl::Now() + op->timeout;
   queue_.push_back(std::move(op));
@@ -359,6 +378,7 @@ absl::Status HostCommunicator::AbortStatus() const {
 void HostCommunicator::FailAll(const absl::Status& status) {
   Abort(status);
   absl::Status reason = AbortStatus();
+  if (!inflight_.empty()) fr::DumpOnFailure(Describe(), reason);
   while (!inflight_.empty()) {
     Op& op = *inflight_.front();
     config_.transport->Cancel(op.request.get(), reason);
@@ -469,6 +489,7 @@ void HostCommunicator::WorkerLoop() {
         op->work->Complete(std::move(s));
         continue;
       }
+      recorder_->Start(op->fr_id);
       PostP2P(*op);
       inflight_.push_back(std::move(op));
       continue;
@@ -482,9 +503,11 @@ void HostCommunicator::WorkerLoop() {
       if (!ProgressP2P(absl::Now())) backoff.Pause();
     }
     absl::Status status = AwaitInputs(*op);
+    recorder_->Start(op->fr_id);
     if (status.ok()) status = RunCollective(*op);
     if (status.ok()) status = CopyOutputs(*op);
     if (!status.ok()) Abort(status);
+    if (!status.ok()) fr::DumpOnFailure(Describe(), status);
     op->work->Complete(std::move(status));
   }
 }

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "comm/flight_recorder.h"
 #include "comm/host/algorithms.h"
 #include "comm/host/shm/shm_engine.h"
 #include "common/cuda.h"
@@ -114,6 +115,7 @@ class HostCommunicator : public Communicator {
   absl::Status CopyOutputs(Op& op);
 
   const HostCommConfig config_;
+  const std::shared_ptr<fr::FlightRecorder> recorder_;  // this communicator's last ops
   Scratch scratch_;  // worker thread only
 
   mutable absl::Mutex mu_;

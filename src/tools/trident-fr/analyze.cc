@@ -1,0 +1,268 @@
+#include "tools/trident-fr/analyze.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/strip.h"
+#include "nlohmann/json.hpp"
+
+namespace trident::fr {
+
+std::string RankRing::Op::Signature() const {
+  std::string s = absl::StrCat(op, "(", dtype, ", count=", count);
+  if (peer >= 0) absl::StrAppend(&s, ", root=", peer);
+  return s + ")";
+}
+
+namespace {
+
+bool Pending(const RankRing::Op& op) { return op.state == "issued" || op.state == "started"; }
+
+std::string Seconds(int64_t ns) { return absl::StrFormat("%.1f s", ns / 1e9); }
+
+std::string RankName(const RankRing* ring, int group_rank) {
+  if (ring == nullptr || ring->members.size() <= static_cast<size_t>(group_rank) ||
+      ring->members[group_rank] == group_rank) {
+    return absl::StrCat("rank ", group_rank);
+  }
+  return absl::StrCat("rank ", group_rank, " (job rank ", ring->members[group_rank], ")");
+}
+
+std::string RankList(const std::vector<int>& ranks) {
+  return absl::StrCat(ranks.size() == 1 ? "rank " : "ranks ", absl::StrJoin(ranks, ", "));
+}
+
+void ParseDump(const std::string& file, const nlohmann::json& j,
+               std::map<std::string, std::map<int, RankRing>>& groups) {
+  std::map<int, std::string> threads, stacks;
+  for (const auto& t : j.value("threads", nlohmann::json::array())) {
+    const int tid = t.value("tid", 0);
+    std::string wchan = t.value("wchan", "");
+    threads[tid] = !t.contains("state")
+                       ? absl::StrCat("tid ", tid, " had exited when the dump was written")
+                       : absl::StrCat("tid ", tid, " (", t.value("name", "?"), ") state ",
+                                      t.value("state", "?"),
+                                      wchan.empty() || wchan == "0" ? ""
+                                                                    : ", in the kernel at " + wchan);
+    stacks[tid] = t.value("kernel_stack", "");
+  }
+  for (const auto& c : j.at("communicators")) {
+    RankRing ring;
+    ring.file = file;
+    ring.job_rank = j.value("rank", -1);
+    ring.pid = j.value("pid", 0);
+    ring.dump_ns = j.value("time_ns", int64_t{0});
+    ring.group_rank = c.at("rank").get<int>();
+    ring.size = c.at("size").get<int>();
+    ring.members = c.value("members", std::vector<int>{});
+    const int tid = c.value("last_issuer_tid", 0);
+    if (auto it = threads.find(tid); it != threads.end()) {
+      ring.thread = it->second;
+      ring.kernel_stack = stacks[tid];
+    }
+    for (const auto& e : c.at("entries")) {
+      RankRing::Op op;
+      op.seq = e.at("seq").get<int64_t>();
+      if (op.seq < 0) continue;  // point-to-point
+      op.op = e.at("op").get<std::string>();
+      op.dtype = e.at("dtype").get<std::string>();
+      op.state = e.at("state").get<std::string>();
+      op.count = e.at("count").get<int64_t>();
+      op.peer = e.value("peer", -1);
+      op.issued_ns = e.value("issued_ns", int64_t{0});
+      op.ended_ns = e.value("ended_ns", int64_t{0});
+      ring.collectives.push_back(std::move(op));
+    }
+    const std::string group = absl::StrCat(c.at("name").get<std::string>(), " epoch ",
+                                           c.at("epoch").get<int64_t>());
+    RankRing& slot = groups[group][ring.group_rank];
+    if (slot.dump_ns <= ring.dump_ns) slot = std::move(ring);  // the newest dump wins
+  }
+}
+
+GroupFinding AnalyzeGroup(const std::string& name, const std::map<int, RankRing>& rings) {
+  GroupFinding f;
+  f.group = name;
+  f.size = rings.begin()->second.size;
+  const RankRing* any = &rings.begin()->second;
+  for (int r = 0; r < f.size; ++r) {
+    if (!rings.count(r)) f.no_dump.push_back(r);
+  }
+  std::map<int, int64_t> last;
+  int64_t min_last = INT64_MAX;
+  for (const auto& [r, ring] : rings) {
+    last[r] = ring.collectives.empty() ? -1 : ring.collectives.back().seq;
+    f.last_seq = std::max(f.last_seq, last[r]);
+    min_last = std::min(min_last, last[r]);
+  }
+  auto op_at = [&](int64_t seq) -> const RankRing::Op* {
+    for (const auto& [r, ring] : rings) {
+      for (const auto& op : ring.collectives) {
+        if (op.seq == seq) return &op;
+      }
+    }
+    return nullptr;
+  };
+  f.lines.push_back(absl::StrCat("group ", name, " (", f.size, " ranks, ", rings.size(),
+                                 " with a dump): highest sequence issued #", f.last_seq,
+                                 op_at(f.last_seq) ? " " + op_at(f.last_seq)->Signature() : ""));
+
+  // Who is behind, and the first sequence number they never issued.
+  if (min_last < f.last_seq) {
+    f.first_missing_seq = min_last + 1;
+    const RankRing::Op* expected = op_at(f.first_missing_seq);
+    f.missing_op = expected ? expected->Signature() : "?";
+    for (const auto& [r, l] : last) {
+      if (l < f.last_seq) f.behind.push_back(r);
+      if (l == min_last) f.never_issued.push_back(r);
+    }
+    for (int r : f.never_issued) {
+      f.lines.push_back(absl::StrCat("  ", RankName(any, r), " never issued #",
+                                     f.first_missing_seq, " ", f.missing_op,
+                                     ": it is behind (its last op is #", min_last, ")"));
+    }
+    for (int r : f.behind) {
+      if (last[r] == min_last) continue;
+      f.lines.push_back(absl::StrCat("  ", RankName(any, r), " is behind too (last op #",
+                                     last[r], ")"));
+    }
+  }
+
+  // The first sequence number where ranks issued different calls.
+  std::set<int64_t> seqs;
+  int64_t oldest = -1;  // below this, some ring has forgotten the op
+  for (const auto& [r, ring] : rings) {
+    if (!ring.collectives.empty()) oldest = std::max(oldest, ring.collectives.front().seq);
+    for (const auto& op : ring.collectives) seqs.insert(op.seq);
+  }
+  for (int64_t seq : seqs) {
+    if (seq < oldest) continue;
+    std::map<std::string, std::vector<int>> classes;
+    for (const auto& [r, ring] : rings) {
+      for (const auto& op : ring.collectives) {
+        if (op.seq == seq) classes[op.Signature()].push_back(r);
+      }
+    }
+    if (classes.size() > 1) {
+      f.mismatch_seq = seq;
+      f.mismatch = classes;
+      std::vector<std::string> parts;
+      for (const auto& [sig, ranks] : classes) {
+        parts.push_back(absl::StrCat(RankList(ranks), " issued ", sig));
+      }
+      f.lines.push_back(absl::StrCat("  ranks issued different ops at #", seq, ": ",
+                                     absl::StrJoin(parts, "; ")));
+      break;  // later differences follow from this one
+    }
+  }
+
+  // Ranks in an op, and ranks stuck outside any op.
+  for (const auto& [r, ring] : rings) {
+    const RankRing::Op* pending = nullptr;
+    for (const auto& op : ring.collectives) {
+      if (Pending(op)) {
+        pending = &op;
+        break;
+      }
+    }
+    if (pending != nullptr) {
+      f.waiting[r] = absl::StrCat(pending->op, " #", pending->seq, " (", pending->state,
+                                  ", issued ", Seconds(ring.dump_ns - pending->issued_ns),
+                                  " before its dump)");
+      f.lines.push_back(absl::StrCat("  ", RankName(&ring, r), " waits in ", f.waiting[r]));
+    } else if (std::find(f.behind.begin(), f.behind.end(), r) != f.behind.end()) {
+      std::string why = "no op pending";
+      if (!ring.collectives.empty()) {
+        const RankRing::Op& l = ring.collectives.back();
+        why = absl::StrCat("its last op #", l.seq, " ", l.Signature(), " ", l.state, " ",
+                           Seconds(ring.dump_ns - (l.ended_ns ? l.ended_ns : l.issued_ns)),
+                           " before its dump and none is pending");
+      }
+      if (!ring.thread.empty()) absl::StrAppend(&why, "; training thread ", ring.thread);
+      f.outside[r] = why;
+      f.lines.push_back(absl::StrCat("  ", RankName(&ring, r),
+                                     " is stuck outside any op (a CPU-side hang): ", why));
+      if (!ring.kernel_stack.empty()) {
+        f.lines.push_back(absl::StrCat("    kernel stack:\n      ",
+                                       absl::StrReplaceAll(absl::StripTrailingAsciiWhitespace(
+                                                               ring.kernel_stack),
+                                                           {{"\n", "\n      "}})));
+      }
+    }
+  }
+
+  if (!f.no_dump.empty()) {
+    std::string line = absl::StrCat("  ", RankList(f.no_dump),
+                                     " left no dump: what they issued is unknown");
+    bool all_wait = !rings.empty() && f.behind.empty() && f.mismatch.empty();
+    for (const auto& [r, ring] : rings) all_wait = all_wait && f.waiting.count(r);
+    if (all_wait) {
+      absl::StrAppend(&line, "; every rank with a dump waits in #", f.last_seq,
+                      ", so the ranks without one are the likely cause (stopped, dead, or "
+                      "unable to dump)");
+    }
+    f.lines.push_back(line);
+  }
+  if (f.behind.empty() && f.mismatch.empty() && f.waiting.empty() && f.no_dump.empty()) {
+    f.lines.push_back("  every rank issued and completed the same ops");
+  }
+  return f;
+}
+
+}  // namespace
+
+std::string Analysis::Text() const {
+  std::string out;
+  for (const GroupFinding& g : groups) {
+    for (const std::string& l : g.lines) absl::StrAppend(&out, l, "\n");
+  }
+  for (const std::string& n : notes) absl::StrAppend(&out, "note: ", n, "\n");
+  return out;
+}
+
+Analysis AnalyzeDumps(const std::vector<std::pair<std::string, std::string>>& files) {
+  Analysis a;
+  std::map<std::string, std::map<int, RankRing>> groups;
+  for (const auto& [file, text] : files) {
+    try {
+      ParseDump(file, nlohmann::json::parse(text), groups);
+    } catch (const std::exception& e) {
+      a.notes.push_back(absl::StrCat(file, " is not a flight-recorder dump: ", e.what()));
+    }
+  }
+  for (const auto& [name, rings] : groups) a.groups.push_back(AnalyzeGroup(name, rings));
+  return a;
+}
+
+absl::StatusOr<Analysis> AnalyzeDir(absl::string_view dir) {
+  std::vector<std::pair<std::string, std::string>> files;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(std::string(dir), ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!absl::StartsWith(name, "fr-") || !absl::EndsWith(name, ".json")) continue;
+    std::ifstream in(entry.path());
+    std::stringstream ss;
+    ss << in.rdbuf();
+    files.emplace_back(entry.path().string(), ss.str());
+  }
+  if (ec) {
+    return absl::NotFoundError(absl::StrCat("trident-fr: cannot read ", dir, ": ", ec.message()));
+  }
+  if (files.empty()) {
+    return absl::NotFoundError(absl::StrCat(
+        "trident-fr: no flight-recorder dumps (fr-*.json) in ", dir,
+        "; ranks write them there when TRIDENT_FR_DIR names it and an op fails"));
+  }
+  std::sort(files.begin(), files.end());
+  return AnalyzeDumps(files);
+}
+
+}  // namespace trident::fr
