@@ -12,6 +12,7 @@ packages=(
   fio  # trident-bench ckpt: the disk's sequential write bandwidth
   libopenblas-dev  # lm-trainer's matrix products
   python3
+  python3-venv python3-dev  # .venv/ for the Python package and its tests (scripts/python-env.sh)
   clang libfuzzer-14-dev  # tests/fuzz: the fuzzers (libFuzzer), which scripts/test.sh runs
 )
 

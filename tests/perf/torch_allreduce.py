@@ -1,0 +1,105 @@
+"""dist.all_reduce with backend "trident" against backend "gloo" (torch's own), and DDP steps/s.
+
+One rank of the benchmark; tests/perf/torch_allreduce.sh starts N of them as torchrun would
+and also runs the C++ trident-bench at the same sizes, so the three are compared in one
+sitting. Both process groups live in the same processes (trident is the default group, gloo a
+new_group over the same ranks), and each size alternates rounds between them, so noise from
+the shared machine falls on both alike.
+
+    python tests/perf/torch_allreduce.py --json out.json [--min-bytes 4096]
+                                         [--max-bytes 67108864] [--rounds 3] [--ddp-steps 30]
+
+Rank 0 prints, per size, the mean time of one blocking dist.all_reduce (float32, sum) with
+each backend (the minimum over rounds of each round's mean), and the DDP steps/s of a small
+MLP with each backend.
+"""
+
+import argparse
+import json
+import time
+
+import torch
+import torch.distributed as dist
+
+import trident.torch  # noqa: F401
+
+
+def time_allreduce(t, group, iters):
+    dist.barrier(group=group)
+    start = time.perf_counter()
+    for _ in range(iters):
+        dist.all_reduce(t, group=group)
+    elapsed = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
+    dist.all_reduce(elapsed, op=dist.ReduceOp.MAX, group=group)
+    return elapsed.item() / iters
+
+
+def ddp_steps_per_s(group, steps):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.GELU(),
+                                torch.nn.Linear(1024, 1024), torch.nn.GELU(),
+                                torch.nn.Linear(1024, 16))
+    ddp = torch.nn.parallel.DistributedDataParallel(model, process_group=group)
+    opt = torch.optim.SGD(ddp.parameters(), lr=1e-3)
+    x, y = torch.randn(64, 256), torch.randn(64, 16)
+
+    def step():
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(ddp(x), y).backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    dist.barrier(group=group)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    elapsed = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
+    dist.all_reduce(elapsed, op=dist.ReduceOp.MAX, group=group)
+    return steps / elapsed.item()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--json", default="")
+    p.add_argument("--min-bytes", type=int, default=4096)
+    p.add_argument("--max-bytes", type=int, default=64 << 20)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--ddp-steps", type=int, default=30)
+    a = p.parse_args()
+    dist.init_process_group("trident")
+    groups = {"trident": dist.group.WORLD, "gloo": dist.new_group(backend="gloo")}
+    rank, world = dist.get_rank(), dist.get_world_size()
+    rows = []
+    size = a.min_bytes
+    while size <= a.max_bytes:
+        t = torch.ones(size // 4)
+        iters = max(3, min(1000, int(0.2e9 / max(size, 1) ** 0.5 / 30)))
+        best = {k: float("inf") for k in groups}
+        for _ in range(a.rounds):
+            for name, g in groups.items():
+                time_allreduce(t, g, 2)  # warm-up
+                best[name] = min(best[name], time_allreduce(t, g, iters))
+        row = {"bytes": size, "iters": iters,
+               **{f"{k}_us": v * 1e6 for k, v in best.items()}}
+        row["gloo_over_trident"] = best["gloo"] / best["trident"]
+        rows.append(row)
+        if rank == 0:
+            print(f"{size:>10} B  trident {row['trident_us']:10.1f} us  gloo "
+                  f"{row['gloo_us']:10.1f} us  gloo/trident {row['gloo_over_trident']:.2f}",
+                  flush=True)
+        size *= 2
+    ddp = {}
+    for _ in range(2):  # alternate
+        for name, g in groups.items():
+            ddp[name] = max(ddp.get(name, 0.0), ddp_steps_per_s(g, a.ddp_steps))
+    if rank == 0:
+        print(f"DDP steps/s: trident {ddp['trident']:.1f}  gloo {ddp['gloo']:.1f}", flush=True)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"world": world, "allreduce": rows, "ddp_steps_per_s": ddp}, f, indent=1)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
