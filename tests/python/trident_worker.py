@@ -328,6 +328,14 @@ def main():
         result["seconds"] = time.monotonic() - start
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(result, f)
+        if rank == 0:
+            # Rank 0 hosts torch's TCPStore, through which the others name the absent rank:
+            # it stays until every survivor has written its result (bounded).
+            end = time.monotonic() + 60
+            while time.monotonic() < end and not all(
+                    os.path.exists(os.path.join(out_dir, f"rank{r}.json"))
+                    for r in range(world - 1)):
+                time.sleep(0.05)
         os._exit(0)  # the group is aborted; skip the destroy handshake with a dead rank
     else:
         raise SystemExit(f"unknown scenario {scenario}")
