@@ -25,7 +25,16 @@ if [[ -f python/requirements-test.txt ]]; then
   "$py" -m pip install -q --disable-pip-version-check -r python/requirements-test.txt
 fi
 # The package: no build isolation, so that it compiles against the torch installed above.
+# Skipped when the installed module is newer than its sources, Trident's libraries and torch.
 export TRIDENT_BUILD_DIR=${TRIDENT_BUILD_DIR:-$PWD/build}
+installed=$("$py" -c "import glob, os, trident; print(next(iter(glob.glob(os.path.join(os.path.dirname(trident.__file__), '_C*.so'))), ''))" 2>/dev/null || true)
+if [[ -n $installed ]] && [[ -z $(find python/src python/trident python/CMakeLists.txt \
+    python/pyproject.toml "$TRIDENT_BUILD_DIR"/lib/libtrident_{comm,transport,store,common}.a \
+    "$("$py" -c "import torch, os; print(os.path.dirname(torch.__file__))")/version.py" \
+    -newer "$installed" -print -quit) ]]; then
+  echo "python-env: .venv ready (trident package up to date)"
+  exit 0
+fi
 CMAKE_ARGS="${CMAKE_ARGS:-} $(command -v ccache >/dev/null && echo -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)" \
   "$py" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps ./python
 "$py" -c "import trident.torch" 

@@ -74,7 +74,7 @@ def main():
     size = a.min_bytes
     while size <= a.max_bytes:
         t = torch.ones(size // 4)
-        iters = max(3, min(1000, int(0.2e9 / max(size, 1) ** 0.5 / 30)))
+        iters = max(3, min(200, int(32e6 / size)))
         best = {k: float("inf") for k in groups}
         for _ in range(a.rounds):
             for name, g in groups.items():
