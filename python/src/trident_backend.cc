@@ -404,7 +404,7 @@ class TridentBackend : public c10d::Backend {
     auto w = comm_->AllGather(Bytes(src), Bytes(buf), Opts(opts.timeout));
     std::vector<at::Tensor> outs = outputs[0];
     int64_t n = in.numel();
-    return Issue(OpType::ALLGATHER, "allgather", {w}, outs, [outs, buf, n]() mutable {
+    return Issue(OpType::ALLGATHER, "allgather", {w}, outs, [outs, buf, src, n]() mutable {
       for (size_t r = 0; r < outs.size(); ++r) {
         outs[r].copy_(buf.narrow(0, static_cast<int64_t>(r) * n, n).view(outs[r].sizes()));
       }
@@ -421,7 +421,7 @@ class TridentBackend : public c10d::Backend {
     auto w = comm_->AllGather(Bytes(src), Bytes(buf), Opts(opts.timeout));
     std::vector<at::Tensor> outs{output};
     return Issue(OpType::_ALLGATHER_BASE, "all_gather_into_tensor", {w}, outs,
-                 CopyBack(output, buf));
+                 CopyBack(output, buf, src));
   }
 
   c10::intrusive_ptr<c10d::Work> allgather_into_tensor_coalesced(
@@ -670,6 +670,21 @@ class TridentBackend : public c10d::Backend {
 
   std::string Describe() const { return comm_->Describe(); }
 
+  // The C++ baseline of the per-op overhead benchmark (tests/perf/torch_allreduce.py):
+  // `iters` blocking AllReduce(sum) calls straight on the communicator, no c10d or Python in
+  // between; returns the mean seconds per call. Collective: every rank calls it.
+  double TimeAllReduce(const at::Tensor& t, int iters) {
+    at::Tensor buf = Staged(t);
+    trident::Tensor tt = Typed(buf, "allreduce");
+    auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < iters; ++i) {
+      absl::Status s = comm_->AllReduce(tt, tt, trident::ReduceOp::kSum, Opts(c10d::kUnsetTimeout))->Wait();
+      if (!s.ok()) Throw(absl::StrCat("trident: allreduce failed: ", s.ToString()));
+    }
+    std::chrono::duration<double> d = std::chrono::steady_clock::now() - start;
+    return d.count() / std::max(iters, 1);
+  }
+
  private:
   const at::Tensor& One(const std::vector<at::Tensor>& tensors, const char* op) {
     TORCH_CHECK(tensors.size() == 1, "trident: ", op,
@@ -777,5 +792,16 @@ PYBIND11_MODULE(_C, m) {
         py::arg("rank"), py::arg("size"), py::arg("timeout"),
         py::call_guard<py::gil_scoped_release>(),
         "Creates the c10d backend of one process group (called by torch.distributed).");
+  m.def(
+      "_cpp_allreduce_seconds",
+      [](const c10::intrusive_ptr<c10d::Backend>& backend, const at::Tensor& t, int iters) {
+        auto* tb = dynamic_cast<trident_torch::TridentBackend*>(backend.get());
+        TORCH_CHECK(tb != nullptr, "trident: not a trident backend");
+        return tb->TimeAllReduce(t, iters);
+      },
+      py::arg("backend"), py::arg("tensor"), py::arg("iters"),
+      py::call_guard<py::gil_scoped_release>(),
+      "Benchmark baseline: mean seconds of `iters` blocking AllReduce calls made in C++ on the "
+      "backend's communicator (collective; every rank calls it).");
   m.attr("__version__") = "0.1.0";
 }

@@ -16,3 +16,7 @@ def create_backend(
     ``torch.distributed.DistBackendError`` naming this rank and Trident's status (e.g. the
     ranks that never arrived) when it fails.
     """
+
+def _cpp_allreduce_seconds(backend: torch.distributed.Backend, tensor: object, iters: int) -> float:
+    """Benchmark baseline: mean seconds of ``iters`` blocking AllReduce(sum) calls made in C++
+    straight on the backend's communicator. Collective: every rank of the group calls it."""
