@@ -290,7 +290,9 @@ def train_fsdp2(rank, mesh, steps):
 def main():
     scenario, out_dir = sys.argv[1], sys.argv[2]
     timeout = timedelta(seconds=float(os.environ.get("TEST_TIMEOUT_S", "60")))
-    dist.init_process_group("trident", timeout=timeout)
+    # The short timeouts of the failure scenarios apply to their own group, not to the
+    # rendezvous (processes of a loaded machine may take seconds to import torch).
+    dist.init_process_group("trident", timeout=max(timeout, timedelta(seconds=60)))
     rank, world = dist.get_rank(), dist.get_world_size()
     result = {"rank": rank, "world": world}
     if scenario == "ops":
@@ -312,7 +314,8 @@ def main():
     elif scenario in ("kill", "deadline"):
         victim = world - 1
         t = torch.ones(1000)
-        dist.all_reduce(t)  # everybody is connected
+        group = dist.new_group(backend="trident", timeout=timeout)
+        dist.all_reduce(t, group=group)  # everybody is connected
         if rank == victim:
             if scenario == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -320,7 +323,7 @@ def main():
             os._exit(0)
         start = time.monotonic()
         try:
-            dist.all_reduce(t)
+            dist.all_reduce(t, group=group)
             result["error"] = None
         except Exception as e:  # what the user sees
             result["error"] = str(e)
