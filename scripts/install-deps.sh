@@ -13,6 +13,7 @@ packages=(
   libopenblas-dev  # lm-trainer's matrix products
   libxxhash-dev  # health: SDC digests of replicated parameters (XXH3)
   python3
+  python3-venv python3-dev  # .venv/ for the Python package and its tests (scripts/python-env.sh)
   clang libfuzzer-14-dev  # tests/fuzz: the fuzzers (libFuzzer), which scripts/test.sh runs
   libcpp-httplib-dev  # the etcd store's HTTP client (src/store/etcd_store.cc)
   etcd-server etcd-client  # tests/store/etcd_store_test, tests/multinode: a real etcd 3.4
