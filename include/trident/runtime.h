@@ -166,7 +166,9 @@ class Runtime {
   // and Finish pause the check until the next call. Thread-safe.
   virtual void Progress() = 0;
 
-  // This rank is done: stops the heartbeat and the watcher. The world stays usable.
+  // This rank is done: stops the heartbeat (saying it finished, so that trident-run does not
+  // take the silence for a death however long the process goes on) and the watcher. The
+  // world stays usable.
   virtual void Finish() = 0;
 
   // Aborts the world and the registered groups with `why` (not OK), as the watcher does when

@@ -110,6 +110,23 @@ void Coordinator::OnDeath(const std::string& name, Failure f, absl::Time now) {
     return;
   }
   f.rank = m.rank;
+  if (auto done = std::find_if(members_.begin(), members_.end(),
+                               [](const auto& e) { return e.second.finished; });
+      done != members_.end()) {
+    // A rank finished the job before this one died: every step and the last save were done
+    // with it (a rank only finishes after them), so there is nothing to replace it for.
+    agent_->Say(absl::StrCat("rank ", m.rank, " ", f.cause, " after ", done->first,
+                             " had finished the job: not replaced (the job's work is done)"));
+    m.rank = -1;
+    const bool all_done = std::all_of(members_.begin(), members_.end(), [](const auto& e) {
+      return e.second.rank < 0 || e.second.finished;
+    });
+    if (all_done && !failure_.has_value()) {
+      finished_ = true;
+      SetDone("finished");
+    }
+    return;
+  }
   const std::string reason = absl::StrCat("rank ", m.rank, " ", f.cause);
   agent_->Say(reason);
   RecordFailure(m.rank, reason);
@@ -334,6 +351,12 @@ void Coordinator::Poll(absl::Time now) {
     absl::StatusOr<std::string> beat = s->TryGet(HeartbeatKey(name), Deadline());
     int64_t counter = 0;
     const bool beats = detector_.watching(name);
+    if (beat.ok() && *beat == kFinishedBeat) {
+      // It called Runtime::Finish: done with the job, no longer beating, and not dead for
+      // that; its exit (whenever it comes) is the agent's to report.
+      if (beats) detector_.Forget(name);
+      continue;
+    }
     if (beat.ok() && absl::SimpleAtoi(*beat, &counter)) {
       // Only members that beat are watched: a program without the Runtime never does.
       if (!beats) detector_.Watch(name, now);

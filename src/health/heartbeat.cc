@@ -16,8 +16,15 @@ Heartbeat::Heartbeat(std::shared_ptr<Store> store, std::string member, absl::Dur
 }
 
 Heartbeat::~Heartbeat() {
-  stop_.Notify();
-  thread_.join();
+  if (!stop_.HasBeenNotified()) stop_.Notify();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Heartbeat::Retire() {
+  if (!stop_.HasBeenNotified()) stop_.Notify();
+  if (thread_.joinable()) thread_.join();
+  absl::Status s = store_->Set(key_, kFinishedBeat, absl::Now() + interval_);
+  if (!s.ok()) TLOG(debug, "heartbeat {}: cannot say it is finished: {}", key_, s.ToString());
 }
 
 void Heartbeat::Loop() {

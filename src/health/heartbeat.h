@@ -34,6 +34,10 @@ class Heartbeat {
 
   int64_t beats() const { return beats_.load(); }
 
+  // Stops beating and says why: this member is done with the job (kFinishedBeat), so the
+  // agent does not take the silence for a death. (The destructor only stops.)
+  void Retire();
+
  private:
   void Loop();
   std::shared_ptr<Store> store_;

@@ -46,6 +46,8 @@ inline constexpr char kEpochKey[] = "job/epoch";
 inline constexpr char kDoneKey[] = "job/done";
 std::string MembershipKey(int64_t epoch);
 std::string HeartbeatKey(absl::string_view member);
+// HeartbeatKey's value once the member called Runtime::Finish (a counter otherwise).
+inline constexpr char kFinishedBeat[] = "finished";
 std::string SpareKey(absl::string_view member);
 std::string StalledKey(absl::string_view member);
 // The prefix of epoch e's suspicion reports; the key of one.

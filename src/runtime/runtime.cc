@@ -109,6 +109,7 @@ class JobRuntime final : public Runtime {
     progress_ns_.store(0);
     if (!stop_.HasBeenNotified()) stop_.Notify();
     if (watcher_.joinable()) watcher_.join();
+    if (heartbeat_) heartbeat_->Retire();
     heartbeat_.reset();
   }
 

@@ -234,6 +234,32 @@ TEST_F(CoordinatorTest, ASpareThatCannotBuildBecauseTheOthersFinishedEndsTheJobA
   EXPECT_THAT(agent_.said, Contains(HasSubstr("because w0 has already finished the job")));
 }
 
+TEST_F(CoordinatorTest, AFinishedRankThatStopsBeatingIsNotDeclaredDead) {
+  Make(2, 1);
+  BeatAndPoll(0, {"w0", "w1"});
+  Set(HeartbeatKey("w0"), kFinishedBeat);  // w0 called Runtime::Finish; its exit comes later
+  for (int ms = 100; ms <= 5000; ms += 100) BeatAndPoll(ms, {"w1"});
+  EXPECT_EQ(Get(FailedKey(1, 0)), "");
+  EXPECT_EQ(Current().epoch, 1);
+  EXPECT_EQ(c_->state(), JobState::kRunning);
+  c_->MemberExited("w0", {.exit_status = 0}, At(5100));
+  c_->MemberExited("w1", {.exit_status = 0}, At(5200));
+  EXPECT_EQ(c_->state(), JobState::kFinished);
+}
+
+TEST_F(CoordinatorTest, ADeathAfterARankFinishedTheJobIsNotReplacedAndTheJobFinishes) {
+  Make(2, 1);
+  Set(SpareKey("s0"), "ready");
+  c_->Poll(At(10));
+  c_->MemberExited("w0", {.exit_status = 0}, At(100));
+  c_->MemberExited("w1", Signaled(SIGKILL), At(110));
+  EXPECT_EQ(Current().epoch, 1);  // s0 not promoted
+  EXPECT_EQ(c_->state(), JobState::kFinished);
+  EXPECT_EQ(Get(kDoneKey), "finished");
+  EXPECT_THAT(agent_.said, Contains("rank 1 killed by signal 9 (SIGKILL) after w0 had finished "
+                                    "the job: not replaced (the job's work is done)"));
+}
+
 TEST_F(CoordinatorTest, RebuildsWithoutEndFailTheJobClearly) {
   Make(2, 0);
   for (int e = 1; e <= 11; ++e) {

@@ -282,6 +282,8 @@ class InprocJob : public health::Agent {
     // A dead process's ops go nowhere (a killed one runs no destructor that could wait).
     m.runtime->AbortWorld(absl::AbortedError(absl::StrCat(name, " is dead")));
     m.runtime->Finish();  // no more heartbeats
+    // ... and no "finished" either: a dead process says nothing.
+    (void)store_->Delete(health::HeartbeatKey(name), absl::Now() + absl::Seconds(1));
     if (stop) {
       m.stopped = true;
       m.killed.WaitForNotification();
