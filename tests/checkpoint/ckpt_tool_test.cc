@@ -216,8 +216,8 @@ TEST(CkptToolTest, BadSettingExitsTwo) {
   ToolRun run = ToolWithEnv("TRIDENT_LOG_LEVEL=bogus", "ls " + dir.path());
   EXPECT_EQ(run.exit_code, 2) << run.output;
   EXPECT_THAT(run.output, HasSubstr("trident-ckpt: TRIDENT_LOG_LEVEL='bogus' is not valid: "
-                                    "expected one of 'trace', 'debug', 'info', 'warn', 'error', "
-                                    "'off'"));
+                                    "expected one of 'trace', 'debug', 'info', 'warn', "
+                                    "'warning', 'error', 'critical', 'off'"));
 }
 
 }  // namespace
