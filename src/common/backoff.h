@@ -9,7 +9,11 @@
 #include <sched.h>
 #include <time.h>
 
+#include <algorithm>
 #include <cstdint>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 
 namespace trident {
 
@@ -43,6 +47,25 @@ class Backoff {
   static constexpr int64_t kYieldNs = 20'000'000;  // 20 ms of yielding before any sleep
   int spins_ = 0;
   int64_t idle_since_ns_ = 0;
+};
+
+// Sleeps between retries of a call to a server (the stores' clients): short at first (a
+// restarting server is back in milliseconds), doubling up to `max`, never past the deadline.
+class RetryBackoff {
+ public:
+  RetryBackoff(absl::Duration first, absl::Duration max) : delay_(first), max_(max) {}
+  // Returns false once the deadline has passed (no sleep then).
+  bool Sleep(absl::Time deadline) {
+    const absl::Time now = absl::Now();
+    if (now >= deadline) return false;
+    absl::SleepFor(std::min(delay_, deadline - now));
+    delay_ = std::min(delay_ * 2, max_);
+    return true;
+  }
+
+ private:
+  absl::Duration delay_;
+  absl::Duration max_;
 };
 
 }  // namespace trident

@@ -24,6 +24,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "common/backoff.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -89,20 +90,6 @@ void SetTimeouts(httplib::Client& cli, absl::Duration connect, absl::Duration io
   cli.set_read_timeout(s, u);
   cli.set_write_timeout(s, u);
 }
-
-class RetryBackoff {
- public:
-  bool Sleep(absl::Time deadline) {
-    absl::Time now = absl::Now();
-    if (now >= deadline) return false;
-    absl::SleepFor(std::min(delay_, deadline - now));
-    delay_ = std::min(delay_ * 2, kMaxBackoff);
-    return true;
-  }
-
- private:
-  absl::Duration delay_ = kFirstBackoff;
-};
 
 }  // namespace
 
@@ -176,7 +163,7 @@ class Client {
     const std::string payload = body.dump();
     const size_t n = endpoints_.size();
     std::vector<std::string> errors(n);
-    RetryBackoff backoff;
+    RetryBackoff backoff(kFirstBackoff, kMaxBackoff);
     const size_t start = preferred_.load();
     for (size_t attempt = 0;; ++attempt) {
       const size_t ep = (start + attempt) % n;
@@ -521,7 +508,7 @@ namespace {
 // revision until one is put, and reads again. kDeadlineExceeded names those still missing.
 absl::Status WaitForKeys(etcd_internal::Client& client, std::vector<std::string> missing,
                          absl::Time deadline, const char* op) {
-  RetryBackoff backoff;
+  RetryBackoff backoff(kFirstBackoff, kMaxBackoff);
   while (true) {
     // Read every missing key, in transactions of range requests.
     std::vector<std::string> still;

@@ -26,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/backoff.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "store/kv_map.h"
@@ -48,22 +49,6 @@ constexpr absl::Duration kMaxBackoff = absl::Milliseconds(500);
 // Idle connections kept for reuse; more are closed when returned.
 constexpr size_t kMaxIdle = 4;
 
-// Sleeps between attempts: short at first (a restarting server is back in milliseconds),
-// capped, never past the deadline. Returns false once the deadline has passed.
-class RetryBackoff {
- public:
-  bool Sleep(absl::Time deadline) {
-    absl::Time now = absl::Now();
-    if (now >= deadline) return false;
-    absl::SleepFor(std::min(delay_, deadline - now));
-    delay_ = std::min(delay_ * 2, kMaxBackoff);
-    return true;
-  }
-
- private:
-  absl::Duration delay_ = kFirstBackoff;
-};
-
 // True when an idle connection has something to read: with no request in flight that can only
 // be EOF or a reset (the server went away), so the connection must not be reused.
 bool LooksClosed(int fd) {
@@ -82,7 +67,7 @@ class TcpStore final : public Store {
 
   // Dials the first connection, so that a wrong token or an absent server shows at once.
   absl::Status Connect(absl::Time deadline) {
-    RetryBackoff backoff;
+    RetryBackoff backoff(kFirstBackoff, kMaxBackoff);
     ASSIGN_OR_RETURN(UniqueFd fd, DialWithRetry(deadline, backoff));
     Release(std::move(fd));
     return absl::OkStatus();
@@ -242,7 +227,7 @@ absl::StatusOr<std::string> TcpStore::Call(Op op, Build build,
   // Everything but Add may be sent again after a broken connection: repeating Set, Get,
   // Delete, ListPrefix or a CompareSet that already won gives the same result.
   const bool retriable = op != Op::kAdd;
-  RetryBackoff backoff;
+  RetryBackoff backoff(kFirstBackoff, kMaxBackoff);
   while (true) {
     ASSIGN_OR_RETURN(UniqueFd fd, Acquire(deadline, backoff));
     std::string request = build();
