@@ -14,18 +14,15 @@
 #include "comm_test_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "../util/status_matchers.h"
 
 namespace trident {
 namespace {
 
 using ::testing::AllOf;
 using ::testing::HasSubstr;
+using testing::StatusIs;
 using testing::RunRanks;
-
-MATCHER_P2(StatusIs, code, msg_matcher, "") {
-  return arg.code() == code &&
-         ::testing::ExplainMatchResult(msg_matcher, std::string(arg.message()), result_listener);
-}
 
 // ctest runs this file twice: over the transport, and with TRIDENT_TEST_SHM=1 on the
 // intra-host shared-memory engine (comm_failure_shm_test).

@@ -10,17 +10,14 @@
 #include "trident/communicator.h"
 #include "trident/nccl.h"
 #include "trident/store.h"
+#include "../util/status_matchers.h"
 
 namespace trident {
 namespace {
 
 using ::testing::AllOf;
 using ::testing::HasSubstr;
-
-MATCHER_P2(StatusIs, code, matcher, "") {
-  return arg.code() == code && ::testing::ExplainMatchResult(matcher, std::string(arg.message()),
-                                                             result_listener);
-}
+using testing::StatusIs;
 
 TEST(NcclStatusTest, CodesFollowWhatTheCallerDoesNext) {
   using nccl::NcclResultToStatus;

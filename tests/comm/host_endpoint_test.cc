@@ -16,21 +16,14 @@
 #include "gtest/gtest.h"
 #include "trident/communicator.h"
 #include "trident/store.h"
+#include "../util/status_matchers.h"
 
 namespace trident {
 namespace {
 
 using ::testing::AllOf;
 using ::testing::HasSubstr;
-
-MATCHER_P2(StatusIs, code, message_matcher, "") {
-  if (arg.code() != code) {
-    *result_listener << "status is " << arg.ToString();
-    return false;
-  }
-  return ::testing::ExplainMatchResult(message_matcher, std::string(arg.message()),
-                                       result_listener);
-}
+using testing::StatusIs;
 
 HostCommOptions Options(std::shared_ptr<Store> store, const std::string& provider, int rank,
                         int size) {

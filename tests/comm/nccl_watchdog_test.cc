@@ -13,17 +13,14 @@
 #include "common/cuda.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "../util/status_matchers.h"
 
 namespace trident::nccl {
 namespace {
 
 using ::testing::AllOf;
 using ::testing::HasSubstr;
-
-MATCHER_P2(StatusIs, code, matcher, "") {
-  return arg.code() == code && ::testing::ExplainMatchResult(matcher, std::string(arg.message()),
-                                                             result_listener);
-}
+using testing::StatusIs;
 
 class FakeClock : public Clock {
  public:

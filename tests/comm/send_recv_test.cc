@@ -7,16 +7,13 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "trident/communicator.h"
+#include "../util/status_matchers.h"
 
 namespace trident {
 namespace {
 
 using ::testing::HasSubstr;
-
-MATCHER_P2(StatusIs, code, matcher, "") {
-  return arg.code() == code && ::testing::ExplainMatchResult(matcher, std::string(arg.message()),
-                                                             result_listener);
-}
+using testing::StatusIs;
 
 TEST(SendRecvTest, SymmetricExchangeLandsByTag) {
   InprocCommOptions options;

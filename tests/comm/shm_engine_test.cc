@@ -19,18 +19,15 @@
 #include "comm_test_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "../util/status_matchers.h"
 
 namespace trident {
 namespace {
 
 using ::testing::AllOf;
 using ::testing::HasSubstr;
+using testing::StatusIs;
 using testing::RunRanks;
-
-MATCHER_P2(StatusIs, code, msg_matcher, "") {
-  return arg.code() == code &&
-         ::testing::ExplainMatchResult(msg_matcher, std::string(arg.message()), result_listener);
-}
 
 std::vector<std::unique_ptr<Communicator>> Comms(int n, ShmParams params = {}) {
   InprocCommOptions options;

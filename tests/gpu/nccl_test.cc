@@ -14,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "trident/nccl.h"
 #include "trident/store.h"
+#include "../util/status_matchers.h"
 
 #if TRIDENT_HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -24,12 +25,8 @@ namespace {
 
 using ::testing::AllOf;
 using ::testing::HasSubstr;
+using testing::StatusIs;
 using testing::GpuBuffer;
-
-MATCHER_P2(StatusIs, code, matcher, "") {
-  return arg.code() == code && ::testing::ExplainMatchResult(matcher, std::string(arg.message()),
-                                                             result_listener);
-}
 
 double Value(size_t i) { return 1 + static_cast<double>((i * 3) % 5); }
 

@@ -9,7 +9,6 @@
 #include <ostream>
 #include <string>
 #include <tuple>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -20,6 +19,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "trident/parallel/pipeline.h"
+#include "../util/status_matchers.h"
 
 namespace trident::pipeline {
 namespace {
@@ -27,19 +27,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
-
-MATCHER_P2(StatusIs, code, message, "") {
-  const absl::Status s = [&] {
-    if constexpr (std::is_same_v<std::decay_t<decltype(arg)>, absl::Status>) {
-      return arg;
-    } else {
-      return arg.status();
-    }
-  }();
-  *result_listener << "status is " << s;
-  return s.code() == code &&
-         ::testing::ExplainMatchResult(message, std::string(s.message()), result_listener);
-}
+using testing::StatusIs;
 
 using Lists = std::vector<std::vector<Instruction>>;
 

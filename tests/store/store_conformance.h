@@ -38,30 +38,19 @@
 #include "store/tcp_store_protocol.h"
 #include "store/etcd_store.h"
 #include "etcd_test_util.h"
+#include "../util/status_matchers.h"
 
 namespace trident {
 namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using testing::StatusIs;
 using ::testing::IsEmpty;
 using ::testing::Not;
 
-const absl::Status& ToStatus(const absl::Status& s) { return s; }
-template <typename T>
-const absl::Status& ToStatus(const absl::StatusOr<T>& s) {
-  return s.status();
-}
-
-MATCHER_P2(StatusIs, code, message, "") {
-  const absl::Status& s = ToStatus(arg);
-  *result_listener << "status is " << s;
-  return s.code() == code &&
-         ::testing::ExplainMatchResult(message, std::string(s.message()), result_listener);
-}
-
 MATCHER(IsOk, "") {
-  const absl::Status& s = ToStatus(arg);
+  const absl::Status& s = testing::StatusOf(arg);
   *result_listener << "status is " << s;
   return s.ok();
 }

@@ -30,12 +30,14 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "trident/store.h"
+#include "../util/status_matchers.h"
 
 namespace trident {
 namespace {
 
 using ::testing::AllOf;
 using ::testing::HasSubstr;
+using testing::StatusIs;
 
 constexpr size_t kPart = 4096;  // part size of the split configurations
 
@@ -47,15 +49,6 @@ struct Config {
 };
 
 std::string ConfigName(const ::testing::TestParamInfo<Config>& info) { return info.param.name; }
-
-MATCHER_P2(StatusIs, code, message_matcher, "") {
-  if (arg.code() != code) {
-    *result_listener << "status is " << arg.ToString();
-    return false;
-  }
-  return ::testing::ExplainMatchResult(message_matcher, std::string(arg.message()),
-                                       result_listener);
-}
 
 std::vector<uint8_t> Pattern(size_t n, uint32_t seed) {
   std::vector<uint8_t> data(n);
