@@ -12,6 +12,13 @@ cmake -S "$src" -B "$tmp/build" -G Ninja -DCMAKE_PREFIX_PATH="$tmp/prefix" > "$t
 cmake --build "$tmp/build" > "$tmp/build.log" || { cat "$tmp/build.log"; exit 1; }
 "$tmp/build/consumer"
 "$tmp/build/consumer_shared"
+# libtrident.so exports Trident's own symbols only (src/libtrident.map): no instantiation of
+# std, Abseil, json or fmt templates that a host's own copies could be mixed up with.
+so=$(ls "$tmp"/prefix/lib*/libtrident.so)
+foreign=$(nm -D --defined-only -C "$so" | cut -d' ' -f3- | grep -vE \
+  '^(trident|(typeinfo|typeinfo name|vtable|VTT) for trident::|(non-)?virtual thunk to trident::)' \
+  || true)
+[[ -z $foreign ]] || { echo "libtrident.so exports what is not Trident's:"; head -20 <<<"$foreign"; exit 1; }
 # pkg-config: the C API example of docs/c_api.md, compiled as C99 against libtrident.so.
 export PKG_CONFIG_PATH="$tmp/prefix/$(cd "$tmp/prefix" && ls -d lib*/pkgconfig | head -1 | xargs dirname)/pkgconfig"
 awk '/^```c$/ {n++; on = (n == 1); next} /^```$/ {on = 0} on' "$src/../../docs/c_api.md" > "$tmp/capi_example.c"
