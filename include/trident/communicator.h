@@ -176,8 +176,11 @@ struct HostCommOptions {
   std::shared_ptr<Store> store;
   // libfabric provider; empty reads TRIDENT_FABRIC_PROVIDER (default "shm" on one host).
   std::string provider;
-  // Default op timeout; zero reads TRIDENT_TIMEOUT_MS.
+  // Default op timeout, and the bound of setup; zero reads TRIDENT_TIMEOUT_MS.
   absl::Duration timeout = absl::ZeroDuration();
+  // Setup also ends by this time when it comes before `timeout` does; ops keep `timeout` (the
+  // runtime builds a world within a build window shorter than an op's deadline).
+  absl::Time setup_deadline = absl::InfiniteFuture();
   // Shown in logs and errors.
   std::string name = "world";
   // Membership epoch (runtime.h); shown in logs and errors. Above 0 it also names the setup

@@ -67,8 +67,10 @@ struct NcclCommOptions {
   std::shared_ptr<Store> store;
   // CUDA device of this rank; -1 picks TRIDENT_LOCAL_RANK modulo the visible device count.
   int device = -1;
-  // Default op timeout and the deadline of setup; zero reads TRIDENT_TIMEOUT_MS.
+  // Default op timeout and the bound of setup; zero reads TRIDENT_TIMEOUT_MS.
   absl::Duration timeout = absl::ZeroDuration();
+  // Setup also ends by this time when it comes before `timeout` does; ops keep `timeout`.
+  absl::Time setup_deadline = absl::InfiniteFuture();
   // Shown in logs and errors, and part of the store keys: (name, epoch) must be unique in the
   // job; building it twice is kFailedPrecondition.
   std::string name = "world";

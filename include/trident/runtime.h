@@ -51,7 +51,8 @@ struct WorldSpec {
   // The job's store scoped to this epoch (its keys cannot meet another epoch's); its blocking
   // calls give up when the job moves on, so a build never outlives its epoch.
   std::shared_ptr<Store> store;
-  // Deadline of the build; default timeout of the world's ops.
+  // The build ends by `deadline` (the communicator's setup_deadline); `op_timeout` is the
+  // default deadline of the world's ops (its timeout), however short the build window.
   absl::Time deadline;
   absl::Duration op_timeout;
   // For the communicator's options (HostCommOptions::on_peer_error): reports a peer's

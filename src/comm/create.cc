@@ -2,6 +2,7 @@
 // OpenHostEndpoint, its endpoint opened in advance.
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <string>
@@ -58,8 +59,17 @@ absl::StatusOr<bool> AllOnOneHost(Store& setup, int rank, int size, absl::Time d
   const std::string mine = Hostname();
   RETURN_IF_ERROR(setup.Set(absl::StrCat("host/", rank), mine, deadline));
   for (int r = 0; r < size; ++r) {
-    ASSIGN_OR_RETURN(std::string host, setup.Get(absl::StrCat("host/", r), deadline));
-    if (host != mine) return false;
+    absl::StatusOr<std::string> host = setup.Get(absl::StrCat("host/", r), deadline);
+    if (!host.ok()) {
+      const bool late = host.status().code() == absl::StatusCode::kDeadlineExceeded;
+      return Annotate(host.status(),
+                      absl::StrCat("CreateHostCommunicator: rank ", rank, " of ", size,
+                                   " waiting for rank ", r, " to join the setup",
+                                   late ? " (is it running, with the same name, epoch and "
+                                          "world size?)"
+                                        : ""));
+    }
+    if (*host != mine) return false;
   }
   return true;
 }
@@ -89,7 +99,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateHostCommunicator(HostCommOpt
   }
   InitLogging(absl::StrCat("rank ", rank));
   if (options.timeout == absl::ZeroDuration()) options.timeout = ParamMillis("TRIDENT_TIMEOUT_MS");
-  const absl::Time deadline = DeadlineIn(options.timeout);
+  const absl::Time deadline = std::min(DeadlineIn(options.timeout), options.setup_deadline);
 
   std::shared_ptr<Store> store = options.store;
   if (store == nullptr) {

@@ -410,9 +410,10 @@ absl::Status JobRuntime::BuildWorld(int64_t epoch, absl::Time deadline) {
     o.name = "world";
     o.epoch = epoch;
     o.on_peer_error = spec.on_peer_error;
-    // CreateHostCommunicator's setup is bound by o.timeout; keep it within `deadline`.
-    o.timeout =
-        std::min(options_.timeout, std::max(deadline - absl::Now(), absl::Milliseconds(1)));
+    // Setup within the build window; ops keep the runtime's op deadline (o.timeout also
+    // bounds setup, but it is the default deadline of every op on the world and its groups).
+    o.timeout = options_.timeout;
+    o.setup_deadline = deadline;
     {
       absl::MutexLock lock(&mu_);
       o.endpoint = std::move(standby_);  // consumed, even by a failed build
@@ -564,8 +565,8 @@ CommunicatorFactory NcclWorldFactory(int device) {
     o.world_size = spec.world_size;
     o.store = spec.store;
     o.device = device;
-    o.timeout = std::min(spec.op_timeout,
-                         std::max(spec.deadline - absl::Now(), absl::Milliseconds(1)));
+    o.timeout = spec.op_timeout;
+    o.setup_deadline = spec.deadline;
     o.name = "world";
     o.epoch = spec.epoch;
     return CreateNcclCommunicator(std::move(o));

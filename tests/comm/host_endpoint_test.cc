@@ -196,6 +196,49 @@ TEST(HostEndpointProviderTest, EmptyProviderReadsTheVariableElseShm) {
                        HasSubstr("serves shm, not tcp;ofi_rxm on lo")));
 }
 
+// setup_deadline bounds the setup only: a runtime builds its world within a short build
+// window, and the world's ops must keep the op deadline (timeout). Here rank 1 joins the
+// first AllReduce a second after the setup deadline has passed: the op still completes.
+TEST(HostCommSetupDeadlineTest, OpsKeepTheTimeoutPastTheSetupDeadline) {
+  std::shared_ptr<Store> store = NewMemoryStore();
+  const absl::Time setup_deadline = absl::Now() + absl::Seconds(2);
+  std::vector<absl::Status> results(2);
+  std::vector<float> got(2, 0);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      HostCommOptions options = Options(store, "shm", r, 2);
+      options.setup_deadline = setup_deadline;
+      auto comm = CreateHostCommunicator(options);
+      if (!comm.ok()) {
+        results[r] = comm.status();
+        return;
+      }
+      if (r == 1) absl::SleepFor(setup_deadline + absl::Seconds(1) - absl::Now());
+      float v = static_cast<float>(r + 1);
+      results[r] = (*comm)->AllReduce(Tensor::Of(&v, 1), Tensor::Of(&v, 1), ReduceOp::kSum)->Wait();
+      got[r] = v;
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_TRUE(results[r].ok()) << "rank " << r << ": " << results[r];
+    EXPECT_EQ(got[r], 3.0f) << "rank " << r;
+  }
+}
+
+// A setup that cannot finish (rank 1 never comes) fails at the setup deadline, long before
+// the op timeout of 30 s.
+TEST(HostCommSetupDeadlineTest, SetupEndsAtTheSetupDeadline) {
+  std::shared_ptr<Store> store = NewMemoryStore();
+  HostCommOptions options = Options(store, "shm", 0, 2);
+  options.setup_deadline = absl::Now() + absl::Milliseconds(300);
+  const absl::Time start = absl::Now();
+  EXPECT_THAT(CreateHostCommunicator(options).status(),
+              StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("rank 1")));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(15));
+}
+
 TEST(HostEndpointProviderTest, UnknownProviderIsInvalidArgument) {
   EXPECT_THAT(OpenHostEndpoint("nosuchprov").status(),
               StatusIs(absl::StatusCode::kInvalidArgument,

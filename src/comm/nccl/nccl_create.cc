@@ -1,5 +1,6 @@
 // CreateNcclCommunicator: the world communicator of the NCCL backend; in a build without NCCL,
 // the answer that says so.
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/escaping.h"
@@ -66,7 +67,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(NcclCommOpt
                                                    devices, " CUDA device(s)"));
   }
   if (options.timeout == absl::ZeroDuration()) options.timeout = ParamMillis("TRIDENT_TIMEOUT_MS");
-  const absl::Time deadline = DeadlineIn(options.timeout);
+  const absl::Time deadline = std::min(DeadlineIn(options.timeout), options.setup_deadline);
   std::shared_ptr<Store> store = options.store;
   if (store == nullptr) {
     ASSIGN_OR_RETURN(std::unique_ptr<Store> connected, ConnectStoreFromEnv(deadline));
