@@ -6,6 +6,8 @@
 //    the outputs are not written before that work has run either (a kernel still reading
 //    the buffer);
 //  - a stream that never runs ends the op at its deadline, saying what it waited for.
+#include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -54,11 +56,16 @@ class FakeStream {
     absl::MutexLock lock(&mu_);
     return queued_;
   }
-  // Waits until the first `n` items have run; false at the deadline.
-  bool AwaitRan(int64_t n, absl::Time deadline) {
+  // Waits until the first `n` items have run (true), `deadline` passes or `*cancel` turns true
+  // (false); the cancel flag is looked at every millisecond, as the CUDA staging polls.
+  bool AwaitRan(int64_t n, absl::Time deadline, const std::atomic<bool>* cancel) {
     absl::MutexLock lock(&mu_);
     auto reached = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return ran_ >= n; };
-    return mu_.AwaitWithDeadline(absl::Condition(&reached), deadline);
+    while (!mu_.AwaitWithDeadline(absl::Condition(&reached),
+                                  std::min(deadline, absl::Now() + absl::Milliseconds(1)))) {
+      if (absl::Now() >= deadline || (cancel != nullptr && cancel->load())) return false;
+    }
+    return true;
   }
 
  private:
@@ -96,15 +103,19 @@ class FakeStaging : public Staging {
     return std::unique_ptr<Buffer>(new FakeBuffer(bytes));
   }
   absl::Status CopyIn(int, const Mark* after, const void* src, Buffer& dst, size_t bytes,
-                      absl::Time deadline, absl::string_view what) override {
-    if (absl::Status s = Reached(after, deadline, what); !s.ok()) return s;
+                      const Limit& limit) override {
+    {
+      absl::MutexLock lock(&mu_);
+      ++copies_started_;
+    }
+    if (absl::Status s = Reached(after, limit); !s.ok()) return s;
     std::memcpy(dst.data(), src, bytes);
     Log("in", dst.data(), bytes);
     return absl::OkStatus();
   }
   absl::Status CopyOut(int, const Mark* after, Buffer& src, void* dst, size_t bytes,
-                       absl::Time deadline, absl::string_view what) override {
-    if (absl::Status s = Reached(after, deadline, what); !s.ok()) return s;
+                       const Limit& limit) override {
+    if (absl::Status s = Reached(after, limit); !s.ok()) return s;
     std::memcpy(dst, src.data(), bytes);
     Log("out", src.data(), bytes);
     return absl::OkStatus();
@@ -114,13 +125,24 @@ class FakeStaging : public Staging {
     absl::MutexLock lock(&mu_);
     return log_;
   }
+  // Waits until the worker has entered CopyIn `n` times.
+  void AwaitCopiesStarted(int n) {
+    absl::MutexLock lock(&mu_);
+    auto started = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return copies_started_ >= n; };
+    mu_.Await(absl::Condition(&started));
+  }
 
  private:
-  static absl::Status Reached(const Mark* after, absl::Time deadline, absl::string_view what) {
+  static absl::Status Reached(const Mark* after, const Limit& limit) {
     if (after == nullptr) return absl::OkStatus();
     const auto* mark = static_cast<const FakeMark*>(after);
-    if (mark->stream->AwaitRan(mark->position, deadline)) return absl::OkStatus();
-    return absl::DeadlineExceededError(absl::StrCat(what, ": the stream's work never ran"));
+    if (mark->stream->AwaitRan(mark->position, limit.deadline, limit.cancel)) {
+      return absl::OkStatus();
+    }
+    if (limit.cancel != nullptr && limit.cancel->load()) {
+      return absl::CancelledError(absl::StrCat(limit.what, ": aborted"));
+    }
+    return absl::DeadlineExceededError(absl::StrCat(limit.what, ": the stream's work never ran"));
   }
   void Log(absl::string_view kind, const void* p, size_t bytes) {
     float first = 0;
@@ -132,6 +154,7 @@ class FakeStaging : public Staging {
   FakeStream default_stream_;
   absl::Mutex mu_;
   std::vector<std::string> log_ ABSL_GUARDED_BY(mu_);
+  int copies_started_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // `n` ranks as threads over the in-process transport, each with its own fake staging.
@@ -255,6 +278,22 @@ TEST(StagingOrderTest, AStreamThatNeverRunsEndsTheOpAtItsDeadline) {
   // The communicator is aborted after a deadline, as for any op.
   EXPECT_THAT(world.comms[0]->AllReduce(OnDevice(t), OnDevice(t), ReduceOp::kSum)->Wait(),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("rebuild it")));
+}
+
+TEST(StagingOrderTest, AbortEndsAnOpWaitingForItsStreamAtOnce) {
+  World world(1, /*timeout=*/absl::Minutes(10));
+  std::vector<float> t(4, 1.0f);
+  FakeStream stream;
+  stream.Enqueue([] {});  // never run
+  OpOptions options;
+  options.cuda_stream = &stream;
+  auto work = world.comms[0]->AllReduce(OnDevice(t), OnDevice(t), ReduceOp::kSum, options);
+  world.staging[0]->AwaitCopiesStarted(1);  // the worker waits for the stream now
+  world.comms[0]->Abort(absl::AbortedError("rank 1 died (test)"));
+  // Well before the op's own deadline of ten minutes.
+  EXPECT_THAT(work->Wait(absl::Now() + absl::Seconds(30)),
+              StatusIs(absl::StatusCode::kAborted, HasSubstr("rank 1 died (test)")));
+  EXPECT_EQ(t, std::vector<float>(4, 1.0f));
 }
 
 TEST(StagingOrderTest, CpuTensorsAreNotStagedAndOtherDevicesAreRefused) {

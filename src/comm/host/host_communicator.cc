@@ -748,11 +748,13 @@ absl::Status HostCommunicator::PrepareStaging(Op& op) {
 // include their results; and after the work queued on the caller's stream before the op.
 absl::Status HostCommunicator::CopyInputs(Op& op) {
   if (!op.cuda || !op.copy_in) return absl::OkStatus();
-  absl::Status s = staging_->CopyIn(
-      op.in.device().index, op.issued.get(), op.in.data(), *op.stage_in, op.in.nbytes(),
-      op.deadline,
-      absl::StrCat(OpName(op), ": copying the inputs from the GPU (after the work queued on "
-                               "the caller's stream before the op)"));
+  const std::string what = absl::StrCat(
+      OpName(op), ": copying the inputs from the GPU (after the work queued on the caller's "
+                  "stream before the op)");
+  absl::Status s =
+      staging_->CopyIn(op.in.device().index, op.issued.get(), op.in.data(), *op.stage_in,
+                       op.in.nbytes(), {op.deadline, &aborted_, what});
+  if (s.code() == absl::StatusCode::kCancelled) return AbortStatus();
   if (s.code() == absl::StatusCode::kDeadlineExceeded) return s;
   return Annotate(s, OpName(op));
 }
@@ -760,10 +762,11 @@ absl::Status HostCommunicator::CopyInputs(Op& op) {
 absl::Status HostCommunicator::CopyOutputs(Op& op) {
   if (!op.cuda || !op.copy_out) return absl::OkStatus();
   Staging::Buffer& result = op.stage_out != nullptr ? *op.stage_out : *op.stage_in;
-  absl::Status s =
-      staging_->CopyOut(op.out.device().index, op.issued.get(), result, op.out.data(),
-                        op.out.nbytes(), op.deadline,
-                        absl::StrCat(OpName(op), ": copying the result to the GPU"));
+  const std::string what = absl::StrCat(OpName(op), ": copying the result to the GPU");
+  absl::Status s = staging_->CopyOut(op.out.device().index, op.issued.get(), result,
+                                     op.out.data(), op.out.nbytes(),
+                                     {op.deadline, &aborted_, what});
+  if (s.code() == absl::StatusCode::kCancelled) return AbortStatus();
   if (s.code() == absl::StatusCode::kDeadlineExceeded) return s;
   return Annotate(s, OpName(op));
 }

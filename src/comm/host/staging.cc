@@ -1,9 +1,11 @@
 #include "comm/host/staging.h"
 
+#include <algorithm>
 #include <map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "common/cuda.h"
 #include "common/status_macros.h"
 
@@ -64,20 +66,18 @@ class CudaStaging : public Staging {
   }
 
   absl::Status CopyIn(int device, const Mark* after, const void* src, Buffer& dst, size_t bytes,
-                      absl::Time deadline, absl::string_view what) override {
-    return Copy(device, after, dst.data(), src, bytes, static_cast<PinnedBuffer&>(dst), deadline,
-                what);
+                      const Limit& limit) override {
+    return Copy(device, after, dst.data(), src, bytes, static_cast<PinnedBuffer&>(dst), limit);
   }
 
   absl::Status CopyOut(int device, const Mark* after, Buffer& src, void* dst, size_t bytes,
-                       absl::Time deadline, absl::string_view what) override {
-    return Copy(device, after, dst, src.data(), bytes, static_cast<PinnedBuffer&>(src), deadline,
-                what);
+                       const Limit& limit) override {
+    return Copy(device, after, dst, src.data(), bytes, static_cast<PinnedBuffer&>(src), limit);
   }
 
  private:
   absl::Status Copy(int device, const Mark* after, void* dst, const void* src, size_t bytes,
-                    PinnedBuffer& host, absl::Time deadline, absl::string_view what) {
+                    PinnedBuffer& host, const Limit& limit) {
     ASSIGN_OR_RETURN(cuda::Stream stream, StreamFor(device));
     cuda::DeviceGuard guard(device);
     RETURN_IF_ERROR(guard.status());
@@ -88,7 +88,27 @@ class CudaStaging : public Staging {
     ASSIGN_OR_RETURN(std::unique_ptr<cuda::Event> done, cuda::Event::Record(stream, device));
     std::shared_ptr<cuda::Event> fence = std::move(done);
     host.block().set_fence(fence);  // the pool keeps the block until the copy has run
-    return cuda::WaitEvent(*fence, deadline, what);
+    return Await(*fence, limit);
+  }
+
+  // cuda::WaitEvent, also ending when the communicator is aborted (a stream that never runs
+  // must not hold the worker, and so the communicator's destructor, until the deadline).
+  static absl::Status Await(const cuda::Event& event, const Limit& limit) {
+    absl::Duration pause = absl::Microseconds(2);
+    while (true) {
+      ASSIGN_OR_RETURN(bool done, event.Done());
+      if (done) return absl::OkStatus();
+      if (limit.cancel != nullptr && limit.cancel->load(std::memory_order_acquire)) {
+        return absl::CancelledError(absl::StrCat(limit.what, ": the communicator was aborted"));
+      }
+      const absl::Time now = absl::Now();
+      if (now >= limit.deadline) {
+        return absl::DeadlineExceededError(
+            absl::StrCat(limit.what, ": the GPU work had not finished at the deadline"));
+      }
+      absl::SleepFor(std::min(pause, limit.deadline - now));
+      pause = std::min(pause * 2, absl::Milliseconds(1));
+    }
   }
 
   // Non-blocking: the copies wait for the marked work only, not for whatever else the caller

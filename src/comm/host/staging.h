@@ -18,6 +18,7 @@
 #ifndef TRIDENT_COMM_HOST_STAGING_H_
 #define TRIDENT_COMM_HOST_STAGING_H_
 
+#include <atomic>
 #include <cstddef>
 #include <memory>
 
@@ -55,14 +56,21 @@ class Staging {
   virtual absl::StatusOr<std::unique_ptr<Mark>> MarkStream(int device, void* stream) = 0;
   // A host buffer of at least `bytes`.
   virtual absl::StatusOr<std::unique_ptr<Buffer>> Acquire(size_t bytes) = 0;
+  // How long a copy may take: until `deadline` (then kDeadlineExceeded naming `what`), or
+  // until `*cancel` turns true (then kCancelled): the communicator was aborted. Either way the
+  // copy may still run; the buffer keeps its memory safe.
+  struct Limit {
+    absl::Time deadline;
+    const std::atomic<bool>* cancel = nullptr;
+    absl::string_view what;
+  };
   // Copies `bytes` from device memory `src` into `dst`, after the work before `after` (none
-  // when null) has run, and returns once the copy is done; kDeadlineExceeded naming `what`
-  // if it is not done by `deadline` (the copy may still run; `dst` keeps its memory safe).
+  // when null) has run, and returns once the copy is done.
   virtual absl::Status CopyIn(int device, const Mark* after, const void* src, Buffer& dst,
-                              size_t bytes, absl::Time deadline, absl::string_view what) = 0;
+                              size_t bytes, const Limit& limit) = 0;
   // The other way: `bytes` from `src` to device memory `dst`, after the work before `after`.
   virtual absl::Status CopyOut(int device, const Mark* after, Buffer& src, void* dst,
-                               size_t bytes, absl::Time deadline, absl::string_view what) = 0;
+                               size_t bytes, const Limit& limit) = 0;
 };
 
 // The CUDA staging. Makes no CUDA call until a device tensor is staged, so every communicator
