@@ -190,7 +190,9 @@ TEST(StagingOrderTest, BackToBackOpsOnOneTensorSeeEachOthersResults) {
   RunRanks(world.comms, [&](int r, Communicator& c) {
     std::vector<float> t(64, r + 1.0f);  // 1 and 2
     std::vector<std::shared_ptr<Work>> works;
-    for (int i = 0; i < 3; ++i) works.push_back(c.AllReduce(OnDevice(t), OnDevice(t), ReduceOp::kSum));
+    for (int i = 0; i < 3; ++i) {
+      works.push_back(c.AllReduce(OnDevice(t), OnDevice(t), ReduceOp::kSum));
+    }
     for (auto& w : works) ASSERT_TRUE(w->Wait(absl::Now() + absl::Seconds(30)).ok());
     // 1+2, then 3+3, then 6+6: each op read its predecessor's output, not the value at issue.
     EXPECT_EQ(t, std::vector<float>(64, 12.0f));

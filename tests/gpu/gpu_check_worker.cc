@@ -244,7 +244,9 @@ int NcclLatency(int64_t bytes) {
   options.timeout = absl::Seconds(30);
   options.name = "latency";
   auto trident = CreateNcclCommunicator(options);
-  if (!trident.ok()) return fail(absl::StrCat("CreateNcclCommunicator: ", trident.status().ToString()));
+  if (!trident.ok()) {
+    return fail(absl::StrCat("CreateNcclCommunicator: ", trident.status().ToString()));
+  }
   if (cudaSetDevice(0) != cudaSuccess) return fail("cudaSetDevice(0) failed");
   ncclComm_t plain = nullptr;
   int devs[1] = {0};
@@ -331,12 +333,16 @@ int HostOrder() {
     std::printf("RESULT rank=%d host-order: %s\n", rank, what.c_str());
     return 1;
   };
-  if (cuda::DeviceCount() == 0) return fail(absl::StrCat("no CUDA device (", cuda::NoDeviceReason(), ")"));
+  if (cuda::DeviceCount() == 0) {
+    return fail(absl::StrCat("no CUDA device (", cuda::NoDeviceReason(), ")"));
+  }
   auto made = CreateHostCommunicator({});
   if (!made.ok()) return fail(made.status().ToString());
   Communicator& comm = **made;
   const int n = comm.size();
-  if (comm.rank() != rank) return fail(absl::StrCat("TRIDENT_RANK ", rank, " is rank ", comm.rank()));
+  if (comm.rank() != rank) {
+    return fail(absl::StrCat("TRIDENT_RANK ", rank, " is rank ", comm.rank()));
+  }
   const int64_t count = 1 << 18;  // 1 MiB of floats: the ring, several chunks
   const size_t bytes = count * sizeof(float);
   if (cudaSetDevice(0) != cudaSuccess) return fail("cudaSetDevice(0) failed");

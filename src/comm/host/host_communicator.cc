@@ -281,20 +281,26 @@ std::shared_ptr<Work> HostCommunicator::AllReduce(const Tensor& in, const Tensor
 
 std::shared_ptr<Work> HostCommunicator::ReduceScatter(const Tensor& in, const Tensor& out,
                                                       ReduceOp op, const OpOptions& options) {
-  if (absl::Status s = CheckPair(*staging_, "ReduceScatter", in, out, 1, size()); !s.ok()) return Failed(s);
+  if (absl::Status s = CheckPair(*staging_, "ReduceScatter", in, out, 1, size()); !s.ok()) {
+    return Failed(s);
+  }
   if (absl::Status s = CheckReduceOp("ReduceScatter", in.dtype(), op); !s.ok()) return Failed(s);
   return Enqueue(NewOp(OpKind::kReduceScatter, in, out, op, -1, 0, out.numel(), options));
 }
 
 std::shared_ptr<Work> HostCommunicator::AllGather(const Tensor& in, const Tensor& out,
                                                   const OpOptions& options) {
-  if (absl::Status s = CheckPair(*staging_, "AllGather", in, out, size(), 1); !s.ok()) return Failed(s);
+  if (absl::Status s = CheckPair(*staging_, "AllGather", in, out, size(), 1); !s.ok()) {
+    return Failed(s);
+  }
   return Enqueue(NewOp(OpKind::kAllGather, in, out, ReduceOp::kSum, -1, 0, in.numel(), options));
 }
 
 std::shared_ptr<Work> HostCommunicator::Broadcast(const Tensor& tensor, int root,
                                                   const OpOptions& options) {
-  if (absl::Status s = CheckTensor(*staging_, "Broadcast", "tensor", tensor); !s.ok()) return Failed(s);
+  if (absl::Status s = CheckTensor(*staging_, "Broadcast", "tensor", tensor); !s.ok()) {
+    return Failed(s);
+  }
   if (root < 0 || root >= size()) {
     return Failed(absl::InvalidArgumentError(
         absl::StrCat("Broadcast: root ", root, " is not a rank of ", Describe())));
