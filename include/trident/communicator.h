@@ -78,9 +78,11 @@ struct OpOptions {
   // which waits for work queued on the legacy default stream.
   //  - NCCL backend: the op runs on this stream after the work queued there before it, and
   //    work queued there after it sees its result; Work wraps an event recorded after it.
-  //  - Host backend: the inputs are copied to pinned host memory on this stream (so in
-  //    stream order); the outputs are written back before the Work completes: wait for the
-  //    Work before queuing kernels that read them.
+  //  - Host backend: the op reads its inputs after the work queued on this stream before it,
+  //    and sees the results of the ops issued before it on the communicator (no Wait needed
+  //    in between): its worker copies in, runs and copies out each op in issue order. The
+  //    outputs are written back before the Work completes: wait for the Work before queuing
+  //    GPU work that reads the outputs or writes the inputs (as with CPU tensors).
   // Ignored for CPU tensors.
   void* cuda_stream = nullptr;
 };

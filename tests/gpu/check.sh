@@ -11,13 +11,19 @@
 #     capture, stalled op, abort), host backend on CUDA tensors (ranks as threads),
 #     checkpoint save and load of device tensors; on a GPU machine a skipped test fails
 #     (without one they run and skip every test)
-#  4. trident-bench --check, NCCL at 1 rank, every collective
+#  4. trident-bench --check, NCCL at 1 rank, every collective; and the per-op latency of a
+#     small AllReduce through Trident's non-blocking path against a plain blocking
+#     ncclAllReduce in the same process, alternating rounds (gpu_check_worker nccl-latency):
+#     the ratio is reported, not judged
 #  5. NCCL at 2 ranks on one GPU (each process its own NCCL_HOSTID, so NCCL takes them for
 #     two hosts: a functional check, not a performance one): every op --check, bf16, avg,
 #     and a SendRecv batch in which both ranks send and receive (lands by tag)
 #  6. a SIGKILLed and a SIGSTOPped rank of an NCCL world: the survivor's op fails with
 #     kAborted naming the rank, or kDeadlineExceeded; never the exit-70 abort-hang path
-#  7. host backend on CUDA tensors, 2 and 4 processes sharing the GPU, --check
+#  7. host backend on CUDA tensors, 2 and 4 processes sharing the GPU, --check; and three
+#     AllReduces and a Send issued back to back on one tensor without a Wait, its input
+#     produced on the caller's stream (gpu_check_worker host-order): each op must see the
+#     previous one's result
 #  8. the checkpoint engine's D2H staging bandwidth against cudaMemcpy to pinned memory
 #     (goal: at least 80%)
 #
@@ -249,6 +255,12 @@ for op in allreduce reducescatter allgather broadcast reduce alltoall barrier; d
     --check --min-bytes 4K --max-bytes 16M --iters 5
 done
 
+# The cost of the non-blocking path (NCCL may launch the op from a thread of its own; Trident
+# polls ncclInProgress, then Work::Wait polls the op's event) against ncclAllReduce and
+# cudaStreamSynchronize on a blocking communicator: 4 KiB, one rank.
+gpu_step "nccl np1 latency vs plain NCCL" 60 result_note exit_ok \
+  "$bin/gpu_check_worker" nccl-latency 4096
+
 # --- 5. NCCL, two ranks on one GPU (functional, not performance) -------------------------
 for op in allreduce reducescatter allgather broadcast reduce alltoall sendrecv; do
   gpu_step "nccl np2 $op" 45 bench_note exit_ok \
@@ -275,6 +287,11 @@ for np in 2 4; do
       "$bin/trident-run" --nproc "$np" -- "$bin/trident-bench" "$op" --device cuda --check \
       --min-bytes 4K --max-bytes 4M --iters 3
   done
+done
+
+for np in 2 4; do
+  gpu_step "host+cuda np$np back-to-back order" 45 result_note exit_ok \
+    "$bin/trident-run" --nproc "$np" -- "$bin/gpu_check_worker" host-order
 done
 
 # --- 8. checkpoint staging bandwidth -----------------------------------------------------

@@ -21,6 +21,24 @@
 //       driver versions, and the CUDA devices ("devices=0 reason=..." without one). Exits 0
 //       with at least one device, 3 without.
 //
+//   gpu_check_worker nccl-latency BYTES
+//       The cost of Trident's non-blocking NCCL path per op: one process, GPU 0, a world of one
+//       rank. A small in-place AllReduce of BYTES through Trident (issue, then Work::Wait, which
+//       polls the op's event) against a plain blocking ncclAllReduce on a communicator made
+//       with ncclCommInitAll (then cudaStreamSynchronize), both on one stream of the caller's,
+//       in alternating rounds; and the same with 100 ops queued before one wait. Prints
+//       "RESULT latency ..." with the best round of each and the ratios Trident / plain; exits
+//       0 when both ran and the values are right (the ratio is a measurement, not a verdict).
+//
+//   gpu_check_worker host-order
+//       A rank of a host-backend world (trident-run, any size) on CUDA tensors on GPU 0: the
+//       input is produced on a non-blocking stream of the caller's (memset, then a copy from
+//       pinned memory), and three in-place AllReduces of it are issued back to back on that
+//       stream without a Wait in between; then a Send of the result from rank 0 to rank 1.
+//       Each op must see its predecessor's result: rank r starts at r + 1, so after three
+//       sums every element is S * n^2 with S = n(n+1)/2. Prints "RESULT rank=R order wrong=K";
+//       exits 0 when nothing is wrong.
+//
 //   gpu_check_worker staging-bw BYTES
 //       The checkpoint engine's snapshot of one CUDA tensor of BYTES (the stall of Save: a
 //       copy into its page-locked staging) against cudaMemcpy from device to cudaMallocHost
@@ -46,6 +64,7 @@
 #include "common/cuda.h"
 #include "health/failure_watcher.h"
 #include "trident/checkpoint.h"
+#include "trident/communicator.h"
 #include "trident/nccl.h"
 #include "trident/store.h"
 
@@ -203,6 +222,173 @@ int NcclFault(bool stop, int victim) {
   return exit_code;
 }
 
+int NcclLatency(int64_t bytes) {
+#if !TRIDENT_HAVE_NCCL
+  std::printf("RESULT latency: this build has no NCCL\n");
+  return 1;
+#else
+  if (cuda::DeviceCount() == 0) {
+    std::printf("RESULT latency: no CUDA device (%s)\n", cuda::NoDeviceReason().c_str());
+    return 1;
+  }
+  const int64_t count = std::max<int64_t>(bytes / 4, 1);
+  auto fail = [](const std::string& what) {
+    std::printf("RESULT latency: %s\n", what.c_str());
+    return 1;
+  };
+  NcclCommOptions options;
+  options.rank = 0;
+  options.world_size = 1;
+  options.store = NewMemoryStore();
+  options.device = 0;
+  options.timeout = absl::Seconds(30);
+  options.name = "latency";
+  auto trident = CreateNcclCommunicator(options);
+  if (!trident.ok()) {
+    return fail(absl::StrCat("CreateNcclCommunicator: ", trident.status().ToString()));
+  }
+  if (cudaSetDevice(0) != cudaSuccess) return fail("cudaSetDevice(0) failed");
+  ncclComm_t plain = nullptr;
+  int devs[1] = {0};
+  if (ncclResult_t r = ncclCommInitAll(&plain, 1, devs); r != ncclSuccess) {
+    return fail(absl::StrCat("ncclCommInitAll: ", ncclGetErrorString(r)));
+  }
+  cudaStream_t stream = nullptr;
+  if (cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) {
+    return fail("cudaStreamCreateWithFlags failed");
+  }
+  auto buffer = cuda::DeviceBuffer::Allocate(count * sizeof(float), 0);
+  if (!buffer.ok()) return fail(buffer.status().ToString());
+  std::vector<float> host(count, 1.0f);
+  if (!cuda::CopyToDevice((*buffer)->data(), host.data(), count * sizeof(float)).ok()) {
+    return fail("upload failed");
+  }
+  Tensor t((*buffer)->data(), DType::kF32, {count}, Device::Cuda(0));
+  OpOptions op;
+  op.cuda_stream = stream;
+  op.timeout = absl::Seconds(30);
+  // One round of `ops` ops, waiting after every `batch`; seconds per op, or -1 on an error.
+  auto trident_round = [&](int ops, int batch) {
+    const absl::Time start = absl::Now();
+    for (int i = 0; i < ops; i += batch) {
+      std::shared_ptr<Work> last;
+      for (int j = 0; j < batch; ++j) last = (*trident)->AllReduce(t, t, ReduceOp::kSum, op);
+      if (!last->Wait(absl::Now() + absl::Seconds(30)).ok()) return -1.0;
+    }
+    return absl::ToDoubleSeconds(absl::Now() - start) / ops;
+  };
+  auto plain_round = [&](int ops, int batch) {
+    const absl::Time start = absl::Now();
+    for (int i = 0; i < ops; i += batch) {
+      for (int j = 0; j < batch; ++j) {
+        if (ncclAllReduce(t.data(), t.data(), count, ncclFloat32, ncclSum, plain, stream) !=
+            ncclSuccess) {
+          return -1.0;
+        }
+      }
+      if (cudaStreamSynchronize(stream) != cudaSuccess) return -1.0;
+    }
+    return absl::ToDoubleSeconds(absl::Now() - start) / ops;
+  };
+  double best[2][2] = {{1e9, 1e9}, {1e9, 1e9}};  // [trident, plain][sync, queued]
+  trident_round(50, 1);  // warm up both
+  plain_round(50, 1);
+  for (int round = 0; round < 6; ++round) {
+    for (int queued = 0; queued < 2; ++queued) {
+      const int batch = queued ? 100 : 1;
+      // Alternate which goes first, so that neither always runs on a warmer GPU.
+      for (int k = 0; k < 2; ++k) {
+        const int which = (round + k) % 2;
+        const double s = which == 0 ? trident_round(500, batch) : plain_round(500, batch);
+        if (s < 0) return fail(which == 0 ? "a Trident AllReduce failed" : "ncclAllReduce failed");
+        best[which][queued] = std::min(best[which][queued], s);
+      }
+    }
+  }
+  // World size one: a sum leaves the value as it was.
+  if (!cuda::CopyToHost(host.data(), (*buffer)->data(), count * sizeof(float)).ok()) {
+    return fail("download failed");
+  }
+  int64_t wrong = 0;
+  for (float v : host) wrong += v != 1.0f;
+  ncclCommDestroy(plain);
+  cudaStreamDestroy(stream);
+  std::printf(
+      "RESULT latency bytes=%lld sync: trident_us=%.1f plain_us=%.1f ratio=%.2f; queued x100: "
+      "trident_us=%.1f plain_us=%.1f ratio=%.2f; wrong=%lld\n",
+      static_cast<long long>(count * 4), best[0][0] * 1e6, best[1][0] * 1e6,
+      best[0][0] / best[1][0], best[0][1] * 1e6, best[1][1] * 1e6, best[0][1] / best[1][1],
+      static_cast<long long>(wrong));
+  return wrong == 0 ? 0 : 1;
+#endif
+}
+
+int HostOrder() {
+#if !TRIDENT_HAVE_CUDA
+  std::printf("RESULT host-order: this build has no CUDA\n");
+  return 1;
+#else
+  const int rank = EnvRank();
+  auto fail = [rank](const std::string& what) {
+    std::printf("RESULT rank=%d host-order: %s\n", rank, what.c_str());
+    return 1;
+  };
+  if (cuda::DeviceCount() == 0) {
+    return fail(absl::StrCat("no CUDA device (", cuda::NoDeviceReason(), ")"));
+  }
+  auto made = CreateHostCommunicator({});
+  if (!made.ok()) return fail(made.status().ToString());
+  Communicator& comm = **made;
+  const int n = comm.size();
+  if (comm.rank() != rank) {
+    return fail(absl::StrCat("TRIDENT_RANK ", rank, " is rank ", comm.rank()));
+  }
+  const int64_t count = 1 << 18;  // 1 MiB of floats: the ring, several chunks
+  const size_t bytes = count * sizeof(float);
+  if (cudaSetDevice(0) != cudaSuccess) return fail("cudaSetDevice(0) failed");
+  cudaStream_t stream = nullptr;
+  if (cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) {
+    return fail("cudaStreamCreateWithFlags failed");
+  }
+  auto buffer = cuda::DeviceBuffer::Allocate(bytes, 0);
+  auto received = cuda::DeviceBuffer::Allocate(bytes, 0);
+  if (!buffer.ok() || !received.ok()) return fail("cudaMalloc failed");
+  void* pinned = nullptr;
+  if (cudaMallocHost(&pinned, bytes) != cudaSuccess) return fail("cudaMallocHost failed");
+  std::fill_n(static_cast<float*>(pinned), count, static_cast<float>(rank + 1));
+  // The input is produced on the caller's stream, and nobody waits for it: the op must.
+  cudaMemsetAsync((*buffer)->data(), 0, bytes, stream);
+  cudaMemcpyAsync((*buffer)->data(), pinned, bytes, cudaMemcpyHostToDevice, stream);
+  Tensor t((*buffer)->data(), DType::kF32, {count}, Device::Cuda(0));
+  Tensor r((*received)->data(), DType::kF32, {count}, Device::Cuda(0));
+  OpOptions op;
+  op.cuda_stream = stream;
+  std::vector<std::shared_ptr<Work>> works;
+  for (int i = 0; i < 3; ++i) works.push_back(comm.AllReduce(t, t, ReduceOp::kSum, op));
+  if (n > 1 && rank == 0) works.push_back(comm.Send(t, 1, 5, op));
+  if (n > 1 && rank == 1) works.push_back(comm.Recv(r, 0, 5, op));
+  for (auto& w : works) {
+    if (absl::Status s = w->Wait(absl::Now() + absl::Seconds(60)); !s.ok()) {
+      return fail(s.ToString());
+    }
+  }
+  const float expect = static_cast<float>(n * (n + 1) / 2) * n * n;
+  std::vector<float> host(count);
+  int64_t wrong = 0;
+  for (Tensor* which : {&t, &r}) {
+    if (which == &r && !(n > 1 && rank == 1)) continue;
+    if (!cuda::CopyToHost(host.data(), which->data(), bytes).ok()) return fail("download failed");
+    for (float v : host) wrong += v != expect;
+  }
+  cudaStreamSynchronize(stream);
+  cudaFreeHost(pinned);
+  cudaStreamDestroy(stream);
+  std::printf("RESULT rank=%d order n=%d expect=%g wrong=%lld\n", rank, n, expect,
+              static_cast<long long>(wrong));
+  return wrong == 0 ? 0 : 1;
+#endif
+}
+
 int Versions() {
   int nccl = 0;
 #if TRIDENT_HAVE_NCCL
@@ -315,12 +501,17 @@ int Main(int argc, char** argv) {
     const std::string how = argv[2];
     if (how == "kill" || how == "stop") return NcclFault(how == "stop", std::atoi(argv[3]));
   }
+  if (what == "host-order") return HostOrder();
   int64_t bytes = 0;
+  if (what == "nccl-latency" && argc == 3 && absl::SimpleAtoi(argv[2], &bytes) && bytes > 0) {
+    return NcclLatency(bytes);
+  }
   if (what == "staging-bw" && argc == 3 && absl::SimpleAtoi(argv[2], &bytes) && bytes > 0) {
     return StagingBandwidth(bytes);
   }
   std::fprintf(stderr,
-               "usage: gpu_check_worker versions | nccl-exchange | nccl-fault kill|stop RANK | staging-bw BYTES\n");
+               "usage: gpu_check_worker versions | nccl-exchange | nccl-fault kill|stop RANK | "
+               "nccl-latency BYTES | host-order | staging-bw BYTES\n");
   return 2;
 }
 

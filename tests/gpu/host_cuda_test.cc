@@ -193,6 +193,41 @@ TEST_P(HostCudaTest, InputsFollowTheCallersStream) {
     return wrong;
   });
 }
+
+// Ops issued back to back on one tensor, without a Wait in between, each see the previous
+// op's result (the staging copies run on the worker in issue order), and a Send issued after
+// them sends the final value.
+TEST_P(HostCudaTest, BackToBackOpsOnOneTensorSeeEachOthersResults) {
+  Run("back to back", [&](int r, Communicator& c) -> size_t {
+    cudaStream_t stream = nullptr;
+    EXPECT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+    GpuBuffer buf(DType::kF32, count_), got(DType::kF32, count_);
+    for (size_t i = 0; i < count_; ++i) buf.Set(i, r + 1);
+    buf.Upload();
+    OpOptions options;
+    options.cuda_stream = stream;
+    std::vector<std::shared_ptr<Work>> works;
+    for (int i = 0; i < 3; ++i) {
+      works.push_back(c.AllReduce(buf.tensor(), buf.tensor(), ReduceOp::kSum, options));
+    }
+    if (n_ > 1 && r == 0) works.push_back(c.Send(buf.tensor(), 1, 3, options));
+    if (n_ > 1 && r == 1) works.push_back(c.Recv(got.tensor(), 0, 3, options));
+    for (auto& w : works) {
+      absl::Status s = w->Wait();
+      EXPECT_TRUE(s.ok()) << s;
+    }
+    const double expect = n_ * (n_ + 1) / 2.0 * n_ * n_;  // three sums of 1..n
+    buf.Download();
+    size_t wrong = 0;
+    for (size_t i = 0; i < count_; ++i) wrong += buf.Get(i) != expect;
+    if (n_ > 1 && r == 1) {
+      got.Download();
+      for (size_t i = 0; i < count_; ++i) wrong += got.Get(i) != expect;
+    }
+    cudaStreamDestroy(stream);
+    return wrong;
+  });
+}
 #endif
 
 INSTANTIATE_TEST_SUITE_P(WorldsAndSizes, HostCudaTest,

@@ -99,14 +99,14 @@ struct HostCommunicator::Op {
   absl::Time deadline;
   std::shared_ptr<HostWork> work;
   std::unique_ptr<TransportRequest> request;  // point-to-point only
-  // What the algorithm reads and writes: the tensors' memory, or for CUDA tensors pinned
-  // staging buffers (see StageInputs / CopyOutputs).
+  // What the algorithm reads and writes: the tensors' memory, or for CUDA tensors host
+  // staging buffers (see PrepareStaging / CopyInputs / CopyOutputs).
   void* host_in = nullptr;
   void* host_out = nullptr;
   bool cuda = false;
-  cuda::Stream stream = nullptr;
-  cuda::PinnedPool::Block stage_in, stage_out;
-  std::shared_ptr<cuda::Event> inputs_ready;  // after the copies into stage_in
+  void* stream = nullptr;                   // OpOptions::cuda_stream
+  std::unique_ptr<Staging::Mark> issued;    // the caller's stream when the op was issued
+  std::unique_ptr<Staging::Buffer> stage_in, stage_out;  // stage_out null: out is stage_in
   bool copy_in = false, copy_out = false;
   // The fingerprints exchanged at the start; they live as long as the op, as the send may
   // still be reading its buffer when the algorithm starts.
@@ -152,7 +152,8 @@ HostCommunicator::HostCommunicator(HostCommConfig config)
                                             .epoch = config_.epoch,
                                             .rank = config_.rank,
                                             .size = static_cast<int>(config_.ranks.size()),
-                                            .members = config_.ranks})) {
+                                            .members = config_.ranks})),
+      staging_(config_.staging != nullptr ? config_.staging : CreateCudaStaging()) {
   TRIDENT_CHECK(config_.transport != nullptr && config_.store != nullptr);
   TRIDENT_CHECK(config_.rank >= 0 && config_.rank < size());
   worker_ = std::thread([this] {
@@ -197,17 +198,18 @@ std::shared_ptr<Work> Failed(absl::Status status) {
   return work;
 }
 
-absl::Status CheckTensor(absl::string_view op, absl::string_view which, const Tensor& t) {
-  // CUDA tensors are staged through pinned host memory; a build or machine without CUDA
-  // answers kInvalidArgument saying so.
-  RETURN_IF_ERROR(cuda::CheckCudaTensor(t, op, which));
+absl::Status CheckTensor(Staging& staging, absl::string_view op, absl::string_view which,
+                         const Tensor& t) {
+  // CUDA tensors are staged through host memory; a build or machine without CUDA answers
+  // kInvalidArgument saying so.
+  RETURN_IF_ERROR(staging.Check(t, op, which));
   return CheckTensorShape(op, which, t);
 }
 
-absl::Status CheckPair(absl::string_view op, const Tensor& in, const Tensor& out,
-                       int64_t out_per_in_num, int64_t out_per_in_den) {
-  RETURN_IF_ERROR(CheckTensor(op, "in", in));
-  RETURN_IF_ERROR(CheckTensor(op, "out", out));
+absl::Status CheckPair(Staging& staging, absl::string_view op, const Tensor& in,
+                       const Tensor& out, int64_t out_per_in_num, int64_t out_per_in_den) {
+  RETURN_IF_ERROR(CheckTensor(staging, op, "in", in));
+  RETURN_IF_ERROR(CheckTensor(staging, op, "out", out));
   if (in.device() != out.device()) {
     auto name = [](Device d) {
       return d.is_cpu() ? std::string("the CPU") : absl::StrCat("cuda:", d.index);
@@ -245,9 +247,9 @@ std::shared_ptr<Work> HostCommunicator::Enqueue(std::unique_ptr<Op> op) {
   op->work = std::make_shared<HostWork>();
   std::shared_ptr<Work> work = op->work;
   if (op->cuda) {
-    // The inputs are copied on the caller's stream now, in stream order; a failure here
-    // changed nothing.
-    if (absl::Status s = StageInputs(*op); !s.ok()) {
+    // Marks the caller's stream and takes the staging buffers; the copies run on the worker
+    // in issue order. A failure here changed nothing.
+    if (absl::Status s = PrepareStaging(*op); !s.ok()) {
       op->work->Complete(Annotate(s, absl::StrCat(KindName(op->kind), " on ", Describe())));
       return work;
     }
@@ -272,27 +274,33 @@ std::shared_ptr<Work> HostCommunicator::Enqueue(std::unique_ptr<Op> op) {
 
 std::shared_ptr<Work> HostCommunicator::AllReduce(const Tensor& in, const Tensor& out,
                                                   ReduceOp op, const OpOptions& options) {
-  if (absl::Status s = CheckPair("AllReduce", in, out, 1, 1); !s.ok()) return Failed(s);
+  if (absl::Status s = CheckPair(*staging_, "AllReduce", in, out, 1, 1); !s.ok()) return Failed(s);
   if (absl::Status s = CheckReduceOp("AllReduce", in.dtype(), op); !s.ok()) return Failed(s);
   return Enqueue(NewOp(OpKind::kAllReduce, in, out, op, -1, 0, in.numel(), options));
 }
 
 std::shared_ptr<Work> HostCommunicator::ReduceScatter(const Tensor& in, const Tensor& out,
                                                       ReduceOp op, const OpOptions& options) {
-  if (absl::Status s = CheckPair("ReduceScatter", in, out, 1, size()); !s.ok()) return Failed(s);
+  if (absl::Status s = CheckPair(*staging_, "ReduceScatter", in, out, 1, size()); !s.ok()) {
+    return Failed(s);
+  }
   if (absl::Status s = CheckReduceOp("ReduceScatter", in.dtype(), op); !s.ok()) return Failed(s);
   return Enqueue(NewOp(OpKind::kReduceScatter, in, out, op, -1, 0, out.numel(), options));
 }
 
 std::shared_ptr<Work> HostCommunicator::AllGather(const Tensor& in, const Tensor& out,
                                                   const OpOptions& options) {
-  if (absl::Status s = CheckPair("AllGather", in, out, size(), 1); !s.ok()) return Failed(s);
+  if (absl::Status s = CheckPair(*staging_, "AllGather", in, out, size(), 1); !s.ok()) {
+    return Failed(s);
+  }
   return Enqueue(NewOp(OpKind::kAllGather, in, out, ReduceOp::kSum, -1, 0, in.numel(), options));
 }
 
 std::shared_ptr<Work> HostCommunicator::Broadcast(const Tensor& tensor, int root,
                                                   const OpOptions& options) {
-  if (absl::Status s = CheckTensor("Broadcast", "tensor", tensor); !s.ok()) return Failed(s);
+  if (absl::Status s = CheckTensor(*staging_, "Broadcast", "tensor", tensor); !s.ok()) {
+    return Failed(s);
+  }
   if (root < 0 || root >= size()) {
     return Failed(absl::InvalidArgumentError(
         absl::StrCat("Broadcast: root ", root, " is not a rank of ", Describe())));
@@ -302,7 +310,7 @@ std::shared_ptr<Work> HostCommunicator::Broadcast(const Tensor& tensor, int root
 
 std::shared_ptr<Work> HostCommunicator::Reduce(const Tensor& in, const Tensor& out, ReduceOp op,
                                                int root, const OpOptions& options) {
-  if (absl::Status s = CheckPair("Reduce", in, out, 1, 1); !s.ok()) return Failed(s);
+  if (absl::Status s = CheckPair(*staging_, "Reduce", in, out, 1, 1); !s.ok()) return Failed(s);
   if (absl::Status s = CheckReduceOp("Reduce", in.dtype(), op); !s.ok()) return Failed(s);
   if (root < 0 || root >= size()) {
     return Failed(absl::InvalidArgumentError(
@@ -313,7 +321,7 @@ std::shared_ptr<Work> HostCommunicator::Reduce(const Tensor& in, const Tensor& o
 
 std::shared_ptr<Work> HostCommunicator::AllToAll(const Tensor& in, const Tensor& out,
                                                  const OpOptions& options) {
-  if (absl::Status s = CheckPair("AllToAll", in, out, 1, 1); !s.ok()) return Failed(s);
+  if (absl::Status s = CheckPair(*staging_, "AllToAll", in, out, 1, 1); !s.ok()) return Failed(s);
   if (in.numel() % size() != 0) {
     return Failed(absl::InvalidArgumentError(absl::StrCat(
         "AllToAll: ", in.numel(), " elements do not split into ", size(), " equal blocks")));
@@ -328,7 +336,7 @@ std::shared_ptr<Work> HostCommunicator::Barrier(const OpOptions& options) {
 
 std::shared_ptr<Work> HostCommunicator::Send(const Tensor& tensor, int peer, int tag,
                                              const OpOptions& options) {
-  if (absl::Status s = CheckTensor("Send", "tensor", tensor); !s.ok()) return Failed(s);
+  if (absl::Status s = CheckTensor(*staging_, "Send", "tensor", tensor); !s.ok()) return Failed(s);
   if (peer < 0 || peer >= size() || peer == rank()) {
     return Failed(absl::InvalidArgumentError(absl::StrCat(
         "Send: peer ", peer, " is not another rank of ", Describe())));
@@ -342,7 +350,7 @@ std::shared_ptr<Work> HostCommunicator::Send(const Tensor& tensor, int peer, int
 
 std::shared_ptr<Work> HostCommunicator::Recv(const Tensor& tensor, int peer, int tag,
                                              const OpOptions& options) {
-  if (absl::Status s = CheckTensor("Recv", "tensor", tensor); !s.ok()) return Failed(s);
+  if (absl::Status s = CheckTensor(*staging_, "Recv", "tensor", tensor); !s.ok()) return Failed(s);
   if (peer < 0 || peer >= size() || peer == rank()) {
     return Failed(absl::InvalidArgumentError(absl::StrCat(
         "Recv: peer ", peer, " is not another rank of ", Describe())));
@@ -484,7 +492,7 @@ void HostCommunicator::WorkerLoop() {
       continue;
     }
     if (op->kind == OpKind::kSend || op->kind == OpKind::kRecv) {
-      if (absl::Status s = AwaitInputs(*op); !s.ok()) {
+      if (absl::Status s = CopyInputs(*op); !s.ok()) {
         Abort(s);
         op->work->Complete(std::move(s));
         continue;
@@ -502,7 +510,7 @@ void HostCommunicator::WorkerLoop() {
       }
       if (!ProgressP2P(absl::Now())) backoff.Pause();
     }
-    absl::Status status = AwaitInputs(*op);
+    absl::Status status = CopyInputs(*op);
     recorder_->Start(op->fr_id);
     if (status.ok()) status = RunCollective(*op);
     if (status.ok()) status = CopyOutputs(*op);
@@ -707,27 +715,8 @@ absl::Status HostCommunicator::RunAlgorithm(Op& op, Channel& ch) {
 
 // --- CUDA tensors: staging through pinned host memory ----------------------------------------
 
-absl::StatusOr<cuda::Stream> HostCommunicator::DefaultStream(int device) {
-  absl::MutexLock lock(&cuda_mu_);
-  std::unique_ptr<cuda::OwnedStream>& stream = streams_[device];
-  if (stream == nullptr) {
-    // Synchronises with the legacy default stream: kernels the caller queued there without
-    // naming a stream finish before the inputs are copied.
-    ASSIGN_OR_RETURN(stream, cuda::OwnedStream::Create(device, /*non_blocking=*/false));
-  }
-  if (pinned_ == nullptr) pinned_ = cuda::PinnedPool::Create();
-  return stream->get();
-}
-
-absl::Status HostCommunicator::StageInputs(Op& op) {
+absl::Status HostCommunicator::PrepareStaging(Op& op) {
   const int device = op.in.device().index;
-  ASSIGN_OR_RETURN(cuda::Stream default_stream, DefaultStream(device));
-  if (op.stream == nullptr) op.stream = default_stream;
-  std::shared_ptr<cuda::PinnedPool> pool;
-  {
-    absl::MutexLock lock(&cuda_mu_);
-    pool = pinned_;
-  }
   switch (op.kind) {
     case OpKind::kBroadcast:
       op.copy_in = rank() == op.root;
@@ -748,45 +737,42 @@ absl::Status HostCommunicator::StageInputs(Op& op) {
   }
   // One buffer when in and out are the same memory (in place, Broadcast, Send, Recv).
   const bool same = op.in.data() == op.out.data();
-  ASSIGN_OR_RETURN(op.stage_in,
-                   cuda::PinnedPool::Acquire(pool, same ? std::max(op.in.nbytes(), op.out.nbytes())
-                                                        : op.in.nbytes()));
-  op.host_in = op.stage_in.data();
+  ASSIGN_OR_RETURN(op.stage_in, staging_->Acquire(same ? std::max(op.in.nbytes(), op.out.nbytes())
+                                                       : op.in.nbytes()));
+  op.host_in = op.stage_in->data();
   if (same) {
     op.host_out = op.host_in;
   } else {
-    ASSIGN_OR_RETURN(op.stage_out, cuda::PinnedPool::Acquire(pool, op.out.nbytes()));
-    op.host_out = op.stage_out.data();
+    ASSIGN_OR_RETURN(op.stage_out, staging_->Acquire(op.out.nbytes()));
+    op.host_out = op.stage_out->data();
   }
-  if (!op.copy_in) return absl::OkStatus();
-  cuda::DeviceGuard guard(device);
-  RETURN_IF_ERROR(guard.status());
-  RETURN_IF_ERROR(cuda::CopyAsync(op.host_in, op.in.data(), op.in.nbytes(), op.stream));
-  ASSIGN_OR_RETURN(std::unique_ptr<cuda::Event> ready, cuda::Event::Record(op.stream, device));
-  op.inputs_ready = std::move(ready);
-  op.stage_in.set_fence(op.inputs_ready);
+  ASSIGN_OR_RETURN(op.issued, staging_->MarkStream(device, op.stream));
   return absl::OkStatus();
 }
 
-absl::Status HostCommunicator::AwaitInputs(Op& op) {
-  if (op.inputs_ready == nullptr) return absl::OkStatus();
-  absl::Status s = cuda::WaitEvent(*op.inputs_ready, op.deadline,
-                                   absl::StrCat(OpName(op), ": copying the inputs from the GPU"));
+// On the worker, when every earlier op has completed (its outputs copied back), so the inputs
+// include their results; and after the work queued on the caller's stream before the op.
+absl::Status HostCommunicator::CopyInputs(Op& op) {
+  if (!op.cuda || !op.copy_in) return absl::OkStatus();
+  const std::string what = absl::StrCat(
+      OpName(op), ": copying the inputs from the GPU (after the work queued on the caller's "
+                  "stream before the op)");
+  absl::Status s =
+      staging_->CopyIn(op.in.device().index, op.issued.get(), op.in.data(), *op.stage_in,
+                       op.in.nbytes(), {op.deadline, &aborted_, what});
+  if (s.code() == absl::StatusCode::kCancelled) return AbortStatus();
   if (s.code() == absl::StatusCode::kDeadlineExceeded) return s;
   return Annotate(s, OpName(op));
 }
 
 absl::Status HostCommunicator::CopyOutputs(Op& op) {
   if (!op.cuda || !op.copy_out) return absl::OkStatus();
-  const int device = op.out.device().index;
-  cuda::DeviceGuard guard(device);
-  RETURN_IF_ERROR(guard.status());
-  RETURN_IF_ERROR(cuda::CopyAsync(op.out.data(), op.host_out, op.out.nbytes(), op.stream));
-  ASSIGN_OR_RETURN(std::unique_ptr<cuda::Event> done, cuda::Event::Record(op.stream, device));
-  std::shared_ptr<cuda::Event> fence = std::move(done);
-  (op.host_out == op.host_in ? op.stage_in : op.stage_out).set_fence(fence);
-  absl::Status s = cuda::WaitEvent(*fence, op.deadline,
-                                   absl::StrCat(OpName(op), ": copying the result to the GPU"));
+  Staging::Buffer& result = op.stage_out != nullptr ? *op.stage_out : *op.stage_in;
+  const std::string what = absl::StrCat(OpName(op), ": copying the result to the GPU");
+  absl::Status s = staging_->CopyOut(op.out.device().index, op.issued.get(), result,
+                                     op.out.data(), op.out.nbytes(),
+                                     {op.deadline, &aborted_, what});
+  if (s.code() == absl::StatusCode::kCancelled) return AbortStatus();
   if (s.code() == absl::StatusCode::kDeadlineExceeded) return s;
   return Annotate(s, OpName(op));
 }

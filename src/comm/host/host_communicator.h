@@ -10,9 +10,11 @@
 // on_peer_error handler (the runtime reports it and learns the cause), and the owner aborts
 // the communicator (Abort) when the job says a member died.
 //
-// CUDA tensors (builds with CUDA): the inputs are copied into pinned host buffers on the op's
-// stream when it is issued, the algorithm runs on those, and the outputs are copied back before
-// the Work completes. Direct use of device memory by the provider (FI_HMEM) is not done yet.
+// CUDA tensors (builds with CUDA): staged through host buffers (staging.h). At issue the
+// caller's stream is marked; the worker then copies the inputs in (after the marked work), runs
+// the algorithm and copies the outputs back, in issue order, before the Work completes; so an op
+// sees the outputs of the ops issued before it. Direct use of device memory by the provider
+// (FI_HMEM) is not done yet.
 #ifndef TRIDENT_COMM_HOST_HOST_COMMUNICATOR_H_
 #define TRIDENT_COMM_HOST_HOST_COMMUNICATOR_H_
 
@@ -28,7 +30,7 @@
 #include "comm/flight_recorder.h"
 #include "comm/host/algorithms.h"
 #include "comm/host/shm/shm_engine.h"
-#include "common/cuda.h"
+#include "comm/host/staging.h"
 #include "trident/communicator.h"
 #include "trident/store.h"
 #include "transport/transport.h"
@@ -52,6 +54,9 @@ struct HostCommConfig {
   // builds the engine of each new group when this one has it.
   std::shared_ptr<ShmEngine> shm;
   ShmParams shm_params;
+  // How device tensors are copied through host memory; null: CreateCudaStaging() (a fresh one
+  // per communicator). Tests pass a fake.
+  std::shared_ptr<Staging> staging;
 };
 
 class HostCommunicator : public Communicator {
@@ -109,9 +114,8 @@ class HostCommunicator : public Communicator {
   bool PostP2P(Op& op);
   bool ProgressP2P(absl::Time now);
   void FailAll(const absl::Status& status);
-  absl::StatusOr<cuda::Stream> DefaultStream(int device);
-  absl::Status StageInputs(Op& op);
-  absl::Status AwaitInputs(Op& op);
+  absl::Status PrepareStaging(Op& op);
+  absl::Status CopyInputs(Op& op);
   absl::Status CopyOutputs(Op& op);
 
   const HostCommConfig config_;
@@ -126,10 +130,7 @@ class HostCommunicator : public Communicator {
   uint32_t next_p2p_seq_ ABSL_GUARDED_BY(mu_) = 0;
   std::atomic<bool> aborted_{false};
 
-  // CUDA staging: a stream per device (for ops that name none) and a pool of pinned buffers.
-  absl::Mutex cuda_mu_;
-  std::map<int, std::unique_ptr<cuda::OwnedStream>> streams_ ABSL_GUARDED_BY(cuda_mu_);
-  std::shared_ptr<cuda::PinnedPool> pinned_ ABSL_GUARDED_BY(cuda_mu_);
+  const std::shared_ptr<Staging> staging_;  // CUDA tensors; see staging.h
 
   std::deque<std::unique_ptr<Op>> inflight_;  // posted point-to-point ops; worker only
   int splits_ = 0;                            // Split calls so far; caller-serialised
