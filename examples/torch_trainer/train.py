@@ -12,7 +12,8 @@ last checkpoint), and the losses from the resumed step on equal an unbroken run'
 
 Every rank prints ``step N loss L`` (the global mean loss, exact repr) after each step; rank
 0 prints one ``recovery ...`` line per replaced rank. ``--fault RANK:STEP:KILL|STOP`` makes
-that rank send itself the signal before that step (epoch 1 only), for tests and demos.
+that rank send itself the signal before that step (or the first step after it once a
+checkpoint has committed, when saving; epoch 1 only), for tests and demos.
 """
 
 import argparse
@@ -74,18 +75,21 @@ def loader_for_step(data, step, rank, world, batch):
 
 def main(argv=None):
     args = parse_args(argv)
-    rt = tt.init_runtime()  # a spare blocks here until it replaces a dead rank
-    if rt is None:
-        print("spare: not needed, exiting", flush=True)
-        return 0
-
+    # Everything that does not depend on the rank is built before joining, so that a spare
+    # waits warm: promoted, it only restores the state.
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     data = make_data(args.seed)
     model = Net(data.tensors[0].shape[1], args.hidden)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    tt.materialize_optimizer(optimizer)  # its state exists (zeros) before the first step
     ddp = None
+
+    rt = tt.init_runtime()  # a spare blocks here until it replaces a dead rank
+    if rt is None:
+        print("spare: not needed, exiting", flush=True)
+        return 0
 
     fault = None
     if args.fault:
@@ -98,7 +102,11 @@ def main(argv=None):
 
     def step(n):
         rank, world = rt.rank, rt.world_size
-        if fault and rank == fault[0] and n == fault[1] and rt.epoch == 1 and not rt.promoted:
+        # The fault waits for a committed checkpoint (when saving), so that the demo shows a
+        # restore from a peer's memory or storage rather than from the initial state.
+        ready = not args.ckpt_dir or committed
+        if (fault and rank == fault[0] and n >= fault[1] and ready and rt.epoch == 1
+                and not rt.promoted):
             print(f"fault: rank {rank} sends itself {signal.Signals(fault[2]).name} before "
                   f"step {n}", flush=True)
             os.kill(os.getpid(), fault[2])
@@ -114,6 +122,12 @@ def main(argv=None):
     def on_step(n, loss, since_verdict_ms):
         print(f"step {n} loss {loss!r}", flush=True)
 
+    committed = []
+
+    def on_save(e):
+        if e["committed"] and e["status"] == "OK":
+            committed.append(e["step"])
+
     def on_recovery(r):
         if rt.rank == 0:
             print(f"recovery epoch={r['epoch']} dead_rank={r['rank']} cause={r['cause']} "
@@ -124,7 +138,8 @@ def main(argv=None):
     done = tt.run_resilient(
         rt, {"model": model, "optim": optimizer}, step, args.steps, on_bind=on_bind,
         ckpt_dir=args.ckpt_dir, ckpt_every=args.ckpt_every,
-        timeout=timedelta(seconds=args.timeout), on_step=on_step, on_recovery=on_recovery)
+        timeout=timedelta(seconds=args.timeout), on_step=on_step, on_recovery=on_recovery,
+        on_save=on_save)
     if not done:
         print("spare: not needed, exiting", flush=True)
         return 0

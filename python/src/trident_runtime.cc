@@ -202,11 +202,16 @@ class PyTrainable : public trident::Trainable {
     try {
       py::list items = adapter_.attr(method)();
       for (py::handle item : items) {
-        auto pair = item.cast<std::pair<std::string, at::Tensor>>();
-        absl::StatusOr<trident::Tensor> v = View(pair.first, pair.second);
+        // (name, tensor, replica_index, replica_count): a data-parallel state is the same on
+        // every rank and declared as replicas, so a checkpoint writes it once.
+        auto t = item.cast<std::tuple<std::string, at::Tensor, int, int>>();
+        absl::StatusOr<trident::Tensor> v = View(std::get<0>(t), std::get<1>(t));
         if (!v.ok()) return v.status();
-        held_.push_back(pair.second);
-        out->push_back({pair.first, *v, {}});
+        held_.push_back(std::get<1>(t));
+        trident::TensorPlacement placement;
+        placement.replica_index = std::get<2>(t);
+        placement.replica_count = std::get<3>(t);
+        out->push_back({std::get<0>(t), *v, placement});
       }
     } catch (py::error_already_set& e) {
       return absl::InternalError(absl::StrCat(method, " raised ", e.what()));

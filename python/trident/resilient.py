@@ -50,6 +50,7 @@ __all__ = [
     "Runtime",
     "init_runtime",
     "run_resilient",
+    "materialize_optimizer",
     "flatten_state_dict",
     "unflatten_state_dict",
     "CheckpointEngine",
@@ -99,7 +100,7 @@ def unflatten_state_dict(skeleton: Mapping[str, Any], tensors: Mapping[str, torc
     return out
 
 
-def _materialize_optimizer(opt: torch.optim.Optimizer) -> None:
+def materialize_optimizer(opt: torch.optim.Optimizer) -> None:
     """Creates the optimizer's per-parameter state now, as zeros, instead of at its first step.
 
     A replaced rank's fresh optimizer must have every state tensor to restore into. For SGD
@@ -128,14 +129,16 @@ class _Adapter:
     """The Trainable's Python half (python/src/trident_runtime.cc calls the _methods)."""
 
     def __init__(self, state: Mapping[str, Any], step: Callable[[int], float],
-                 on_bind: Callable[[int], None] | None, timeout: timedelta):
+                 on_bind: Callable[[int], None] | None, timeout: timedelta,
+                 replicated: bool):
         self.state = dict(state)
+        self.replicated = replicated
         self.step_fn = step
         self.on_bind = on_bind
         self.timeout = timeout
         for obj in self.state.values():
             if isinstance(obj, torch.optim.Optimizer):
-                _materialize_optimizer(obj)
+                materialize_optimizer(obj)
         self._check(self._flat())
         self.initial = {k: v.detach().clone() for k, v in self._flat().items()}
         self.buffers: dict[str, torch.Tensor] = {}
@@ -172,12 +175,19 @@ class _Adapter:
     def _step(self, n: int) -> float:
         return float(self.step_fn(n))
 
-    def _tensors(self) -> list[tuple[str, torch.Tensor]]:
-        return list(self._flat().items())
+    def _placed(self, flat: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor, int, int]]:
+        if self.replicated:
+            # Data parallel: every rank holds the same state; a checkpoint writes it once.
+            return [(k, v, dist.get_rank(), dist.get_world_size()) for k, v in flat.items()]
+        # Each rank its own state (sharded): names carry the rank.
+        return [(f"rank{dist.get_rank()}.{k}", v, 0, 1) for k, v in flat.items()]
 
-    def _restore_buffers(self) -> list[tuple[str, torch.Tensor]]:
+    def _tensors(self) -> list[tuple[str, torch.Tensor, int, int]]:
+        return self._placed(self._flat())
+
+    def _restore_buffers(self) -> list[tuple[str, torch.Tensor, int, int]]:
         self.buffers = {k: torch.empty_like(v) for k, v in self._flat().items()}
-        return list(self.buffers.items())
+        return self._placed(self.buffers)
 
     def _restored(self, step: int) -> None:
         self._load(self.buffers)
@@ -190,7 +200,7 @@ class _Adapter:
 def run_resilient(runtime: "_C.Runtime", state: Mapping[str, Any], step: Callable[[int], float],
                   steps: int, *, on_bind: Callable[[int], None] | None = None,
                   ckpt_dir: str = "", ckpt_every: int = 0, keep: int = 3,
-                  peer_replicas: bool = True, resume: bool = False,
+                  peer_replicas: bool = True, resume: bool = False, replicated: bool = True,
                   timeout: timedelta = timedelta(seconds=60),
                   recover_timeout: timedelta = timedelta(seconds=60),
                   on_step: Callable[[int, float, int], None] | None = None,
@@ -204,7 +214,7 @@ def run_resilient(runtime: "_C.Runtime", state: Mapping[str, Any], step: Callabl
 
     - ``state``: name -> object with ``state_dict()``/``load_state_dict()`` whose state dicts
       hold contiguous CPU tensors of Trident's dtypes (a model, an optimizer: an optimizer's
-      state is created up front, zeroed, see ``_materialize_optimizer``). Every rank builds it
+      state is created up front, zeroed, see ``materialize_optimizer``). Every rank builds it
       the same way (same seed). Non-tensor entries (hyper-parameters) are not saved: derive
       them from the step number.
     - ``step(n)``: runs step n (n = 1, 2, ...) and returns its loss. It must be a function of
@@ -214,13 +224,19 @@ def run_resilient(runtime: "_C.Runtime", state: Mapping[str, Any], step: Callabl
     - ``on_bind(epoch)`` (optional): called after each new default process group, at the
       start and after every recovery; rebuild what holds the old group (``DDP(model)``).
 
+    ``replicated`` (default): the state is the same on every rank (data parallel: DDP), so
+    a checkpoint writes each tensor once, its rows spread over the ranks; False: each rank
+    has its own state (stored as ``rank<R>.<name>``). ``ckpt_dir``/``ckpt_every``: async
+    checkpoints every that many steps (each rank's last one also kept in a buddy's memory
+    when ``peer_replicas``); ``resume``: start from the newest checkpoint there.
+
     Blocks (without the GIL) for the whole run; ``on_step(step, loss, since_verdict_ms)``,
     ``on_recovery(report)``, ``on_save(event)`` and ``before_step(n)`` are called on this
     thread. ``timeout`` is the deadline of each torch op (a backstop: a dead rank fails the
     ops at once). Raises RuntimeError with Trident's status when no recovery can go on (no
     spare left, a step that raised something other than a failed op: that exception's text).
     """
-    adapter = _Adapter(state, step, on_bind, timeout)
+    adapter = _Adapter(state, step, on_bind, timeout, replicated)
     try:
         return _C.run_resilient(runtime, adapter, steps, ckpt_dir=ckpt_dir,
                                 ckpt_every=ckpt_every, keep=keep, peer_replicas=peer_replicas,

@@ -98,10 +98,11 @@ from .resilient import (  # noqa: E402,F401
     Runtime,
     flatten_state_dict,
     init_runtime,
+    materialize_optimizer,
     run_resilient,
     save_state_dict,
     unflatten_state_dict,
 )
 
 __all__ += ["CheckpointEngine", "Runtime", "flatten_state_dict", "init_runtime",
-            "run_resilient", "save_state_dict", "unflatten_state_dict"]
+            "materialize_optimizer", "run_resilient", "save_state_dict", "unflatten_state_dict"]
