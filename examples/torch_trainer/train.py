@@ -102,9 +102,9 @@ def main(argv=None):
 
     def step(n):
         rank, world = rt.rank, rt.world_size
-        # The fault waits for a committed checkpoint (when saving), so that the demo shows a
-        # restore from a peer's memory or storage rather than from the initial state.
-        ready = not args.ckpt_dir or committed
+        # The fault waits for a committed checkpoint (when saving: `latest` names it), so
+        # that the demo restores from a peer's memory or storage, not the initial state.
+        ready = not args.ckpt_dir or os.path.exists(os.path.join(args.ckpt_dir, "latest"))
         if (fault and rank == fault[0] and n >= fault[1] and ready and rt.epoch == 1
                 and not rt.promoted):
             print(f"fault: rank {rank} sends itself {signal.Signals(fault[2]).name} before "
@@ -122,12 +122,6 @@ def main(argv=None):
     def on_step(n, loss, since_verdict_ms):
         print(f"step {n} loss {loss!r}", flush=True)
 
-    committed = []
-
-    def on_save(e):
-        if e["committed"] and e["status"] == "OK":
-            committed.append(e["step"])
-
     def on_recovery(r):
         if rt.rank == 0:
             print(f"recovery epoch={r['epoch']} dead_rank={r['rank']} cause={r['cause']} "
@@ -138,8 +132,7 @@ def main(argv=None):
     done = tt.run_resilient(
         rt, {"model": model, "optim": optimizer}, step, args.steps, on_bind=on_bind,
         ckpt_dir=args.ckpt_dir, ckpt_every=args.ckpt_every,
-        timeout=timedelta(seconds=args.timeout), on_step=on_step, on_recovery=on_recovery,
-        on_save=on_save)
+        timeout=timedelta(seconds=args.timeout), on_step=on_step, on_recovery=on_recovery)
     if not done:
         print("spare: not needed, exiting", flush=True)
         return 0
