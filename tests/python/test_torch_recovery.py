@@ -106,6 +106,6 @@ def test_sigkill_rank_is_replaced_by_the_spare_and_losses_match(tmp_path, unbrok
 
 def test_sigstop_rank_is_replaced_by_the_spare_and_losses_match(tmp_path, unbroken):
     output = run_trainer(tmp_path, spares=1, fault="2:6:STOP",
-                         extra_env={"TRIDENT_HEARTBEAT_TIMEOUT_MS": "1000"})
+                         extra_env={"TRIDENT_HEARTBEAT_TIMEOUT_MS": "2000"})
     assert "its process is stopped (SIGSTOP?); killed" in output
     check_recovered(output, unbroken, "SIGSTOP")
