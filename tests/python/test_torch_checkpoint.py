@@ -107,3 +107,49 @@ def test_save_rejects_what_trident_cannot_store(tmp_path):
     engine.close()
     with pytest.raises(RuntimeError, match="the CheckpointEngine was closed"):
         engine.save(2, [("y", torch.zeros(2))])
+
+
+SAVER = """
+import sys, torch, torch.distributed as dist
+import trident.torch as tt
+dist.init_process_group("trident")
+rank = dist.get_rank()
+backend = dist.group.WORLD._get_backend(torch.device("cpu"))
+engine = tt.CheckpointEngine(sys.argv[1], backend=backend)
+torch.manual_seed(rank)
+state = {f"rank{rank}": {"w": torch.randn(64, 8), "n": torch.arange(rank + 3)}}
+tt.save_state_dict(engine, 5, state).wait(timeout_s=60)
+engine.close()
+torch.save(state, f"{sys.argv[1]}/expected{rank}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_a_trident_group_saves_one_shard_per_rank(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from trident.torch import free_port
+
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRIDENT_")}
+        env.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                    "FI_TCP_IFACE": "lo", "FI_SOCKETS_IFACE": "lo", "OMP_NUM_THREADS": "1"})
+        procs.append(subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+    for rank, (p, out) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, f"rank {rank}:\n{out[-4000:]}"
+    step_dir = tmp_path / "step-000000005"
+    shards = sorted(step_dir.glob("*.safetensors"))
+    assert len(shards) == 2, shards
+    loaded = load_shards(step_dir)
+    for rank in range(2):
+        expected = torch.load(tmp_path / f"expected{rank}.pt")
+        for name, t in tt.flatten_state_dict(expected).items():
+            assert raw(loaded[name]) == raw(t), name
