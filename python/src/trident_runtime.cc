@@ -86,6 +86,8 @@ void Observe(const char* what, F&& f) {
     f();
   } catch (py::error_already_set& e) {
     e.discard_as_unraisable(what);
+  } catch (const std::exception& e) {
+    PyErr_WarnEx(PyExc_RuntimeWarning, absl::StrCat(what, ": ", e.what()).c_str(), 1);
   }
 }
 
@@ -131,6 +133,7 @@ class PyTrainable : public trident::Trainable {
   }
 
   absl::Status Step() override {
+    if (!deferred_.ok()) return deferred_;  // sticky: this rank's state cannot be trusted
     TakeLastOpError().IgnoreError();  // a late error of an earlier epoch's op
     double loss = 0;
     absl::Status s = CallPython("step", [&] {
@@ -146,13 +149,10 @@ class PyTrainable : public trident::Trainable {
 
   trident::CheckpointState SaveState() override {
     trident::CheckpointState state;
-    absl::Status s = Tensors("_tensors", &state.tensors);
-    // SaveState cannot fail: a bad state is saved empty, and Save's error names nothing; the
-    // adapter checks the state up front (resilient.py), so this is a broken invariant.
-    if (!s.ok()) {
-      py::gil_scoped_acquire gil;
-      PyErr_WarnEx(PyExc_RuntimeWarning, std::string(s.message()).c_str(), 1);
-    }
+    // The adapter checks the state up front (resilient.py); should reading it fail here
+    // anyway, the next step fails with why (Trainable's methods other than Step and Bind
+    // cannot return an error).
+    Defer("state_dict (for a checkpoint)", Tensors("_tensors", &state.tensors));
     return state;
   }
 
@@ -160,8 +160,7 @@ class PyTrainable : public trident::Trainable {
     std::vector<trident::NamedTensor> named;
     std::vector<trident::TensorRequest> out;
     if (absl::Status s = Tensors("_restore_buffers", &named); !s.ok()) {
-      py::gil_scoped_acquire gil;
-      PyErr_WarnEx(PyExc_RuntimeWarning, std::string(s.message()).c_str(), 1);
+      Defer("state_dict (for a restore)", s);
       return out;
     }
     for (auto& n : named) {
@@ -176,20 +175,12 @@ class PyTrainable : public trident::Trainable {
 
   void SetRestoredStep(int64_t step) override {
     step_ = step;
-    absl::Status s = CallPython("load_state_dict", [&] { adapter_.attr("_restored")(step); });
-    if (!s.ok()) {
-      py::gil_scoped_acquire gil;
-      PyErr_WarnEx(PyExc_RuntimeWarning, std::string(s.message()).c_str(), 1);
-    }
+    Defer("load_state_dict", CallPython("load_state_dict", [&] { adapter_.attr("_restored")(step); }));
   }
 
   void ResetToInitialState() override {
     step_ = 0;
-    absl::Status s = CallPython("reset", [&] { adapter_.attr("_reset")(); });
-    if (!s.ok()) {
-      py::gil_scoped_acquire gil;
-      PyErr_WarnEx(PyExc_RuntimeWarning, std::string(s.message()).c_str(), 1);
-    }
+    Defer("reset", CallPython("reset", [&] { adapter_.attr("_reset")(); }));
   }
 
   double last_loss() const { return last_loss_; }
@@ -215,11 +206,21 @@ class PyTrainable : public trident::Trainable {
       }
     } catch (py::error_already_set& e) {
       return absl::InternalError(absl::StrCat(method, " raised ", e.what()));
+    } catch (const std::exception& e) {  // e.g. py::cast_error: not (name, tensor, int, int)
+      return absl::InternalError(absl::StrCat(method, ": ", e.what()));
     }
     return absl::OkStatus();
   }
 
+  // A failure of a method that cannot return one: kept for the next Step, never lost.
+  void Defer(const char* what, const absl::Status& s) {
+    if (s.ok() || !deferred_.ok()) return;
+    deferred_ = absl::InternalError(absl::StrCat(what, " failed, so this rank's state is not "
+                                                 "the job's: ", s.message()));
+  }
+
   py::object adapter_;
+  absl::Status deferred_;
   std::vector<at::Tensor> held_;
   trident::Communicator* group_ = nullptr;  // owned by the epoch's c10d backend
   int64_t step_ = 0;
