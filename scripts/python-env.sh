@@ -29,7 +29,7 @@ fi
 export TRIDENT_BUILD_DIR=${TRIDENT_BUILD_DIR:-$PWD/build}
 installed=$("$py" -c "import glob, os, trident; print(next(iter(glob.glob(os.path.join(os.path.dirname(trident.__file__), '_C*.so'))), ''))" 2>/dev/null || true)
 if [[ -n $installed ]] && [[ -z $(find python/src python/trident python/CMakeLists.txt \
-    python/pyproject.toml "$TRIDENT_BUILD_DIR"/lib/libtrident_{comm,transport,store,common}.a \
+    python/pyproject.toml "$TRIDENT_BUILD_DIR"/lib/libtrident_{runtime,health,checkpoint,comm,transport,store,common}.a \
     "$("$py" -c "import torch, os; print(os.path.dirname(torch.__file__))" 2>/dev/null)/version.py" \
     -newer "$installed" -print -quit) ]]; then
   echo "python-env: .venv ready (trident package up to date)"

@@ -42,8 +42,36 @@
 #include "trident/communicator.h"
 #include "trident/store.h"
 #include "trident/tensor.h"
+#include "internal.h"
 
 namespace trident_torch {
+
+namespace {
+std::mutex g_mu;
+std::unique_ptr<trident::Communicator> g_pending;  // guarded by g_mu
+absl::Status g_last_error;                         // guarded by g_mu
+}  // namespace
+
+void SetPendingGroup(std::unique_ptr<trident::Communicator> comm) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  g_pending = std::move(comm);
+}
+
+std::unique_ptr<trident::Communicator> TakePendingGroup() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  return std::move(g_pending);
+}
+
+void RecordOpError(const absl::Status& status) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  if (g_last_error.ok()) g_last_error = status;
+}
+
+absl::Status TakeLastOpError() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  return std::exchange(g_last_error, absl::OkStatus());
+}
+
 namespace {
 
 using c10d::OpType;
@@ -155,6 +183,8 @@ class C10dStore : public trident::Store {
   const int world_size_;
 };
 
+}  // namespace
+
 absl::StatusOr<trident::DType> ToDType(at::ScalarType t) {
   switch (t) {
     case at::kFloat: return trident::DType::kF32;
@@ -186,6 +216,8 @@ absl::StatusOr<trident::ReduceOp> ToReduceOp(const c10d::ReduceOp& op) {
           "or PREMUL_SUM)");
   }
 }
+
+namespace {
 
 // A contiguous CPU tensor holding `t`'s data: `t` itself when it already is one.
 at::Tensor Staged(const at::Tensor& t) {
@@ -277,6 +309,7 @@ class TridentWork : public c10d::Work {
     if (status.ok()) {
       future_->markCompleted(c10::IValue(outputs_));
     } else {
+      RecordOpError(status);
       std::string msg = absl::StrCat("trident: ", what_, " failed: ", status.ToString());
       exception_ = std::make_exception_ptr(
           c10::DistBackendError({__func__, __FILE__, static_cast<uint32_t>(__LINE__)}, msg));
@@ -325,6 +358,15 @@ class TridentBackend : public c10d::Backend {
                                                   int rank, int size,
                                                   const std::chrono::duration<float>& timeout) {
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(timeout);
+    // A group that trident.torch's resilient loop split from the runtime's world for this
+    // epoch (trident_runtime.cc): adopt it instead of building one through the store.
+    if (std::unique_ptr<trident::Communicator> pending = TakePendingGroup()) {
+      if (pending->rank() == rank && pending->size() == size) {
+        return c10::make_intrusive<TridentBackend>(std::move(pending), "runtime", ms);
+      }
+      Throw(absl::StrCat("trident: the runtime's group is rank ", pending->rank(), " of ",
+                         pending->size(), ", but torch asked for rank ", rank, " of ", size));
+    }
     trident::HostCommOptions options;
     options.rank = rank;
     options.world_size = size;
@@ -669,6 +711,7 @@ class TridentBackend : public c10d::Backend {
   void setTimeout(std::chrono::milliseconds timeout) override { timeout_ = timeout; }
 
   std::string Describe() const { return comm_->Describe(); }
+  trident::Communicator& comm() { return *comm_; }
 
   // The C++ baseline of the per-op overhead benchmark (tests/perf/torch_allreduce.py):
   // `iters` blocking AllReduce(sum) calls straight on the communicator, no c10d or Python in
@@ -782,6 +825,12 @@ class TridentBackend : public c10d::Backend {
 };
 
 }  // namespace
+
+trident::Communicator* BackendCommunicator(const c10::intrusive_ptr<c10d::Backend>& backend) {
+  auto* tb = dynamic_cast<TridentBackend*>(backend.get());
+  return tb == nullptr ? nullptr : &tb->comm();
+}
+
 }  // namespace trident_torch
 
 PYBIND11_MODULE(_C, m) {
@@ -803,5 +852,6 @@ PYBIND11_MODULE(_C, m) {
       py::call_guard<py::gil_scoped_release>(),
       "Benchmark baseline: mean seconds of `iters` blocking AllReduce calls made in C++ on the "
       "backend's communicator (collective; every rank calls it).");
+  trident_torch::RegisterRuntime(m);
   m.attr("__version__") = "0.1.0";
 }

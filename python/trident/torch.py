@@ -91,3 +91,18 @@ def create_backend(store: "dist.Store", rank: int, size: int, timeout: timedelta
 map_launcher_env()
 if BACKEND_NAME not in dist.Backend.backend_list:
     dist.Backend.register_backend(BACKEND_NAME, create_backend, devices=["cpu", "cuda"])
+
+# Fault-tolerant training and async checkpoints (python/trident/resilient.py).
+from .resilient import (  # noqa: E402,F401
+    CheckpointEngine,
+    Runtime,
+    flatten_state_dict,
+    init_runtime,
+    materialize_optimizer,
+    run_resilient,
+    save_state_dict,
+    unflatten_state_dict,
+)
+
+__all__ += ["CheckpointEngine", "Runtime", "flatten_state_dict", "init_runtime",
+            "materialize_optimizer", "run_resilient", "save_state_dict", "unflatten_state_dict"]
