@@ -95,6 +95,12 @@ struct Registry {
   // The request watcher (TRIDENT_FR_DIR set): runs while any recorder lives.
   std::unique_ptr<std::thread> watcher ABSL_GUARDED_BY(mu);
   std::shared_ptr<std::atomic<bool>> stop ABSL_GUARDED_BY(mu);
+  // Dumps are written one at a time, each with every failure this process has seen, so that
+  // communicators failing together leave one file that names them all (the last one written
+  // is also the newest).
+  absl::Mutex dump_mu;
+  std::vector<std::string> failures ABSL_GUARDED_BY(dump_mu);
+  DumpObserver observer ABSL_GUARDED_BY(dump_mu);
 };
 
 Registry& GetRegistry() {
@@ -229,8 +235,15 @@ uint64_t FlightRecorder::Issue(absl::string_view op, absl::string_view dtype, in
                                int peer, int64_t seq) {
   const uint64_t id = head_.fetch_add(1, std::memory_order_relaxed);
   Slot& s = slots_[id & mask_];
-  s.version.store(2 * id + 1, std::memory_order_relaxed);
-  std::atomic_thread_fence(std::memory_order_release);
+  // Take the slot from its previous entry. An odd version is a late Start/Finish of that
+  // entry (the ring wrapped while it ran) writing its times: wait the few stores it takes, so
+  // that they cannot land in this entry.
+  uint64_t v = s.version.load(std::memory_order_relaxed);
+  while ((v & 1) != 0 ||
+         !s.version.compare_exchange_weak(v, 2 * id + 1, std::memory_order_acquire,
+                                          std::memory_order_relaxed)) {
+    if ((v & 1) != 0) v = s.version.load(std::memory_order_relaxed);
+  }
   s.seq.store(seq, std::memory_order_relaxed);
   s.op.store(op.data(), std::memory_order_relaxed);
   s.op_len.store(static_cast<uint32_t>(op.size()), std::memory_order_relaxed);
@@ -247,24 +260,36 @@ uint64_t FlightRecorder::Issue(absl::string_view op, absl::string_view dtype, in
   return id;
 }
 
-FlightRecorder::Slot* FlightRecorder::Owned(uint64_t id) {
+FlightRecorder::Slot* FlightRecorder::Own(uint64_t id) {
   Slot& s = slots_[id & mask_];
-  // Overwritten by a newer op (the ring wrapped while this one ran): nothing to update.
-  return s.version.load(std::memory_order_acquire) == 2 * id + 2 ? &s : nullptr;
+  // Overwritten by a newer op (the ring wrapped while this one ran): nothing to update. The
+  // compare-and-swap holds the slot (odd version) for the few stores of the update, so a newer
+  // Issue cannot take it half-way and inherit this op's times.
+  uint64_t expected = 2 * id + 2;
+  return s.version.compare_exchange_strong(expected, 2 * id + 1, std::memory_order_acquire,
+                                           std::memory_order_relaxed)
+             ? &s
+             : nullptr;
+}
+
+void FlightRecorder::Unhold(Slot* s, uint64_t id) {
+  s->version.store(2 * id + 2, std::memory_order_release);
 }
 
 void FlightRecorder::Start(uint64_t id) {
-  if (Slot* s = Owned(id)) {
+  if (Slot* s = Own(id)) {
     s->started_ns.store(Stamp(), std::memory_order_relaxed);
-    s->state.store(static_cast<uint8_t>(OpState::kStarted), std::memory_order_release);
+    s->state.store(static_cast<uint8_t>(OpState::kStarted), std::memory_order_relaxed);
+    Unhold(s, id);
   }
 }
 
 void FlightRecorder::Finish(uint64_t id, bool ok) {
-  if (Slot* s = Owned(id)) {
+  if (Slot* s = Own(id)) {
     s->ended_ns.store(Stamp(), std::memory_order_relaxed);
     s->state.store(static_cast<uint8_t>(ok ? OpState::kCompleted : OpState::kFailed),
-                   std::memory_order_release);
+                   std::memory_order_relaxed);
+    Unhold(s, id);
   }
 }
 
@@ -275,7 +300,12 @@ std::vector<Entry> FlightRecorder::Snapshot() const {
   out.reserve(head - first);
   for (uint64_t id = first; id < head; ++id) {
     const Slot& s = slots_[id & mask_];
-    if (s.version.load(std::memory_order_acquire) != 2 * id + 2) continue;  // being written
+    // A Start/Finish holds the slot for a few stores: look again a few times before skipping.
+    uint64_t v = s.version.load(std::memory_order_acquire);
+    for (int spin = 0; v == 2 * id + 1 && spin < 1000; ++spin) {
+      v = s.version.load(std::memory_order_acquire);
+    }
+    if (v != 2 * id + 2) continue;  // being written, or overwritten
     Entry e;
     e.id = id;
     e.seq = s.seq.load(std::memory_order_relaxed);
@@ -341,10 +371,13 @@ absl::StatusOr<size_t> CapacityFromEnv() {
   return static_cast<size_t>(ParamInt("TRIDENT_FR_ENTRIES"));
 }
 
-std::string ProcessDumpJson(absl::string_view reason) {
+namespace {
+
+std::string ProcessDumpJsonLocked(absl::string_view reason, const std::vector<std::string>& failures) {
   nlohmann::json j;
   j["version"] = 1;
   j["reason"] = std::string(reason);
+  j["failures"] = failures;
   j["time_ns"] = NowNs();
   j["pid"] = static_cast<int>(getpid());
   j["rank"] = ParamInt("TRIDENT_RANK");
@@ -363,15 +396,42 @@ std::string ProcessDumpJson(absl::string_view reason) {
   return j.dump(1);
 }
 
-absl::StatusOr<std::string> DumpFlightRecorders(absl::string_view reason, absl::string_view dir) {
+constexpr size_t kMaxFailuresKept = 16;
+
+}  // namespace
+
+std::string ProcessDumpJson(absl::string_view reason) {
+  Registry& reg = GetRegistry();
+  absl::MutexLock lock(&reg.dump_mu);
+  return ProcessDumpJsonLocked(reason, reg.failures);
+}
+
+void SetDumpObserver(DumpObserver observer) {
+  Registry& reg = GetRegistry();
+  absl::MutexLock lock(&reg.dump_mu);
+  reg.observer = std::move(observer);
+}
+
+namespace {
+
+absl::StatusOr<std::string> Dump(absl::string_view reason, absl::string_view dir,
+                                 bool failure) {
   std::string where(dir);
   if (where.empty()) where = ParamString("TRIDENT_FR_DIR");
+  Registry& reg = GetRegistry();
+  absl::MutexLock lock(&reg.dump_mu);
+  if (failure) {
+    reg.failures.emplace_back(reason);
+    if (reg.failures.size() > kMaxFailuresKept) reg.failures.erase(reg.failures.begin());
+  }
+  if (where.empty() && !reg.observer) return std::string();
+  const std::string text = ProcessDumpJsonLocked(reason, reg.failures);
+  if (reg.observer) reg.observer(text);
   if (where.empty()) return std::string();
   std::string member = ParamString("TRIDENT_MEMBER");
   if (member.empty()) member = absl::StrCat("pid", getpid());
   const std::string path = absl::StrCat(where, "/fr-", member, ".json");
-  const std::string tmp = absl::StrCat(path, ".tmp", CurrentTid());  // one per dumping thread
-  const std::string text = ProcessDumpJson(reason);
+  const std::string tmp = absl::StrCat(path, ".tmp", CurrentTid());
   {
     std::ofstream out(tmp, std::ios::trunc);
     out << text;
@@ -389,9 +449,15 @@ absl::StatusOr<std::string> DumpFlightRecorders(absl::string_view reason, absl::
   return path;
 }
 
+}  // namespace
+
+absl::StatusOr<std::string> DumpFlightRecorders(absl::string_view reason, absl::string_view dir) {
+  return Dump(reason, dir, /*failure=*/false);
+}
+
 void DumpOnFailure(absl::string_view communicator, const absl::Status& error) {
   absl::StatusOr<std::string> path =
-      DumpFlightRecorders(absl::StrCat(communicator, ": ", error.ToString()));
+      Dump(absl::StrCat(communicator, ": ", error.ToString()), "", /*failure=*/true);
   if (!path.ok()) {
     TLOG(warn, "{}", path.status());
   } else if (!path->empty()) {

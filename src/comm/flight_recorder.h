@@ -4,8 +4,10 @@
 // Each communicator owns one recorder. Issue() claims the next slot of a fixed ring with one
 // atomic add and fills it; Start()/Finish() update the slot's state and times. No lock on the
 // op path: a slot carries a version (odd while being written, 2*id+2 when entry `id` is
-// complete), so a concurrent Snapshot() copies only consistent entries and a late Start or
-// Finish of an entry that was already overwritten changes nothing. Costs, measured by
+// complete), so a concurrent Snapshot() copies only consistent entries. Start/Finish hold the
+// slot (compare-and-swap to odd) for their few stores and Issue takes a slot only when it is
+// not held, so a late Start or Finish of an entry the ring already overwrote changes nothing,
+// not even a newer entry's times. Costs, measured by
 // fr_bench (docs/benchmarks.md): one Issue+Start+Finish is three clock reads and a few stores.
 //
 // Capacity: TRIDENT_FR_ENTRIES (default 2048); a malformed value is an error from
@@ -23,6 +25,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -110,7 +113,9 @@ class FlightRecorder {
     std::atomic<uint8_t> state{0};
     std::atomic<int64_t> issued_ns{0}, started_ns{0}, ended_ns{0};
   };
-  Slot* Owned(uint64_t id);
+  // Holds entry `id`'s slot for an update (nullptr: overwritten by a newer op); Unhold ends it.
+  Slot* Own(uint64_t id);
+  static void Unhold(Slot* s, uint64_t id);
 
   const RecorderInfo info_;
   const uint64_t mask_;
@@ -122,13 +127,20 @@ class FlightRecorder {
 // The capacity TRIDENT_FR_ENTRIES asks for, or kInvalidArgument naming the bad value.
 absl::StatusOr<size_t> CapacityFromEnv();
 
-// This process's dump: {"rank", "member", "pid", "reason", "time_ns", "threads": [...],
-// "communicators": [...]} of every live recorder.
+// This process's dump: {"rank", "member", "pid", "reason", "failures", "time_ns",
+// "threads": [...], "communicators": [...]} of every live recorder. "failures": every op
+// failure this process dumped for (the last 16), oldest first.
 std::string ProcessDumpJson(absl::string_view reason);
 
-// Writes ProcessDumpJson to `dir`/fr-<member or pid>.json (tmp file, then rename). `dir`
-// empty: TRIDENT_FR_DIR; both empty: does nothing and returns OK. Returns the path written
-// (empty when none).
+// Called with the text of every dump this process writes (on a failure, on request), also
+// when no TRIDENT_FR_DIR is set: the runtime sends it to the job's store, where trident-run
+// reads it. Called under the dump lock: it must be quick and must not dump. Empty: none.
+using DumpObserver = std::function<void(const std::string& json)>;
+void SetDumpObserver(DumpObserver observer);
+
+// Writes ProcessDumpJson to `dir`/fr-<member or pid>.json (tmp file, then rename) and hands it
+// to the observer. `dir` empty: TRIDENT_FR_DIR; both empty: only the observer (if any).
+// Returns the path written (empty when none). Dumps are serialised in the process.
 absl::StatusOr<std::string> DumpFlightRecorders(absl::string_view reason,
                                                 absl::string_view dir = "");
 
@@ -139,6 +151,15 @@ void DumpOnFailure(absl::string_view communicator, const absl::Status& error);
 // Asks every process whose TRIDENT_FR_DIR is `dir` for a dump: writes `why` and a fresh
 // nonce to <dir>/request. The dumps appear within about 100 ms of each live process.
 absl::Status RequestDumps(absl::string_view dir, absl::string_view why);
+
+// The store keys through which trident-run asks a job's ranks for their rings (the runtime
+// answers; src/runtime/flight_dumps.h):
+//   job/fr/request          "<nonce> <why>": a new value asks every live rank for a dump
+//   job/fr/dump/<member>    the member's latest dump (ProcessDumpJson), on request or failure
+//   job/fr/hang/<member>    an op deadline the member's training loop met (the error)
+inline constexpr char kDumpRequestKey[] = "job/fr/request";
+inline constexpr char kDumpPrefix[] = "job/fr/dump/";
+inline constexpr char kHangReportPrefix[] = "job/fr/hang/";
 
 // Number of recorders registered now (tests).
 int RegisteredRecorders();
