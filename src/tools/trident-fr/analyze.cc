@@ -241,7 +241,8 @@ GroupFinding AnalyzeGroup(const std::string& name, const std::map<int, RankRing>
 
   if (!f.no_dump.empty()) {
     std::string line = absl::StrCat("  ", RankList(f.no_dump),
-                                     " left no dump: what they issued is unknown");
+                                     f.no_dump.size() == 1 ? " left no dump: what it issued is unknown"
+                                                           : " left no dump: what they issued is unknown");
     bool all_wait = !rings.empty() && f.behind.empty() && f.mismatch.empty();
     for (const auto& [r, ring] : rings) all_wait = all_wait && f.waiting.count(r);
     if (all_wait) {
@@ -263,6 +264,8 @@ GroupFinding AnalyzeGroup(const std::string& name, const std::map<int, RankRing>
 std::string Analysis::Text() const {
   std::string out;
   for (const GroupFinding& g : groups) {
+    // A group of one rank that never issued a collective (a tp or pp group of size 1).
+    if (g.last_seq < 0 && g.no_dump.empty()) continue;
     for (const std::string& l : g.lines) absl::StrAppend(&out, l, "\n");
   }
   for (const std::string& n : notes) absl::StrAppend(&out, "note: ", n, "\n");
@@ -292,18 +295,33 @@ std::string Analysis::Verdict() const {
       rest_sig = sig;
       for (int r : ranks) rest_ranks.push_back(job(g, r));
     }
-    parts.push_back(absl::StrCat(RankList(odd_ranks), " called ", odd->first, " at ", g.group,
-                                 " #", g.mismatch_seq, " where ", RankList(rest_ranks),
-                                 " called ", rest_sig));
+    parts.push_back(absl::StrCat(RankList(odd_ranks), " called ", odd->first, " at #",
+                                 g.mismatch_seq, " of group ", g.group, " where ",
+                                 RankList(rest_ranks), " called ", rest_sig));
     named.insert(odd_ranks.begin(), odd_ranks.end());
   }
+  // Ranks that never issued #N: first the groups where they are a minority (the others
+  // issued it and wait); a majority that "never issued" an op of one group is, as a rule,
+  // waiting for that minority in another group. The majority cases only when nothing else.
+  std::vector<const GroupFinding*> by_minority;
   for (const GroupFinding& g : groups) {
+    if (!g.never_issued.empty()) by_minority.push_back(&g);
+  }
+  std::stable_sort(by_minority.begin(), by_minority.end(), [](auto* a, auto* b) {
+    return a->never_issued.size() * b->size < b->never_issued.size() * a->size;
+  });
+  bool minority_named = false;
+  for (const GroupFinding* gp : by_minority) {
+    const GroupFinding& g = *gp;
+    const bool minority = 2 * g.never_issued.size() < static_cast<size_t>(g.size);
+    if (!minority && (minority_named || !parts.empty())) continue;
+    minority_named = minority_named || minority;
     for (int r : g.never_issued) {
       const int j = job(g, r);
       if (named.count(j)) continue;
       named.insert(j);
-      std::string what = absl::StrCat("rank ", j, " never issued ", g.group, " #",
-                                      g.first_missing_seq, " ", g.missing_op);
+      std::string what = absl::StrCat("rank ", j, " never issued #", g.first_missing_seq, " ",
+                                      g.missing_op, " of group ", g.group);
       if (auto it = g.elsewhere.find(r); it != g.elsewhere.end()) {
         absl::StrAppend(&what, ": it is in ", it->second);
       } else if (auto ot = g.outside.find(r); ot != g.outside.end()) {
@@ -320,8 +338,8 @@ std::string Analysis::Verdict() const {
     }
     if (ranks.empty()) continue;
     named.insert(ranks.begin(), ranks.end());
-    parts.push_back(absl::StrCat(RankList(ranks), " left no dump while every other rank waits in ",
-                                 g.group, " #", g.last_seq, ": the likely cause"));
+    parts.push_back(absl::StrCat(RankList(ranks), " left no dump while every other rank waits in #",
+                                 g.last_seq, " of group ", g.group, ": the likely cause"));
   }
   if (parts.empty()) return "no rank is behind, none called a different op, every rank dumped";
   return absl::StrJoin(parts, "; ");
