@@ -41,8 +41,8 @@ void MaybeFault(const std::vector<lm::Fault>& faults, const std::string& member,
   }
 }
 
-// --inject-fault ...:WRONG_OP and ...:SLEEP=SECONDS at the start of step `when` (the hangs of
-// the flight recorder's tests; SKIP_COLLECTIVE is the trainer's, see SkipCollectiveAt).
+// --inject-fault ...:SLEEP=SECONDS at the start of step `when` (a hang of the flight
+// recorder's tests; SKIP_COLLECTIVE and WRONG_OP are the trainer's: SkipCollectiveAt, WrongOpAt).
 void MaybeHang(const std::vector<lm::Fault>& faults, trident::Runtime& rt, int64_t when) {
   for (const lm::Fault& f : faults) {
     if (f.member != rt.member() || f.step != when) continue;
@@ -50,18 +50,6 @@ void MaybeHang(const std::vector<lm::Fault>& faults, trident::Runtime& rt, int64
       std::fprintf(stderr, "lm-trainer: injecting a sleep of %g s outside any op into %s (step %lld)\n",
                    f.sleep_seconds, f.member.c_str(), static_cast<long long>(when));
       absl::SleepFor(absl::Seconds(f.sleep_seconds));
-    }
-    if (f.wrong_op) {
-      std::fprintf(stderr, "lm-trainer: injecting a wrong op (an all-gather where the others "
-                   "all-reduce) into %s (step %lld)\n", f.member.c_str(),
-                   static_cast<long long>(when));
-      trident::Communicator& world = rt.world();
-      double mine = 0;
-      std::vector<double> all(world.size());
-      absl::Status s = world.AllGather(trident::Tensor::Of(&mine, 1),
-                                       trident::Tensor::Of(all.data(), world.size()))
-                           ->Wait();
-      std::fprintf(stderr, "lm-trainer: the wrong op ended: %s\n", s.ToString().c_str());
     }
   }
 }
@@ -121,6 +109,7 @@ int Main(int argc, char** argv) {
   }
   for (const lm::Fault& f : o.faults) {
     if (f.skip_collective && f.member == rt.member()) trainer.SkipCollectiveAt(f.step);
+    if (f.wrong_op && f.member == rt.member()) trainer.WrongOpAt(f.step);
   }
   loop.before_step = [&](int64_t next) {
     MaybeFault(o.faults, rt.member(), next);

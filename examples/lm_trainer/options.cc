@@ -52,8 +52,8 @@ ABSL_FLAG(std::string, inject_fault, "",
           "recovery has built its world; MEMBER:STEP:BITFLIP[:TENSOR] flips one bit of "
           "parameter TENSOR (default: the first) right after step STEP (silent data "
           "corruption, for --sdc-every); MEMBER:STEP:SKIP_COLLECTIVE (step STEP skips its "
-          "world all-reduce), MEMBER:STEP:WRONG_OP (an extra world all-gather where the others "
-          "call an all-reduce), MEMBER:STEP:SLEEP=SECONDS (the training thread sleeps outside "
+          "world all-reduce), MEMBER:STEP:WRONG_OP (step STEP calls a world all-gather where the "
+          "others call the all-reduce), MEMBER:STEP:SLEEP=SECONDS (the training thread sleeps outside "
           "any op): hangs for the flight recorder (docs/observability.md)");
 ABSL_FLAG(int, sdc_every, 10,
           "every N steps (and before every checkpoint) the dp replicas compare XXH3 digests of "

@@ -47,6 +47,8 @@ class LmTrainable : public trident::Trainable {
 
   // --inject-fault MEMBER:STEP:SKIP_COLLECTIVE: step `step` (once) skips its world all-reduce.
   void SkipCollectiveAt(int64_t step) { skip_step_ = step; }
+  // --inject-fault MEMBER:STEP:WRONG_OP: step `step` (once) all-gathers instead.
+  void WrongOpAt(int64_t step) { wrong_op_step_ = step; }
 
   const Trainer& trainer() const { return *trainer_; }
   // Rank 0's logfmt lines (stdout); other ranks print nothing.
@@ -68,6 +70,7 @@ class LmTrainable : public trident::Trainable {
   int64_t flip_step_ = -1;
   std::string flip_tensor_;
   int64_t skip_step_ = -1;
+  int64_t wrong_op_step_ = -1;
   double loss_ = NAN, val_loss_ = NAN, tokens_ = 0, seconds_ = 0;
 };
 
