@@ -341,7 +341,14 @@ std::string Analysis::Verdict() const {
     parts.push_back(absl::StrCat(RankList(ranks), " left no dump while every other rank waits in #",
                                  g.last_seq, " of group ", g.group, ": the likely cause"));
   }
-  if (parts.empty()) return "no rank is behind, none called a different op, every rank dumped";
+  if (groups.empty()) return "no flight-recorder dumps to analyse";
+  if (parts.empty()) {
+    bool all_dumped = true;
+    for (const GroupFinding& g : groups) all_dumped = all_dumped && g.no_dump.empty();
+    return all_dumped ? "no rank is behind, none called a different op, every rank dumped"
+                      : "no rank is behind and none called a different op among the ranks that "
+                        "dumped";
+  }
   return absl::StrJoin(parts, "; ");
 }
 

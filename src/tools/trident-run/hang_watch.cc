@@ -175,9 +175,14 @@ void HangWatch::Conclude(const std::vector<std::string>& ranks) {
   std::vector<std::string> silent_lines, stopped;
   for (const std::string& member : ranks) {
     if (answered_.count(member)) continue;
-    health::Agent::ProcessState p = state_at_ask_.count(member)
-                                        ? state_at_ask_[member]
-                                        : hooks_.probe(member);
+    // Stopped when asked (it may have been killed since: say why it could not answer);
+    // otherwise what it is now.
+    health::Agent::ProcessState p = hooks_.probe(member);
+    if (auto it = state_at_ask_.find(member);
+        it != state_at_ask_.end() && (it->second == health::Agent::ProcessState::kStopped ||
+                                      it->second == health::Agent::ProcessState::kTraced)) {
+      p = it->second;
+    }
     const int pid = hooks_.pid(member);
     std::string who = absl::StrCat(RankOfMember(ranks, member),
                                    pid > 0 ? absl::StrCat(", pid ", pid) : "");
@@ -202,9 +207,13 @@ void HangWatch::Conclude(const std::vector<std::string>& ranks) {
     }
   }
   std::string verdict = a.Verdict();
-  const bool clean = absl::StartsWith(verdict, "no rank is behind") && silent_lines.empty();
-  if (from_silence_ && clean) {
-    TLOG(debug, "hang suspected ({}), but the flight recorders show nothing wrong", why_);
+  // A silent heartbeat alone is weak evidence on a loaded machine: say something only when a
+  // rank is stopped, or the rings that answered show a rank at fault.
+  const bool rings_clean = absl::StartsWith(verdict, "no rank is behind") ||
+                           absl::StartsWith(verdict, "no flight-recorder dumps");
+  if (from_silence_ && stopped.empty() && (answered_.empty() || rings_clean)) {
+    TLOG(debug, "hang suspected ({}), but the flight recorders show nothing wrong ({} answered)",
+         why_, answered_.size());
     return;
   }
   if (!stopped.empty()) {
