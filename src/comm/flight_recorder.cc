@@ -210,7 +210,7 @@ nlohmann::json ThreadInfo(int tid) {
 
 FlightRecorder::FlightRecorder(RecorderInfo info, size_t capacity)
     : info_(std::move(info)),
-      mask_(RoundUp(capacity) - 1),
+      mask_(RoundUp(std::min(capacity, kMaxCapacity)) - 1),
       slots_(std::make_unique<Slot[]>(mask_ + 1)) {}
 
 std::shared_ptr<FlightRecorder> FlightRecorder::Create(RecorderInfo info) {
@@ -235,15 +235,8 @@ uint64_t FlightRecorder::Issue(absl::string_view op, absl::string_view dtype, in
                                int peer, int64_t seq) {
   const uint64_t id = head_.fetch_add(1, std::memory_order_relaxed);
   Slot& s = slots_[id & mask_];
-  // Take the slot from its previous entry. An odd version is a late Start/Finish of that
-  // entry (the ring wrapped while it ran) writing its times: wait the few stores it takes, so
-  // that they cannot land in this entry.
-  uint64_t v = s.version.load(std::memory_order_relaxed);
-  while ((v & 1) != 0 ||
-         !s.version.compare_exchange_weak(v, 2 * id + 1, std::memory_order_acquire,
-                                          std::memory_order_relaxed)) {
-    if ((v & 1) != 0) v = s.version.load(std::memory_order_relaxed);
-  }
+  s.version.store(2 * id + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
   s.seq.store(seq, std::memory_order_relaxed);
   s.op.store(op.data(), std::memory_order_relaxed);
   s.op_len.store(static_cast<uint32_t>(op.size()), std::memory_order_relaxed);
@@ -251,47 +244,43 @@ uint64_t FlightRecorder::Issue(absl::string_view op, absl::string_view dtype, in
   s.dtype_len.store(static_cast<uint32_t>(dtype.size()), std::memory_order_relaxed);
   s.count.store(count, std::memory_order_relaxed);
   s.peer.store(peer, std::memory_order_relaxed);
-  s.state.store(static_cast<uint8_t>(OpState::kIssued), std::memory_order_relaxed);
   s.issued_ns.store(Stamp(), std::memory_order_relaxed);
-  s.started_ns.store(0, std::memory_order_relaxed);
-  s.ended_ns.store(0, std::memory_order_relaxed);
+  // start_word and end_word name the previous entry (or none): nothing to reset.
   s.version.store(2 * id + 2, std::memory_order_release);
   last_tid_.store(CurrentTid(), std::memory_order_relaxed);
   return id;
 }
 
-FlightRecorder::Slot* FlightRecorder::Own(uint64_t id) {
+namespace {
+constexpr uint64_t kWordValid = uint64_t{1} << 63;
+constexpr int kTagShift = 45;
+constexpr uint64_t kTagMask = (uint64_t{1} << 18) - 1;
+constexpr uint64_t kOkBit = uint64_t{1} << 44;
+constexpr uint64_t kDeltaMask = (uint64_t{1} << 44) - 1;  // ~2 h of TSC ticks at 2.5 GHz
+}  // namespace
+
+uint64_t FlightRecorder::Word(uint64_t id, bool ok, int64_t delta) {
+  const uint64_t d = delta <= 0 ? 0 : std::min<uint64_t>(static_cast<uint64_t>(delta), kDeltaMask);
+  return kWordValid | ((id & kTagMask) << kTagShift) | (ok ? kOkBit : 0) | d;
+}
+
+bool FlightRecorder::WordIsFor(uint64_t word, uint64_t id) {
+  return (word & kWordValid) != 0 && ((word >> kTagShift) & kTagMask) == (id & kTagMask);
+}
+
+void FlightRecorder::Mark(uint64_t id, bool start, bool ok) {
   Slot& s = slots_[id & mask_];
-  // Overwritten by a newer op (the ring wrapped while this one ran): nothing to update. The
-  // compare-and-swap holds the slot (odd version) for the few stores of the update, so a newer
-  // Issue cannot take it half-way and inherit this op's times.
-  uint64_t expected = 2 * id + 2;
-  return s.version.compare_exchange_strong(expected, 2 * id + 1, std::memory_order_acquire,
-                                           std::memory_order_relaxed)
-             ? &s
-             : nullptr;
+  // Overwritten by a newer op (the ring wrapped while this one ran): nothing to update. (If
+  // the ring wraps right after this check, the word still names `id`: the newer entry
+  // ignores it.)
+  if (s.version.load(std::memory_order_acquire) != 2 * id + 2) return;
+  const int64_t delta = Stamp() - s.issued_ns.load(std::memory_order_relaxed);
+  (start ? s.start_word : s.end_word).store(Word(id, ok, delta), std::memory_order_release);
 }
 
-void FlightRecorder::Unhold(Slot* s, uint64_t id) {
-  s->version.store(2 * id + 2, std::memory_order_release);
-}
+void FlightRecorder::Start(uint64_t id) { Mark(id, /*start=*/true, /*ok=*/false); }
 
-void FlightRecorder::Start(uint64_t id) {
-  if (Slot* s = Own(id)) {
-    s->started_ns.store(Stamp(), std::memory_order_relaxed);
-    s->state.store(static_cast<uint8_t>(OpState::kStarted), std::memory_order_relaxed);
-    Unhold(s, id);
-  }
-}
-
-void FlightRecorder::Finish(uint64_t id, bool ok) {
-  if (Slot* s = Own(id)) {
-    s->ended_ns.store(Stamp(), std::memory_order_relaxed);
-    s->state.store(static_cast<uint8_t>(ok ? OpState::kCompleted : OpState::kFailed),
-                   std::memory_order_relaxed);
-    Unhold(s, id);
-  }
-}
+void FlightRecorder::Finish(uint64_t id, bool ok) { Mark(id, /*start=*/false, ok); }
 
 std::vector<Entry> FlightRecorder::Snapshot() const {
   const uint64_t head = head_.load(std::memory_order_acquire);
@@ -300,12 +289,7 @@ std::vector<Entry> FlightRecorder::Snapshot() const {
   out.reserve(head - first);
   for (uint64_t id = first; id < head; ++id) {
     const Slot& s = slots_[id & mask_];
-    // A Start/Finish holds the slot for a few stores: look again a few times before skipping.
-    uint64_t v = s.version.load(std::memory_order_acquire);
-    for (int spin = 0; v == 2 * id + 1 && spin < 1000; ++spin) {
-      v = s.version.load(std::memory_order_acquire);
-    }
-    if (v != 2 * id + 2) continue;  // being written, or overwritten
+    if (s.version.load(std::memory_order_acquire) != 2 * id + 2) continue;  // being written
     Entry e;
     e.id = id;
     e.seq = s.seq.load(std::memory_order_relaxed);
@@ -315,10 +299,18 @@ std::vector<Entry> FlightRecorder::Snapshot() const {
     e.dtype = dtype ? absl::string_view(dtype, s.dtype_len.load(std::memory_order_relaxed)) : "";
     e.count = s.count.load(std::memory_order_relaxed);
     e.peer = s.peer.load(std::memory_order_relaxed);
-    e.state = static_cast<OpState>(s.state.load(std::memory_order_acquire));
     e.issued_ns = s.issued_ns.load(std::memory_order_relaxed);  // stamps until converted
-    e.started_ns = s.started_ns.load(std::memory_order_relaxed);
-    e.ended_ns = s.ended_ns.load(std::memory_order_relaxed);
+    const uint64_t start = s.start_word.load(std::memory_order_acquire);
+    const uint64_t end = s.end_word.load(std::memory_order_acquire);
+    e.state = OpState::kIssued;
+    if (WordIsFor(start, id)) {
+      e.state = OpState::kStarted;
+      e.started_ns = e.issued_ns + static_cast<int64_t>(start & kDeltaMask);
+    }
+    if (WordIsFor(end, id)) {
+      e.state = (end & kOkBit) != 0 ? OpState::kCompleted : OpState::kFailed;
+      e.ended_ns = e.issued_ns + static_cast<int64_t>(end & kDeltaMask);
+    }
     std::atomic_thread_fence(std::memory_order_acquire);
     if (s.version.load(std::memory_order_relaxed) != 2 * id + 2) continue;  // overwritten
     out.push_back(e);

@@ -4,10 +4,11 @@
 // Each communicator owns one recorder. Issue() claims the next slot of a fixed ring with one
 // atomic add and fills it; Start()/Finish() update the slot's state and times. No lock on the
 // op path: a slot carries a version (odd while being written, 2*id+2 when entry `id` is
-// complete), so a concurrent Snapshot() copies only consistent entries. Start/Finish hold the
-// slot (compare-and-swap to odd) for their few stores and Issue takes a slot only when it is
-// not held, so a late Start or Finish of an entry the ring already overwrote changes nothing,
-// not even a newer entry's times. Costs, measured by
+// complete), so a concurrent Snapshot() copies only consistent entries. Start/Finish write one
+// 64-bit word each that carries the entry's id (low 18 bits) with the time, so a late Start or
+// Finish of an entry the ring already overwrote can never give a newer entry its state or
+// times (at worst, in that race, the newer entry loses its own start or end mark). No
+// read-modify-write on the op path. Costs, measured by
 // fr_bench (docs/benchmarks.md): one Issue+Start+Finish is three clock reads and a few stores.
 //
 // Capacity: TRIDENT_FR_ENTRIES (default 2048); a malformed value is an error from
@@ -76,7 +77,8 @@ struct Entry {
 
 class FlightRecorder {
  public:
-  // `capacity` entries (rounded up to a power of two, at least 16).
+  // `capacity` entries (rounded up to a power of two, at least 16, at most kMaxCapacity).
+  static constexpr size_t kMaxCapacity = size_t{1} << 17;
   FlightRecorder(RecorderInfo info, size_t capacity);
   FlightRecorder(const FlightRecorder&) = delete;
   FlightRecorder& operator=(const FlightRecorder&) = delete;
@@ -103,19 +105,23 @@ class FlightRecorder {
 
  private:
   struct Slot {
-    std::atomic<uint64_t> version{0};  // 0: never written; odd: being written
+    std::atomic<uint64_t> version{0};  // 0: never written; odd: Issue is writing it
     std::atomic<int64_t> seq{-1};
     std::atomic<const char*> op{nullptr};
     std::atomic<const char*> dtype{nullptr};
     std::atomic<uint32_t> op_len{0}, dtype_len{0};
     std::atomic<int64_t> count{0};
     std::atomic<int32_t> peer{-1};
-    std::atomic<uint8_t> state{0};
-    std::atomic<int64_t> issued_ns{0}, started_ns{0}, ended_ns{0};
+    std::atomic<int64_t> issued_ns{0};  // a Stamp()
+    // Start and Finish: one word each, written with one store, that names its entry:
+    // bit 63 set, bits 45..62 the entry id's low 18 bits, bit 44 ok (Finish), bits 0..43
+    // the stamp's distance from issued_ns. A late Start/Finish of an entry the ring already
+    // overwrote leaves a word that names the old entry, which the new one ignores.
+    std::atomic<uint64_t> start_word{0}, end_word{0};
   };
-  // Holds entry `id`'s slot for an update (nullptr: overwritten by a newer op); Unhold ends it.
-  Slot* Own(uint64_t id);
-  static void Unhold(Slot* s, uint64_t id);
+  static uint64_t Word(uint64_t id, bool ok, int64_t delta);
+  static bool WordIsFor(uint64_t word, uint64_t id);
+  void Mark(uint64_t id, bool start, bool ok);
 
   const RecorderInfo info_;
   const uint64_t mask_;
