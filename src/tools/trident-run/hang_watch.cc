@@ -51,8 +51,12 @@ void HangWatch::Poll(absl::Time now, const std::vector<std::string>& ranks) {
     bool waiting = false;
     for (const std::string& member : ranks) {
       if (answered_.count(member)) continue;
-      const health::Agent::ProcessState p = hooks_.probe(member);
-      if (p != health::Agent::ProcessState::kRunning) continue;  // cannot answer
+      // A local rank that is stopped or gone cannot answer; a rank of another node (not our
+      // child) is waited for like any other.
+      if (hooks_.pid(member) > 0 &&
+          hooks_.probe(member) != health::Agent::ProcessState::kRunning) {
+        continue;
+      }
       absl::StatusOr<std::string> dump = s->TryGet(absl::StrCat(fr::kDumpPrefix, member), deadline);
       if (dump.ok() && absl::StrContains(*dump, nonce_)) {
         answered_.insert(member);
@@ -184,6 +188,13 @@ void HangWatch::Conclude(const std::vector<std::string>& ranks) {
       p = it->second;
     }
     const int pid = hooks_.pid(member);
+    if (pid <= 0) {  // another node's rank: its own agent knows its process
+      silent_lines.push_back(absl::StrCat(
+          RankOfMember(ranks, member), " did not answer within ", absl::FormatDuration(kAnswerWait),
+          " (a rank of another node: see its trident-run)",
+          dumps.count(member) ? "; its last dump is used" : ""));
+      continue;
+    }
     std::string who = absl::StrCat(RankOfMember(ranks, member),
                                    pid > 0 ? absl::StrCat(", pid ", pid) : "");
     switch (p) {
