@@ -18,6 +18,9 @@
 // When the job failed without a verdict (a call mismatch fails every rank at once), Final()
 // analyses the dumps the ranks left in the store when their ops failed.
 //
+// Cost: two key listings and one heartbeat read per rank every 100 ms (the coordinator reads
+// the heartbeats too; for thousands of ranks the two should share those reads).
+//
 // Not thread-safe: the launcher's main thread calls it.
 #ifndef TRIDENT_TOOLS_TRIDENT_RUN_HANG_WATCH_H_
 #define TRIDENT_TOOLS_TRIDENT_RUN_HANG_WATCH_H_
