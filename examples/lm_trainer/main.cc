@@ -9,6 +9,7 @@
 
 #include <cstdio>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -24,7 +25,10 @@ namespace {
 // --inject-fault: raises the member's signal (or hangs) when `when` comes (-1: a recovery).
 void MaybeFault(const std::vector<lm::Fault>& faults, const std::string& member, int64_t when) {
   for (const lm::Fault& f : faults) {
-    if (f.member != member || f.step != when || f.bitflip) continue;
+    if (f.member != member || f.step != when || f.bitflip || f.skip_collective || f.wrong_op ||
+        f.sleep_seconds > 0) {
+      continue;
+    }
     std::fprintf(stderr, "lm-trainer: injecting %s into %s (%s)\n",
                  f.hang ? "a hang" : absl::StrCat("signal ", f.signal).c_str(), f.member.c_str(),
                  when < 0 ? "recovery" : absl::StrCat("step ", when).c_str());
@@ -34,6 +38,19 @@ void MaybeFault(const std::vector<lm::Fault>& faults, const std::string& member,
     std::fflush(stdout);
     if (f.hang) absl::Notification().WaitForNotification();  // never notified: a deadlock
     raise(f.signal);
+  }
+}
+
+// --inject-fault ...:SLEEP=SECONDS at the start of step `when` (a hang of the flight
+// recorder's tests; SKIP_COLLECTIVE and WRONG_OP are the trainer's: SkipCollectiveAt, WrongOpAt).
+void MaybeHang(const std::vector<lm::Fault>& faults, trident::Runtime& rt, int64_t when) {
+  for (const lm::Fault& f : faults) {
+    if (f.member != rt.member() || f.step != when) continue;
+    if (f.sleep_seconds > 0) {
+      std::fprintf(stderr, "lm-trainer: injecting a sleep of %g s outside any op into %s (step %lld)\n",
+                   f.sleep_seconds, f.member.c_str(), static_cast<long long>(when));
+      absl::SleepFor(absl::Seconds(f.sleep_seconds));
+    }
   }
 }
 
@@ -90,7 +107,14 @@ int Main(int argc, char** argv) {
   for (const lm::Fault& f : o.faults) {
     if (f.bitflip && f.member == rt.member()) trainer.FlipBitAfter(f.step, f.tensor);
   }
-  loop.before_step = [&](int64_t next) { MaybeFault(o.faults, rt.member(), next); };
+  for (const lm::Fault& f : o.faults) {
+    if (f.skip_collective && f.member == rt.member()) trainer.SkipCollectiveAt(f.step);
+    if (f.wrong_op && f.member == rt.member()) trainer.WrongOpAt(f.step);
+  }
+  loop.before_step = [&](int64_t next) {
+    MaybeFault(o.faults, rt.member(), next);
+    MaybeHang(o.faults, rt, next);
+  };
   loop.after_rebuild = [&] { MaybeFault(o.faults, rt.member(), -1); };
   loop.on_resume = [&](int64_t step, const std::vector<std::string>& skipped) {
     for (const std::string& s : skipped) {

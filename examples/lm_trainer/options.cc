@@ -9,6 +9,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -50,7 +51,10 @@ ABSL_FLAG(std::string, inject_fault, "",
           "a deadlock) at the start of step WHEN, or with WHEN=recovery as soon as the next "
           "recovery has built its world; MEMBER:STEP:BITFLIP[:TENSOR] flips one bit of "
           "parameter TENSOR (default: the first) right after step STEP (silent data "
-          "corruption, for --sdc-every)");
+          "corruption, for --sdc-every); MEMBER:STEP:SKIP_COLLECTIVE (step STEP skips its "
+          "world all-reduce), MEMBER:STEP:WRONG_OP (step STEP calls a world all-gather where the "
+          "others call the all-reduce), MEMBER:STEP:SLEEP=SECONDS (the training thread sleeps outside "
+          "any op): hangs for the flight recorder (docs/observability.md)");
 ABSL_FLAG(int, sdc_every, 10,
           "every N steps (and before every checkpoint) the dp replicas compare XXH3 digests of "
           "their parameters and moments; a replica that disagrees is replaced by a spare "
@@ -142,8 +146,9 @@ absl::StatusOr<std::vector<Fault>> ParseFaults(const std::string& spec) {
     Fault f;
     const std::string bad =
         absl::StrCat("--inject-fault: '", item,
-                     "' is not MEMBER:STEP:SIGNAL, MEMBER:recovery:SIGNAL or "
-                     "MEMBER:STEP:BITFLIP[:TENSOR]");
+                     "' is not MEMBER:STEP:SIGNAL, MEMBER:recovery:SIGNAL, "
+                     "MEMBER:STEP:BITFLIP[:TENSOR], MEMBER:STEP:SKIP_COLLECTIVE, "
+                     "MEMBER:STEP:WRONG_OP or MEMBER:STEP:SLEEP=SECONDS");
     if (parts.size() == 4 && parts[2] == "BITFLIP") {
       f.tensor = parts[3];
       parts.pop_back();
@@ -160,8 +165,18 @@ absl::StatusOr<std::vector<Fault>> ParseFaults(const std::string& spec) {
     }
     f.hang = parts[2] == "HANG";
     f.bitflip = parts[2] == "BITFLIP";
-    if (f.bitflip && f.step < 1) return absl::InvalidArgumentError(bad);
-    if (f.signal == 0 && !f.hang && !f.bitflip) return absl::InvalidArgumentError(bad);
+    f.skip_collective = parts[2] == "SKIP_COLLECTIVE";
+    f.wrong_op = parts[2] == "WRONG_OP";
+    if (absl::StartsWith(parts[2], "SLEEP=") &&
+        (!absl::SimpleAtod(parts[2].substr(6), &f.sleep_seconds) || !(f.sleep_seconds > 0))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--inject-fault: '", item, "': SLEEP=SECONDS needs a positive number of seconds"));
+    }
+    const bool hang_for_fr = f.skip_collective || f.wrong_op || f.sleep_seconds > 0;
+    if ((f.bitflip || hang_for_fr) && f.step < 1) return absl::InvalidArgumentError(bad);
+    if (f.signal == 0 && !f.hang && !f.bitflip && !hang_for_fr) {
+      return absl::InvalidArgumentError(bad);
+    }
     out.push_back(f);
   }
   return out;

@@ -20,6 +20,13 @@ struct Fault {
   // BITFLIP: after step `step`, one bit of one parameter flips (silent data corruption).
   bool bitflip = false;
   std::string tensor;  // BITFLIP's parameter; empty: the first
+  // Hangs for the flight recorder's tests (docs/observability.md), at the start of `step`:
+  // SKIP_COLLECTIVE: the step skips its world all-reduce (the next step's dp ops follow);
+  // WRONG_OP: the step calls a world all-gather where the others call its all-reduce;
+  // SLEEP=SECONDS: the training thread sleeps, outside any op.
+  bool skip_collective = false;
+  bool wrong_op = false;
+  double sleep_seconds = 0;
 };
 
 struct Options {

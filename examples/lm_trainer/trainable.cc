@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -42,6 +43,8 @@ absl::Status LmTrainable::Bind(trident::Communicator& world, const trident::Bind
 }
 
 absl::Status LmTrainable::Step() {
+  if (skip_step_ > 0) trainer_->SkipWorldAllReduceAt(std::exchange(skip_step_, -1));
+  if (wrong_op_step_ > 0) trainer_->WrongOpAtWorldAllReduce(std::exchange(wrong_op_step_, -1));
   TRIDENT_ASSIGN_OR_RETURN(StepStats st, trainer_->Step());
   const int64_t i = st.step;
   if (i == flip_step_) {

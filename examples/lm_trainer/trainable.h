@@ -45,6 +45,11 @@ class LmTrainable : public trident::Trainable {
     flip_tensor_ = std::move(tensor);
   }
 
+  // --inject-fault MEMBER:STEP:SKIP_COLLECTIVE: step `step` (once) skips its world all-reduce.
+  void SkipCollectiveAt(int64_t step) { skip_step_ = step; }
+  // --inject-fault MEMBER:STEP:WRONG_OP: step `step` (once) all-gathers instead.
+  void WrongOpAt(int64_t step) { wrong_op_step_ = step; }
+
   const Trainer& trainer() const { return *trainer_; }
   // Rank 0's logfmt lines (stdout); other ranks print nothing.
   void Say(const std::string& line) const;
@@ -64,6 +69,8 @@ class LmTrainable : public trident::Trainable {
   std::unique_ptr<Trainer> trainer_;
   int64_t flip_step_ = -1;
   std::string flip_tensor_;
+  int64_t skip_step_ = -1;
+  int64_t wrong_op_step_ = -1;
   double loss_ = NAN, val_loss_ = NAN, tokens_ = 0, seconds_ = 0;
 };
 

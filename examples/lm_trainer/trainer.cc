@@ -361,9 +361,24 @@ absl::StatusOr<StepStats> Trainer::RunStep() {
   // gives every rank the global mean.
   double reduced = s.last_stage() && s.coord.tp == 0 ? loss_sum : 0.0;
   Tensor loss_t = Tensor::Of(&reduced, 1);
-  TRIDENT_RETURN_IF_ERROR(world_->AllReduce(loss_t, loss_t, trident::ReduceOp::kSum,
-                                   {.timeout = c.timeout})
-                      ->Wait());
+  if (step == skip_world_allreduce_step_) {
+    skip_world_allreduce_step_ = -1;
+    std::fprintf(stderr, "lm-trainer: injecting a skipped collective (the world all-reduce "
+                 "of step %lld)\n", static_cast<long long>(step));
+  } else if (step == wrong_op_step_) {
+    wrong_op_step_ = -1;
+    std::fprintf(stderr, "lm-trainer: injecting a wrong op (an all-gather where the others "
+                 "all-reduce, step %lld)\n", static_cast<long long>(step));
+    std::vector<double> all(world_->size());
+    TRIDENT_RETURN_IF_ERROR(
+        world_->AllGather(loss_t, Tensor::Of(all.data(), static_cast<int64_t>(all.size())),
+                          {.timeout = c.timeout})
+            ->Wait());
+  } else {
+    TRIDENT_RETURN_IF_ERROR(world_->AllReduce(loss_t, loss_t, trident::ReduceOp::kSum,
+                                              {.timeout = c.timeout})
+                                ->Wait());
+  }
   StepStats st;
   step_ = step;
   dirty_ = false;

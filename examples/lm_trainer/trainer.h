@@ -102,6 +102,12 @@ class Trainer {
   absl::Status FlipBit(const std::string& name);
   const TrainerConfig& config() const { return config_; }
   int vocab_size() const { return config_.model.vocab; }
+  // --inject-fault ...:SKIP_COLLECTIVE: step `step` skips its world all-reduce of the loss
+  // (once) and goes on to the next step's dp collectives: a rank that skips a collective.
+  void SkipWorldAllReduceAt(int64_t step) { skip_world_allreduce_step_ = step; }
+  // --inject-fault ...:WRONG_OP: step `step` calls a world all-gather (once) where the others
+  // call the all-reduce of the loss: a rank that calls a different op.
+  void WrongOpAtWorldAllReduce(int64_t step) { wrong_op_step_ = step; }
 
  private:
   struct State;
@@ -110,6 +116,8 @@ class Trainer {
   absl::Status BindGroups();
   absl::StatusOr<StepStats> RunStep();
   absl::Status Fail(absl::Status status);
+  int64_t skip_world_allreduce_step_ = -1;
+  int64_t wrong_op_step_ = -1;
   trident::TensorPlacement PlacementOf(const Param& p) const;
   std::string Zero1Name(const char* which) const;
   size_t MomentOffset(const Param& p) const;

@@ -95,6 +95,12 @@ struct Registry {
   // The request watcher (TRIDENT_FR_DIR set): runs while any recorder lives.
   std::unique_ptr<std::thread> watcher ABSL_GUARDED_BY(mu);
   std::shared_ptr<std::atomic<bool>> stop ABSL_GUARDED_BY(mu);
+  // Dumps are written one at a time, each with every failure this process has seen, so that
+  // communicators failing together leave one file that names them all (the last one written
+  // is also the newest).
+  absl::Mutex dump_mu;
+  std::vector<std::string> failures ABSL_GUARDED_BY(dump_mu);
+  DumpObserver observer ABSL_GUARDED_BY(dump_mu);
 };
 
 Registry& GetRegistry() {
@@ -204,7 +210,7 @@ nlohmann::json ThreadInfo(int tid) {
 
 FlightRecorder::FlightRecorder(RecorderInfo info, size_t capacity)
     : info_(std::move(info)),
-      mask_(RoundUp(capacity) - 1),
+      mask_(RoundUp(std::min(capacity, kMaxCapacity)) - 1),
       slots_(std::make_unique<Slot[]>(mask_ + 1)) {}
 
 std::shared_ptr<FlightRecorder> FlightRecorder::Create(RecorderInfo info) {
@@ -238,35 +244,43 @@ uint64_t FlightRecorder::Issue(absl::string_view op, absl::string_view dtype, in
   s.dtype_len.store(static_cast<uint32_t>(dtype.size()), std::memory_order_relaxed);
   s.count.store(count, std::memory_order_relaxed);
   s.peer.store(peer, std::memory_order_relaxed);
-  s.state.store(static_cast<uint8_t>(OpState::kIssued), std::memory_order_relaxed);
   s.issued_ns.store(Stamp(), std::memory_order_relaxed);
-  s.started_ns.store(0, std::memory_order_relaxed);
-  s.ended_ns.store(0, std::memory_order_relaxed);
+  // start_word and end_word name the previous entry (or none): nothing to reset.
   s.version.store(2 * id + 2, std::memory_order_release);
   last_tid_.store(CurrentTid(), std::memory_order_relaxed);
   return id;
 }
 
-FlightRecorder::Slot* FlightRecorder::Owned(uint64_t id) {
+namespace {
+constexpr uint64_t kWordValid = uint64_t{1} << 63;
+constexpr int kTagShift = 45;
+constexpr uint64_t kTagMask = (uint64_t{1} << 18) - 1;
+constexpr uint64_t kOkBit = uint64_t{1} << 44;
+constexpr uint64_t kDeltaMask = (uint64_t{1} << 44) - 1;  // ~2 h of TSC ticks at 2.5 GHz
+}  // namespace
+
+uint64_t FlightRecorder::Word(uint64_t id, bool ok, int64_t delta) {
+  const uint64_t d = delta <= 0 ? 0 : std::min<uint64_t>(static_cast<uint64_t>(delta), kDeltaMask);
+  return kWordValid | ((id & kTagMask) << kTagShift) | (ok ? kOkBit : 0) | d;
+}
+
+bool FlightRecorder::WordIsFor(uint64_t word, uint64_t id) {
+  return (word & kWordValid) != 0 && ((word >> kTagShift) & kTagMask) == (id & kTagMask);
+}
+
+void FlightRecorder::Mark(uint64_t id, bool start, bool ok) {
   Slot& s = slots_[id & mask_];
-  // Overwritten by a newer op (the ring wrapped while this one ran): nothing to update.
-  return s.version.load(std::memory_order_acquire) == 2 * id + 2 ? &s : nullptr;
+  // Overwritten by a newer op (the ring wrapped while this one ran): nothing to update. (If
+  // the ring wraps right after this check, the word still names `id`: the newer entry
+  // ignores it.)
+  if (s.version.load(std::memory_order_acquire) != 2 * id + 2) return;
+  const int64_t delta = Stamp() - s.issued_ns.load(std::memory_order_relaxed);
+  (start ? s.start_word : s.end_word).store(Word(id, ok, delta), std::memory_order_release);
 }
 
-void FlightRecorder::Start(uint64_t id) {
-  if (Slot* s = Owned(id)) {
-    s->started_ns.store(Stamp(), std::memory_order_relaxed);
-    s->state.store(static_cast<uint8_t>(OpState::kStarted), std::memory_order_release);
-  }
-}
+void FlightRecorder::Start(uint64_t id) { Mark(id, /*start=*/true, /*ok=*/false); }
 
-void FlightRecorder::Finish(uint64_t id, bool ok) {
-  if (Slot* s = Owned(id)) {
-    s->ended_ns.store(Stamp(), std::memory_order_relaxed);
-    s->state.store(static_cast<uint8_t>(ok ? OpState::kCompleted : OpState::kFailed),
-                   std::memory_order_release);
-  }
-}
+void FlightRecorder::Finish(uint64_t id, bool ok) { Mark(id, /*start=*/false, ok); }
 
 std::vector<Entry> FlightRecorder::Snapshot() const {
   const uint64_t head = head_.load(std::memory_order_acquire);
@@ -285,10 +299,18 @@ std::vector<Entry> FlightRecorder::Snapshot() const {
     e.dtype = dtype ? absl::string_view(dtype, s.dtype_len.load(std::memory_order_relaxed)) : "";
     e.count = s.count.load(std::memory_order_relaxed);
     e.peer = s.peer.load(std::memory_order_relaxed);
-    e.state = static_cast<OpState>(s.state.load(std::memory_order_acquire));
     e.issued_ns = s.issued_ns.load(std::memory_order_relaxed);  // stamps until converted
-    e.started_ns = s.started_ns.load(std::memory_order_relaxed);
-    e.ended_ns = s.ended_ns.load(std::memory_order_relaxed);
+    const uint64_t start = s.start_word.load(std::memory_order_acquire);
+    const uint64_t end = s.end_word.load(std::memory_order_acquire);
+    e.state = OpState::kIssued;
+    if (WordIsFor(start, id)) {
+      e.state = OpState::kStarted;
+      e.started_ns = e.issued_ns + static_cast<int64_t>(start & kDeltaMask);
+    }
+    if (WordIsFor(end, id)) {
+      e.state = (end & kOkBit) != 0 ? OpState::kCompleted : OpState::kFailed;
+      e.ended_ns = e.issued_ns + static_cast<int64_t>(end & kDeltaMask);
+    }
     std::atomic_thread_fence(std::memory_order_acquire);
     if (s.version.load(std::memory_order_relaxed) != 2 * id + 2) continue;  // overwritten
     out.push_back(e);
@@ -341,10 +363,13 @@ absl::StatusOr<size_t> CapacityFromEnv() {
   return static_cast<size_t>(ParamInt("TRIDENT_FR_ENTRIES"));
 }
 
-std::string ProcessDumpJson(absl::string_view reason) {
+namespace {
+
+std::string ProcessDumpJsonLocked(absl::string_view reason, const std::vector<std::string>& failures) {
   nlohmann::json j;
   j["version"] = 1;
   j["reason"] = std::string(reason);
+  j["failures"] = failures;
   j["time_ns"] = NowNs();
   j["pid"] = static_cast<int>(getpid());
   j["rank"] = ParamInt("TRIDENT_RANK");
@@ -363,15 +388,42 @@ std::string ProcessDumpJson(absl::string_view reason) {
   return j.dump(1);
 }
 
-absl::StatusOr<std::string> DumpFlightRecorders(absl::string_view reason, absl::string_view dir) {
+constexpr size_t kMaxFailuresKept = 16;
+
+}  // namespace
+
+std::string ProcessDumpJson(absl::string_view reason) {
+  Registry& reg = GetRegistry();
+  absl::MutexLock lock(&reg.dump_mu);
+  return ProcessDumpJsonLocked(reason, reg.failures);
+}
+
+void SetDumpObserver(DumpObserver observer) {
+  Registry& reg = GetRegistry();
+  absl::MutexLock lock(&reg.dump_mu);
+  reg.observer = std::move(observer);
+}
+
+namespace {
+
+absl::StatusOr<std::string> Dump(absl::string_view reason, absl::string_view dir,
+                                 bool failure) {
   std::string where(dir);
   if (where.empty()) where = ParamString("TRIDENT_FR_DIR");
+  Registry& reg = GetRegistry();
+  absl::MutexLock lock(&reg.dump_mu);
+  if (failure) {
+    reg.failures.emplace_back(reason);
+    if (reg.failures.size() > kMaxFailuresKept) reg.failures.erase(reg.failures.begin());
+  }
+  if (where.empty() && !reg.observer) return std::string();
+  const std::string text = ProcessDumpJsonLocked(reason, reg.failures);
+  if (reg.observer) reg.observer(text);
   if (where.empty()) return std::string();
   std::string member = ParamString("TRIDENT_MEMBER");
   if (member.empty()) member = absl::StrCat("pid", getpid());
   const std::string path = absl::StrCat(where, "/fr-", member, ".json");
-  const std::string tmp = absl::StrCat(path, ".tmp", CurrentTid());  // one per dumping thread
-  const std::string text = ProcessDumpJson(reason);
+  const std::string tmp = absl::StrCat(path, ".tmp", CurrentTid());
   {
     std::ofstream out(tmp, std::ios::trunc);
     out << text;
@@ -389,9 +441,15 @@ absl::StatusOr<std::string> DumpFlightRecorders(absl::string_view reason, absl::
   return path;
 }
 
+}  // namespace
+
+absl::StatusOr<std::string> DumpFlightRecorders(absl::string_view reason, absl::string_view dir) {
+  return Dump(reason, dir, /*failure=*/false);
+}
+
 void DumpOnFailure(absl::string_view communicator, const absl::Status& error) {
   absl::StatusOr<std::string> path =
-      DumpFlightRecorders(absl::StrCat(communicator, ": ", error.ToString()));
+      Dump(absl::StrCat(communicator, ": ", error.ToString()), "", /*failure=*/true);
   if (!path.ok()) {
     TLOG(warn, "{}", path.status());
   } else if (!path->empty()) {

@@ -4,8 +4,11 @@
 // Each communicator owns one recorder. Issue() claims the next slot of a fixed ring with one
 // atomic add and fills it; Start()/Finish() update the slot's state and times. No lock on the
 // op path: a slot carries a version (odd while being written, 2*id+2 when entry `id` is
-// complete), so a concurrent Snapshot() copies only consistent entries and a late Start or
-// Finish of an entry that was already overwritten changes nothing. Costs, measured by
+// complete), so a concurrent Snapshot() copies only consistent entries. Start/Finish write one
+// 64-bit word each that carries the entry's id (low 18 bits) with the time, so a late Start or
+// Finish of an entry the ring already overwrote can never give a newer entry its state or
+// times (at worst, in that race, the newer entry loses its own start or end mark). No
+// read-modify-write on the op path. Costs, measured by
 // fr_bench (docs/benchmarks.md): one Issue+Start+Finish is three clock reads and a few stores.
 //
 // Capacity: TRIDENT_FR_ENTRIES (default 2048); a malformed value is an error from
@@ -23,6 +26,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -73,7 +77,8 @@ struct Entry {
 
 class FlightRecorder {
  public:
-  // `capacity` entries (rounded up to a power of two, at least 16).
+  // `capacity` entries (rounded up to a power of two, at least 16, at most kMaxCapacity).
+  static constexpr size_t kMaxCapacity = size_t{1} << 17;
   FlightRecorder(RecorderInfo info, size_t capacity);
   FlightRecorder(const FlightRecorder&) = delete;
   FlightRecorder& operator=(const FlightRecorder&) = delete;
@@ -100,17 +105,23 @@ class FlightRecorder {
 
  private:
   struct Slot {
-    std::atomic<uint64_t> version{0};  // 0: never written; odd: being written
+    std::atomic<uint64_t> version{0};  // 0: never written; odd: Issue is writing it
     std::atomic<int64_t> seq{-1};
     std::atomic<const char*> op{nullptr};
     std::atomic<const char*> dtype{nullptr};
     std::atomic<uint32_t> op_len{0}, dtype_len{0};
     std::atomic<int64_t> count{0};
     std::atomic<int32_t> peer{-1};
-    std::atomic<uint8_t> state{0};
-    std::atomic<int64_t> issued_ns{0}, started_ns{0}, ended_ns{0};
+    std::atomic<int64_t> issued_ns{0};  // a Stamp()
+    // Start and Finish: one word each, written with one store, that names its entry:
+    // bit 63 set, bits 45..62 the entry id's low 18 bits, bit 44 ok (Finish), bits 0..43
+    // the stamp's distance from issued_ns. A late Start/Finish of an entry the ring already
+    // overwrote leaves a word that names the old entry, which the new one ignores.
+    std::atomic<uint64_t> start_word{0}, end_word{0};
   };
-  Slot* Owned(uint64_t id);
+  static uint64_t Word(uint64_t id, bool ok, int64_t delta);
+  static bool WordIsFor(uint64_t word, uint64_t id);
+  void Mark(uint64_t id, bool start, bool ok);
 
   const RecorderInfo info_;
   const uint64_t mask_;
@@ -122,13 +133,20 @@ class FlightRecorder {
 // The capacity TRIDENT_FR_ENTRIES asks for, or kInvalidArgument naming the bad value.
 absl::StatusOr<size_t> CapacityFromEnv();
 
-// This process's dump: {"rank", "member", "pid", "reason", "time_ns", "threads": [...],
-// "communicators": [...]} of every live recorder.
+// This process's dump: {"rank", "member", "pid", "reason", "failures", "time_ns",
+// "threads": [...], "communicators": [...]} of every live recorder. "failures": every op
+// failure this process dumped for (the last 16), oldest first.
 std::string ProcessDumpJson(absl::string_view reason);
 
-// Writes ProcessDumpJson to `dir`/fr-<member or pid>.json (tmp file, then rename). `dir`
-// empty: TRIDENT_FR_DIR; both empty: does nothing and returns OK. Returns the path written
-// (empty when none).
+// Called with the text of every dump this process writes (on a failure, on request), also
+// when no TRIDENT_FR_DIR is set: the runtime sends it to the job's store, where trident-run
+// reads it. Called under the dump lock: it must be quick and must not dump. Empty: none.
+using DumpObserver = std::function<void(const std::string& json)>;
+void SetDumpObserver(DumpObserver observer);
+
+// Writes ProcessDumpJson to `dir`/fr-<member or pid>.json (tmp file, then rename) and hands it
+// to the observer. `dir` empty: TRIDENT_FR_DIR; both empty: only the observer (if any).
+// Returns the path written (empty when none). Dumps are serialised in the process.
 absl::StatusOr<std::string> DumpFlightRecorders(absl::string_view reason,
                                                 absl::string_view dir = "");
 
@@ -139,6 +157,15 @@ void DumpOnFailure(absl::string_view communicator, const absl::Status& error);
 // Asks every process whose TRIDENT_FR_DIR is `dir` for a dump: writes `why` and a fresh
 // nonce to <dir>/request. The dumps appear within about 100 ms of each live process.
 absl::Status RequestDumps(absl::string_view dir, absl::string_view why);
+
+// The store keys through which trident-run asks a job's ranks for their rings (the runtime
+// answers; src/runtime/flight_dumps.h):
+//   job/fr/request          "<nonce> <why>": a new value asks every live rank for a dump
+//   job/fr/dump/<member>    the member's latest dump (ProcessDumpJson), on request or failure
+//   job/fr/hang/<member>    an op deadline the member's training loop met (the error)
+inline constexpr char kDumpRequestKey[] = "job/fr/request";
+inline constexpr char kDumpPrefix[] = "job/fr/dump/";
+inline constexpr char kHangReportPrefix[] = "job/fr/hang/";
 
 // Number of recorders registered now (tests).
 int RegisteredRecorders();

@@ -105,7 +105,7 @@ constexpr ParamDesc kParams[] = {
     Millis("TRIDENT_NCCL_WATCHDOG_POLL_MS", "10", 1,
            "NCCL backend: how often the watchdog checks each communicator for asynchronous errors and expired op deadlines."),
     Int("TRIDENT_FR_ENTRIES", "2048", 16,
-        "Flight recorder: ops each communicator remembers (rounded up to a power of two)."),
+        "Flight recorder: ops each communicator remembers (rounded up to a power of two, at most 131072)."),
     Str("TRIDENT_FR_DIR", "",
         "Flight recorder: directory of the per-rank JSON dumps (fr-<member>.json) written when an op fails; empty: no dump files."),
     Millis("TRIDENT_NCCL_ABORT_TIMEOUT_MS", "10000", 1,

@@ -22,6 +22,7 @@
 #include "health/heartbeat.h"
 #include "health/membership.h"
 #include "health/sdc.h"
+#include "runtime/flight_dumps.h"
 #include "store/interruptible_store.h"
 #include "trident/nccl.h"
 
@@ -109,6 +110,8 @@ class JobRuntime final : public Runtime {
     progress_ns_.store(0);
     if (!stop_.HasBeenNotified()) stop_.Notify();
     if (watcher_.joinable()) watcher_.join();
+    if (dumps_) dumps_->Flush();  // a dump written since the watcher's last poll
+    dumps_.reset();
     if (heartbeat_) heartbeat_->Retire();
     heartbeat_.reset();
   }
@@ -133,6 +136,8 @@ class JobRuntime final : public Runtime {
   std::shared_ptr<Store> watch_store_;  // the watcher's, heartbeat's and peer reports'
   std::unique_ptr<health::FailureWatcher> failures_;
   std::unique_ptr<health::Heartbeat> heartbeat_;
+  // Answers trident-run's (and SIGUSR1's) requests for this process's flight recorders.
+  std::unique_ptr<runtime_internal::DumpResponder> dumps_;
 
   std::unique_ptr<Communicator> world_;
   int rank_ = -1;
@@ -190,6 +195,7 @@ void JobRuntime::AbortLocked(const absl::Status& status) {
 
 void JobRuntime::Watch() {
   while (!stop_.WaitForNotificationWithTimeout(options_.poll)) {
+    if (dumps_) dumps_->Poll();  // also while aborted or recovering: that is when it is asked
     int64_t e;
     bool want_standby;
     {
@@ -325,6 +331,7 @@ absl::Status JobRuntime::Start() {
       }
     }
   }
+  dumps_ = std::make_unique<runtime_internal::DumpResponder>(watch_store_, options_.member);
   watcher_ = std::thread([this] { Watch(); });
   return absl::OkStatus();
 }
@@ -447,6 +454,9 @@ absl::Status JobRuntime::BuildWorld(int64_t epoch, absl::Time deadline) {
 absl::StatusOr<Recovery> JobRuntime::Recover(const absl::Status& cause, absl::Time deadline) {
   const absl::Time start = absl::Now();
   progress_ns_.store(0);  // until the trainer's next Progress()
+  // An op deadline without a death is what a hang looks like from a rank: trident-run asks
+  // every rank for its flight recorder and names the rank at fault.
+  if (absl::IsDeadlineExceeded(cause) && dumps_) dumps_->ReportDeadline(cause);
   {
     absl::MutexLock lock(&mu_);
     AbortLocked(cause.ok() ? absl::AbortedError("recovery") : cause);

@@ -2,6 +2,7 @@
 // (ranks as threads), and trident-fr's analysis of those dumps.
 #include "comm/flight_recorder.h"
 
+#include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -11,14 +12,17 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "comm/host/inproc.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "runtime/flight_dumps.h"
 #include "tools/trident-fr/analyze.h"
 #include "trident/communicator.h"
+#include "trident/store.h"
 
 namespace trident::fr {
 namespace {
@@ -66,6 +70,47 @@ TEST(FlightRecorderTest, KeepsTheLastCapacityOpsAndIgnoresLateUpdatesOfOverwritt
     EXPECT_EQ(x.count, static_cast<int64_t>(x.id));
     EXPECT_EQ(x.state, OpState::kIssued);
   }
+}
+
+TEST(FlightRecorderTest, LateFinishOfAnOverwrittenOpNeverLandsInANewerEntry) {
+  // The ring wraps while an old op still finishes: the late Start/Finish of id n - 16 races
+  // with the Issue of id n in the same slot. It may update its own entry or nothing; it must
+  // never leave its state or times in entry n (which no one starts or finishes here).
+  FlightRecorder r({}, 16);
+  std::atomic<uint64_t> issued{0}, late_max{0};
+  std::atomic<bool> stop{false}, pause{false}, paused{false};
+  std::thread late([&] {
+    while (!stop.load()) {
+      if (pause.load()) {
+        paused = true;
+        continue;
+      }
+      paused = false;
+      const uint64_t n = issued.load();
+      if (n < 16) continue;
+      late_max = std::max(late_max.load(), n - 16);
+      r.Start(n - 16);
+      r.Finish(n - 16, true);
+    }
+  });
+  for (int round = 0; round < 150; ++round) {
+    for (int i = 0; i < 100; ++i) {
+      r.Issue("AllReduce", "f32", 1, -1, i);
+      issued.fetch_add(1);
+    }
+    pause = true;
+    while (!paused.load()) std::this_thread::yield();
+    for (const Entry& e : r.Snapshot()) {
+      if (e.id <= late_max.load()) continue;  // the late thread's own op: may be finished
+      ASSERT_EQ(e.state, OpState::kIssued) << "entry " << e.id << " took an older op's state";
+      ASSERT_EQ(e.started_ns, 0) << "entry " << e.id;
+      ASSERT_EQ(e.ended_ns, 0) << "entry " << e.id;
+    }
+    paused = false;
+    pause = false;
+  }
+  stop = true;
+  late.join();
 }
 
 TEST(FlightRecorderTest, ConcurrentIssuersAndReadersSeeOnlyWholeEntries) {
@@ -212,6 +257,10 @@ TEST_F(DumpTest, RankThatSkipsACollectiveIsNamed) {
   EXPECT_TRUE(g.mismatch.empty());
   EXPECT_THAT(a.Text(), HasSubstr("rank 2 never issued #2 AllReduce(f32, count=8)"));
   EXPECT_THAT(a.Text(), HasSubstr("rank 2 is stuck outside any op"));
+  // The op that timed out is dumped as failed (its worker marks it before it dumps).
+  EXPECT_THAT(a.Text(), HasSubstr("rank 0 was in AllReduce #2 (failed after"));
+  EXPECT_THAT(a.Verdict(), HasSubstr("rank 2 never issued #2 AllReduce(f32, count=8) of group "
+                                     "inproc epoch 0: it is stuck outside any op"));
 }
 
 TEST_F(DumpTest, RankThatCallsADifferentOpIsNamed) {
@@ -232,6 +281,17 @@ TEST_F(DumpTest, RankThatCallsADifferentOpIsNamed) {
   EXPECT_THAT(g.mismatch.at("AllReduce(f32, count=8)"), ElementsAre(0, 2));
   EXPECT_TRUE(g.behind.empty());
   EXPECT_THAT(a.Text(), HasSubstr("rank 1 issued AllGather(f32, count=8)"));
+  EXPECT_EQ(a.Verdict(), "rank 1 called AllGather(f32, count=8) at #1 of group inproc epoch 0 "
+                         "where ranks 0, 2 called AllReduce(f32, count=8)");
+  // Three communicators of this process failed together: the one file names every failure
+  // (the process's earlier ones too: the list is the process's last 16).
+  std::ifstream in(absl::StrCat(dir_, "/fr-pid", getpid(), ".json"));
+  nlohmann::json j = nlohmann::json::parse(in);
+  int mismatches = 0;
+  for (const auto& f : j["failures"]) {
+    mismatches += absl::StrContains(f.get<std::string>(), "INVALID_ARGUMENT: ranks called different");
+  }
+  EXPECT_EQ(mismatches, 3) << j["failures"].dump(1);
 }
 
 TEST_F(DumpTest, MissingDumpIsSaidAndTheOthersStillAnalysed) {
@@ -251,7 +311,7 @@ TEST_F(DumpTest, MissingDumpIsSaidAndTheOthersStillAnalysed) {
   ASSERT_EQ(a.groups.size(), 1u);
   EXPECT_THAT(a.groups[0].no_dump, ElementsAre(2));
   EXPECT_EQ(a.groups[0].waiting.size(), 2u);
-  EXPECT_THAT(a.Text(), HasSubstr("rank 2 left no dump: what they issued is unknown; every rank "
+  EXPECT_THAT(a.Text(), HasSubstr("rank 2 left no dump: what it issued is unknown; every rank "
                                   "with a dump waits in #5"));
   EXPECT_THAT(a.Text(), HasSubstr("rank 0 waits in Barrier #5 (started, issued 3.0 s before"));
   EXPECT_THAT(a.Text(), HasSubstr("note: fr-junk.json is not a flight-recorder dump"));
@@ -293,6 +353,44 @@ TEST_F(DumpTest, DumpOnRequestFromALiveProcessAndNoThreadLeftBehind) {
     EXPECT_THAT(j["threads"][0]["state"].get<std::string>(), ::testing::AnyOf("R", "S"));
   }
   EXPECT_EQ(ThreadsNamed("trident-fr"), 0);
+}
+
+TEST(DumpResponderTest, AnswersTheStoreRequestAndSigusr1AndReportsADeadline) {
+  std::shared_ptr<Store> store = NewMemoryStore();
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  const std::string key = absl::StrCat(kDumpPrefix, "w5");
+  auto recorder = FlightRecorder::Create({.name = "world", .epoch = 2, .size = 1, .members = {0}});
+  recorder->Issue("AllReduce", "f32", 4, -1, 0);
+  {
+    runtime_internal::DumpResponder responder(store, "w5");
+    ASSERT_TRUE(responder.took_sigusr1()) << "SIGUSR1 had its default disposition";
+    // trident-run's request: the first poll reads it and publishes the dump.
+    ASSERT_TRUE(store->Set(kDumpRequestKey, "n1 the test asks", deadline).ok());
+    responder.Poll();
+    absl::StatusOr<std::string> dump = store->TryGet(key, deadline);
+    ASSERT_TRUE(dump.ok()) << dump.status();
+    nlohmann::json j = nlohmann::json::parse(*dump);
+    EXPECT_EQ(j["reason"], "requested: n1 the test asks");
+    ASSERT_EQ(j["communicators"].size(), 1u);
+    EXPECT_EQ(j["communicators"][0]["entries"][0]["op"], "AllReduce");
+    // SIGUSR1: the handler sets a flag; the next poll dumps and publishes.
+    ASSERT_EQ(raise(SIGUSR1), 0);
+    responder.Poll();
+    j = nlohmann::json::parse(*store->TryGet(key, deadline));
+    EXPECT_EQ(j["reason"], "SIGUSR1");
+    // A dump written by a failing op reaches the store at the next Flush.
+    DumpOnFailure("world[test]", absl::DeadlineExceededError("AllReduce #0 timed out"));
+    responder.Flush();
+    j = nlohmann::json::parse(*store->TryGet(key, deadline));
+    EXPECT_THAT(j["reason"].get<std::string>(), HasSubstr("AllReduce #0 timed out"));
+    responder.ReportDeadline(absl::DeadlineExceededError("AllReduce #3 timed out"));
+    absl::StatusOr<std::string> hang = store->TryGet(absl::StrCat(kHangReportPrefix, "w5"), deadline);
+    ASSERT_TRUE(hang.ok()) << hang.status();
+    EXPECT_THAT(*hang, HasSubstr("AllReduce #3 timed out"));
+  }
+  struct sigaction now {};
+  ASSERT_EQ(sigaction(SIGUSR1, nullptr, &now), 0);
+  EXPECT_EQ(now.sa_handler, SIG_DFL) << "the responder gives SIGUSR1 back";
 }
 
 TEST(AnalyzeDirTest, EmptyDirectorySaysWhereDumpsComeFrom) {

@@ -386,7 +386,13 @@ absl::Status HostCommunicator::AbortStatus() const {
 void HostCommunicator::FailAll(const absl::Status& status) {
   Abort(status);
   absl::Status reason = AbortStatus();
-  if (!inflight_.empty()) fr::DumpOnFailure(Describe(), reason);
+  if (!inflight_.empty()) {
+    for (auto& op : inflight_) {  // the dump shows them failed, as their Works will be
+      recorder_->Finish(op->fr_id, false);
+      op->recorder = nullptr;
+    }
+    fr::DumpOnFailure(Describe(), reason);
+  }
   while (!inflight_.empty()) {
     Op& op = *inflight_.front();
     config_.transport->Cancel(op.request.get(), reason);
@@ -514,8 +520,12 @@ void HostCommunicator::WorkerLoop() {
     recorder_->Start(op->fr_id);
     if (status.ok()) status = RunCollective(*op);
     if (status.ok()) status = CopyOutputs(*op);
-    if (!status.ok()) Abort(status);
-    if (!status.ok()) fr::DumpOnFailure(Describe(), status);
+    if (!status.ok()) {
+      Abort(status);
+      recorder_->Finish(op->fr_id, false);  // the dump shows it failed, as its Work will be
+      op->recorder = nullptr;
+      fr::DumpOnFailure(Describe(), status);
+    }
     op->work->Complete(std::move(status));
   }
 }

@@ -26,6 +26,34 @@ namespace {
 
 bool Pending(const RankRing::Op& op) { return op.state == "issued" || op.state == "started"; }
 
+// The op a ring's rank is in: its first pending op, else its last op when that one failed (a
+// deadline or an abort ended it; the rank was in it). nullptr: none.
+const RankRing::Op* InOp(const RankRing& ring) {
+  for (const auto& op : ring.collectives) {
+    if (Pending(op)) return &op;
+  }
+  if (!ring.collectives.empty() && ring.collectives.back().state == "failed") {
+    return &ring.collectives.back();
+  }
+  return nullptr;
+}
+
+std::string Seconds(int64_t ns);
+
+std::string DescribeInOp(const RankRing& ring, const RankRing::Op& op) {
+  if (op.state == "failed") {
+    return absl::StrCat(op.op, " #", op.seq, " (failed after ",
+                        Seconds(op.ended_ns - op.issued_ns), "; issued ",
+                        Seconds(ring.dump_ns - op.issued_ns), " before its dump)");
+  }
+  return absl::StrCat(op.op, " #", op.seq, " (", op.state, ", issued ",
+                      Seconds(ring.dump_ns - op.issued_ns), " before its dump)");
+}
+
+int JobRank(const RankRing& ring, int group_rank) {
+  return group_rank < static_cast<int>(ring.members.size()) ? ring.members[group_rank] : group_rank;
+}
+
 std::string Seconds(int64_t ns) { return absl::StrFormat("%.1f s", ns / 1e9); }
 
 std::string RankName(const RankRing* ring, int group_rank) {
@@ -88,7 +116,12 @@ void ParseDump(const std::string& file, const nlohmann::json& j,
   }
 }
 
-GroupFinding AnalyzeGroup(const std::string& name, const std::map<int, RankRing>& rings) {
+// `in_ops`: job rank -> (group, what it is in) over every group, to tell a rank that is in
+// another group's op from one stuck outside any op.
+using InOps = std::map<int, std::vector<std::pair<std::string, std::string>>>;
+
+GroupFinding AnalyzeGroup(const std::string& name, const std::map<int, RankRing>& rings,
+                          const InOps& in_ops) {
   GroupFinding f;
   f.group = name;
   f.size = rings.begin()->second.size;
@@ -166,19 +199,26 @@ GroupFinding AnalyzeGroup(const std::string& name, const std::map<int, RankRing>
 
   // Ranks in an op, and ranks stuck outside any op.
   for (const auto& [r, ring] : rings) {
-    const RankRing::Op* pending = nullptr;
-    for (const auto& op : ring.collectives) {
-      if (Pending(op)) {
-        pending = &op;
-        break;
-      }
-    }
-    if (pending != nullptr) {
-      f.waiting[r] = absl::StrCat(pending->op, " #", pending->seq, " (", pending->state,
-                                  ", issued ", Seconds(ring.dump_ns - pending->issued_ns),
-                                  " before its dump)");
-      f.lines.push_back(absl::StrCat("  ", RankName(&ring, r), " waits in ", f.waiting[r]));
+    const RankRing::Op* in = InOp(ring);
+    if (in != nullptr) {
+      f.waiting[r] = DescribeInOp(ring, *in);
+      f.lines.push_back(absl::StrCat("  ", RankName(&ring, r),
+                                     in->state == "failed" ? " was in " : " waits in ",
+                                     f.waiting[r]));
     } else if (std::find(f.behind.begin(), f.behind.end(), r) != f.behind.end()) {
+      // In another group's op: not stuck outside ops, but not here either.
+      std::vector<std::string> other;
+      if (auto it = in_ops.find(JobRank(ring, r)); it != in_ops.end()) {
+        for (const auto& [group, what] : it->second) {
+          if (group != name) other.push_back(absl::StrCat(what, " of group ", group));
+        }
+      }
+      if (!other.empty()) {
+        f.elsewhere[r] = absl::StrJoin(other, ", ");
+        f.lines.push_back(absl::StrCat("  ", RankName(&ring, r), " is in another group's op: ",
+                                       f.elsewhere[r]));
+        continue;
+      }
       std::string why = "no op pending";
       if (!ring.collectives.empty()) {
         const RankRing::Op& l = ring.collectives.back();
@@ -201,13 +241,15 @@ GroupFinding AnalyzeGroup(const std::string& name, const std::map<int, RankRing>
 
   if (!f.no_dump.empty()) {
     std::string line = absl::StrCat("  ", RankList(f.no_dump),
-                                     " left no dump: what they issued is unknown");
+                                     f.no_dump.size() == 1 ? " left no dump: what it issued is unknown"
+                                                           : " left no dump: what they issued is unknown");
     bool all_wait = !rings.empty() && f.behind.empty() && f.mismatch.empty();
     for (const auto& [r, ring] : rings) all_wait = all_wait && f.waiting.count(r);
     if (all_wait) {
       absl::StrAppend(&line, "; every rank with a dump waits in #", f.last_seq,
                       ", so the ranks without one are the likely cause (stopped, dead, or "
                       "unable to dump)");
+      f.no_dump_likely_cause = true;
     }
     f.lines.push_back(line);
   }
@@ -222,10 +264,92 @@ GroupFinding AnalyzeGroup(const std::string& name, const std::map<int, RankRing>
 std::string Analysis::Text() const {
   std::string out;
   for (const GroupFinding& g : groups) {
+    // A group of one rank that never issued a collective (a tp or pp group of size 1).
+    if (g.last_seq < 0 && g.no_dump.empty()) continue;
     for (const std::string& l : g.lines) absl::StrAppend(&out, l, "\n");
   }
   for (const std::string& n : notes) absl::StrAppend(&out, "note: ", n, "\n");
   return out;
+}
+
+std::string Analysis::Verdict() const {
+  std::vector<std::string> parts;
+  std::set<int> named;  // job ranks already named
+  auto job = [&](const GroupFinding& g, int r) {
+    auto it = job_ranks.find(g.group);
+    if (it == job_ranks.end()) return r;
+    auto jt = it->second.find(r);
+    return jt == it->second.end() ? r : jt->second;
+  };
+  for (const GroupFinding& g : groups) {
+    if (g.mismatch.empty()) continue;
+    // The smallest class is the odd one out.
+    auto odd = std::min_element(g.mismatch.begin(), g.mismatch.end(), [](auto& a, auto& b) {
+      return a.second.size() < b.second.size();
+    });
+    std::vector<int> odd_ranks, rest_ranks;
+    std::string rest_sig;
+    for (int r : odd->second) odd_ranks.push_back(job(g, r));
+    for (const auto& [sig, ranks] : g.mismatch) {
+      if (sig == odd->first) continue;
+      rest_sig = sig;
+      for (int r : ranks) rest_ranks.push_back(job(g, r));
+    }
+    parts.push_back(absl::StrCat(RankList(odd_ranks), " called ", odd->first, " at #",
+                                 g.mismatch_seq, " of group ", g.group, " where ",
+                                 RankList(rest_ranks), " called ", rest_sig));
+    named.insert(odd_ranks.begin(), odd_ranks.end());
+  }
+  // Ranks that never issued #N: first the groups where they are a minority (the others
+  // issued it and wait); a majority that "never issued" an op of one group is, as a rule,
+  // waiting for that minority in another group. The majority cases only when nothing else.
+  std::vector<const GroupFinding*> by_minority;
+  for (const GroupFinding& g : groups) {
+    if (!g.never_issued.empty()) by_minority.push_back(&g);
+  }
+  std::stable_sort(by_minority.begin(), by_minority.end(), [](auto* a, auto* b) {
+    return a->never_issued.size() * b->size < b->never_issued.size() * a->size;
+  });
+  bool minority_named = false;
+  for (const GroupFinding* gp : by_minority) {
+    const GroupFinding& g = *gp;
+    const bool minority = 2 * g.never_issued.size() < static_cast<size_t>(g.size);
+    if (!minority && (minority_named || !parts.empty())) continue;
+    minority_named = minority_named || minority;
+    for (int r : g.never_issued) {
+      const int j = job(g, r);
+      if (named.count(j)) continue;
+      named.insert(j);
+      std::string what = absl::StrCat("rank ", j, " never issued #", g.first_missing_seq, " ",
+                                      g.missing_op, " of group ", g.group);
+      if (auto it = g.elsewhere.find(r); it != g.elsewhere.end()) {
+        absl::StrAppend(&what, ": it is in ", it->second);
+      } else if (auto ot = g.outside.find(r); ot != g.outside.end()) {
+        absl::StrAppend(&what, ": it is stuck outside any op (", ot->second, ")");
+      }
+      parts.push_back(what);
+    }
+  }
+  for (const GroupFinding& g : groups) {
+    if (!g.no_dump_likely_cause) continue;
+    std::vector<int> ranks;
+    for (int r : g.no_dump) {
+      if (!named.count(r)) ranks.push_back(r);  // no dump: group rank (members unknown)
+    }
+    if (ranks.empty()) continue;
+    named.insert(ranks.begin(), ranks.end());
+    parts.push_back(absl::StrCat(RankList(ranks), " left no dump while every other rank waits in #",
+                                 g.last_seq, " of group ", g.group, ": the likely cause"));
+  }
+  if (groups.empty()) return "no flight-recorder dumps to analyse";
+  if (parts.empty()) {
+    bool all_dumped = true;
+    for (const GroupFinding& g : groups) all_dumped = all_dumped && g.no_dump.empty();
+    return all_dumped ? "no rank is behind, none called a different op, every rank dumped"
+                      : "no rank is behind and none called a different op among the ranks that "
+                        "dumped";
+  }
+  return absl::StrJoin(parts, "; ");
 }
 
 Analysis AnalyzeDumps(const std::vector<std::pair<std::string, std::string>>& files) {
@@ -238,7 +362,18 @@ Analysis AnalyzeDumps(const std::vector<std::pair<std::string, std::string>>& fi
       a.notes.push_back(absl::StrCat(file, " is not a flight-recorder dump: ", e.what()));
     }
   }
-  for (const auto& [name, rings] : groups) a.groups.push_back(AnalyzeGroup(name, rings));
+  InOps in_ops;
+  for (const auto& [name, rings] : groups) {
+    for (const auto& [r, ring] : rings) {
+      if (const RankRing::Op* in = InOp(ring)) {
+        in_ops[JobRank(ring, r)].emplace_back(name, DescribeInOp(ring, *in));
+      }
+    }
+  }
+  for (const auto& [name, rings] : groups) {
+    a.groups.push_back(AnalyzeGroup(name, rings, in_ops));
+    for (const auto& [r, ring] : rings) a.job_ranks[name].emplace(r, JobRank(ring, r));
+  }
   return a;
 }
 

@@ -50,16 +50,25 @@ struct GroupFinding {
   int64_t mismatch_seq = -1;             // the first seq where ranks issued different ops
   std::map<std::string, std::vector<int>> mismatch;  // signature -> ranks
   std::vector<int> behind;               // ranks whose last issued seq is the lowest (< last)
-  std::map<int, std::string> waiting;    // rank -> "AllReduce #3 (started 2.1 s before its dump)"
+  // rank -> "AllReduce #3 (started, issued 2.1 s before its dump)", or the failed last op
+  std::map<int, std::string> waiting;
   std::map<int, std::string> outside;    // rank -> why it is stuck outside any op
+  std::map<int, std::string> elsewhere;  // rank (behind) -> the other group's op it is in
   std::vector<int> no_dump;              // ranks without a dump
+  bool no_dump_likely_cause = false;     // every rank with a dump waits: those without are
   std::vector<std::string> lines;        // the verdict in words, one line each
 };
 
 struct Analysis {
   std::vector<GroupFinding> groups;
   std::vector<std::string> notes;  // unreadable files and the like
+  // group -> group rank -> job rank, for the ranks with a dump.
+  std::map<std::string, std::map<int, int>> job_ranks;
   std::string Text() const;        // every group's lines, then the notes
+  // One line naming the ranks at fault, in job ranks, most telling first: the odd one out of
+  // a call mismatch, the ranks that never issued #N (and where they are instead), the ranks
+  // without a dump while every other one waits. trident-run's hang message carries it.
+  std::string Verdict() const;
 };
 
 // Parses dump files (JSON of ProcessDumpJson); each may hold several communicators, also of

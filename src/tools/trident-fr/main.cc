@@ -23,5 +23,6 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::fputs(a->Text().c_str(), stdout);
+  std::printf("verdict: %s\n", a->Verdict().c_str());
   return 0;
 }

@@ -158,7 +158,16 @@ int Launcher::Run() {
           .spares = options_.spares,
           .heartbeat_timeout = ParamMillis("TRIDENT_HEARTBEAT_TIMEOUT_MS")},
       this, absl::Now());
+  hang_watch_ = std::make_unique<HangWatch>(
+      HangWatch::Hooks{
+          .store = [this] { return store(); },
+          .probe = [this](const std::string& m) { return Probe(m); },
+          .pid = [this](const std::string& m) { Child* c = FindMember(m); return c ? c->pid : -1; },
+          .say = [this](const std::string& line) { Message(line); }},
+      ParamMillis("TRIDENT_HEARTBEAT_TIMEOUT_MS"));
   Watch(signal_fd);
+  // A failed job: the verdict of the rings the ranks left in the store (the store is still up).
+  if (exit_status_ == kExitJobFailed) hang_watch_->Final(coordinator_->membership().ranks);
   relay_.Finish(absl::Now() + kRelayDrain);
   // The store outlived every rank; now it can go.
   store_.reset();
@@ -283,6 +292,12 @@ void Launcher::Watch(int signal_fd) {
         next_health_poll_ = absl::Now() + health_poll_;
       }
       wake = std::min(wake, next_health_poll_);
+    }
+    if (phase_ == Phase::kRunning || phase_ == Phase::kGrace) {
+      // Hang suspicion and the flight recorders' verdict (also while a failed job winds down,
+      // so that a request in flight is answered and concluded).
+      hang_watch_->Poll(absl::Now(), coordinator_->membership().ranks);
+      wake = std::min(wake, absl::Now() + HangWatch::kPollEvery);
     }
 
     int timeout_ms = -1;

@@ -29,6 +29,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "health/coordinator.h"
+#include "tools/trident-run/hang_watch.h"
 #include "tools/trident-run/options.h"
 #include "tools/trident-run/output_relay.h"
 #include "trident/store.h"
@@ -100,6 +101,7 @@ class Launcher : public health::Agent {
 
   std::vector<Child> children_;
   std::unique_ptr<health::Coordinator> coordinator_;  // once the children are spawned
+  std::unique_ptr<HangWatch> hang_watch_;             // with the coordinator
   absl::Duration health_poll_;
   absl::Time next_health_poll_ = absl::InfinitePast();
   Phase phase_ = Phase::kRunning;
