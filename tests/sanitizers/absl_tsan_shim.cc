@@ -6,7 +6,8 @@
 // TSan with its mutex annotations (tsan_interface.h), as Abseil's own TSan build does. Calls
 // that Abseil makes from inside one of these (CondVar::Wait unlocking its mutex, ...) pass
 // straight through. Condition functions evaluated inside Abseil run in a region TSan ignores
-// (no false report; no race found inside them either). Not linked into anything; the mangled
+// (no false report; no race found inside them either). The same for absl::Status's shared
+// representation (libabsl_status.so), below. Not linked into anything; the mangled
 // names are Debian 12's Abseil (absl::debian3): a missing one stops the process with a message.
 #include <dlfcn.h>
 #include <sanitizer/tsan_interface.h>
@@ -15,6 +16,7 @@
 #include <cstdlib>
 #include <type_traits>
 
+#include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
@@ -206,6 +208,19 @@ bool Notification::WaitForNotificationWithDeadline(Time deadline) const {
   const bool notified = real(this, deadline);
   if (o.outer && notified) __tsan_acquire(const_cast<Notification*>(this));
   return notified;
+}
+
+// absl::Status shares its heap representation by reference count: Ref is inline (TSan sees
+// a relaxed increment), the decrement and the delete of the last reference happen inside
+// libabsl_status.so, where TSan sees neither the decrement's ordering nor anything but the
+// delete itself. Every unref is a release, and an acquire before a possible delete, as the
+// atomic decrement inside does.
+void Status::UnrefNonInlined(uintptr_t rep) {
+  REAL(void (*)(uintptr_t), "_ZN4absl7debian36Status15UnrefNonInlinedEm");
+  void* shared = reinterpret_cast<void*>(rep - 1);
+  __tsan_release(shared);
+  __tsan_acquire(shared);
+  real(rep);
 }
 
 ABSL_NAMESPACE_END
