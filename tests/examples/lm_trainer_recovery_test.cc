@@ -167,7 +167,9 @@ TEST(LmTrainerRecoveryTest, IdleSpareDiesThePoolShrinksAndTheJobGoesOn) {
       " --nproc 8 --spares 2 -- ", Bin("lm-trainer"), " ", kTrainer, " --ckpt-dir ", dir,
       " --inject-fault w0:20:KILL > ", log, " 2>&1 & run=$!; ",
       "for i in $(seq 600); do grep -q \"spare s1 ready\" ", log, " && break; sleep 0.05; done; ",
-      "for p in $(pgrep -f lm-trainer); do tr \"\\0\" \"\\n\" < /proc/$p/environ 2>/dev/null | "
+      // Only this run's processes (its checkpoint directory), never another job's s1.
+      "for p in $(pgrep -f \"lm-trainer .*--ckpt-dir ", dir, "( |$)\"); do ",
+      "tr \"\\0\" \"\\n\" < /proc/$p/environ 2>/dev/null | "
       "grep -qx TRIDENT_MEMBER=s1 && kill -9 $p; done; wait $run; code=$?; cat ", log,
       "; exit $code"));
   ASSERT_EQ(out.exit_code, 0) << out.output;
