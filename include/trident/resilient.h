@@ -89,6 +89,11 @@ class Trainable {
   struct Replicas {
     int64_t set = -1;             // ranks with equal `set` must agree; < 0: nothing to check
     std::vector<Tensor> tensors;  // host memory, valid until the next Step
+    // The tensors are this rank's whole state (writing them and SetRestoredStep restores
+    // it), as without a sharded optimizer. Then a replaced rank's state can be copied from a
+    // healthy replica's memory at the last step whose digests agreed, and only the steps
+    // since then are redone (source "replica"); otherwise it comes from a checkpoint.
+    bool complete = false;
   };
   // Default: none (the check is off on this rank).
   virtual Replicas ReplicatedState() { return {}; }
@@ -102,8 +107,10 @@ struct RecoveryReport {
   int world_size = 0;        // of the new epoch
   int64_t resume_step = 0;   // the next step to run (every rank restored to resume_step - 1)
   int64_t steps_redone = 0;  // steps the furthest survivor had done beyond resume_step - 1
-  // Where the replaced ranks' state came from: "peer" (a buddy's memory), "checkpoint",
-  // "init" (no checkpoint yet: step 0), "none" (no rank needed state).
+  // Where the replaced ranks' state came from: "replica" (a healthy dp replica's memory, at
+  // the last step whose replica digests agreed: LoopOptions::sdc_every), "peer" (a buddy's
+  // memory of its last checkpoint), "checkpoint", "init" (no checkpoint yet: step 0), "none"
+  // (no rank needed state).
   std::string source;
   int64_t peer_bytes = 0;     // bytes fetched from a peer's replica (the largest fetch)
   double peer_ms = 0;         // that fetch's time
@@ -155,8 +162,12 @@ struct LoopOptions {
   // that disagrees with a majority of its replicas is named; with no majority (two replicas)
   // every rank goes back to the newest checkpoint, replays to the step, and the one whose
   // replay differs from its own digest is named. A named rank is reported to the launcher
-  // (FailureKind::kSilentDataCorruption), which replaces it like a dead one. A save is never
-  // taken while replicas disagree. 0: off. docs/fault-tolerance.md, "Silent data corruption".
+  // (FailureKind::kSilentDataCorruption), which replaces it like a dead one; when every
+  // survivor's state is the one whose digests just agreed and Replicas::complete, the new
+  // rank copies a healthy replica's state and no step is redone. A save is never taken while
+  // replicas disagree, and its commit records the digests (a restored state that does not
+  // match them is refused: kDataLoss, the next older checkpoint is tried). 0: off.
+  // docs/fault-tolerance.md, "Silent data corruption".
   int sdc_every = 0;
 
   // Observers, called on the training thread of every rank.

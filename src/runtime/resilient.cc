@@ -93,9 +93,12 @@ class Loop {
       return absl::OkStatus();
     }
     // Every rank back to the newest committed step that loads; one report per dead rank.
+    // A state that passed the replica check at the current step is kept (and copied to the
+    // ranks that replace others) rather than rolled back to the checkpoint.
     ASSIGN_OR_RETURN(runtime_internal::RestoreResult r,
                      runtime_internal::Restore(world, trainer_, o_.ckpt_dir, fresh_,
-                                               std::move(held), /*reset_if_none=*/true));
+                                               std::move(held), /*reset_if_none=*/true,
+                                               fresh_ ? -1 : verified_step_));
     fresh_ = false;
     const int64_t now_ms = absl::ToUnixMillis(absl::Now());
     // Every rank replaced since the last restore, also in recoveries that failed half-way.
@@ -180,8 +183,13 @@ class Loop {
     }
     if (!save_due) return absl::OkStatus();
     const absl::Time t0 = absl::Now();
-    absl::StatusOr<std::shared_ptr<CheckpointSave>> save =
-        engine_->Save(step, trainer_.SaveState());
+    CheckpointState state = trainer_.SaveState();
+    if (verified_step_ == step && verified_.set >= 0) {
+      // The commit records the digests the replicas agreed on (and refuses disagreeing ones).
+      state.replica_set = verified_.set;
+      state.replica_digest = verified_.digest;
+    }
+    absl::StatusOr<std::shared_ptr<CheckpointSave>> save = engine_->Save(step, state);
     SaveEvent e;
     e.step = step;
     e.stall_ms = absl::ToDoubleMilliseconds(absl::Now() - t0);
@@ -229,10 +237,16 @@ class Loop {
   // Logs the verdict (on the lowest rank that is not named), reports the named ranks (every
   // rank that is not named writes the same record, so one that an abort overtakes does not
   // matter) and fails the step so that the loop recovers into the epoch that replaces them.
+  // `mine`: this rank's digest at `step`, `good`: whether its state is a healthy replica's
+  // (kept, and copied to the rank that replaces a named one).
   absl::Status NameCorrupt(int64_t step, const std::vector<int>& odd, int replicas,
-                           const char* method) {
+                           const char* method, const health::ReplicaDigest& mine, bool good) {
     const int me = rt_.rank();
     const bool named = std::find(odd.begin(), odd.end(), me) != odd.end();
+    if (good && !named) {
+      verified_step_ = step;
+      verified_ = mine;
+    }
     int logger = 0;
     while (std::find(odd.begin(), odd.end(), logger) != odd.end()) ++logger;
     for (int r : odd) {
@@ -268,6 +282,8 @@ class Loop {
     health::ReplicaVerdict v = health::JudgeReplicas(all);
     if (v.agree()) {
       last_good_step_ = step;
+      verified_step_ = step;
+      verified_ = before;
       if (o_.on_sdc) {
         o_.on_sdc({.step = step, .agree = true, .last_good_step = step,
                    .check_ms = absl::ToDoubleMilliseconds(absl::Now() - t0)});
@@ -275,7 +291,7 @@ class Loop {
       return absl::OkStatus();
     }
     if (!v.odd.empty() && v.undecided.empty()) {
-      return NameCorrupt(step, v.odd, v.replicas, "majority");
+      return NameCorrupt(step, v.odd, v.replicas, "majority", before, /*good=*/true);
     }
     // No majority somewhere: every rank goes back to the newest checkpoint that loads and
     // replays to `step`; a rank whose replay differs from its own digest is named. A save
@@ -293,14 +309,18 @@ class Loop {
     ASSIGN_OR_RETURN(std::vector<health::ReplicaDigest> replayed,
                      Gather(after, after.digest != before.digest ? 1 : 0, &changed));
     std::vector<int> odd = v.odd;
+    bool good = true;  // this rank's replayed state is a healthy replica's
     for (const std::vector<int>& set : v.undecided) {
       std::vector<int> bad;
       for (int rank : set) {
         if (changed[rank] != 0) bad.push_back(rank);
       }
       if (bad.size() == 1) odd.push_back(bad[0]);
+      if (bad.size() != 1 && std::find(set.begin(), set.end(), rt_.rank()) != set.end()) {
+        good = false;
+      }
     }
-    if (!odd.empty()) return NameCorrupt(step, odd, v.replicas, "replay");
+    if (!odd.empty()) return NameCorrupt(step, odd, v.replicas, "replay", after, good);
     const bool replay_agrees = health::JudgeReplicas(replayed).agree();
     if (rt_.rank() == 0) {
       TLOG(warn, "sdc step={} rank=none replicas={} method=replay action=rollback", step,
@@ -317,6 +337,8 @@ class Loop {
           "Step, or a fault on every replica)"));
     }
     last_good_step_ = step;
+    verified_step_ = step;
+    verified_ = after;
     return absl::OkStatus();
   }
 
@@ -349,6 +371,10 @@ class Loop {
   int64_t last_verdict_ms_ = 0;  // of the last recovery, until its first completed step
   std::shared_ptr<CheckpointSave> reported_save_;  // the last save reported, of any epoch
   int64_t last_good_step_ = 0;  // the newest step whose replica check agreed
+  // The step whose replica check this rank's state passed (or, on a verdict, whose majority
+  // or replay it belongs to), and its digest there; -1: none.
+  int64_t verified_step_ = -1;
+  health::ReplicaDigest verified_;
   std::vector<FailedRank> unreported_;  // replaced ranks not yet in a RecoveryReport
 };
 

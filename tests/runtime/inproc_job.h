@@ -101,7 +101,8 @@ class ToyTrainer : public Trainable {
   }
   std::string Layout() const override { return "toy"; }
   Replicas ReplicatedState() override {
-    return {.set = 0, .tensors = {Tensor::Of(w_.data(), w_.size())}};  // every rank holds w
+    // Every rank holds w, and w is the whole state.
+    return {.set = 0, .tensors = {Tensor::Of(w_.data(), w_.size())}, .complete = true};
   }
   std::vector<std::vector<int>> ShrinkGroups() const override {
     // The groups of the launch layout only while the world has that size.
@@ -168,6 +169,8 @@ struct MemberResult {
   std::vector<RecoveryReport> recoveries;
   std::vector<int64_t> resumed;
   std::vector<SdcEvent> sdc;  // every replica check
+  // Every completed step in the order run (a redone step appears again) and w after it.
+  std::vector<std::pair<int64_t, std::vector<double>>> steps_run;
 };
 
 class InprocJob : public health::Agent {
@@ -363,6 +366,9 @@ class InprocJob : public health::Agent {
         };
       }
       loop.on_recovery = [mp](const RecoveryReport& r) { mp->result.recoveries.push_back(r); };
+      loop.on_step = [mp, &trainer](int64_t step, int64_t) {
+        mp->result.steps_run.emplace_back(step, trainer.weights());
+      };
       loop.on_resume = [mp](int64_t step, const std::vector<std::string>&) {
         mp->result.resumed.push_back(step);
       };

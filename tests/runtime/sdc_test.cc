@@ -5,12 +5,16 @@
 // an unbroken run, and never let the flipped state into a committed checkpoint.
 #include <stdlib.h>
 
+#include <fstream>
+#include <iterator>
 #include <random>
 #include <set>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "inproc_job.h"
+#include "absl/strings/str_format.h"
+#include "runtime/restore.h"
 #include "trident/checkpoint.h"
 
 namespace trident::testing {
@@ -61,6 +65,32 @@ class SdcTest : public ::testing::Test {
   std::string dir_;
 };
 
+// After the verdict at `verdict`: no step at or before it is run again (the replaced rank
+// copied a healthy replica's state at the verdict step), and every step from the resumed one
+// on has the unbroken run's weights (the toy's analogue of per-step losses).
+void ExpectResumedAtTheVerdictStep(const MemberResult& r, int64_t verdict, int world) {
+  ASSERT_EQ(r.recoveries.size(), 1u);
+  EXPECT_EQ(r.recoveries[0].source, "replica");
+  EXPECT_EQ(r.recoveries[0].steps_redone, 0);
+  EXPECT_EQ(r.recoveries[0].resume_step, verdict + 1);
+  size_t at = 0;  // the first step run after the verdict
+  while (at < r.steps_run.size() && r.steps_run[at].first != verdict) ++at;
+  ASSERT_LT(at, r.steps_run.size());
+  // The verdict step's last run (a replay passes it again), then the steps after it.
+  while (at + 1 < r.steps_run.size() && r.steps_run[at + 1].first <= verdict) ++at;
+  int64_t redone = 0;
+  int64_t expect = verdict + 1;
+  for (size_t i = at + 1; i < r.steps_run.size(); ++i) {
+    if (r.steps_run[i].first <= verdict) ++redone;
+    EXPECT_EQ(r.steps_run[i].first, expect) << "steps run in order after the recovery";
+    EXPECT_EQ(r.steps_run[i].second, ReferenceWeights(world, static_cast<int>(expect)))
+        << "step " << expect;
+    ++expect;
+  }
+  EXPECT_EQ(redone, 0) << "steps redone after the verdict";
+  EXPECT_EQ(expect, kSteps + 1);
+}
+
 void ExpectFinishedLikeAnUnbrokenRun(InprocJob& job, int world) {
   const std::vector<double> want = ReferenceWeights(world, kSteps);
   std::vector<const MemberResult*> done = job.Finishers();
@@ -100,7 +130,13 @@ TEST_F(SdcTest, ThreeReplicasNameTheOddOneByMajorityAndASpareReplacesIt) {
   EXPECT_EQ(w0.recoveries[0].failed.kind, FailureKind::kSilentDataCorruption);
   EXPECT_EQ(w0.recoveries[0].failed.ShortCause(), "sdc");
   EXPECT_THAT(w0.recoveries[0].failed.cause, HasSubstr("silent data corruption"));
-  EXPECT_LE(w0.recoveries[0].resume_step, v->step);
+  ExpectResumedAtTheVerdictStep(w0, v->step, 3);
+  ExpectResumedAtTheVerdictStep(job.result("w2"), v->step, 3);
+  // The spare started from w0's or w2's memory at the verdict step and ran the rest.
+  const MemberResult& s0 = job.result("s0");
+  ASSERT_FALSE(s0.steps_run.empty());
+  EXPECT_EQ(s0.steps_run.front().first, v->step + 1);
+  EXPECT_EQ(s0.weights, ReferenceWeights(3, kSteps));
   EXPECT_THAT(job.result("w1").status, ::testing::Not(::testing::Eq(absl::OkStatus())));
   ExpectNoCorruptCheckpoint(3);
 }
@@ -123,6 +159,8 @@ TEST_F(SdcTest, TwoReplicasReplayAndNameTheOneThatDisagreesWithItsOwnReplay) {
   ASSERT_EQ(w1.recoveries.size(), 1u);
   EXPECT_EQ(w1.recoveries[0].failed.rank, 0);
   EXPECT_EQ(w1.recoveries[0].failed.kind, FailureKind::kSilentDataCorruption);
+  // w1 replayed from the last checkpoint to decide; after the verdict nothing more is redone.
+  ExpectResumedAtTheVerdictStep(w1, v->step, 2);
   ExpectNoCorruptCheckpoint(2);
 }
 
@@ -177,6 +215,50 @@ TEST_F(SdcTest, NoFalseVerdictInALongCleanRun) {
     EXPECT_TRUE(r->recoveries.empty());
   }
   EXPECT_TRUE(job.coordinator().recoveries().empty());
+}
+
+}  // namespace
+}  // namespace trident::testing
+
+namespace trident::testing {
+namespace {
+
+// A checkpoint whose files pass their checksums but whose state does not hash to the digest
+// its commit recorded is refused on restore (kDataLoss, the next older one is used).
+TEST_F(SdcTest, ARestoredStateThatDoesNotMatchTheCommittedDigestIsRefused) {
+  InprocJob job(Job(2, 0));
+  ASSERT_EQ(job.Run(), JobState::kFinished) << job.coordinator().failure().value_or("");
+  absl::StatusOr<CheckpointManifest> m = ReadManifest(dir_, kSteps);
+  ASSERT_TRUE(m.ok()) << m.status();
+  ASSERT_EQ(m->replica_sets, (std::vector<int64_t>{0, 0})) << "the commit records the digests";
+  ASSERT_EQ(m->replica_digests[0], m->replica_digests[1]);
+  // Another digest in the manifest of the last step, as if the state had changed after the
+  // replicas agreed.
+  const std::string path = absl::StrCat(dir_, "/step-", absl::StrFormat("%09d", kSteps),
+                                        "/manifest.json");
+  std::ifstream in(path);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string recorded = absl::StrFormat("%016x", m->replica_digests[0]);
+  const std::string other = absl::StrFormat("%016x", m->replica_digests[0] ^ 1);
+  for (size_t at = text.find(recorded); at != std::string::npos; at = text.find(recorded)) {
+    text.replace(at, recorded.size(), other);
+  }
+  std::ofstream(path, std::ios::trunc) << text;
+
+  ToyTrainer trainer(2);
+  std::unique_ptr<Communicator> one = std::move(NewInprocCommunicators({.size = 1})[0]);
+  ASSERT_TRUE(trainer.Bind(*one, {}).ok());
+  absl::StatusOr<runtime_internal::RestoreResult> r = runtime_internal::Restore(
+      *one, trainer, dir_, /*fresh=*/true, nullptr, /*reset_if_none=*/false);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->step, kSteps - 4) << "the next older checkpoint";
+  ASSERT_EQ(r->skipped.size(), 1u);
+  EXPECT_THAT(r->skipped[0],
+              ::testing::AllOf(HasSubstr(absl::StrCat("step ", kSteps, ": rank 0: DATA_LOSS")),
+                               HasSubstr(absl::StrCat("hashes to ", recorded,
+                                                      " but the commit recorded ", other)),
+                               HasSubstr("refusing checkpoint step")));
+  EXPECT_EQ(trainer.weights(), ReferenceWeights(2, kSteps - 4));
 }
 
 }  // namespace
