@@ -139,7 +139,13 @@ struct SdcEvent {
   std::string action;      // "replaced" or "rollback"
   int64_t last_good_step = 0;  // the newest step whose check agreed
   double check_ms = 0;  // what the check cost this rank (hash and all-gather; not a replay)
+  // Steps until the next check (LoopOptions::sdc_every, or the interval kSdcAuto chose).
+  int every = 0;
 };
+
+// LoopOptions::sdc_every: choose the interval by measurement (see there).
+inline constexpr int kSdcAuto = -1;
+inline constexpr int kSdcAutoMaxEvery = 1000;
 
 struct LoopOptions {
   int64_t steps = 0;  // train until step() == steps
@@ -168,7 +174,13 @@ struct LoopOptions {
   // replicas disagree, and its commit records the digests (a restored state that does not
   // match them is refused: kDataLoss, the next older checkpoint is tried). 0: off.
   // docs/fault-tolerance.md, "Silent data corruption".
+  // kSdcAuto: the interval is chosen by measurement so that the checks cost at most
+  // sdc_budget of the step time: at every check each rank proposes
+  // K = ceil(hash time / (sdc_budget x mean step time since the last check)), the ranks
+  // take the largest (carried in the same all-gather, so they all agree), clamped to
+  // [1, kSdcAutoMaxEvery]; the first check is after the first step (and after a recovery).
   int sdc_every = 0;
+  double sdc_budget = 0.005;
 
   // Observers, called on the training thread of every rank.
   std::function<void(const RecoveryReport&)> on_recovery;

@@ -2,6 +2,7 @@
 #include "trident/resilient.h"
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -140,6 +141,7 @@ class Loop {
       absl::StatusOr<Recovery> rec = rt_.Recover(cause, absl::Now() + o_.recover_timeout);
       if (!rec.ok()) return rec.status();
       unreported_.insert(unreported_.end(), rec->failed.begin(), rec->failed.end());
+      reset_check_ = true;
       if (o_.after_rebuild) o_.after_rebuild();
       rt_.SetGroups({});
       engine_.reset();  // the old epoch's: its communicator is aborted
@@ -167,7 +169,18 @@ class Loop {
   absl::Status RunStep() {
     rt_.Progress();  // a training thread stuck longer than TRIDENT_HANG_TIMEOUT_MS is hung
     if (o_.before_step) o_.before_step(trainer_.step() + 1);
+    if (reset_check_) {
+      // At the start and after every recovery, every rank checks after the next step (a
+      // promoted spare knows no interval yet).
+      next_check_ = trainer_.step() + 1;
+      step_ms_sum_ = 0;
+      steps_timed_ = 0;
+      reset_check_ = false;
+    }
+    const absl::Time step_start = absl::Now();
     RETURN_IF_ERROR(trainer_.Step());
+    step_ms_sum_ += absl::ToDoubleMilliseconds(absl::Now() - step_start);
+    ++steps_timed_;
     const int64_t step = trainer_.step();
     if (o_.on_step) {
       o_.on_step(step, last_verdict_ms_ > 0 ? absl::ToUnixMillis(absl::Now()) - last_verdict_ms_
@@ -178,7 +191,9 @@ class Loop {
     ReportSaves(/*wait=*/false).IgnoreError();
     const bool save_due = engine_ && o_.ckpt_every > 0 && step % o_.ckpt_every == 0;
     // A save is taken only of a state whose replicas agree: a flipped bit never commits.
-    if (o_.sdc_every > 0 && (step % o_.sdc_every == 0 || save_due)) {
+    const bool check_due = o_.sdc_every > 0 ? step % o_.sdc_every == 0
+                                            : o_.sdc_every == kSdcAuto && step >= next_check_;
+    if (o_.sdc_every != 0 && (check_due || save_due)) {
       RETURN_IF_ERROR(CheckReplicas(step));
     }
     if (!save_due) return absl::OkStatus();
@@ -275,10 +290,35 @@ class Loop {
   }
 
   // The replica check (LoopOptions::sdc_every). Collective over the world.
+  // kSdcAuto: this rank's proposal for the next interval (see LoopOptions::sdc_every).
+  // The hash is the check's cost; the all-gather of 24 bytes a rank is small, and the time
+  // it waits for slower peers is imbalance that the step's next collective would wait anyway.
+  int64_t ProposeEvery(double hash_ms) const {
+    const double check_ms = hash_ms;
+    const double step_ms = steps_timed_ > 0 ? step_ms_sum_ / steps_timed_ : 0.0;
+    if (!(step_ms > 0) || !(o_.sdc_budget > 0)) return 1;
+    const double k = std::ceil(check_ms / (o_.sdc_budget * step_ms));
+    return static_cast<int64_t>(std::clamp(k, 1.0, static_cast<double>(kSdcAutoMaxEvery)));
+  }
+
   absl::Status CheckReplicas(int64_t step) {
     const absl::Time t0 = absl::Now();
     ASSIGN_OR_RETURN(health::ReplicaDigest before, MyDigest());
-    ASSIGN_OR_RETURN(std::vector<health::ReplicaDigest> all, Gather(before, 0, nullptr));
+    const bool adaptive = o_.sdc_every == kSdcAuto;
+    const int64_t proposal =
+        adaptive ? ProposeEvery(absl::ToDoubleMilliseconds(absl::Now() - t0)) : 0;
+    std::vector<int64_t> proposals;
+    ASSIGN_OR_RETURN(std::vector<health::ReplicaDigest> all, Gather(before, proposal, &proposals));
+    if (adaptive) {
+      // The same numbers on every rank: the same next check.
+      every_ = *std::max_element(proposals.begin(), proposals.end());
+      next_check_ = step + every_;
+      step_ms_sum_ = 0;
+      steps_timed_ = 0;
+    } else {
+      every_ = o_.sdc_every;
+    }
+    last_check_ms_ = absl::ToDoubleMilliseconds(absl::Now() - t0);
     health::ReplicaVerdict v = health::JudgeReplicas(all);
     if (v.agree()) {
       last_good_step_ = step;
@@ -286,7 +326,7 @@ class Loop {
       verified_ = before;
       if (o_.on_sdc) {
         o_.on_sdc({.step = step, .agree = true, .last_good_step = step,
-                   .check_ms = absl::ToDoubleMilliseconds(absl::Now() - t0)});
+                   .check_ms = last_check_ms_, .every = static_cast<int>(every_)});
       }
       return absl::OkStatus();
     }
@@ -375,6 +415,14 @@ class Loop {
   // or replay it belongs to), and its digest there; -1: none.
   int64_t verified_step_ = -1;
   health::ReplicaDigest verified_;
+  // The check interval (kSdcAuto): the next step to check, the interval in force, and what
+  // it is chosen from (step times since the last check, the last check's cost).
+  bool reset_check_ = true;
+  int64_t next_check_ = 1;
+  int64_t every_ = 0;
+  double step_ms_sum_ = 0;
+  int steps_timed_ = 0;
+  double last_check_ms_ = 0;
   std::vector<FailedRank> unreported_;  // replaced ranks not yet in a RecoveryReport
 };
 
@@ -383,6 +431,10 @@ class Loop {
 absl::Status RunResilient(Runtime& runtime, Trainable& trainer, const LoopOptions& options) {
   if (options.ckpt_every < 0 || options.keep < 0) {
     return absl::InvalidArgumentError("LoopOptions: ckpt_every and keep must be >= 0");
+  }
+  if (options.sdc_every < 0 && options.sdc_every != kSdcAuto) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "LoopOptions: sdc_every is ", options.sdc_every, "; give N >= 1, 0 (off) or kSdcAuto"));
   }
   if ((options.ckpt_every > 0 || options.resume) && options.ckpt_dir.empty()) {
     return absl::InvalidArgumentError("LoopOptions: ckpt_every and resume need a ckpt_dir");

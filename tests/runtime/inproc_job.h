@@ -46,6 +46,8 @@ class ToyTrainer : public Trainable {
   std::function<void(int64_t step, std::vector<double>& w)> after_step;
   // Set once this member is dead: it takes no part in anything after.
   const bool* dead = nullptr;
+  // How long each step computes (for the adaptive replica-check interval).
+  absl::Duration step_time = absl::ZeroDuration();
 
   absl::Status Bind(Communicator& world, const BindInfo& info) override {
     if (dead != nullptr && *dead) return absl::InternalError("dead");
@@ -59,6 +61,7 @@ class ToyTrainer : public Trainable {
       if (absl::Status s = fate(step_ + 1); !s.ok()) return s;
     }
     if (dead != nullptr && *dead) return absl::InternalError("dead");
+    if (step_time > absl::ZeroDuration()) absl::SleepFor(step_time);  // the step's compute
     const int n = world_->size(), r = world_->rank();
     std::vector<double> g(kParams, 0.0);
     for (int v = r * virtual_ranks_ / n; v < (r + 1) * virtual_ranks_ / n; ++v) {
@@ -184,6 +187,8 @@ class InprocJob : public health::Agent {
     std::vector<std::vector<int>> shrink_groups;
     absl::Duration heartbeat_timeout = absl::Milliseconds(300);
     int sdc_every = 0;  // LoopOptions::sdc_every
+    absl::Duration step_time = absl::ZeroDuration();  // ToyTrainer::step_time
+    double sdc_budget = 0.005;                         // LoopOptions::sdc_budget
   };
 
   explicit InprocJob(Options options) : options_(std::move(options)) {}
@@ -323,6 +328,7 @@ class InprocJob : public health::Agent {
       }
       mp->runtime = *std::move(rt);
       ToyTrainer trainer(options_.world_size, options_.shrink_groups);
+      trainer.step_time = options_.step_time;
       auto fate = fates_.find(name);
       LoopOptions loop;
       loop.steps = options_.steps;
@@ -353,6 +359,7 @@ class InprocJob : public health::Agent {
         };
       }
       loop.sdc_every = options_.sdc_every;
+      loop.sdc_budget = options_.sdc_budget;
       loop.on_sdc = [mp](const SdcEvent& e) { mp->result.sdc.push_back(e); };
       if (auto flip = flips_.find(name); flip != flips_.end()) {
         trainer.after_step = [f = flip->second, done = false](int64_t step,

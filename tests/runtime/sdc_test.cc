@@ -263,3 +263,59 @@ TEST_F(SdcTest, ARestoredStateThatDoesNotMatchTheCommittedDigestIsRefused) {
 
 }  // namespace
 }  // namespace trident::testing
+
+namespace trident::testing {
+namespace {
+
+// LoopOptions::sdc_every = kSdcAuto: the interval is chosen from the measured check and step
+// times, the same on every rank (each check's next one is `every` steps later), and a flip is
+// still found at the first check after it. (What it costs is measured in docs/benchmarks.md,
+// not asserted here.)
+TEST_F(SdcTest, AutoIntervalIsTheSameOnEveryRankAndFindsAFlipAtTheNextCheck) {
+  InprocJob::Options o = Job(3, 1);
+  o.steps = 120;
+  o.ckpt_dir.clear();  // no saves: every check is one the interval chose
+  o.sdc_every = kSdcAuto;
+  // Hashing the toy's 128 bytes takes about a microsecond: against a 20 ms step and a budget
+  // of 0.01% (2 us a step) the interval is a few steps.
+  o.step_time = absl::Milliseconds(20);
+  o.sdc_budget = 1e-4;
+  InprocJob job(o);
+  job.FlipAt("w1", 60, /*index=*/3, /*bit=*/30);
+  ASSERT_EQ(job.Run(), JobState::kFinished) << job.coordinator().failure().value_or("");
+  const MemberResult& w0 = job.result("w0");
+  const SdcEvent* v = Verdict(w0);
+  ASSERT_NE(v, nullptr);
+  EXPECT_EQ(v->ranks, std::vector<int>{1});
+  EXPECT_EQ(v->method, "majority");
+  ASSERT_FALSE(w0.sdc.empty());
+  EXPECT_EQ(w0.sdc.front().step, 1) << "the first check is after the first step";
+  const SdcEvent* before = nullptr;  // the last check before the flip's verdict
+  for (size_t i = 0; i + 1 < w0.sdc.size(); ++i) {
+    const SdcEvent& e = w0.sdc[i];
+    if (!e.agree) continue;
+    EXPECT_GE(e.every, 1);
+    EXPECT_LE(e.every, kSdcAutoMaxEvery);
+    if (e.step < v->step) before = &e;
+    // The next check is `every` steps later; after the verdict's recovery, the step after it.
+    const SdcEvent& next = w0.sdc[i + 1];
+    if (next.step <= v->step) EXPECT_EQ(next.step, e.step + e.every) << "after step " << e.step;
+  }
+  ASSERT_NE(before, nullptr);
+  std::printf("checks on w0: %zu; interval before the flip's verdict: %d steps\n",
+              w0.sdc.size(), before->every);
+  EXPECT_LE(before->step, 60);
+  EXPECT_EQ(v->step, before->step + before->every) << "found at the first check after the flip";
+  // The same checks on every rank that ran them all (w0 and w2).
+  std::vector<int64_t> steps0, steps2;
+  for (const SdcEvent& e : w0.sdc) steps0.push_back(e.step);
+  for (const SdcEvent& e : job.result("w2").sdc) steps2.push_back(e.step);
+  EXPECT_EQ(steps0, steps2);
+  const std::vector<double> want = ReferenceWeights(3, 120);
+  std::vector<const MemberResult*> done = job.Finishers();
+  EXPECT_EQ(done.size(), 3u);
+  for (const MemberResult* r : done) EXPECT_EQ(r->weights, want);
+}
+
+}  // namespace
+}  // namespace trident::testing
