@@ -101,6 +101,20 @@ TEST(LmTrainerSdcTest, TwoReplicasReplayAndNameTheOneThatDisagreesWithItsReplay)
   ExpectNoStepRunTwiceAfter(out.output, 14);
 }
 
+// No false verdict in a 1,000-step clean run at dp 3 with a check after every step (the
+// tiny model: a few seconds).
+TEST(LmTrainerSdcTest, NoFalseVerdictInAThousandCleanStepsCheckedEveryStep) {
+  RunResult out = RunCommand(absl::StrCat(
+      "timeout 240 ", Bin("trident-run"), " --nproc 3 -- ", Bin("lm-trainer"),
+      " --dp 3 --steps 1000 --context 8 --embed 8 --ffn 64 --batch 48 --microbatches 2 "
+      "--val-samples 64 --eval-every 500 --seed 5 --timeout 30s --sdc-every 1 2>&1"));
+  ASSERT_EQ(out.exit_code, 0) << out.output;
+  EXPECT_THAT(out.output, HasSubstr("done steps=1000"));
+  EXPECT_THAT(out.output, HasSubstr("sdc_checks=1000 "));
+  EXPECT_THAT(out.output, Not(HasSubstr("sdc step=")));
+  EXPECT_THAT(out.output, Not(HasSubstr("recovery epoch=")));
+}
+
 // Burn-in under trident-run: a worker whose compute check fails at startup is not admitted
 // and the spare takes its rank before training starts; the losses are a clean run's.
 TEST(LmTrainerBurnInTest, AWorkerFailingItsBurnInIsReplacedBeforeTrainingStarts) {
