@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -109,7 +110,7 @@ class Loop {
       report.failed = f;
       report.world_size = world.size();
       report.resume_step = r.step + 1;
-      report.steps_redone = r.steps_redone;
+      report.steps_redone = std::max(r.steps_redone, rolled_back_from_ - r.step);
       report.source = r.source;
       report.peer_bytes = r.peer_bytes;
       report.peer_ms = r.peer_ms;
@@ -119,6 +120,7 @@ class Loop {
       if (o_.on_recovery) o_.on_recovery(report);
       last_verdict_ms_ = std::max(last_verdict_ms_, f.verdict_unix_ms);
     }
+    rolled_back_from_ = 0;
     for (const std::string& skipped : r.skipped) {
       TLOG(warn, "restore: skipped checkpoint {}", skipped);
     }
@@ -254,13 +256,36 @@ class Loop {
   // matter) and fails the step so that the loop recovers into the epoch that replaces them.
   // `mine`: this rank's digest at `step`, `good`: whether its state is a healthy replica's
   // (kept, and copied to the rank that replaces a named one).
+  // `rollback`: the state at `step` may hold the named rank's influence (its flipped values
+  // fed the forward passes, so the gradients all ranks applied, of the steps since the last
+  // good digest): a healthy rank goes back to its copy of the last good digest's state.
   absl::Status NameCorrupt(int64_t step, const std::vector<int>& odd, int replicas,
-                           const char* method, const health::ReplicaDigest& mine, bool good) {
+                           const char* method, const health::ReplicaDigest& mine, bool good,
+                           bool rollback) {
     const int me = rt_.rank();
     const bool named = std::find(odd.begin(), odd.end(), me) != odd.end();
-    if (good && !named) {
+    if (good && !named && !rollback) {
       verified_step_ = step;
       verified_ = mine;
+    } else if (good && !named && good_step_ >= 0) {
+      std::vector<Tensor> tensors = trainer_.ReplicatedState().tensors;
+      bool fits = tensors.size() == good_copy_.size();
+      for (size_t i = 0; fits && i < tensors.size(); ++i) {
+        fits = tensors[i].nbytes() == good_copy_[i].size();
+      }
+      if (fits) {
+        for (size_t i = 0; i < tensors.size(); ++i) {
+          if (!good_copy_[i].empty()) {
+            std::memcpy(tensors[i].data(), good_copy_[i].data(), good_copy_[i].size());
+          }
+        }
+        trainer_.SetRestoredStep(good_step_);
+        verified_step_ = good_step_;
+        verified_ = good_digest_;
+        rolled_back_from_ = step;
+        TLOG(info, "sdc: back to step {}, the last good digest, from this rank's copy",
+             good_step_);
+      }
     }
     int logger = 0;
     while (std::find(odd.begin(), odd.end(), logger) != odd.end()) ++logger;
@@ -304,8 +329,18 @@ class Loop {
   absl::Status CheckReplicas(int64_t step) {
     const absl::Time t0 = absl::Now();
     ASSIGN_OR_RETURN(health::ReplicaDigest before, MyDigest());
+    // A copy of the state being checked: if it agrees, it is the last good digest's state,
+    // which a later verdict goes back to (part of the check's cost).
+    Trainable::Replicas rep = trainer_.ReplicatedState();
+    if (rep.complete) {
+      pending_copy_.resize(rep.tensors.size());
+      for (size_t i = 0; i < rep.tensors.size(); ++i) {
+        const auto* p = static_cast<const uint8_t*>(rep.tensors[i].data());
+        pending_copy_[i].assign(p, p + rep.tensors[i].nbytes());
+      }
+    }
     const bool adaptive = o_.sdc_every == kSdcAuto;
-    const int64_t proposal =
+    const int64_t proposal =  // from the hash and the copy
         adaptive ? ProposeEvery(absl::ToDoubleMilliseconds(absl::Now() - t0)) : 0;
     std::vector<int64_t> proposals;
     ASSIGN_OR_RETURN(std::vector<health::ReplicaDigest> all, Gather(before, proposal, &proposals));
@@ -324,6 +359,11 @@ class Loop {
       last_good_step_ = step;
       verified_step_ = step;
       verified_ = before;
+      if (rep.complete) {
+        good_copy_.swap(pending_copy_);
+        good_step_ = step;
+        good_digest_ = before;
+      }
       if (o_.on_sdc) {
         o_.on_sdc({.step = step, .agree = true, .last_good_step = step,
                    .check_ms = last_check_ms_, .every = static_cast<int>(every_)});
@@ -331,7 +371,8 @@ class Loop {
       return absl::OkStatus();
     }
     if (!v.odd.empty() && v.undecided.empty()) {
-      return NameCorrupt(step, v.odd, v.replicas, "majority", before, /*good=*/true);
+      return NameCorrupt(step, v.odd, v.replicas, "majority", before, /*good=*/true,
+                         /*rollback=*/true);
     }
     // No majority somewhere: every rank goes back to the newest checkpoint that loads and
     // replays to `step`; a rank whose replay differs from its own digest is named. A save
@@ -360,7 +401,11 @@ class Loop {
         good = false;
       }
     }
-    if (!odd.empty()) return NameCorrupt(step, odd, v.replicas, "replay", after, good);
+    // A rank named by its replay: the others' replays from the checkpoint matched their
+    // states, which are therefore clean at `step`.
+    if (!odd.empty()) {
+      return NameCorrupt(step, odd, v.replicas, "replay", after, good, /*rollback=*/false);
+    }
     const bool replay_agrees = health::JudgeReplicas(replayed).agree();
     if (rt_.rank() == 0) {
       TLOG(warn, "sdc step={} rank=none replicas={} method=replay action=rollback", step,
@@ -415,6 +460,12 @@ class Loop {
   // or replay it belongs to), and its digest there; -1: none.
   int64_t verified_step_ = -1;
   health::ReplicaDigest verified_;
+  // The last good digest's state (Replicas::complete only): its step, digest and bytes; and
+  // the copy of the check in progress. rolled_back_from_: the verdict's step after going back.
+  int64_t good_step_ = -1;
+  health::ReplicaDigest good_digest_;
+  std::vector<std::vector<uint8_t>> good_copy_, pending_copy_;
+  int64_t rolled_back_from_ = 0;
   // The check interval (kSdcAuto): the next step to check, the interval in force, and what
   // it is chosen from (step times since the last check, the last check's cost).
   bool reset_check_ = true;

@@ -51,9 +51,9 @@ void ExpectLossesOf(const RunResult& ref, const RunResult& out) {
   }
 }
 
-// After the recovery line, the steps printed ("step=N loss=") are verdict + 1, verdict + 2,
-// ... each once: no step is redone.
-void ExpectNoStepRunTwiceAfter(const std::string& output, int verdict) {
+// After the recovery line, the steps printed ("step=N loss=") are resumed, resumed + 1, ...
+// each once.
+void ExpectNoStepRunTwiceAfter(const std::string& output, int last_good) {
   // From the recovery line on (rank 0 prints it and the step lines: one stream, in order).
   const size_t at = output.find("recovery epoch=");
   ASSERT_NE(at, std::string::npos);
@@ -64,7 +64,7 @@ void ExpectNoStepRunTwiceAfter(const std::string& output, int verdict) {
     steps.push_back(std::stoi((*it)[1]));
   }
   std::vector<int> want;
-  for (int s = verdict + 1; s <= kSteps; ++s) want.push_back(s);
+  for (int s = last_good + 1; s <= kSteps; ++s) want.push_back(s);
   EXPECT_EQ(steps, want) << output;
 }
 
@@ -80,10 +80,11 @@ TEST(LmTrainerSdcTest, ThreeReplicasNameTheFlippedOneByMajorityAndTheSpareTakesO
   EXPECT_THAT(out.output, HasSubstr("spare s0 takes rank 1 (w1 declared dead: silent data "
                                     "corruption"));
   EXPECT_THAT(out.output, HasSubstr("recovery epoch=2 dead_rank=1 cause=sdc"));
-  // The spare copied a healthy replica's state at the verdict step: nothing is redone.
-  EXPECT_THAT(out.output, ContainsRegex("steps_redone=0 source=replica .* resume_step=15 "));
+  // Back to the last good digest (step 12, the check before): the healthy replicas' copies
+  // of it, the spare's from one of them; steps 13 and 14 redone.
+  EXPECT_THAT(out.output, ContainsRegex("steps_redone=2 source=replica .* resume_step=13 "));
   ExpectLossesOf(ref, out);
-  ExpectNoStepRunTwiceAfter(out.output, 14);
+  ExpectNoStepRunTwiceAfter(out.output, 12);
 }
 
 TEST(LmTrainerSdcTest, TwoReplicasReplayAndNameTheOneThatDisagreesWithItsReplay) {

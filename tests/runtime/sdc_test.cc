@@ -65,21 +65,25 @@ class SdcTest : public ::testing::Test {
   std::string dir_;
 };
 
-// After the verdict at `verdict`: no step at or before it is run again (the replaced rank
-// copied a healthy replica's state at the verdict step), and every step from the resumed one
-// on has the unbroken run's weights (the toy's analogue of per-step losses).
-void ExpectResumedAtTheVerdictStep(const MemberResult& r, int64_t verdict, int world) {
+// After the verdict at `verdict`, the ranks resume after `good` (the last good digest: the
+// verdict step itself after a replay, the previous agreeing check after a majority verdict,
+// as the named rank's values may have fed the steps in between) from a healthy replica's
+// state (source=replica), redo exactly the steps good + 1 .. verdict, and every step from
+// the resumed one on has the unbroken run's weights (the toy's analogue of per-step losses).
+void ExpectResumedAfter(const MemberResult& r, int64_t verdict, int64_t good, int world) {
   ASSERT_EQ(r.recoveries.size(), 1u);
   EXPECT_EQ(r.recoveries[0].source, "replica");
-  EXPECT_EQ(r.recoveries[0].steps_redone, 0);
-  EXPECT_EQ(r.recoveries[0].resume_step, verdict + 1);
-  size_t at = 0;  // the first step run after the verdict
+  EXPECT_EQ(r.recoveries[0].steps_redone, verdict - good);
+  EXPECT_EQ(r.recoveries[0].resume_step, good + 1);
+  size_t at = 0;  // the verdict step's (last) run
   while (at < r.steps_run.size() && r.steps_run[at].first != verdict) ++at;
   ASSERT_LT(at, r.steps_run.size());
-  // The verdict step's last run (a replay passes it again), then the steps after it.
-  while (at + 1 < r.steps_run.size() && r.steps_run[at + 1].first <= verdict) ++at;
+  while (at + 1 < r.steps_run.size() && r.steps_run[at + 1].first <= verdict &&
+         r.steps_run[at + 1].first > r.steps_run[at].first) {
+    ++at;
+  }
   int64_t redone = 0;
-  int64_t expect = verdict + 1;
+  int64_t expect = good + 1;
   for (size_t i = at + 1; i < r.steps_run.size(); ++i) {
     if (r.steps_run[i].first <= verdict) ++redone;
     EXPECT_EQ(r.steps_run[i].first, expect) << "steps run in order after the recovery";
@@ -87,8 +91,17 @@ void ExpectResumedAtTheVerdictStep(const MemberResult& r, int64_t verdict, int w
         << "step " << expect;
     ++expect;
   }
-  EXPECT_EQ(redone, 0) << "steps redone after the verdict";
+  EXPECT_EQ(redone, verdict - good) << "steps redone after the verdict";
   EXPECT_EQ(expect, kSteps + 1);
+}
+
+// The newest check before `verdict` that agreed.
+int64_t LastGoodBefore(const MemberResult& r, int64_t verdict) {
+  int64_t good = -1;
+  for (const SdcEvent& e : r.sdc) {
+    if (e.agree && e.step < verdict) good = e.step;
+  }
+  return good;
 }
 
 void ExpectFinishedLikeAnUnbrokenRun(InprocJob& job, int world) {
@@ -130,12 +143,16 @@ TEST_F(SdcTest, ThreeReplicasNameTheOddOneByMajorityAndASpareReplacesIt) {
   EXPECT_EQ(w0.recoveries[0].failed.kind, FailureKind::kSilentDataCorruption);
   EXPECT_EQ(w0.recoveries[0].failed.ShortCause(), "sdc");
   EXPECT_THAT(w0.recoveries[0].failed.cause, HasSubstr("silent data corruption"));
-  ExpectResumedAtTheVerdictStep(w0, v->step, 3);
-  ExpectResumedAtTheVerdictStep(job.result("w2"), v->step, 3);
-  // The spare started from w0's or w2's memory at the verdict step and ran the rest.
+  const int64_t good = LastGoodBefore(w0, v->step);
+  ASSERT_GE(good, 1) << "the flip is after step 3, a check agreed before it";
+  EXPECT_EQ(v->step - good, kEvery) << "the previous check";
+  EXPECT_EQ(v->last_good_step, good);
+  ExpectResumedAfter(w0, v->step, good, 3);
+  ExpectResumedAfter(job.result("w2"), v->step, good, 3);
+  // The spare started from w0's or w2's copy of the last good digest and ran the rest.
   const MemberResult& s0 = job.result("s0");
   ASSERT_FALSE(s0.steps_run.empty());
-  EXPECT_EQ(s0.steps_run.front().first, v->step + 1);
+  EXPECT_EQ(s0.steps_run.front().first, good + 1);
   EXPECT_EQ(s0.weights, ReferenceWeights(3, kSteps));
   EXPECT_THAT(job.result("w1").status, ::testing::Not(::testing::Eq(absl::OkStatus())));
   ExpectNoCorruptCheckpoint(3);
@@ -159,8 +176,9 @@ TEST_F(SdcTest, TwoReplicasReplayAndNameTheOneThatDisagreesWithItsOwnReplay) {
   ASSERT_EQ(w1.recoveries.size(), 1u);
   EXPECT_EQ(w1.recoveries[0].failed.rank, 0);
   EXPECT_EQ(w1.recoveries[0].failed.kind, FailureKind::kSilentDataCorruption);
-  // w1 replayed from the last checkpoint to decide; after the verdict nothing more is redone.
-  ExpectResumedAtTheVerdictStep(w1, v->step, 2);
+  // w1 replayed from the last checkpoint to decide, and its replay matched its state: after
+  // the verdict nothing more is redone.
+  ExpectResumedAfter(w1, v->step, v->step, 2);
   ExpectNoCorruptCheckpoint(2);
 }
 
@@ -291,16 +309,19 @@ TEST_F(SdcTest, AutoIntervalIsTheSameOnEveryRankAndFindsAFlipAtTheNextCheck) {
   ASSERT_FALSE(w0.sdc.empty());
   EXPECT_EQ(w0.sdc.front().step, 1) << "the first check is after the first step";
   const SdcEvent* before = nullptr;  // the last check before the flip's verdict
-  for (size_t i = 0; i + 1 < w0.sdc.size(); ++i) {
+  const size_t verdict_at = static_cast<size_t>(v - w0.sdc.data());
+  for (size_t i = 0; i < verdict_at; ++i) {
     const SdcEvent& e = w0.sdc[i];
-    if (!e.agree) continue;
+    ASSERT_TRUE(e.agree);
     EXPECT_GE(e.every, 1);
     EXPECT_LE(e.every, kSdcAutoMaxEvery);
-    if (e.step < v->step) before = &e;
-    // The next check is `every` steps later; after the verdict's recovery, the step after it.
-    const SdcEvent& next = w0.sdc[i + 1];
-    if (next.step <= v->step) EXPECT_EQ(next.step, e.step + e.every) << "after step " << e.step;
+    before = &e;
+    // The next check is `every` steps later.
+    EXPECT_EQ(w0.sdc[i + 1].step, e.step + e.every) << "after step " << e.step;
   }
+  // After the recovery every rank checks after its first step again.
+  ASSERT_LT(verdict_at + 1, w0.sdc.size());
+  EXPECT_EQ(w0.sdc[verdict_at + 1].step, before->step + 1);
   ASSERT_NE(before, nullptr);
   std::printf("checks on w0: %zu; interval before the flip's verdict: %d steps\n",
               w0.sdc.size(), before->every);
