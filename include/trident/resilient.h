@@ -90,9 +90,10 @@ class Trainable {
     int64_t set = -1;             // ranks with equal `set` must agree; < 0: nothing to check
     std::vector<Tensor> tensors;  // host memory, valid until the next Step
     // The tensors are this rank's whole state (writing them and SetRestoredStep restores
-    // it), as without a sharded optimizer. Then a replaced rank's state can be copied from a
-    // healthy replica's memory at the last step whose digests agreed, and only the steps
-    // since then are redone (source "replica"); otherwise it comes from a checkpoint.
+    // it), as without a sharded optimizer. Then each check keeps a copy of them, and after a
+    // verdict the ranks go back to the last step whose digests agreed (the healthy ones from
+    // their copy, a replacement from a healthy replica's memory) and redo only the steps
+    // since (source "replica"); otherwise the state comes from a checkpoint.
     bool complete = false;
   };
   // Default: none (the check is off on this rank).
@@ -168,9 +169,9 @@ struct LoopOptions {
   // that disagrees with a majority of its replicas is named; with no majority (two replicas)
   // every rank goes back to the newest checkpoint, replays to the step, and the one whose
   // replay differs from its own digest is named. A named rank is reported to the launcher
-  // (FailureKind::kSilentDataCorruption), which replaces it like a dead one; when every
-  // survivor's state is the one whose digests just agreed and Replicas::complete, the new
-  // rank copies a healthy replica's state and no step is redone. A save is never taken while
+  // (FailureKind::kSilentDataCorruption), which replaces it like a dead one; with
+  // Replicas::complete everyone goes back to the last good digest's state (a copy kept at
+  // each check) and redoes only the steps since. A save is never taken while
   // replicas disagree, and its commit records the digests (a restored state that does not
   // match them is refused: kDataLoss, the next older checkpoint is tried). 0: off.
   // docs/fault-tolerance.md, "Silent data corruption".
