@@ -100,9 +100,11 @@ int Main(int argc, char** argv) {
   loop.sdc_every = o.sdc_every;
   int sdc_checks = 0;
   double sdc_ms = 0;
+  int sdc_interval = 0;  // the last check's interval (auto: the one chosen)
   loop.on_sdc = [&](const trident::SdcEvent& e) {
     ++sdc_checks;
     sdc_ms += e.check_ms;
+    if (e.every > 0) sdc_interval = e.every;
   };
   for (const lm::Fault& f : o.faults) {
     if (f.bitflip && f.member == rt.member()) trainer.FlipBitAfter(f.step, f.tensor);
@@ -163,9 +165,9 @@ int Main(int argc, char** argv) {
   }
   trainer.Say(absl::StrFormat(
       "done steps=%d final_loss=%.6f final_val_loss=%.6f mean_tokens_per_s=%.0f "
-      "sdc_checks=%d sdc_check_ms=%.3f",
+      "sdc_checks=%d sdc_check_ms=%.3f sdc_every=%d",
       o.steps, trainer.loss(), trainer.val_loss(), trainer.mean_tokens_per_s(), sdc_checks,
-      sdc_checks > 0 ? sdc_ms / sdc_checks : 0.0));
+      sdc_checks > 0 ? sdc_ms / sdc_checks : 0.0, sdc_interval));
   return 0;
 }
 

@@ -40,7 +40,7 @@ struct Options {
   int keep = 3;
   bool resume = false;
   bool peer_replicas = true;
-  int sdc_every = 0;  // trident::LoopOptions::sdc_every
+  int sdc_every = 0;  // trident::LoopOptions::sdc_every (kSdcAuto: --sdc-every auto)
   absl::Duration recover_timeout;
   std::vector<Fault> faults;
 };

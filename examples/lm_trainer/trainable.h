@@ -36,7 +36,10 @@ class LmTrainable : public trident::Trainable {
   std::string Layout() const override;
   std::vector<std::vector<int>> ShrinkGroups() const override;
   Replicas ReplicatedState() override {
-    return {.set = trainer_->ReplicaSet(), .tensors = trainer_->ReplicatedTensors()};
+    // Without ZeRO-1 the parameters and moments are the whole state: a replaced rank copies
+    // them from a healthy replica; ZeRO-1's moment shards come from the checkpoint.
+    return {.set = trainer_->ReplicaSet(), .tensors = trainer_->ReplicatedTensors(),
+            .complete = !trainer_->config().zero1};
   }
   // --inject-fault MEMBER:STEP:BITFLIP[:TENSOR]: right after step `step` (once), one bit of
   // parameter `tensor` ("" the first) flips on this rank.

@@ -78,6 +78,13 @@ struct CheckpointState {
   // device into page-locked staging, start after that work. nullptr: the legacy default
   // stream. Save returns once the copies are done.
   void* cuda_stream = nullptr;
+  // Silent-data-corruption guard: ranks that hold the same replicated state (the dp replicas
+  // of one model shard) give the same replica_set (>= 0) and the digest of that state (e.g.
+  // XXH3 of the parameters, as trident/resilient.h's loop does). The commit records every
+  // rank's pair in the manifest and is refused (kDataLoss naming the ranks; nothing is
+  // committed, `latest` does not move) when two ranks of one set disagree. -1: no digest.
+  int64_t replica_set = -1;
+  uint64_t replica_digest = 0;
 };
 inline constexpr size_t kMaxCheckpointMetadataBytes = 1 << 20;
 
@@ -263,6 +270,11 @@ struct CheckpointManifest {
   int64_t created_unix_ms = 0;
   std::vector<FileInfo> files;
   std::vector<std::string> metadata;  // per rank of the saving world
+  // Per rank of the saving world (CheckpointState::replica_set/replica_digest): the replica
+  // set (-1: none) and the digest of its replicated state, which every rank of a set agreed
+  // on at the commit. Empty in a manifest written without digests.
+  std::vector<int64_t> replica_sets;
+  std::vector<uint64_t> replica_digests;
   std::map<std::string, TensorInfo> tensors;
 };
 

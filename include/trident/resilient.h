@@ -89,6 +89,12 @@ class Trainable {
   struct Replicas {
     int64_t set = -1;             // ranks with equal `set` must agree; < 0: nothing to check
     std::vector<Tensor> tensors;  // host memory, valid until the next Step
+    // The tensors are this rank's whole state (writing them and SetRestoredStep restores
+    // it), as without a sharded optimizer. Then each check keeps a copy of them, and after a
+    // verdict the ranks go back to the last step whose digests agreed (the healthy ones from
+    // their copy, a replacement from a healthy replica's memory) and redo only the steps
+    // since (source "replica"); otherwise the state comes from a checkpoint.
+    bool complete = false;
   };
   // Default: none (the check is off on this rank).
   virtual Replicas ReplicatedState() { return {}; }
@@ -102,8 +108,10 @@ struct RecoveryReport {
   int world_size = 0;        // of the new epoch
   int64_t resume_step = 0;   // the next step to run (every rank restored to resume_step - 1)
   int64_t steps_redone = 0;  // steps the furthest survivor had done beyond resume_step - 1
-  // Where the replaced ranks' state came from: "peer" (a buddy's memory), "checkpoint",
-  // "init" (no checkpoint yet: step 0), "none" (no rank needed state).
+  // Where the replaced ranks' state came from: "replica" (a healthy dp replica's memory, at
+  // the last step whose replica digests agreed: LoopOptions::sdc_every), "peer" (a buddy's
+  // memory of its last checkpoint), "checkpoint", "init" (no checkpoint yet: step 0), "none"
+  // (no rank needed state).
   std::string source;
   int64_t peer_bytes = 0;     // bytes fetched from a peer's replica (the largest fetch)
   double peer_ms = 0;         // that fetch's time
@@ -132,7 +140,13 @@ struct SdcEvent {
   std::string action;      // "replaced" or "rollback"
   int64_t last_good_step = 0;  // the newest step whose check agreed
   double check_ms = 0;  // what the check cost this rank (hash and all-gather; not a replay)
+  // Steps until the next check (LoopOptions::sdc_every, or the interval kSdcAuto chose).
+  int every = 0;
 };
+
+// LoopOptions::sdc_every: choose the interval by measurement (see there).
+inline constexpr int kSdcAuto = -1;
+inline constexpr int kSdcAutoMaxEvery = 1000;
 
 struct LoopOptions {
   int64_t steps = 0;  // train until step() == steps
@@ -155,9 +169,19 @@ struct LoopOptions {
   // that disagrees with a majority of its replicas is named; with no majority (two replicas)
   // every rank goes back to the newest checkpoint, replays to the step, and the one whose
   // replay differs from its own digest is named. A named rank is reported to the launcher
-  // (FailureKind::kSilentDataCorruption), which replaces it like a dead one. A save is never
-  // taken while replicas disagree. 0: off. docs/fault-tolerance.md, "Silent data corruption".
+  // (FailureKind::kSilentDataCorruption), which replaces it like a dead one; with
+  // Replicas::complete everyone goes back to the last good digest's state (a copy kept at
+  // each check) and redoes only the steps since. A save is never taken while
+  // replicas disagree, and its commit records the digests (a restored state that does not
+  // match them is refused: kDataLoss, the next older checkpoint is tried). 0: off.
+  // docs/fault-tolerance.md, "Silent data corruption".
+  // kSdcAuto: the interval is chosen by measurement so that the checks cost at most
+  // sdc_budget of the step time: at every check each rank proposes
+  // K = ceil(hash time / (sdc_budget x mean step time since the last check)), the ranks
+  // take the largest (carried in the same all-gather, so they all agree), clamped to
+  // [1, kSdcAutoMaxEvery]; the first check is after the first step (and after a recovery).
   int sdc_every = 0;
+  double sdc_budget = 0.005;
 
   // Observers, called on the training thread of every rank.
   std::function<void(const RecoveryReport&)> on_recovery;

@@ -129,6 +129,8 @@ struct Job {
   int64_t seq = 0;
   std::vector<StagedTensor> tensors;
   std::string metadata;
+  int64_t replica_set = -1;  // CheckpointState::replica_set/replica_digest
+  uint64_t replica_digest = 0;
   uint64_t written_bytes = 0;  // the shard's data
   uint64_t stream_bytes = 0;   // what is staged
   bool streamed = false;
@@ -278,6 +280,8 @@ absl::StatusOr<std::shared_ptr<Job>> Engine::Plan(int64_t step, const Checkpoint
   auto job = std::make_shared<Job>();
   job->step = step;
   job->metadata = state.metadata;
+  job->replica_set = state.replica_set;
+  job->replica_digest = state.replica_digest;
   job->cuda_stream = state.cuda_stream;
   // Per tensor, no allocation beyond what the job keeps: a state_dict has hundreds to
   // thousands of tensors, and this runs inside the caller's stall.
@@ -815,9 +819,18 @@ absl::Status Engine::Commit(Job& job, const std::string& tmp_dir, const std::str
   m.world_size = size_;
   m.layout = options_.layout;
   m.created_unix_ms = absl::ToUnixMillis(absl::Now());
+  // The commit includes the replicas' digests, and a state whose replicas disagree never
+  // commits (docs/fault-tolerance.md, "Silent data corruption").
+  RETURN_IF_ERROR(ckpt::CheckReplicaDigests(reports));
+  const bool digests = std::any_of(reports.begin(), reports.end(),
+                                   [](const ckpt::RankReport& r) { return r.replica_set >= 0; });
   for (const ckpt::RankReport& r : reports) {
     if (!r.file.empty()) m.files.push_back({r.file, r.rank, r.file_bytes});
     m.metadata.push_back(r.metadata);
+    if (digests) {
+      m.replica_sets.push_back(r.replica_set);
+      m.replica_digests.push_back(r.replica_digest);
+    }
     for (const auto& [name, info] : r.tensors) {
       auto [it, inserted] = m.tensors.try_emplace(name, TensorInfo{info.dtype, info.global_shape, {}});
       TensorInfo& t = it->second;
@@ -969,6 +982,8 @@ void Engine::RunJob(Job& job) {
   report.step = job.step;
   report.seq = job.seq;
   report.metadata = job.metadata;
+  report.replica_set = job.replica_set;
+  report.replica_digest = job.replica_digest;
   report.status = begun;
   if (begun.ok()) {
     report.status = WriteShard(job, tmp_dir, &report);

@@ -6,6 +6,7 @@
 #include <limits>
 #include <set>
 
+#include "absl/algorithm/container.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -535,7 +536,13 @@ std::string ManifestToJson(const CheckpointManifest& m) {
   }
   json ranks = json::array();
   for (size_t r = 0; r < m.metadata.size(); ++r) {
-    ranks.push_back({{"rank", r}, {"metadata", absl::Base64Escape(m.metadata[r])}});
+    json entry = {{"rank", r}, {"metadata", absl::Base64Escape(m.metadata[r])}};
+    if (r < m.replica_sets.size() && r < m.replica_digests.size() && m.replica_sets[r] >= 0) {
+      entry["replica_set"] = m.replica_sets[r];
+      entry["digest"] = DigestHex(m.replica_digests[r]);  // a hex string: JSON readers lose
+                                                          // 64-bit integers
+    }
+    ranks.push_back(std::move(entry));
   }
   json j = {{"format", kFormatName},
             {"version", m.version},
@@ -591,6 +598,22 @@ absl::StatusOr<CheckpointManifest> ParseManifest(absl::string_view text, absl::s
         return absl::DataLossError(absl::StrCat(where, ": metadata of rank ", rank,
                                                 " is not base64"));
       }
+      if (r.contains("replica_set")) {  // optional: manifests written without digests
+        if (m.replica_sets.empty()) {
+          m.replica_sets.assign(m.world_size, -1);
+          m.replica_digests.assign(m.world_size, 0);
+        }
+        m.replica_sets[rank] = Member<int64_t>(r, "replica_set");
+        const std::string hex = StringMember(r, "digest");
+        uint64_t d = 0;
+        if (hex.size() != 16 || !absl::c_all_of(hex, absl::ascii_isxdigit) ||
+            !absl::SimpleHexAtoi(hex, &d)) {
+          return absl::DataLossError(absl::StrCat(where, ": digest of rank ", rank, " ('",
+                                                  absl::CHexEscape(hex),
+                                                  "') is not 16 hex digits"));
+        }
+        m.replica_digests[rank] = d;
+      }
     }
     if (!j.contains("tensors")) BadField("tensors", "is missing");
     m.tensors = TensorsFrom(j.at("tensors"));
@@ -626,6 +649,12 @@ absl::Status ValidateManifest(const CheckpointManifest& m, absl::string_view whe
   }
   if (m.metadata.size() != static_cast<size_t>(m.world_size)) {
     return bad("metadata for ", m.metadata.size(), " ranks; world_size is ", m.world_size);
+  }
+  if (!m.replica_sets.empty() &&
+      (m.replica_sets.size() != static_cast<size_t>(m.world_size) ||
+       m.replica_digests.size() != m.replica_sets.size())) {
+    return bad("replica digests for ", m.replica_sets.size(), " ranks; world_size is ",
+               m.world_size);
   }
   std::map<std::string, const FileInfo*> files;
   for (const FileInfo& f : m.files) {
@@ -797,9 +826,31 @@ std::string RankReportToJson(const RankReport& r) {
             {"file", r.file},
             {"file_bytes", r.file_bytes},
             {"metadata", absl::Base64Escape(r.metadata)},
+            {"replica_set", r.replica_set},
+            {"replica_digest", r.replica_digest},
             {"sends_replica", r.sends_replica},
             {"tensors", TensorsJson(r.tensors)}};
   return j.dump();
+}
+
+std::string DigestHex(uint64_t digest) { return absl::StrFormat("%016x", digest); }
+
+absl::Status CheckReplicaDigests(const std::vector<RankReport>& reports) {
+  std::map<int64_t, const RankReport*> first_of_set;
+  std::vector<std::string> bad;
+  for (const RankReport& r : reports) {
+    if (r.replica_set < 0) continue;
+    auto [it, inserted] = first_of_set.try_emplace(r.replica_set, &r);
+    if (inserted || it->second->replica_digest == r.replica_digest) continue;
+    bad.push_back(absl::StrCat("replica set ", r.replica_set, ": rank ", it->second->rank,
+                               " has digest ", DigestHex(it->second->replica_digest), ", rank ",
+                               r.rank, " has ", DigestHex(r.replica_digest)));
+  }
+  if (bad.empty()) return absl::OkStatus();
+  return absl::DataLossError(absl::StrCat(
+      "the replicas disagree (", absl::StrJoin(bad, "; "),
+      "): silent data corruption or a nondeterministic step; a state whose replicas disagree "
+      "is never committed, so `latest` still names the previous checkpoint"));
 }
 
 absl::StatusOr<RankReport> ParseRankReport(absl::string_view text) {
@@ -817,6 +868,8 @@ absl::StatusOr<RankReport> ParseRankReport(absl::string_view text) {
     if (!absl::Base64Unescape(j.at("metadata").get<std::string>(), &r.metadata)) {
       return absl::InternalError("a rank's commit report has bad metadata");
     }
+    r.replica_set = j.at("replica_set").get<int64_t>();
+    r.replica_digest = j.at("replica_digest").get<uint64_t>();
     r.sends_replica = j.at("sends_replica").get<bool>();
     r.tensors = TensorsFrom(j.at("tensors"));
   } catch (const FieldError& ex) {

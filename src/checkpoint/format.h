@@ -193,11 +193,18 @@ struct RankReport {
   std::string file;  // empty: this rank wrote no file
   uint64_t file_bytes = 0;
   std::string metadata;
+  int64_t replica_set = -1;  // CheckpointState::replica_set/replica_digest
+  uint64_t replica_digest = 0;
   bool sends_replica = false;
   // One shard per tensor this rank wrote (shards[0] of each).
   std::map<std::string, TensorInfo> tensors;
 };
 std::string RankReportToJson(const RankReport& report);
+// kDataLoss naming the set and the ranks when two ranks of one replica set (>= 0) report
+// different digests: such a save must not commit.
+absl::Status CheckReplicaDigests(const std::vector<RankReport>& reports);
+// "0123456789abcdef": how a digest is written in the manifest.
+std::string DigestHex(uint64_t digest);
 absl::StatusOr<RankReport> ParseRankReport(absl::string_view text);
 
 }  // namespace trident::ckpt

@@ -11,6 +11,10 @@
 #include "absl/strings/str_split.h"
 #include "common/params.h"
 
+#ifdef TRIDENT_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
 namespace trident::health {
 namespace {
 
@@ -92,6 +96,64 @@ bool ComputePass(int round, bool inject, std::string* detail) {
   return true;
 }
 
+#ifdef TRIDENT_HAVE_CUDA
+// The device memory check (burn_in.h). Fails the report on a wrong word or a CUDA error.
+void DeviceMemoryCheck(size_t bytes, bool inject, BurnInReport* r) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    (void)cudaGetLastError();  // no driver or no device: not an error of this process
+    r->device = "skipped: no CUDA device";
+    return;
+  }
+  int dev = 0;
+  (void)cudaGetDevice(&dev);
+  r->device = absl::StrCat("device ", dev);
+  auto fail = [&](const std::string& what) {
+    r->ok = false;
+    r->failed = "device_memory";
+    r->detail = absl::StrCat("device ", dev, ": ", what);
+  };
+  auto cuda = [&](cudaError_t e, const char* call) {
+    if (e == cudaSuccess) return true;
+    fail(absl::StrCat(call, ": ", cudaGetErrorString(e), " (cudaError ", static_cast<int>(e), ")"));
+    return false;
+  };
+  void* d = nullptr;
+  if (!cuda(cudaMalloc(&d, bytes), "cudaMalloc")) return;
+  const size_t n = bytes / 8;
+  std::vector<uint64_t> host(n);
+  constexpr uint8_t kBytes[4] = {0x00, 0xFF, 0x55, 0xAA};
+  for (int pattern = 0; pattern < 5 && r->ok; ++pattern) {
+    auto want = [&](size_t i) -> uint64_t {
+      if (pattern < 4) return 0x0101010101010101ull * kBytes[pattern];
+      return (i * 0x9E3779B97F4A7C15ull) ^ ~i;
+    };
+    if (pattern < 4) {
+      if (!cuda(cudaMemset(d, kBytes[pattern], bytes), "cudaMemset")) break;
+    } else {
+      for (size_t i = 0; i < n; ++i) host[i] = want(i);
+      if (!cuda(cudaMemcpy(d, host.data(), bytes, cudaMemcpyHostToDevice), "cudaMemcpy H2D")) {
+        break;
+      }
+    }
+    std::fill(host.begin(), host.end(), ~want(0));  // a copy that does nothing shows
+    if (!cuda(cudaMemcpy(host.data(), d, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy D2H")) {
+      break;
+    }
+    if (inject && pattern == 2) host[n / 2] ^= uint64_t{1} << 9;  // test hook
+    for (size_t i = 0; i < n; ++i) {
+      if (host[i] != want(i)) {
+        fail(absl::StrFormat("pattern %d: word %d of %d bytes is %016x, wrote %016x", pattern, i,
+                             bytes, host[i], want(i)));
+        break;
+      }
+    }
+    if (r->ok) r->device_bytes += static_cast<int64_t>(bytes);
+  }
+  (void)cudaFree(d);
+}
+#endif
+
 }  // namespace
 
 absl::StatusOr<BurnInLevel> ParseBurnInLevel(absl::string_view name) {
@@ -103,9 +165,10 @@ absl::StatusOr<BurnInLevel> ParseBurnInLevel(absl::string_view name) {
 }
 
 std::string BurnInReport::ToString() const {
-  const std::string tail =
+  std::string tail =
       absl::StrFormat("memory_mb=%d gemms=%d ms=%d", memory_bytes >> 20, gemms,
                       absl::ToInt64Milliseconds(took));
+  if (device_bytes > 0) absl::StrAppend(&tail, " device_memory_mb=", device_bytes >> 20);
   if (ok) return absl::StrCat("ok ", tail);
   return absl::StrCat("failed check=", failed, " ", tail, ": ", detail);
 }
@@ -157,6 +220,9 @@ BurnInReport RunBurnIn(const BurnInOptions& o) {
     ++r.gemms;
     if (!full || absl::Now() >= end_time) break;
   }
+#ifdef TRIDENT_HAVE_CUDA
+  if (r.ok) DeviceMemoryCheck(bytes, o.inject == "device_memory", &r);
+#endif
   r.took = absl::Now() - start;
   return r;
 }

@@ -4,12 +4,16 @@
 //   memory   write-and-verify patterns (zeros, ones, 0x55.., 0xAA.., each word's own
 //            address) over a buffer the size of a staging slab;
 //   compute  a GEMM of integer-valued f32 matrices and a reduction, whose exact results are
-//            known in closed form (every partial sum is an integer below 2^24: exact in f32).
+//            known in closed form (every partial sum is an integer below 2^24: exact in f32);
+//   device_memory (a build with CUDA, on the current device; skipped with the reason where
+//            no device is visible) write-and-verify of the same five patterns over device
+//            memory of the same size, through the CUDA runtime (cudaMemset, cudaMemcpy).
+//            Not yet on the device: the GEMM.
 // The whole test stops at its budget (TRIDENT_BURN_IN_MS): a check that started finishes its
 // current pass; the report says how much was tested. Levels: off, quick (one pass each over
 // 16 MiB), full (passes until the budget over 256 MiB).
 //
-// Tests only: TRIDENT_TEST_BURN_IN_FAIL=memory|compute (or MEMBER:memory|compute, for one
+// Tests only: TRIDENT_TEST_BURN_IN_FAIL=memory|compute|device_memory (or MEMBER:..., for one
 // member) makes that check see one wrong value, so that the outcome of a failure is tested.
 //
 // Thread-compatible; RunBurnIn allocates and frees its own buffer.
@@ -33,7 +37,7 @@ struct BurnInOptions {
   BurnInLevel level = BurnInLevel::kQuick;
   absl::Duration budget = absl::Seconds(1);
   size_t memory_bytes = 0;  // 0: 16 MiB (quick), 256 MiB (full)
-  // Test hook: "memory" or "compute": that check sees one wrong value.
+  // Test hook: "memory", "compute" or "device_memory": that check sees one wrong value.
   std::string inject;
 };
 
@@ -43,6 +47,10 @@ struct BurnInReport {
   std::string detail;  // what was expected and what came
   int64_t memory_bytes = 0;  // bytes written and verified (all passes)
   int gemms = 0;             // GEMMs checked
+  // The device memory check (a build with CUDA): "" in a build without CUDA, "skipped: no
+  // CUDA device" where none is visible, else "device N"; device_bytes written and verified.
+  std::string device;
+  int64_t device_bytes = 0;
   absl::Duration took;
   // "ok memory_mb=32 gemms=4 ms=12" or "failed check=memory ... ms=3": stored under
   // BurnInKey and logged.

@@ -2,6 +2,8 @@
 #include "trident/resilient.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -93,9 +95,12 @@ class Loop {
       return absl::OkStatus();
     }
     // Every rank back to the newest committed step that loads; one report per dead rank.
+    // A state that passed the replica check at the current step is kept (and copied to the
+    // ranks that replace others) rather than rolled back to the checkpoint.
     ASSIGN_OR_RETURN(runtime_internal::RestoreResult r,
                      runtime_internal::Restore(world, trainer_, o_.ckpt_dir, fresh_,
-                                               std::move(held), /*reset_if_none=*/true));
+                                               std::move(held), /*reset_if_none=*/true,
+                                               fresh_ ? -1 : verified_step_));
     fresh_ = false;
     const int64_t now_ms = absl::ToUnixMillis(absl::Now());
     // Every rank replaced since the last restore, also in recoveries that failed half-way.
@@ -105,7 +110,7 @@ class Loop {
       report.failed = f;
       report.world_size = world.size();
       report.resume_step = r.step + 1;
-      report.steps_redone = r.steps_redone;
+      report.steps_redone = std::max(r.steps_redone, rolled_back_from_ - r.step);
       report.source = r.source;
       report.peer_bytes = r.peer_bytes;
       report.peer_ms = r.peer_ms;
@@ -115,6 +120,7 @@ class Loop {
       if (o_.on_recovery) o_.on_recovery(report);
       last_verdict_ms_ = std::max(last_verdict_ms_, f.verdict_unix_ms);
     }
+    rolled_back_from_ = 0;
     for (const std::string& skipped : r.skipped) {
       TLOG(warn, "restore: skipped checkpoint {}", skipped);
     }
@@ -137,6 +143,7 @@ class Loop {
       absl::StatusOr<Recovery> rec = rt_.Recover(cause, absl::Now() + o_.recover_timeout);
       if (!rec.ok()) return rec.status();
       unreported_.insert(unreported_.end(), rec->failed.begin(), rec->failed.end());
+      reset_check_ = true;
       if (o_.after_rebuild) o_.after_rebuild();
       rt_.SetGroups({});
       engine_.reset();  // the old epoch's: its communicator is aborted
@@ -164,7 +171,18 @@ class Loop {
   absl::Status RunStep() {
     rt_.Progress();  // a training thread stuck longer than TRIDENT_HANG_TIMEOUT_MS is hung
     if (o_.before_step) o_.before_step(trainer_.step() + 1);
+    if (reset_check_) {
+      // At the start and after every recovery, every rank checks after the next step (a
+      // promoted spare knows no interval yet).
+      next_check_ = trainer_.step() + 1;
+      step_ms_sum_ = 0;
+      steps_timed_ = 0;
+      reset_check_ = false;
+    }
+    const absl::Time step_start = absl::Now();
     RETURN_IF_ERROR(trainer_.Step());
+    step_ms_sum_ += absl::ToDoubleMilliseconds(absl::Now() - step_start);
+    ++steps_timed_;
     const int64_t step = trainer_.step();
     if (o_.on_step) {
       o_.on_step(step, last_verdict_ms_ > 0 ? absl::ToUnixMillis(absl::Now()) - last_verdict_ms_
@@ -175,13 +193,20 @@ class Loop {
     ReportSaves(/*wait=*/false).IgnoreError();
     const bool save_due = engine_ && o_.ckpt_every > 0 && step % o_.ckpt_every == 0;
     // A save is taken only of a state whose replicas agree: a flipped bit never commits.
-    if (o_.sdc_every > 0 && (step % o_.sdc_every == 0 || save_due)) {
+    const bool check_due = o_.sdc_every > 0 ? step % o_.sdc_every == 0
+                                            : o_.sdc_every == kSdcAuto && step >= next_check_;
+    if (o_.sdc_every != 0 && (check_due || save_due)) {
       RETURN_IF_ERROR(CheckReplicas(step));
     }
     if (!save_due) return absl::OkStatus();
     const absl::Time t0 = absl::Now();
-    absl::StatusOr<std::shared_ptr<CheckpointSave>> save =
-        engine_->Save(step, trainer_.SaveState());
+    CheckpointState state = trainer_.SaveState();
+    if (verified_step_ == step && verified_.set >= 0) {
+      // The commit records the digests the replicas agreed on (and refuses disagreeing ones).
+      state.replica_set = verified_.set;
+      state.replica_digest = verified_.digest;
+    }
+    absl::StatusOr<std::shared_ptr<CheckpointSave>> save = engine_->Save(step, state);
     SaveEvent e;
     e.step = step;
     e.stall_ms = absl::ToDoubleMilliseconds(absl::Now() - t0);
@@ -229,10 +254,39 @@ class Loop {
   // Logs the verdict (on the lowest rank that is not named), reports the named ranks (every
   // rank that is not named writes the same record, so one that an abort overtakes does not
   // matter) and fails the step so that the loop recovers into the epoch that replaces them.
+  // `mine`: this rank's digest at `step`, `good`: whether its state is a healthy replica's
+  // (kept, and copied to the rank that replaces a named one).
+  // `rollback`: the state at `step` may hold the named rank's influence (its flipped values
+  // fed the forward passes, so the gradients all ranks applied, of the steps since the last
+  // good digest): a healthy rank goes back to its copy of the last good digest's state.
   absl::Status NameCorrupt(int64_t step, const std::vector<int>& odd, int replicas,
-                           const char* method) {
+                           const char* method, const health::ReplicaDigest& mine, bool good,
+                           bool rollback) {
     const int me = rt_.rank();
     const bool named = std::find(odd.begin(), odd.end(), me) != odd.end();
+    if (good && !named && !rollback) {
+      verified_step_ = step;
+      verified_ = mine;
+    } else if (good && !named && good_step_ >= 0) {
+      std::vector<Tensor> tensors = trainer_.ReplicatedState().tensors;
+      bool fits = tensors.size() == good_copy_.size();
+      for (size_t i = 0; fits && i < tensors.size(); ++i) {
+        fits = tensors[i].nbytes() == good_copy_[i].size();
+      }
+      if (fits) {
+        for (size_t i = 0; i < tensors.size(); ++i) {
+          if (!good_copy_[i].empty()) {
+            std::memcpy(tensors[i].data(), good_copy_[i].data(), good_copy_[i].size());
+          }
+        }
+        trainer_.SetRestoredStep(good_step_);
+        verified_step_ = good_step_;
+        verified_ = good_digest_;
+        rolled_back_from_ = step;
+        TLOG(info, "sdc: back to step {}, the last good digest, from this rank's copy",
+             good_step_);
+      }
+    }
     int logger = 0;
     while (std::find(odd.begin(), odd.end(), logger) != odd.end()) ++logger;
     for (int r : odd) {
@@ -261,21 +315,64 @@ class Loop {
   }
 
   // The replica check (LoopOptions::sdc_every). Collective over the world.
+  // kSdcAuto: this rank's proposal for the next interval (see LoopOptions::sdc_every).
+  // The hash is the check's cost; the all-gather of 24 bytes a rank is small, and the time
+  // it waits for slower peers is imbalance that the step's next collective would wait anyway.
+  int64_t ProposeEvery(double hash_ms) const {
+    const double check_ms = hash_ms;
+    const double step_ms = steps_timed_ > 0 ? step_ms_sum_ / steps_timed_ : 0.0;
+    if (!(step_ms > 0) || !(o_.sdc_budget > 0)) return 1;
+    const double k = std::ceil(check_ms / (o_.sdc_budget * step_ms));
+    return static_cast<int64_t>(std::clamp(k, 1.0, static_cast<double>(kSdcAutoMaxEvery)));
+  }
+
   absl::Status CheckReplicas(int64_t step) {
     const absl::Time t0 = absl::Now();
     ASSIGN_OR_RETURN(health::ReplicaDigest before, MyDigest());
-    ASSIGN_OR_RETURN(std::vector<health::ReplicaDigest> all, Gather(before, 0, nullptr));
+    // A copy of the state being checked: if it agrees, it is the last good digest's state,
+    // which a later verdict goes back to (part of the check's cost).
+    Trainable::Replicas rep = trainer_.ReplicatedState();
+    if (rep.complete) {
+      pending_copy_.resize(rep.tensors.size());
+      for (size_t i = 0; i < rep.tensors.size(); ++i) {
+        const auto* p = static_cast<const uint8_t*>(rep.tensors[i].data());
+        pending_copy_[i].assign(p, p + rep.tensors[i].nbytes());
+      }
+    }
+    const bool adaptive = o_.sdc_every == kSdcAuto;
+    const int64_t proposal =  // from the hash and the copy
+        adaptive ? ProposeEvery(absl::ToDoubleMilliseconds(absl::Now() - t0)) : 0;
+    std::vector<int64_t> proposals;
+    ASSIGN_OR_RETURN(std::vector<health::ReplicaDigest> all, Gather(before, proposal, &proposals));
+    if (adaptive) {
+      // The same numbers on every rank: the same next check.
+      every_ = *std::max_element(proposals.begin(), proposals.end());
+      next_check_ = step + every_;
+      step_ms_sum_ = 0;
+      steps_timed_ = 0;
+    } else {
+      every_ = o_.sdc_every;
+    }
+    last_check_ms_ = absl::ToDoubleMilliseconds(absl::Now() - t0);
     health::ReplicaVerdict v = health::JudgeReplicas(all);
     if (v.agree()) {
       last_good_step_ = step;
+      verified_step_ = step;
+      verified_ = before;
+      if (rep.complete) {
+        good_copy_.swap(pending_copy_);
+        good_step_ = step;
+        good_digest_ = before;
+      }
       if (o_.on_sdc) {
         o_.on_sdc({.step = step, .agree = true, .last_good_step = step,
-                   .check_ms = absl::ToDoubleMilliseconds(absl::Now() - t0)});
+                   .check_ms = last_check_ms_, .every = static_cast<int>(every_)});
       }
       return absl::OkStatus();
     }
     if (!v.odd.empty() && v.undecided.empty()) {
-      return NameCorrupt(step, v.odd, v.replicas, "majority");
+      return NameCorrupt(step, v.odd, v.replicas, "majority", before, /*good=*/true,
+                         /*rollback=*/true);
     }
     // No majority somewhere: every rank goes back to the newest checkpoint that loads and
     // replays to `step`; a rank whose replay differs from its own digest is named. A save
@@ -293,14 +390,22 @@ class Loop {
     ASSIGN_OR_RETURN(std::vector<health::ReplicaDigest> replayed,
                      Gather(after, after.digest != before.digest ? 1 : 0, &changed));
     std::vector<int> odd = v.odd;
+    bool good = true;  // this rank's replayed state is a healthy replica's
     for (const std::vector<int>& set : v.undecided) {
       std::vector<int> bad;
       for (int rank : set) {
         if (changed[rank] != 0) bad.push_back(rank);
       }
       if (bad.size() == 1) odd.push_back(bad[0]);
+      if (bad.size() != 1 && std::find(set.begin(), set.end(), rt_.rank()) != set.end()) {
+        good = false;
+      }
     }
-    if (!odd.empty()) return NameCorrupt(step, odd, v.replicas, "replay");
+    // A rank named by its replay: the others' replays from the checkpoint matched their
+    // states, which are therefore clean at `step`.
+    if (!odd.empty()) {
+      return NameCorrupt(step, odd, v.replicas, "replay", after, good, /*rollback=*/false);
+    }
     const bool replay_agrees = health::JudgeReplicas(replayed).agree();
     if (rt_.rank() == 0) {
       TLOG(warn, "sdc step={} rank=none replicas={} method=replay action=rollback", step,
@@ -317,6 +422,8 @@ class Loop {
           "Step, or a fault on every replica)"));
     }
     last_good_step_ = step;
+    verified_step_ = step;
+    verified_ = after;
     return absl::OkStatus();
   }
 
@@ -349,6 +456,24 @@ class Loop {
   int64_t last_verdict_ms_ = 0;  // of the last recovery, until its first completed step
   std::shared_ptr<CheckpointSave> reported_save_;  // the last save reported, of any epoch
   int64_t last_good_step_ = 0;  // the newest step whose replica check agreed
+  // The step whose replica check this rank's state passed (or, on a verdict, whose majority
+  // or replay it belongs to), and its digest there; -1: none.
+  int64_t verified_step_ = -1;
+  health::ReplicaDigest verified_;
+  // The last good digest's state (Replicas::complete only): its step, digest and bytes; and
+  // the copy of the check in progress. rolled_back_from_: the verdict's step after going back.
+  int64_t good_step_ = -1;
+  health::ReplicaDigest good_digest_;
+  std::vector<std::vector<uint8_t>> good_copy_, pending_copy_;
+  int64_t rolled_back_from_ = 0;
+  // The check interval (kSdcAuto): the next step to check, the interval in force, and what
+  // it is chosen from (step times since the last check, the last check's cost).
+  bool reset_check_ = true;
+  int64_t next_check_ = 1;
+  int64_t every_ = 0;
+  double step_ms_sum_ = 0;
+  int steps_timed_ = 0;
+  double last_check_ms_ = 0;
   std::vector<FailedRank> unreported_;  // replaced ranks not yet in a RecoveryReport
 };
 
@@ -357,6 +482,10 @@ class Loop {
 absl::Status RunResilient(Runtime& runtime, Trainable& trainer, const LoopOptions& options) {
   if (options.ckpt_every < 0 || options.keep < 0) {
     return absl::InvalidArgumentError("LoopOptions: ckpt_every and keep must be >= 0");
+  }
+  if (options.sdc_every < 0 && options.sdc_every != kSdcAuto) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "LoopOptions: sdc_every is ", options.sdc_every, "; give N >= 1, 0 (off) or kSdcAuto"));
   }
   if ((options.ckpt_every > 0 || options.resume) && options.ckpt_dir.empty()) {
     return absl::InvalidArgumentError("LoopOptions: ckpt_every and resume need a ckpt_dir");

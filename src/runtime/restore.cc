@@ -3,10 +3,14 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
+#include "health/sdc.h"
 
 namespace trident::runtime_internal {
 namespace {
@@ -17,8 +21,16 @@ struct RankState {
   int64_t replica_step = -1;
   int64_t completed = -1;      // completed steps; -1: fresh (its state is not the job's)
   int64_t dirty = 0;
+  int64_t verified = -1;       // its state passed the replica check at this step (-1: no)
+  int64_t set = -1;            // Trainable::ReplicatedState: its replica set,
+  int64_t complete = 0;        // whether those tensors are its whole state,
+  int64_t bytes = 0;           // their size,
+  int64_t digest = 0;          // and their digest (a verified rank only)
 };
-static_assert(sizeof(RankState) == 4 * sizeof(int64_t));
+static_assert(sizeof(RankState) == 9 * sizeof(int64_t));
+
+// Tag of the state copied from a healthy replica (below the peer replicas' 0xC4A0xx).
+constexpr int kTagReplicaCopy = 0xC4B000;
 
 // One rank's outcome of loading a step, all-gathered as fixed-size bytes.
 struct Outcome {
@@ -34,6 +46,28 @@ absl::Status Wait(const std::shared_ptr<Work>& work) { return work->Wait(); }
 template <typename T>
 Tensor BytesOf(T* items, size_t n) {
   return Tensor::Of(reinterpret_cast<uint8_t*>(items), sizeof(T) * n);
+}
+
+std::string Hex(uint64_t digest) { return absl::StrFormat("%016x", digest); }
+
+// A state loaded from checkpoint `step` against the digest its commit recorded for this
+// rank's replica set (when the manifest has digests and this run's layout).
+absl::Status VerifyDigest(const std::string& dir, int64_t step, Trainable& trainer) {
+  ASSIGN_OR_RETURN(CheckpointManifest m, ReadManifest(dir, step));
+  if (m.replica_sets.empty() || m.layout != trainer.Layout()) return absl::OkStatus();
+  Trainable::Replicas rep = trainer.ReplicatedState();
+  if (rep.set < 0) return absl::OkStatus();
+  for (size_t r = 0; r < m.replica_sets.size(); ++r) {
+    if (m.replica_sets[r] != rep.set) continue;
+    ASSIGN_OR_RETURN(uint64_t mine, health::DigestTensors(rep.tensors));
+    if (mine == m.replica_digests[r]) return absl::OkStatus();
+    // Short: the restore all-gathers the first 251 bytes of each rank's error.
+    return absl::DataLossError(absl::StrCat(
+        "refusing checkpoint step ", step, ": replica set ", rep.set, " hashes to ", Hex(mine),
+        " but the commit recorded ", Hex(m.replica_digests[r]), " (rank ", r,
+        "): its files pass their checksums but are not the committed state"));
+  }
+  return absl::OkStatus();
 }
 
 // Loads checkpoint `step` into the trainer; says the checkpoint's layout when a tensor is
@@ -53,8 +87,85 @@ absl::Status LoadInto(const std::string& dir, int64_t step, Trainable& trainer) 
     }
     return s;
   }
+  RETURN_IF_ERROR(VerifyDigest(dir, step, trainer));
   trainer.SetRestoredStep(step);
   return absl::OkStatus();
+}
+
+absl::Status StatusOf(const Outcome& o) {
+  return absl::Status(static_cast<absl::StatusCode>(o.code), o.message);
+}
+
+// Step 2b of the header: the fresh ranks copy a verified replica's state. Returns the step
+// when every rank is there; nullopt when the conditions do not hold or a copy failed on some
+// rank (the checkpoints decide then); an error of the communicator.
+absl::StatusOr<std::optional<int64_t>> FromHealthyReplica(Communicator& world,
+                                                         Trainable& trainer,
+                                                         const std::vector<RankState>& all) {
+  const int n = static_cast<int>(all.size());
+  const int me = world.rank();
+  int64_t step = -1;
+  for (const RankState& r : all) {
+    if (r.completed < 0) continue;
+    if (r.dirty != 0 || r.verified != r.completed || (step >= 0 && r.completed != step)) {
+      return std::nullopt;
+    }
+    step = r.completed;
+  }
+  if (step < 0) return std::nullopt;
+  std::vector<int> donor(n, -1);
+  for (int r = 0; r < n; ++r) {
+    if (all[r].completed >= 0) continue;
+    if (all[r].complete == 0 || all[r].set < 0) return std::nullopt;
+    for (int h = 0; h < n && donor[r] < 0; ++h) {
+      if (all[h].completed >= 0 && all[h].set == all[r].set && all[h].bytes == all[r].bytes) {
+        donor[r] = h;
+      }
+    }
+    if (donor[r] < 0) return std::nullopt;
+  }
+  absl::Status local;
+  for (int r = 0; r < n; ++r) {
+    if (donor[r] < 0 || (me != r && me != donor[r])) continue;
+    std::vector<Tensor> tensors = trainer.ReplicatedState().tensors;
+    std::vector<std::shared_ptr<Work>> works;
+    for (const Tensor& t : tensors) {
+      if (t.nbytes() == 0) continue;
+      Tensor bytes(t.data(), DType::kU8, {static_cast<int64_t>(t.nbytes())});
+      works.push_back(me == r ? world.Recv(bytes, donor[r], kTagReplicaCopy)
+                              : world.Send(bytes, r, kTagReplicaCopy));
+    }
+    for (const auto& w : works) {
+      if (absl::Status s = w->Wait(); !s.ok() && local.ok()) local = s;
+    }
+    if (me == r && local.ok()) {
+      absl::StatusOr<uint64_t> digest = health::DigestTensors(tensors);
+      if (!digest.ok()) {
+        local = digest.status();
+      } else if (*digest != static_cast<uint64_t>(all[donor[r]].digest)) {
+        local = absl::DataLossError(absl::StrCat(
+            "the state copied from rank ", donor[r], " hashes to ", Hex(*digest),
+            ", not to the digest its replicas agreed on at step ", step, " (",
+            Hex(static_cast<uint64_t>(all[donor[r]].digest)), ")"));
+      } else {
+        trainer.SetRestoredStep(step);
+      }
+    }
+  }
+  if (IsRecoverable(local) && !absl::IsFailedPrecondition(local)) return local;  // a peer died
+  Outcome out;
+  out.code = static_cast<int32_t>(local.code());
+  std::strncpy(out.message, std::string(local.message()).c_str(), sizeof(out.message) - 1);
+  std::vector<Outcome> outcomes(n);
+  RETURN_IF_ERROR(Wait(world.AllGather(BytesOf(&out, 1), BytesOf(outcomes.data(), n))));
+  for (int r = 0; r < n; ++r) {
+    if (outcomes[r].code == 0) continue;
+    TLOG(warn, "restore: copying a healthy replica's state at step {} failed on rank {} ({}); "
+               "restoring from the checkpoints instead",
+         step, r, StatusOf(outcomes[r]).ToString());
+    return std::nullopt;
+  }
+  return step;
 }
 
 }  // namespace
@@ -62,7 +173,7 @@ absl::Status LoadInto(const std::string& dir, int64_t step, Trainable& trainer) 
 absl::StatusOr<RestoreResult> Restore(Communicator& world, Trainable& trainer,
                                       const std::string& dir, bool fresh,
                                       std::shared_ptr<const PeerReplica> held,
-                                      bool reset_if_none) {
+                                      bool reset_if_none, int64_t verified) {
   const int n = world.size();
   const int me = world.rank();
   // 1. The candidates, newest first, as rank 0 sees them: [count, step...].
@@ -90,6 +201,18 @@ absl::StatusOr<RestoreResult> Restore(Communicator& world, Trainable& trainer,
   mine.replica_step = held ? held->step() : -1;
   mine.completed = fresh ? -1 : trainer.step();
   mine.dirty = trainer.dirty() ? 1 : 0;
+  {
+    Trainable::Replicas rep = trainer.ReplicatedState();
+    mine.set = rep.set;
+    mine.complete = rep.complete ? 1 : 0;
+    for (const Tensor& t : rep.tensors) mine.bytes += static_cast<int64_t>(t.nbytes());
+    if (!fresh && mine.dirty == 0 && rep.set >= 0 && verified >= 0 &&
+        verified == trainer.step()) {
+      ASSIGN_OR_RETURN(uint64_t digest, health::DigestTensors(rep.tensors));
+      mine.verified = verified;
+      mine.digest = static_cast<int64_t>(digest);
+    }
+  }
   std::vector<RankState> all(n);
   RETURN_IF_ERROR(Wait(world.AllGather(BytesOf(&mine, 1), BytesOf(all.data(), n))));
 
@@ -98,7 +221,15 @@ absl::StatusOr<RestoreResult> Restore(Communicator& world, Trainable& trainer,
   int64_t ahead = 0;
   for (const RankState& r : all) ahead = std::max(ahead, r.completed);
 
-  if (candidates[0] == 0) {
+  ASSIGN_OR_RETURN(std::optional<int64_t> kept, FromHealthyReplica(world, trainer, all));
+  if (kept.has_value()) {
+    result.step = *kept;
+    result.steps_redone = std::max<int64_t>(0, ahead - *kept);
+    for (const RankState& r : all) {
+      if (r.completed < 0) result.source = "replica";
+    }
+    candidates[0] = 0;  // nothing to load
+  } else if (candidates[0] == 0) {
     if (reset_if_none) {
       // No committed checkpoint yet: the initial state (a function of the seed) is step 0's.
       trainer.ResetToInitialState();

@@ -14,6 +14,14 @@
 //     the report says which steps were skipped and why; any other error fails the restore on
 //     every rank, naming the rank;
 //  5. with no committed checkpoint, every rank goes back to the initial state (source=init).
+//
+// Before 3: when every rank that is not fresh is at the same step V, clean, and its state
+// passed the replica check at V (`verified`), and every fresh rank's state is complete in its
+// replica set (Trainable::Replicas::complete) with such a rank in the same set, each fresh
+// rank copies that replica's state from its memory and checks it against the agreed digest:
+// nobody goes back (source=replica). Any failure of that falls through to the checkpoints.
+// A state loaded from a checkpoint whose manifest holds the replicas' digests (and this
+// run's layout) is hashed and compared: a mismatch is kDataLoss for that checkpoint.
 #ifndef TRIDENT_RUNTIME_RESTORE_H_
 #define TRIDENT_RUNTIME_RESTORE_H_
 
@@ -47,7 +55,7 @@ struct RestoreResult {
 absl::StatusOr<RestoreResult> Restore(Communicator& world, Trainable& trainer,
                                       const std::string& dir, bool fresh,
                                       std::shared_ptr<const PeerReplica> held,
-                                      bool reset_if_none);
+                                      bool reset_if_none, int64_t verified = -1);
 
 }  // namespace trident::runtime_internal
 

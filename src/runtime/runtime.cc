@@ -18,6 +18,7 @@
 #include "common/params.h"
 #include "common/status_macros.h"
 #include "health/burn_in.h"
+#include "runtime/transport_self_test.h"
 #include "health/failure_watcher.h"
 #include "health/heartbeat.h"
 #include "health/membership.h"
@@ -127,6 +128,8 @@ class JobRuntime final : public Runtime {
   void Watch();
   // Builds `epoch`'s world; gives up at `deadline` or as soon as the epoch is over.
   absl::Status BuildWorld(int64_t epoch, absl::Time deadline);
+  // The transport self-test over the world just built (runtime/transport_self_test.h).
+  absl::Status SelfTestWorld(int64_t epoch, absl::Time deadline);
   // The spare pool: waits until an epoch gives this member a rank and builds its world
   // (promoted_, promotion_); kCancelled when the job ends first.
   absl::Status WaitForPromotion();
@@ -144,6 +147,8 @@ class JobRuntime final : public Runtime {
   int world_size_ = 0;
   int64_t epoch_ = 1;
   bool promoted_ = false;
+  // The transport self-test at a world build failed on this rank: it leaves (not admitted).
+  bool not_admitted_ = false;
   Recovery promotion_;
 
   absl::Mutex mu_;
@@ -317,6 +322,7 @@ absl::Status JobRuntime::Start() {
     } else {
       absl::Status built =
           BuildWorld(m.epoch, std::min(deadline, absl::Now() + options_.build_timeout));
+      if (not_admitted_) return built;
       if (!built.ok()) {
         // A rank may have died during the setup: its place goes to a spare in a new epoch.
         TLOG(warn, "building the world of epoch {} failed: {}; waiting for the next epoch",
@@ -365,7 +371,7 @@ absl::Status JobRuntime::WaitForPromotion() {
       // is never retried at the same epoch (the others may hold this attempt's address): the
       // next epoch says where this member stands.
       absl::Status built = BuildWorld(m.epoch, absl::Now() + 2 * options_.build_timeout);
-      if (built.ok()) return absl::OkStatus();
+      if (built.ok() || not_admitted_) return built;
       failed_epoch = m.epoch;
       TLOG(warn, "building the world of epoch {} failed: {}; waiting for the next epoch",
                    m.epoch, built.ToString());
@@ -444,11 +450,51 @@ absl::Status JobRuntime::BuildWorld(int64_t epoch, absl::Time deadline) {
   }
   world_ = std::move(world).value();
   epoch_ = epoch;
-  absl::MutexLock lock(&mu_);
-  world_ptr_ = world_.get();
-  watched_epoch_ = epoch;
-  aborted_ = false;
-  return absl::OkStatus();
+  {
+    absl::MutexLock lock(&mu_);
+    world_ptr_ = world_.get();
+    watched_epoch_ = epoch;
+    aborted_ = false;
+  }
+  return SelfTestWorld(epoch, deadline);
+}
+
+absl::Status JobRuntime::SelfTestWorld(int64_t epoch, absl::Time deadline) {
+  const health::BurnInOptions burn = health::BurnInOptionsFromEnv(options_.member);
+  if (burn.level == health::BurnInLevel::kOff) return absl::OkStatus();
+  const absl::Time t0 = absl::Now();
+  runtime_internal::TransportSelfTestOptions o;
+  o.bytes = burn.level == health::BurnInLevel::kFull ? (1 << 20) : (64 << 10);
+  o.inject = burn.inject == "transport";
+  o.deadline = std::max(deadline, absl::Now() + absl::Seconds(1));
+  const health::FailureWatcher* failures = failures_.get();
+  o.interrupted = [failures, epoch]() -> absl::Status {
+    if (std::optional<std::string> over =
+            failures->EpochOver(epoch, absl::Now() + absl::Seconds(1))) {
+      return absl::AbortedError(absl::StrCat("the transport self-test of epoch ", epoch,
+                                             " stopped: ", *over));
+    }
+    return absl::OkStatus();
+  };
+  absl::Status tested = runtime_internal::TransportSelfTest(*world_, epoch, o);
+  const int64_t ms = absl::ToInt64Milliseconds(absl::Now() - t0);
+  if (absl::IsDataLoss(tested)) {
+    // Through the burn-in's failure path: the report, then this process leaves and the
+    // launcher replaces it (a worker at startup by a spare; a promoted spare by the next).
+    not_admitted_ = true;
+    const std::string report = absl::StrCat("failed ", tested.message(), " ms=", ms);
+    (void)store_->Set(health::BurnInKey(options_.member), report, absl::Now() + options_.timeout);
+    TLOG(error, "transport self-test of {} in epoch {}: {}; not admitted", options_.member,
+         epoch, report);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "burn-in of ", options_.member, " ", report,
+        "; this process is not admitted (trident-run replaces it with a spare)"));
+  }
+  if (tested.ok()) {
+    TLOG(debug, "transport self-test in epoch {}: {} bytes with each neighbour, {} ms", epoch,
+         o.bytes, ms);
+  }
+  return tested;
 }
 
 absl::StatusOr<Recovery> JobRuntime::Recover(const absl::Status& cause, absl::Time deadline) {
@@ -537,6 +583,7 @@ absl::StatusOr<Recovery> JobRuntime::Recover(const absl::Status& cause, absl::Ti
                    m->DescribeFailures(), absl::FormatDuration(absl::Now() - start));
       return r;
     }
+    if (not_admitted_) return built;
     TLOG(warn, "building the world of epoch {} failed: {}; waiting for the next epoch",
                  m->epoch, built.ToString());
     if (absl::Now() >= deadline) return built;

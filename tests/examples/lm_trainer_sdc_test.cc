@@ -3,6 +3,8 @@
 // (--sdc-every) names that rank (by majority with dp 3, by replay with dp 2), trident-run
 // replaces it by the spare, and the run ends with the losses of a run without the flip.
 #include <map>
+#include <regex>
+#include <vector>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -49,6 +51,23 @@ void ExpectLossesOf(const RunResult& ref, const RunResult& out) {
   }
 }
 
+// After the recovery line, the steps printed ("step=N loss=") are resumed, resumed + 1, ...
+// each once.
+void ExpectNoStepRunTwiceAfter(const std::string& output, int last_good) {
+  // From the recovery line on (rank 0 prints it and the step lines: one stream, in order).
+  const size_t at = output.find("recovery epoch=");
+  ASSERT_NE(at, std::string::npos);
+  static const std::regex line(R"(step=(\d+) loss=)");
+  std::vector<int> steps;
+  for (auto it = std::sregex_iterator(output.begin() + at, output.end(), line);
+       it != std::sregex_iterator(); ++it) {
+    steps.push_back(std::stoi((*it)[1]));
+  }
+  std::vector<int> want;
+  for (int s = last_good + 1; s <= kSteps; ++s) want.push_back(s);
+  EXPECT_EQ(steps, want) << output;
+}
+
 TEST(LmTrainerSdcTest, ThreeReplicasNameTheFlippedOneByMajorityAndTheSpareTakesOver) {
   RunResult ref = Train("ref3", 3, 0, "");
   ASSERT_EQ(ref.exit_code, 0) << ref.output;
@@ -61,10 +80,11 @@ TEST(LmTrainerSdcTest, ThreeReplicasNameTheFlippedOneByMajorityAndTheSpareTakesO
   EXPECT_THAT(out.output, HasSubstr("spare s0 takes rank 1 (w1 declared dead: silent data "
                                     "corruption"));
   EXPECT_THAT(out.output, HasSubstr("recovery epoch=2 dead_rank=1 cause=sdc"));
-  // Back to checkpoint 12 (checked before its save), or 6 when the verdict aborted 12's
-  // commit, still in flight on a loaded machine.
-  EXPECT_THAT(out.output, ContainsRegex("resume_step=(13|7) "));
+  // Back to the last good digest (step 12, the check before): the healthy replicas' copies
+  // of it, the spare's from one of them; steps 13 and 14 redone.
+  EXPECT_THAT(out.output, ContainsRegex("steps_redone=2 source=replica .* resume_step=13 "));
   ExpectLossesOf(ref, out);
+  ExpectNoStepRunTwiceAfter(out.output, 12);
 }
 
 TEST(LmTrainerSdcTest, TwoReplicasReplayAndNameTheOneThatDisagreesWithItsReplay) {
@@ -75,7 +95,25 @@ TEST(LmTrainerSdcTest, TwoReplicasReplayAndNameTheOneThatDisagreesWithItsReplay)
   EXPECT_THAT(out.output,
               HasSubstr("sdc step=14 rank=0 replicas=2 method=replay action=replaced"));
   EXPECT_THAT(out.output, HasSubstr("recovery epoch=2 dead_rank=0 cause=sdc"));
+  // Both replayed from checkpoint 12 to decide; after the verdict the spare copied rank 1's
+  // replayed state at step 14 and nothing more is redone.
+  EXPECT_THAT(out.output, ContainsRegex("steps_redone=0 source=replica .* resume_step=15 "));
   ExpectLossesOf(ref, out);
+  ExpectNoStepRunTwiceAfter(out.output, 14);
+}
+
+// No false verdict in a 1,000-step clean run at dp 3 with a check after every step (the
+// tiny model: a few seconds).
+TEST(LmTrainerSdcTest, NoFalseVerdictInAThousandCleanStepsCheckedEveryStep) {
+  RunResult out = RunCommand(absl::StrCat(
+      "timeout 240 ", Bin("trident-run"), " --nproc 3 -- ", Bin("lm-trainer"),
+      " --dp 3 --steps 1000 --context 8 --embed 8 --ffn 64 --batch 48 --microbatches 2 "
+      "--val-samples 64 --eval-every 500 --seed 5 --timeout 30s --sdc-every 1 2>&1"));
+  ASSERT_EQ(out.exit_code, 0) << out.output;
+  EXPECT_THAT(out.output, HasSubstr("done steps=1000"));
+  EXPECT_THAT(out.output, HasSubstr("sdc_checks=1000 "));
+  EXPECT_THAT(out.output, Not(HasSubstr("sdc step=")));
+  EXPECT_THAT(out.output, Not(HasSubstr("recovery epoch=")));
 }
 
 // Burn-in under trident-run: a worker whose compute check fails at startup is not admitted

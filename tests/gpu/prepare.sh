@@ -27,7 +27,7 @@ bundle=${2:-$root/gpu-bundle}
 jobs=${JOBS:-2}
 nice_level=${NICE:-10}
 programs=(nccl_test host_cuda_test ckpt_cuda_test gpu_errors_test nccl_watchdog_test
-          trident-run trident-bench gpu_check_worker)
+          trident-run trident-bench gpu_check_worker health_test)
 
 if [[ ! -f $build/CMakeCache.txt ]]; then
   # shellcheck disable=SC2086

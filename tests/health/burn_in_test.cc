@@ -63,5 +63,25 @@ TEST(BurnInTest, LevelsParseAndTheTestHookNamesAMember) {
   EXPECT_EQ(BurnInOptionsFromEnv("w1").inject, "");
 }
 
+// The device memory check: on a GPU the five patterns over device memory; skipped with the
+// reason where the build has no CUDA or no device is visible.
+TEST(BurnInTest, DeviceMemoryIsTestedOnAGpuAndSkippedWithTheReasonWithout) {
+  BurnInReport r = RunBurnIn({.level = BurnInLevel::kQuick, .memory_bytes = 1 << 20});
+  ASSERT_TRUE(r.ok) << r.ToString();
+  if (r.device.empty()) GTEST_SKIP() << "a build without CUDA: no device check";
+  if (r.device == "skipped: no CUDA device") {
+    EXPECT_EQ(r.device_bytes, 0);
+    GTEST_SKIP() << "no CUDA device";
+  }
+  EXPECT_EQ(r.device_bytes, 5 << 20) << "five patterns over 1 MiB of device memory";
+  EXPECT_THAT(r.ToString(), HasSubstr(" device_memory_mb=5"));
+  BurnInReport bad = RunBurnIn(
+      {.level = BurnInLevel::kQuick, .memory_bytes = 1 << 20, .inject = "device_memory"});
+  EXPECT_FALSE(bad.ok);
+  EXPECT_EQ(bad.failed, "device_memory");
+  EXPECT_THAT(bad.ToString(), HasSubstr("failed check=device_memory"));
+  EXPECT_THAT(bad.detail, HasSubstr("pattern 2: word 65536 of 1048576 bytes is"));
+}
+
 }  // namespace
 }  // namespace trident::health

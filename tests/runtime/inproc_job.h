@@ -46,6 +46,8 @@ class ToyTrainer : public Trainable {
   std::function<void(int64_t step, std::vector<double>& w)> after_step;
   // Set once this member is dead: it takes no part in anything after.
   const bool* dead = nullptr;
+  // How long each step computes (for the adaptive replica-check interval).
+  absl::Duration step_time = absl::ZeroDuration();
 
   absl::Status Bind(Communicator& world, const BindInfo& info) override {
     if (dead != nullptr && *dead) return absl::InternalError("dead");
@@ -59,6 +61,7 @@ class ToyTrainer : public Trainable {
       if (absl::Status s = fate(step_ + 1); !s.ok()) return s;
     }
     if (dead != nullptr && *dead) return absl::InternalError("dead");
+    if (step_time > absl::ZeroDuration()) absl::SleepFor(step_time);  // the step's compute
     const int n = world_->size(), r = world_->rank();
     std::vector<double> g(kParams, 0.0);
     for (int v = r * virtual_ranks_ / n; v < (r + 1) * virtual_ranks_ / n; ++v) {
@@ -101,7 +104,8 @@ class ToyTrainer : public Trainable {
   }
   std::string Layout() const override { return "toy"; }
   Replicas ReplicatedState() override {
-    return {.set = 0, .tensors = {Tensor::Of(w_.data(), w_.size())}};  // every rank holds w
+    // Every rank holds w, and w is the whole state.
+    return {.set = 0, .tensors = {Tensor::Of(w_.data(), w_.size())}, .complete = true};
   }
   std::vector<std::vector<int>> ShrinkGroups() const override {
     // The groups of the launch layout only while the world has that size.
@@ -168,6 +172,8 @@ struct MemberResult {
   std::vector<RecoveryReport> recoveries;
   std::vector<int64_t> resumed;
   std::vector<SdcEvent> sdc;  // every replica check
+  // Every completed step in the order run (a redone step appears again) and w after it.
+  std::vector<std::pair<int64_t, std::vector<double>>> steps_run;
 };
 
 class InprocJob : public health::Agent {
@@ -181,6 +187,8 @@ class InprocJob : public health::Agent {
     std::vector<std::vector<int>> shrink_groups;
     absl::Duration heartbeat_timeout = absl::Milliseconds(300);
     int sdc_every = 0;  // LoopOptions::sdc_every
+    absl::Duration step_time = absl::ZeroDuration();  // ToyTrainer::step_time
+    double sdc_budget = 0.005;                         // LoopOptions::sdc_budget
   };
 
   explicit InprocJob(Options options) : options_(std::move(options)) {}
@@ -320,6 +328,7 @@ class InprocJob : public health::Agent {
       }
       mp->runtime = *std::move(rt);
       ToyTrainer trainer(options_.world_size, options_.shrink_groups);
+      trainer.step_time = options_.step_time;
       auto fate = fates_.find(name);
       LoopOptions loop;
       loop.steps = options_.steps;
@@ -350,6 +359,7 @@ class InprocJob : public health::Agent {
         };
       }
       loop.sdc_every = options_.sdc_every;
+      loop.sdc_budget = options_.sdc_budget;
       loop.on_sdc = [mp](const SdcEvent& e) { mp->result.sdc.push_back(e); };
       if (auto flip = flips_.find(name); flip != flips_.end()) {
         trainer.after_step = [f = flip->second, done = false](int64_t step,
@@ -363,6 +373,9 @@ class InprocJob : public health::Agent {
         };
       }
       loop.on_recovery = [mp](const RecoveryReport& r) { mp->result.recoveries.push_back(r); };
+      loop.on_step = [mp, &trainer](int64_t step, int64_t) {
+        mp->result.steps_run.emplace_back(step, trainer.weights());
+      };
       loop.on_resume = [mp](int64_t step, const std::vector<std::string>&) {
         mp->result.resumed.push_back(step);
       };
