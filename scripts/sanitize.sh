@@ -17,13 +17,22 @@ fi
 jobs=${TRIDENT_JOBS:-$(nproc)}
 export FI_TCP_IFACE=lo FI_SOCKETS_IFACE=lo
 supp=$PWD/tests/sanitizers
+# -O1 -g1: sanitizer builds compile in about half the time of -O2 -g (measured on
+# host_communicator.cc with ASan + UBSan: 22 s against 47 s), with line numbers in reports.
+flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_C_FLAGS_RELWITHDEBINFO=-O1 -g1"
+       "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1" -DTRIDENT_TEST_TIMEOUT_SCALE=4)
 case "$lane" in
   asan)
     build=build-asan
-    cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-      -DTRIDENT_SANITIZE=address,undefined -DTRIDENT_BUILD_TESTS=ON \
-      -DTRIDENT_TEST_TIMEOUT_SCALE=4 "${launcher[@]}"
-    cmake --build "$build" -j "$jobs"
+    cmake -S . -B "$build" -G Ninja "${flags[@]}" -DTRIDENT_SANITIZE=address,undefined \
+      -DTRIDENT_BUILD_TESTS=ON -DTRIDENT_BUILD_EXAMPLES=ON "${launcher[@]}"
+    # Only what the lane runs: the library, the programs, and every test folder but the
+    # benchmarks, the GPU tests (no device) and the install and multi-node tests (their own
+    # labels).
+    dirs=(src examples tests/capi tests/checkpoint tests/comm tests/common tests/examples
+          tests/health tests/observability tests/parallel tests/runtime tests/store
+          tests/tools tests/transport)
+    cmake --build "$build" -j "$jobs" --target $(for d in "${dirs[@]}"; do echo "$d/all"; done)
     # allocator_may_return_null: sizes that come from files must come back as errors
     # (TryAllocateHostMemory); ASan would otherwise report them itself.
     export ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1:abort_on_error=1
@@ -34,10 +43,8 @@ case "$lane" in
     ;;
   tsan)
     build=build-tsan
-    cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-      -DTRIDENT_SANITIZE=thread -DTRIDENT_BUILD_TESTS=ON -DTRIDENT_BUILD_EXAMPLES=OFF \
-      -DTRIDENT_TEST_TIMEOUT_SCALE=4 \
-      "${launcher[@]}"
+    cmake -S . -B "$build" -G Ninja "${flags[@]}" -DTRIDENT_SANITIZE=thread \
+      -DTRIDENT_BUILD_TESTS=ON -DTRIDENT_BUILD_EXAMPLES=OFF "${launcher[@]}"
     # Only what the lane runs: the tests of these layers and the programs they start.
     dirs=(tests/store tests/comm tests/health tests/checkpoint)
     cmake --build "$build" -j "$jobs" --target trident-run trident-ckpt \
