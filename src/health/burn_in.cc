@@ -12,7 +12,9 @@
 #include "common/params.h"
 
 #ifdef TRIDENT_HAVE_CUDA
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 #endif
 
 namespace trident::health {
@@ -73,8 +75,8 @@ bool ComputePass(int round, bool inject, std::string* detail) {
         want += static_cast<int64_t>(av(i, k)) * static_cast<int64_t>(bv(k, j));
       }
       if (c[i * kN + j] != static_cast<float>(want)) {
-        *detail = absl::StrFormat("GEMM %dx%d round %d: C[%d][%d] is %g, the exact value is %d",
-                                  kN, kN, round, i, j, c[i * kN + j], want);
+        *detail = absl::StrFormat("GEMM %dx%d round %d: C[%d][%d] is %g, the exact value is %d", kN,
+                                  kN, round, i, j, c[i * kN + j], want);
         return false;
       }
       sum += c[i * kN + j];
@@ -152,6 +154,114 @@ void DeviceMemoryCheck(size_t bytes, bool inject, BurnInReport* r) {
   }
   (void)cudaFree(d);
 }
+
+// cuBLAS, loaded when the device GEMM first runs (not linked: a host program without it
+// still loads Trident, and the check says it was skipped and why).
+struct Cublas {
+  decltype(&cublasCreate_v2) create = nullptr;
+  decltype(&cublasDestroy_v2) destroy = nullptr;
+  decltype(&cublasSgemm_v2) sgemm = nullptr;
+  decltype(&cublasSdot_v2) sdot = nullptr;
+  std::string error;  // why it is unavailable; empty when loaded
+};
+
+const Cublas& LoadCublas() {
+  static const Cublas* cublas = [] {
+    auto* c = new Cublas;
+    void* lib = dlopen("libcublas.so.13", RTLD_NOW | RTLD_LOCAL);
+    if (lib == nullptr) lib = dlopen("libcublas.so", RTLD_NOW | RTLD_LOCAL);
+    if (lib == nullptr) {
+      const char* why = dlerror();
+      c->error = absl::StrCat("cuBLAS not found (", why != nullptr ? why : "dlopen failed", ")");
+      return c;
+    }
+    c->create = reinterpret_cast<decltype(c->create)>(dlsym(lib, "cublasCreate_v2"));
+    c->destroy = reinterpret_cast<decltype(c->destroy)>(dlsym(lib, "cublasDestroy_v2"));
+    c->sgemm = reinterpret_cast<decltype(c->sgemm)>(dlsym(lib, "cublasSgemm_v2"));
+    c->sdot = reinterpret_cast<decltype(c->sdot)>(dlsym(lib, "cublasSdot_v2"));
+    if (!c->create || !c->destroy || !c->sgemm || !c->sdot)
+      c->error = "cuBLAS lacks cublasSgemm_v2";
+    return c;
+  }();
+  return *cublas;
+}
+
+// The device compute check (burn_in.h): the host check's GEMM on the device through cuBLAS
+// (row-major C = A B is column-major C^T = B^T A^T), and the reduction as a dot product of C
+// with ones; the results are compared with the exact values. Skipped (r->device says why)
+// without cuBLAS; a wrong value or a CUDA/cuBLAS error fails the report.
+void DeviceComputeCheck(bool inject, BurnInReport* r) {
+  const Cublas& blas = LoadCublas();
+  if (!blas.error.empty()) {
+    absl::StrAppend(&r->device, " (GEMM skipped: ", blas.error, ")");
+    return;
+  }
+  auto fail = [&](const std::string& what) {
+    r->ok = false;
+    r->failed = "device_compute";
+    r->detail = absl::StrCat(r->device, ": ", what);
+  };
+  constexpr int n = kN;
+  std::vector<float> a(n * n), b(n * n), c(n * n), ones(n * n, 1.0f);
+  auto av = [](int i, int k) { return static_cast<float>((i * 7 + k * 3) % 11 - 5); };
+  auto bv = [](int k, int j) { return static_cast<float>((k * 5 + j * 2) % 13 - 6); };
+  for (int i = 0; i < n; ++i) {
+    for (int k = 0; k < n; ++k) a[i * n + k] = av(i, k), b[i * n + k] = bv(i, k);
+  }
+  float *da = nullptr, *db = nullptr, *dc = nullptr, *d1 = nullptr;
+  cublasHandle_t h = nullptr;
+  const size_t bytes = sizeof(float) * n * n;
+  std::string error;
+  auto cuda = [&](cudaError_t e, const char* call) {
+    if (e != cudaSuccess && error.empty()) {
+      error =
+          absl::StrCat(call, ": ", cudaGetErrorString(e), " (cudaError ", static_cast<int>(e), ")");
+    }
+    return e == cudaSuccess;
+  };
+  auto blas_ok = [&](cublasStatus_t s, const char* call) {
+    if (s != CUBLAS_STATUS_SUCCESS && error.empty()) {
+      error = absl::StrCat(call, ": cublasStatus ", static_cast<int>(s));
+    }
+    return s == CUBLAS_STATUS_SUCCESS;
+  };
+  const float one = 1.0f, zero = 0.0f;
+  float sum = 0;
+  if (cuda(cudaMalloc(&da, bytes), "cudaMalloc") && cuda(cudaMalloc(&db, bytes), "cudaMalloc") &&
+      cuda(cudaMalloc(&dc, bytes), "cudaMalloc") && cuda(cudaMalloc(&d1, bytes), "cudaMalloc") &&
+      cuda(cudaMemcpy(da, a.data(), bytes, cudaMemcpyHostToDevice), "cudaMemcpy H2D") &&
+      cuda(cudaMemcpy(db, b.data(), bytes, cudaMemcpyHostToDevice), "cudaMemcpy H2D") &&
+      cuda(cudaMemcpy(d1, ones.data(), bytes, cudaMemcpyHostToDevice), "cudaMemcpy H2D") &&
+      blas_ok(blas.create(&h), "cublasCreate") &&
+      blas_ok(blas.sgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, db, n, da, n, &zero, dc, n),
+              "cublasSgemm") &&
+      blas_ok(blas.sdot(h, n * n, dc, 1, d1, 1, &sum), "cublasSdot")) {
+    (void)cuda(cudaMemcpy(c.data(), dc, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
+  }
+  if (h != nullptr) (void)blas.destroy(h);
+  for (float* p : {da, db, dc, d1}) (void)cudaFree(p);
+  if (!error.empty()) return fail(error);
+  if (inject) c[n + 1] += 1.0f;  // test hook: one wrong product
+  int64_t want_sum = 0;
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j < n; ++j) {
+      int64_t want = 0;
+      for (int k = 0; k < n; ++k)
+        want += static_cast<int64_t>(av(i, k)) * static_cast<int64_t>(bv(k, j));
+      if (c[i * n + j] != static_cast<float>(want)) {
+        return fail(
+            absl::StrFormat("GEMM %dx%d on the device: C[%d][%d] is %g, the exact value is %d", n,
+                            n, i, j, c[i * n + j], want));
+      }
+      want_sum += want;
+    }
+  }
+  if (sum != static_cast<float>(want_sum)) {
+    return fail(absl::StrFormat(
+        "reduction on the device: the sum of C is %g, the exact value is %d", sum, want_sum));
+  }
+  ++r->device_gemms;
+}
 #endif
 
 }  // namespace
@@ -165,10 +275,10 @@ absl::StatusOr<BurnInLevel> ParseBurnInLevel(absl::string_view name) {
 }
 
 std::string BurnInReport::ToString() const {
-  std::string tail =
-      absl::StrFormat("memory_mb=%d gemms=%d ms=%d", memory_bytes >> 20, gemms,
-                      absl::ToInt64Milliseconds(took));
+  std::string tail = absl::StrFormat("memory_mb=%d gemms=%d ms=%d", memory_bytes >> 20, gemms,
+                                     absl::ToInt64Milliseconds(took));
   if (device_bytes > 0) absl::StrAppend(&tail, " device_memory_mb=", device_bytes >> 20);
+  if (device_gemms > 0) absl::StrAppend(&tail, " device_gemms=", device_gemms);
   if (ok) return absl::StrCat("ok ", tail);
   return absl::StrCat("failed check=", failed, " ", tail, ": ", detail);
 }
@@ -195,8 +305,7 @@ BurnInReport RunBurnIn(const BurnInOptions& o) {
   bool out_of_time = false;
   for (int round = 0; !out_of_time; ++round) {
     for (int pattern = 0; pattern < 5 && r.ok && !out_of_time; ++pattern) {
-      const size_t flip =
-          o.inject == "memory" && round == 0 && pattern == 2 ? n / 2 : SIZE_MAX;
+      const size_t flip = o.inject == "memory" && round == 0 && pattern == 2 ? n / 2 : SIZE_MAX;
       for (size_t begin = 0; begin < n; begin += kChunkWords) {
         const size_t end = std::min(n, begin + kChunkWords);
         if (!MemoryPass(words.get(), begin, end, pattern, flip, &r.detail)) {
@@ -222,6 +331,9 @@ BurnInReport RunBurnIn(const BurnInOptions& o) {
   }
 #ifdef TRIDENT_HAVE_CUDA
   if (r.ok) DeviceMemoryCheck(bytes, o.inject == "device_memory", &r);
+  if (r.ok && r.device.rfind("device ", 0) == 0) {
+    DeviceComputeCheck(o.inject == "device_compute", &r);
+  }
 #endif
   r.took = absl::Now() - start;
   return r;

@@ -7,14 +7,17 @@
 //            known in closed form (every partial sum is an integer below 2^24: exact in f32);
 //   device_memory (a build with CUDA, on the current device; skipped with the reason where
 //            no device is visible) write-and-verify of the same five patterns over device
-//            memory of the same size, through the CUDA runtime (cudaMemset, cudaMemcpy).
-//            Not yet on the device: the GEMM.
+//            memory of the same size, through the CUDA runtime (cudaMemset, cudaMemcpy);
+//   device_compute (the same builds and devices) the compute check's GEMM and reduction on
+//            the device, through cuBLAS loaded at run time (skipped, saying so in `device`,
+//            where libcublas cannot be loaded).
 // The whole test stops at its budget (TRIDENT_BURN_IN_MS): a check that started finishes its
 // current pass; the report says how much was tested. Levels: off, quick (one pass each over
 // 16 MiB), full (passes until the budget over 256 MiB).
 //
-// Tests only: TRIDENT_TEST_BURN_IN_FAIL=memory|compute|device_memory (or MEMBER:..., for one
-// member) makes that check see one wrong value, so that the outcome of a failure is tested.
+// Tests only: TRIDENT_TEST_BURN_IN_FAIL=memory|compute|device_memory|device_compute (or
+// MEMBER:..., for one member) makes that check see one wrong value, so that the outcome of a
+// failure is tested.
 //
 // Thread-compatible; RunBurnIn allocates and frees its own buffer.
 #ifndef TRIDENT_HEALTH_BURN_IN_H_
@@ -37,20 +40,22 @@ struct BurnInOptions {
   BurnInLevel level = BurnInLevel::kQuick;
   absl::Duration budget = absl::Seconds(1);
   size_t memory_bytes = 0;  // 0: 16 MiB (quick), 256 MiB (full)
-  // Test hook: "memory", "compute" or "device_memory": that check sees one wrong value.
+  // Test hook: "memory", "compute", "device_memory" or "device_compute": that check sees one
+  // wrong value.
   std::string inject;
 };
 
 struct BurnInReport {
   bool ok = true;
-  std::string failed;  // "memory" or "compute" when !ok
-  std::string detail;  // what was expected and what came
+  std::string failed;        // the check that failed ("memory", "compute", "device_memory", ...)
+  std::string detail;        // what was expected and what came
   int64_t memory_bytes = 0;  // bytes written and verified (all passes)
   int gemms = 0;             // GEMMs checked
   // The device memory check (a build with CUDA): "" in a build without CUDA, "skipped: no
   // CUDA device" where none is visible, else "device N"; device_bytes written and verified.
   std::string device;
   int64_t device_bytes = 0;
+  int device_gemms = 0;  // device GEMMs checked (cuBLAS)
   absl::Duration took;
   // "ok memory_mb=32 gemms=4 ms=12" or "failed check=memory ... ms=3": stored under
   // BurnInKey and logged.

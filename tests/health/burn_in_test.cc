@@ -83,5 +83,29 @@ TEST(BurnInTest, DeviceMemoryIsTestedOnAGpuAndSkippedWithTheReasonWithout) {
   EXPECT_THAT(bad.detail, HasSubstr("pattern 2: word 65536 of 1048576 bytes is"));
 }
 
+// The device compute check: the GEMM and the reduction on the device through cuBLAS, exact;
+// one wrong product is named. Skipped like the memory check, and where cuBLAS cannot be
+// loaded the report says so instead of failing.
+TEST(BurnInTest, DeviceGemmIsExactOnAGpuAndAWrongProductIsNamed) {
+  BurnInReport r = RunBurnIn({.level = BurnInLevel::kQuick, .memory_bytes = 1 << 20});
+  ASSERT_TRUE(r.ok) << r.ToString();
+  if (r.device.empty()) GTEST_SKIP() << "a build without CUDA: no device check";
+  if (r.device == "skipped: no CUDA device") {
+    EXPECT_EQ(r.device_gemms, 0);
+    GTEST_SKIP() << "no CUDA device";
+  }
+  if (r.device.find("GEMM skipped: cuBLAS") != std::string::npos) {
+    EXPECT_EQ(r.device_gemms, 0);
+    GTEST_SKIP() << r.device;
+  }
+  EXPECT_EQ(r.device_gemms, 1);
+  EXPECT_THAT(r.ToString(), HasSubstr(" device_gemms=1"));
+  BurnInReport bad = RunBurnIn(
+      {.level = BurnInLevel::kQuick, .memory_bytes = 1 << 20, .inject = "device_compute"});
+  EXPECT_FALSE(bad.ok);
+  EXPECT_EQ(bad.failed, "device_compute");
+  EXPECT_THAT(bad.detail, HasSubstr("GEMM 64x64 on the device: C[1][1] is"));
+}
+
 }  // namespace
 }  // namespace trident::health
