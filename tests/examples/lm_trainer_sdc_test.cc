@@ -102,6 +102,26 @@ TEST(LmTrainerSdcTest, TwoReplicasReplayAndNameTheOneThatDisagreesWithItsReplay)
   ExpectNoStepRunTwiceAfter(out.output, 14);
 }
 
+// A flip just before a save (right after step 17, the save at step 18) with no periodic check
+// in between (--sdc-every 1000): the check that precedes every save names the rank, and the
+// flipped state is never staged or committed; the save of step 18 is taken once the steps
+// are redone, with the losses of a run without the flip.
+TEST(LmTrainerSdcTest, AFlipJustBeforeASaveIsCaughtBeforeTheSaveAndNeverCommitted) {
+  RunResult ref = Train("ref3s", 3, 0, "--sdc-every 1000");
+  ASSERT_EQ(ref.exit_code, 0) << ref.output;
+  RunResult out = Train("save3", 3, 1, "--sdc-every 1000 --inject-fault w1:17:BITFLIP");
+  ASSERT_EQ(out.exit_code, 0) << out.output;
+  EXPECT_THAT(out.output, HasSubstr("sdc step=18 rank=1 replicas=3 method=majority"));
+  // Rank 0's stdout, in order: the recovery, then the one save of step 18 (the redone one).
+  const size_t recovery = out.output.find("recovery epoch=2 dead_rank=1 cause=sdc");
+  ASSERT_NE(recovery, std::string::npos) << out.output;
+  const size_t saved = out.output.find("checkpoint step=18 ");
+  ASSERT_NE(saved, std::string::npos) << out.output;
+  EXPECT_GT(saved, recovery) << "step 18 was staged before the verdict\n" << out.output;
+  EXPECT_EQ(out.output.find("checkpoint step=18 ", saved + 1), std::string::npos) << out.output;
+  ExpectLossesOf(ref, out);
+}
+
 // No false verdict in a 1,000-step clean run at dp 3 with a check after every step (the
 // tiny model: a few seconds).
 TEST(LmTrainerSdcTest, NoFalseVerdictInAThousandCleanStepsCheckedEveryStep) {
