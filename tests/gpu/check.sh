@@ -298,12 +298,14 @@ done
 gpu_step "ckpt D2H staging vs cudaMemcpy" 60 result_note exit_ok \
   "$bin/gpu_check_worker" staging-bw $((256 << 20))
 
-# --- 9. burn-in on the device (health/burn_in.h: memory patterns over device memory) -------
+# --- 9. burn-in on the device (health/burn_in.h: memory patterns over device memory, and the
+# exact GEMM and sum through cuBLAS) -------------------------------------------------------
 if [[ -x $bin/health_test ]]; then
-  gpu_step "burn-in device memory" 60 gtest_note gtest_ok \
-    "$bin/health_test" --gtest_filter='BurnInTest.DeviceMemory*' --gtest_color=no
+  gpu_step "burn-in device memory and GEMM" 60 gtest_note gtest_ok \
+    "$bin/health_test" --gtest_filter='BurnInTest.DeviceMemory*:BurnInTest.DeviceGemm*' \
+    --gtest_color=no
 else
-  skip "burn-in device memory" "health_test is not in the bundle (tests/gpu/prepare.sh)"
+  skip "burn-in device memory and GEMM" "health_test is not in the bundle (tests/gpu/prepare.sh)"
 fi
 
 say ""
