@@ -263,9 +263,11 @@ std::shared_ptr<Work> HostCommunicator::Enqueue(std::unique_ptr<Op> op) {
   }
   if (op->kind != OpKind::kSend && op->kind != OpKind::kRecv) op->seq = next_seq_++;
   op->recorder = recorder_.get();
+  // Point-to-point ops have no collective sequence number: -1 (an int64_t, not the uint32_t
+  // -1 that a plain conditional with op->seq would make of it).
+  const bool p2p = op->kind == OpKind::kSend || op->kind == OpKind::kRecv;
   op->fr_id = recorder_->Issue(KindName(op->kind), DTypeName(op->in.dtype()), op->count,
-                               op->root,
-                               op->kind == OpKind::kSend || op->kind == OpKind::kRecv ? -1 : op->seq);
+                               op->root, p2p ? int64_t{-1} : static_cast<int64_t>(op->seq));
   if (op->timeout == absl::ZeroDuration()) op->timeout = config_.timeout;
   op->deadline = absl::Now() + op->timeout;
   queue_.push_back(std::move(op));
