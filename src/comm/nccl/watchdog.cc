@@ -350,11 +350,15 @@ Watchdog::~Watchdog() {
   {
     absl::MutexLock lock(&mu_);
     stop_monitor_ = true;
-    for (const auto& w : comms_) {
-      TRIDENT_CHECK(w.expired()) << "a communicator outlived the watchdog that watches it";
-    }
   }
+  // Joined before the check below: CheckAborts holds the live communicators (Live()) while it
+  // looks at them, so a communicator its owner has just released can still be alive until
+  // the monitor's pass ends.
   if (monitor_thread_.joinable()) monitor_thread_.join();
+  absl::MutexLock lock(&mu_);
+  for (const auto& w : comms_) {
+    TRIDENT_CHECK(w.expired()) << "a communicator outlived the watchdog that watches it";
+  }
 }
 
 void Watchdog::Register(const std::shared_ptr<WatchedComm>& comm) {

@@ -109,9 +109,6 @@ bool IsIpProvider(const std::string& name) {
   return core == "tcp" || core == "net";
 }
 
-// libfabric reads FI_TCP_IFACE when it first initialises its providers; setting it early keeps
-// the tcp provider off every interface but the chosen one even where our domain hint is not
-// honoured. It does not override a value the user set.
 // The signals libinfinipath takes over from a load-time constructor (see QuietUnusedProviders).
 constexpr int kForeignSignals[] = {SIGSEGV, SIGBUS, SIGILL, SIGABRT, SIGINT, SIGTERM, SIGFPE};
 
@@ -130,6 +127,28 @@ bool HandlerIsIn(int sig, absl::string_view library) {
          absl::StrContains(info.dli_fname, library);
 }
 
+// Restores the default action of each of kForeignSignals whose handler lives in
+// libinfinipath; returns how many. No logging: it also runs while the program loads.
+int RestoreInfinipathHandlers() {
+  int restored = 0;
+  for (int sig : kForeignSignals) {
+    if (!HandlerIsIn(sig, "libinfinipath")) continue;
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    if (sigaction(sig, &dfl, nullptr) == 0) ++restored;
+  }
+  return restored;
+}
+
+// At load, after libinfinipath's constructor (a dependency's constructors run first): a
+// process that links this file but never opens an endpoint (libtrident.so holds every layer)
+// must not keep those handlers either.
+[[maybe_unused]] const int kRestoredAtLoad = RestoreInfinipathHandlers();
+
+// libfabric reads FI_TCP_IFACE when it first initialises its providers; setting it early keeps
+// the tcp provider off every interface but the chosen one even where our domain hint is not
+// honoured. It does not override a value the user set.
 void SetTcpIfaceOnce(const std::string& iface) {
   static std::once_flag once;
   std::call_once(once, [&] { setenv("FI_TCP_IFACE", iface.c_str(), /*overwrite=*/0); });
@@ -1274,14 +1293,7 @@ int QuietUnusedProviders(absl::string_view provider) {
     // user set wins, and so does a request for a psm provider.
     if (!absl::StartsWith(provider, "psm")) setenv("FI_PROVIDER", "^psm,psm2,psm3", /*overwrite=*/0);
   });
-  int restored = 0;
-  for (int sig : kForeignSignals) {
-    if (!HandlerIsIn(sig, "libinfinipath")) continue;
-    struct sigaction dfl {};
-    dfl.sa_handler = SIG_DFL;
-    sigemptyset(&dfl.sa_mask);
-    if (sigaction(sig, &dfl, nullptr) == 0) ++restored;
-  }
+  const int restored = RestoreInfinipathHandlers();
   if (restored > 0) {
     TLOG(debug, "fabric: restored the default action of {} signals that libinfinipath had taken",
                   restored);

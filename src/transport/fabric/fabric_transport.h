@@ -119,8 +119,9 @@ class FabricEndpoint {
 // installed is left alone) and, once per process and unless the user set FI_PROVIDER or asks
 // for a psm provider, keeps libfabric from initialising the psm providers
 // (FI_PROVIDER=^psm,psm2,psm3). Returns how many handlers it restored. OpenFabricEndpoint
-// calls it; trident-run also starts its ranks with IPATH_NO_BACKTRACE=1, so that the handlers
-// are never installed in them.
+// calls it, and the handlers are also restored when the program loads this file (always, in
+// libtrident.so); trident-run also starts its ranks with IPATH_NO_BACKTRACE=1, so that the
+// handlers are never installed in them.
 int QuietUnusedProviders(absl::string_view provider = "");
 
 // Opens an endpoint. `provider` and `iface` as in FabricOptions. `av_size_hint` is the expected
