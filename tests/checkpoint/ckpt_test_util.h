@@ -127,6 +127,17 @@ class ScratchDir {
   std::string path_;
 };
 
+// What every checkpoint test's options start from: its directory and communicator and a
+// staging budget; each test then sets what it tests.
+inline CheckpointOptions TestOptions(const std::string& dir, std::shared_ptr<Communicator> comm,
+                                     size_t memory_budget_bytes = 16 << 20) {
+  CheckpointOptions o;
+  o.dir = dir;
+  o.comm = std::move(comm);
+  o.memory_budget_bytes = memory_budget_bytes;
+  return o;
+}
+
 // Ranks as threads over in-process communicators, each handed its own (shared) one: the
 // setup of every multi-rank checkpoint test.
 inline void RunCkptRanks(int n,

@@ -44,10 +44,7 @@ ToolRun Tool(const std::string& args) { return ToolWithEnv("", args); }
 
 void Save(const std::string& dir, int64_t step) {
   testing::RunCkptRanks(2, [&](int r, std::shared_ptr<Communicator> comm) {
-    CheckpointOptions o;
-    o.dir = dir;
-    o.comm = comm;
-    o.memory_budget_bytes = 16 << 20;
+    CheckpointOptions o = testing::TestOptions(dir, comm);
     o.layout = "tp2";
     auto e = CheckpointEngine::Create(o);
     ASSERT_TRUE(e.ok()) << e.status();

@@ -23,10 +23,7 @@ using testing::StateOf;
 
 
 CheckpointOptions Options(const std::string& dir, std::shared_ptr<Communicator> comm) {
-  CheckpointOptions o;
-  o.dir = dir;
-  o.comm = std::move(comm);
-  o.memory_budget_bytes = 64 << 20;
+  CheckpointOptions o = testing::TestOptions(dir, std::move(comm), 64 << 20);
   o.copy_threads = 2;
   o.commit_timeout = absl::Seconds(60);
   return o;

@@ -41,10 +41,7 @@ void SaveTwoRanks(const std::string& dir, uint64_t seed, int64_t step,
                   std::shared_ptr<FileSystem> fs = nullptr, absl::Status* status = nullptr) {
   absl::Status statuses[2];
   testing::RunCkptRanks(2, [&](int r, std::shared_ptr<Communicator> comm) {
-    CheckpointOptions o;
-    o.dir = dir;
-    o.comm = comm;
-    o.memory_budget_bytes = 32 << 20;
+    CheckpointOptions o = testing::TestOptions(dir, comm, 32 << 20);
     o.file_system = fs;
     auto engine = CheckpointEngine::Create(o);
     ASSERT_TRUE(engine.ok()) << engine.status();

@@ -121,10 +121,7 @@ TEST(CheckpointIndexTest, ValidateNamesWhatIsWrong) {
 // "w" split by columns; one checkpoint with real files.
 void SaveTwoRanks(const std::string& dir, int64_t step) {
   testing::RunCkptRanks(2, [&](int r, std::shared_ptr<Communicator> comm) {
-    CheckpointOptions o;
-    o.dir = dir;
-    o.comm = comm;
-    o.memory_budget_bytes = 16 << 20;
+    CheckpointOptions o = testing::TestOptions(dir, comm);
     o.peer_replicas = false;
     auto e = CheckpointEngine::Create(o);
     ASSERT_TRUE(e.ok()) << e.status();

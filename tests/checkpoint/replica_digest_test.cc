@@ -18,10 +18,7 @@ using testing::ScratchDir;
 using testing::StateOf;
 
 CheckpointOptions Options(const std::string& dir, std::shared_ptr<Communicator> comm) {
-  CheckpointOptions o;
-  o.dir = dir;
-  o.comm = std::move(comm);
-  o.memory_budget_bytes = 16 << 20;
+  CheckpointOptions o = testing::TestOptions(dir, std::move(comm));
   o.copy_threads = 1;
   o.peer_replicas = false;
   o.commit_timeout = absl::Seconds(60);
